@@ -1,0 +1,1 @@
+"""Mask2Former for semantic segmentation of recycling-trash photos."""

@@ -1,0 +1,412 @@
+"""COCO json + images -> semantic label maps (PNG, cached) -> dataset dicts.
+
+Label values: 0 is background, 1..K are the json's categories in id order, 255 is ignore.
+Annotations are painted largest area first, so smaller objects win overlaps (the competition
+baseline's rule). Bad annotations and images raise `DataError` naming the json, the image and the
+annotation; with `skip_bad=True` they are skipped instead and a summary is logged at the end.
+
+Rendered maps are cached under `<cache>/<json stem>-<hash of json bytes and options>/`, one PNG per
+image, written atomically; a manifest written last marks the cache complete, so later loads neither
+re-validate nor re-rasterise. An interrupted render resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from ..utils.io import atomic_write_bytes, atomic_write_json
+from .catalog import DatasetCatalog, MetadataCatalog
+
+logger = logging.getLogger(__name__)
+
+IGNORE_LABEL = 255
+# A polygon vertex further outside the image than this share of the image size is an error
+# (annotators' vertices often stray a few pixels; far-off ones mean broken coordinates).
+OUT_OF_BOUNDS_MARGIN = 0.1
+MANIFEST_NAME = "manifest.json"
+CACHE_FORMAT_VERSION = 1
+
+
+class DataError(ValueError):
+    """A bad annotation or image; the message names the json, the image and the annotation."""
+
+
+@dataclass
+class SkipReport:
+    """Items skipped under `skip_bad`, counted by reason, with the messages for the log."""
+
+    json_file: str
+    messages: list[str] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+    skipped_images: int = 0
+    skipped_annotations: int = 0
+
+    def add(self, reason: str, message: str, whole_image: bool) -> None:
+        self.reasons[reason] += 1
+        self.messages.append(message)
+        if whole_image:
+            self.skipped_images += 1
+        else:
+            self.skipped_annotations += 1
+
+    def summary(self) -> str:
+        if not self.messages:
+            return f"{self.json_file}: nothing skipped"
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.reasons.items()))
+        return (
+            f"{self.json_file}: skipped {self.skipped_images} image(s) and "
+            f"{self.skipped_annotations} annotation(s) ({reasons})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "skipped_images": self.skipped_images,
+            "skipped_annotations": self.skipped_annotations,
+            "reasons": dict(self.reasons),
+            "messages": self.messages,
+        }
+
+
+def default_cache_dir() -> Path:
+    """$TRASH_CACHE if set, else ~/.cache/trashseg."""
+    return Path(os.environ.get("TRASH_CACHE", "~/.cache/trashseg")).expanduser()
+
+
+def read_coco_json(json_file: str | Path) -> dict[str, Any]:
+    """Parse a COCO json with clear errors for a missing file, bad JSON or missing sections."""
+    json_file = Path(json_file)
+    if not json_file.is_file():
+        raise FileNotFoundError(f"COCO json not found: {json_file}")
+    try:
+        data = json.loads(json_file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{json_file}: not valid JSON ({error})") from None
+    for section in ("images", "categories"):
+        if not isinstance(data.get(section), list):
+            raise DataError(f"{json_file}: missing the '{section}' list")
+    data.setdefault("annotations", [])
+    return data
+
+
+def class_names_from_categories(categories: list[dict]) -> list[str]:
+    """["Background", then the category names in id order]."""
+    return ["Background"] + [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def category_to_label(categories: list[dict]) -> dict[int, int]:
+    """Category id -> label value (1..K in id order)."""
+    return {c["id"]: index + 1 for index, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
+
+
+def _describe(json_file: Path, image: dict, ann_id: Any = None) -> str:
+    where = f"{json_file}: image {image.get('file_name')!r} (id {image.get('id')})"
+    return where if ann_id is None else f"{where}, annotation {ann_id}"
+
+
+def check_annotation(ann: dict, image: dict, labels: dict[int, int], json_file: Path) -> tuple[str, str] | None:
+    """(reason, message) if the annotation cannot be rendered faithfully, else None."""
+    where = _describe(json_file, image, ann.get("id"))
+    if ann.get("category_id") not in labels:
+        known = ", ".join(str(c) for c in sorted(labels))
+        return "unknown category", f"{where}: unknown category_id {ann.get('category_id')!r} (known: {known})"
+    segmentation = ann.get("segmentation")
+    height, width = image["height"], image["width"]
+    if isinstance(segmentation, dict):
+        return _check_rle(segmentation, height, width, where)
+    if not isinstance(segmentation, list) or not segmentation:
+        return "empty segmentation", f"{where}: segmentation is empty or not a list of polygons / an RLE dict"
+    margin = OUT_OF_BOUNDS_MARGIN * max(height, width)
+    for index, polygon in enumerate(segmentation):
+        if not isinstance(polygon, list) or not all(isinstance(v, (int, float)) for v in polygon):
+            return "bad polygon", f"{where}: polygon {index} is not a flat list of numbers"
+        if len(polygon) % 2:
+            return "bad polygon", f"{where}: polygon {index} has an odd number of values ({len(polygon)})"
+        if len(polygon) < 6:
+            return (
+                "bad polygon",
+                f"{where}: polygon {index} has {len(polygon) // 2} point(s); a polygon needs at least 3",
+            )
+        xs, ys = np.asarray(polygon[0::2], dtype=np.float64), np.asarray(polygon[1::2], dtype=np.float64)
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            return "bad polygon", f"{where}: polygon {index} has non-finite coordinates"
+        if xs.min() < -margin or ys.min() < -margin or xs.max() > width + margin or ys.max() > height + margin:
+            return (
+                "out of bounds",
+                f"{where}: polygon {index} reaches ({xs.min():.1f}..{xs.max():.1f}, {ys.min():.1f}..{ys.max():.1f}), "
+                f"far outside the {width}x{height} image",
+            )
+    return None
+
+
+def _check_rle(rle: dict, height: int, width: int, where: str) -> tuple[str, str] | None:
+    size, counts = rle.get("size"), rle.get("counts")
+    if not isinstance(size, list) or len(size) != 2 or counts is None:
+        return "bad RLE", f"{where}: an RLE needs 'size' [height, width] and 'counts'"
+    if list(size) != [height, width]:
+        return "bad RLE", f"{where}: RLE size {size} differs from the image size [{height}, {width}]"
+    if isinstance(counts, list) and sum(counts) != height * width:
+        return "bad RLE", f"{where}: RLE counts sum to {sum(counts)}, expected {height * width}"
+    return None
+
+
+def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    """A checked annotation's binary mask (uint8 HxW) via pycocotools (polygons or RLE)."""
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle)
+
+
+def render_label_map(
+    image: dict, anns: list[dict], labels: dict[int, int], crowd_as_ignore: bool = False
+) -> np.ndarray:
+    """Paint checked annotations largest area first (smaller objects win overlaps); uint8 HxW."""
+    height, width = image["height"], image["width"]
+    masks = [annotation_mask(ann, height, width) for ann in anns]
+    areas = [float(ann["area"]) if isinstance(ann.get("area"), (int, float)) else float(m.sum())
+             for ann, m in zip(anns, masks, strict=True)]
+    label_map = np.zeros((height, width), dtype=np.uint8)
+    for index in sorted(range(len(anns)), key=lambda i: -areas[i]):  # stable: ties keep json order
+        ann = anns[index]
+        value = IGNORE_LABEL if crowd_as_ignore and ann.get("iscrowd", 0) else labels[ann["category_id"]]
+        label_map[masks[index] == 1] = value
+    return label_map
+
+
+def check_image_file(path: Path, image: dict, json_file: Path) -> tuple[str, str] | None:
+    """(reason, message) if the image is missing, unreadable or not the size the json says."""
+    where = _describe(json_file, image)
+    if not path.is_file():
+        return "missing image", f"{where}: image file not found at {path}"
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            img.draft("L", (max(1, width // 8), max(1, height // 8)))  # decode small: still reads all data
+            img.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        return "unreadable image", f"{where}: cannot read {path} ({error})"
+    if (height, width) != (image["height"], image["width"]):
+        return (
+            "size mismatch",
+            f"{where}: {path} is {width}x{height} but the json says {image['width']}x{image['height']}",
+        )
+    return None
+
+
+def _cache_folder(json_file: Path, json_bytes: bytes, cache_dir: Path, crowd_as_ignore: bool, skip_bad: bool) -> Path:
+    key = hashlib.sha1(json_bytes)
+    key.update(f"v{CACHE_FORMAT_VERSION} crowd_as_ignore={crowd_as_ignore} skip_bad={skip_bad}".encode())
+    return cache_dir / f"{json_file.stem}-{key.hexdigest()[:16]}"
+
+
+def load_sem_seg_dataset(
+    json_file: str | Path,
+    image_root: str | Path,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    crowd_as_ignore: bool = False,
+    has_gt: bool | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Dataset dicts {file_name, image_id, height, width[, sem_seg_file_name]} for a COCO json.
+
+    `has_gt=None` means: ground truth if the json has any annotation. Label maps are rendered on
+    the first call and read from the cache afterwards.
+    """
+    dicts, _ = load_with_manifest(json_file, image_root, cache_dir, skip_bad, crowd_as_ignore, has_gt, progress)
+    return dicts
+
+
+def load_with_manifest(
+    json_file: str | Path,
+    image_root: str | Path,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    crowd_as_ignore: bool = False,
+    has_gt: bool | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], dict[str, Any]]:
+    """`load_sem_seg_dataset` plus the cache manifest (class names, skip summary)."""
+    json_file, image_root = Path(json_file).resolve(), Path(image_root).resolve()
+    if not json_file.is_file():
+        raise FileNotFoundError(f"COCO json not found: {json_file}")
+    folder = _cache_folder(json_file, json_file.read_bytes(), Path(cache_dir or default_cache_dir()),
+                           crowd_as_ignore, skip_bad)
+    manifest_path = folder / MANIFEST_NAME
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("image_root") == str(image_root) and has_gt in (None, manifest["has_gt"]):
+            return _dicts_from_manifest(manifest, image_root, folder), manifest
+
+    data = read_coco_json(json_file)
+    labels = category_to_label(data["categories"])
+    if has_gt is None:
+        has_gt = len(data["annotations"]) > 0
+    report = SkipReport(str(json_file))
+    images, skipped_ids = _checked_images(data["images"], json_file, image_root, report, skip_bad)
+    anns_by_image = _checked_annotations(data["annotations"], images, skipped_ids, labels, json_file,
+                                         report, skip_bad)
+
+    entries = []
+    for image in tqdm(images.values(), desc=f"render {json_file.name}", unit="img", disable=not progress):
+        entry = {"image_id": image["id"], "file_name": image["file_name"],
+                 "height": image["height"], "width": image["width"]}
+        if has_gt:
+            label_name = f"{image['id']}.png"
+            label_path = folder / label_name
+            if not label_path.is_file():
+                label_map = render_label_map(image, anns_by_image.get(image["id"], []), labels, crowd_as_ignore)
+                ok, encoded = cv2.imencode(".png", label_map)
+                if not ok:
+                    raise OSError(f"could not encode the label map of {_describe(json_file, image)}")
+                atomic_write_bytes(label_path, encoded.tobytes())
+            entry["label"] = label_name
+        entries.append(entry)
+
+    if report.messages:
+        for message in report.messages:
+            logger.warning("skipped: %s", message)
+        logger.warning(report.summary())
+    manifest = {
+        "json_file": str(json_file),
+        "image_root": str(image_root),
+        "has_gt": has_gt,
+        "class_names": class_names_from_categories(data["categories"]),
+        "skipped": report.as_dict(),
+        "images": entries,
+    }
+    atomic_write_json(manifest_path, manifest)
+    return _dicts_from_manifest(manifest, image_root, folder), manifest
+
+
+def _dicts_from_manifest(manifest: dict, image_root: Path, folder: Path) -> list[dict]:
+    dicts = []
+    for entry in manifest["images"]:
+        record = {
+            "file_name": str(image_root / entry["file_name"]),
+            "image_id": entry["image_id"],
+            "height": entry["height"],
+            "width": entry["width"],
+        }
+        if "label" in entry:
+            record["sem_seg_file_name"] = str(folder / entry["label"])
+        dicts.append(record)
+    return dicts
+
+
+def _checked_images(
+    images: list[dict], json_file: Path, image_root: Path, report: SkipReport, skip_bad: bool
+) -> tuple[dict[int, dict], set]:
+    checked: dict[int, dict] = {}
+    skipped_ids: set = set()
+    for image in tqdm(images, desc=f"check {json_file.name}", unit="img", leave=False, disable=len(images) < 200):
+        problem = None
+        missing = [key for key in ("id", "file_name", "height", "width") if key not in image]
+        if missing:
+            problem = ("bad image entry", f"{_describe(json_file, image)}: missing field(s) {', '.join(missing)}")
+        elif image["id"] in checked:
+            problem = ("duplicate image id", f"{_describe(json_file, image)}: image id {image['id']} repeats")
+        else:
+            problem = check_image_file(image_root / image["file_name"], image, json_file)
+        if problem is None:
+            checked[image["id"]] = image
+        elif skip_bad:
+            report.add(problem[0], problem[1], whole_image=True)
+            skipped_ids.add(image.get("id"))
+        else:
+            raise DataError(problem[1])
+    return checked, skipped_ids
+
+
+def _checked_annotations(
+    anns: list[dict], images: dict[int, dict], skipped_ids: set, labels: dict[int, int], json_file: Path,
+    report: SkipReport, skip_bad: bool,
+) -> dict[int, list[dict]]:
+    by_image: dict[int, list[dict]] = {}
+    for ann in anns:
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            if ann.get("image_id") in skipped_ids:
+                continue  # its image was skipped and counted above
+            problem = ("unknown image", f"{json_file}: annotation {ann.get('id')} refers to image id "
+                       f"{ann.get('image_id')!r}, which is not in 'images'")
+        else:
+            problem = check_annotation(ann, image, labels, json_file)
+        if problem is None:
+            by_image.setdefault(image["id"], []).append(ann)
+        elif skip_bad:
+            report.add(problem[0], problem[1], whole_image=False)
+        else:
+            raise DataError(problem[1])
+    return by_image
+
+
+def register_coco_semantic(
+    name: str,
+    json_file: str | Path,
+    image_root: str | Path,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    crowd_as_ignore: bool = False,
+    has_gt: bool | None = None,
+) -> None:
+    """Register a COCO json as a semantic-segmentation dataset (loaded lazily on first use).
+
+    Registering the same name again with the same files is a no-op; with other files, an error.
+    """
+    json_file, image_root = str(Path(json_file).expanduser().resolve()), str(Path(image_root).expanduser().resolve())
+    if name in DatasetCatalog:
+        meta = MetadataCatalog.get(name)
+        if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+            return
+        raise KeyError(
+            f"dataset '{name}' is already registered with {meta.get('json_file')} (images under "
+            f"{meta.get('image_root')}); refusing to re-register it with {json_file}"
+        )
+
+    def load() -> list[dict]:
+        dicts, manifest = load_with_manifest(json_file, image_root, cache_dir, skip_bad, crowd_as_ignore, has_gt)
+        _set_classes(name, manifest["class_names"])
+        return dicts
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="sem_seg",
+        ignore_label=IGNORE_LABEL,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
+
+
+def set_class_metadata(name: str) -> list[str]:
+    """Set (once) and return the dataset's class names and palette, read from its json's categories."""
+    meta = MetadataCatalog.get(name)
+    if meta.get("stuff_classes") is None:
+        _set_classes(name, class_names_from_categories(read_coco_json(meta.json_file)["categories"]))
+    return list(meta.stuff_classes)
+
+
+def _set_classes(name: str, classes: list[str]) -> None:
+    from .trash import palette_for  # the default palette lives with the trash metadata
+
+    MetadataCatalog.get(name).set(stuff_classes=list(classes), stuff_colors=palette_for(classes))

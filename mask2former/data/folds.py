@@ -1,0 +1,99 @@
+"""K-fold splits of a COCO json, grouped by image so no image is in two folds.
+
+"group": StratifiedGroupKFold over annotations (y = category, group = image), the competition
+teams' split; images without annotations take part as one row of class 0. "multilabel":
+MultilabelStratifiedKFold over images, each described by the set of classes it contains.
+Fold jsons keep the original image and annotation ids, so every row traces back to train_all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..utils.io import atomic_write_json
+
+SPLIT_METHODS = ("group", "multilabel")
+
+
+def fold_assignment(data: dict[str, Any], folds: int, seed: int = 0, method: str = "group") -> dict[int, int]:
+    """image id -> the fold (0..folds-1) where it is a validation image."""
+    image_ids = [image["id"] for image in data["images"]]
+    if folds < 2 or folds > len(image_ids):
+        raise ValueError(f"--folds must be between 2 and the number of images ({len(image_ids)}), got {folds}")
+    if method == "group":
+        return _group_folds(data, image_ids, folds, seed)
+    if method == "multilabel":
+        return _multilabel_folds(data, image_ids, folds, seed)
+    raise ValueError(f"unknown split method {method!r}; use one of {SPLIT_METHODS}")
+
+
+def _group_folds(data: dict[str, Any], image_ids: list[int], folds: int, seed: int) -> dict[int, int]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = [ann["category_id"] for ann in data["annotations"]]
+    groups = [ann["image_id"] for ann in data["annotations"]]
+    annotated = set(groups)
+    for image_id in image_ids:
+        if image_id not in annotated:
+            labels.append(0)
+            groups.append(image_id)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assignment: dict[int, int] = {}
+    for fold, (_, val_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        for row in val_rows:
+            assignment[groups[row]] = fold
+    return assignment
+
+
+def _multilabel_folds(data: dict[str, Any], image_ids: list[int], folds: int, seed: int) -> dict[int, int]:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    category_ids = sorted(c["id"] for c in data["categories"])
+    column = {cid: i + 1 for i, cid in enumerate(category_ids)}  # column 0: "has no object"
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
+    targets = np.zeros((len(image_ids), len(category_ids) + 1), dtype=np.int64)
+    for ann in data["annotations"]:
+        targets[row[ann["image_id"]], column[ann["category_id"]]] = 1
+    targets[targets.sum(axis=1) == 0, 0] = 1
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assignment: dict[int, int] = {}
+    for fold, (_, val_rows) in enumerate(splitter.split(np.zeros(len(image_ids)), targets)):
+        for index in val_rows:
+            assignment[image_ids[index]] = fold
+    return assignment
+
+
+def subset(data: dict[str, Any], image_ids: set[int]) -> dict[str, Any]:
+    """The json restricted to some images (and their annotations); other sections kept."""
+    out = {key: value for key, value in data.items() if key not in ("images", "annotations")}
+    out["images"] = [image for image in data["images"] if image["id"] in image_ids]
+    out["annotations"] = [ann for ann in data["annotations"] if ann["image_id"] in image_ids]
+    return out
+
+
+def write_folds(data: dict[str, Any], assignment: dict[int, int], folds: int, out_dir: str | Path) -> list[Path]:
+    """train_fold{k}.json / val_fold{k}.json for k in 0..folds-1; returns the paths written."""
+    out_dir = Path(out_dir)
+    written = []
+    for fold in range(folds):
+        val_ids = {image_id for image_id, f in assignment.items() if f == fold}
+        train_ids = set(assignment) - val_ids
+        for name, ids in ((f"train_fold{fold}.json", train_ids), (f"val_fold{fold}.json", val_ids)):
+            atomic_write_json(out_dir / name, subset(data, ids))
+            written.append(out_dir / name)
+    return written
+
+
+def fold_class_counts(data: dict[str, Any], assignment: dict[int, int], folds: int) -> np.ndarray:
+    """folds x (1 + K) table: images per fold, then annotations of each category (id order) per fold."""
+    category_ids = sorted(c["id"] for c in data["categories"])
+    column = {cid: i + 1 for i, cid in enumerate(category_ids)}
+    table = np.zeros((folds, len(category_ids) + 1), dtype=np.int64)
+    for fold in assignment.values():
+        table[fold, 0] += 1
+    for ann in data["annotations"]:
+        table[assignment[ann["image_id"]], column[ann["category_id"]]] += 1
+    return table

@@ -1,0 +1,163 @@
+"""Dataset dict -> model input: {"image": uint8 CxHxW, "sem_seg": int64 HxW, ...}.
+
+Training: short-side jitter (INPUT.MIN_SIZE_TRAIN) capped by INPUT.MAX_SIZE_TRAIN, a random crop of
+INPUT.CROP.SIZE that retries while one class covers more than SINGLE_CATEGORY_MAX_AREA of it,
+horizontal flip, photometric jitter, and padding (image: INPUT.PAD_VALUE, label: ignore) where the
+resized image is smaller than the crop. Test: short-side resize only.
+
+Every random draw comes from the `rng` handed to `__call__`, so a sample is a pure function of
+(dataset dict, rng state): `MapDataset` derives that state from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+
+from . import transforms as T
+
+
+def read_image(path: str) -> np.ndarray:
+    """A BGR uint8 HxWx3 image; a clear error naming the file if it is missing or unreadable."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read image {path} (missing, unreadable or not an image)")
+    return image
+
+
+def read_label(path: str, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A uint8 HxW label map from a PNG; errors name the file."""
+    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise OSError(f"cannot read label map {path} (missing or unreadable)")
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise ValueError(f"label map {path} must be a single-channel 8-bit PNG, got shape {label.shape} {label.dtype}")
+    if expected_hw is not None and label.shape != tuple(expected_hw):
+        raise ValueError(f"label map {path} is {label.shape[1]}x{label.shape[0]}, its image is "
+                         f"{expected_hw[1]}x{expected_hw[0]}")
+    return label
+
+
+class SemanticSegMapper:
+    """Reads and augments one dataset dict; build with keywords or `from_config(cfg, is_train)`."""
+
+    def __init__(
+        self,
+        *,
+        is_train: bool,
+        min_size: tuple[int, ...],
+        max_size: int,
+        min_size_sampling: str = "choice",
+        crop_size: tuple[int, int] | None = (512, 512),
+        single_category_max_area: float = 1.0,
+        crop_max_tries: int = 10,
+        flip: bool = True,
+        color_jitter: dict[str, Any] | None = None,
+        image_format: str = "RGB",
+        pad_value: int = 128,
+        ignore_label: int = 255,
+    ) -> None:
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
+        self.is_train = is_train
+        self.min_size = tuple(min_size)
+        self.max_size = max_size
+        self.min_size_sampling = min_size_sampling
+        self.crop_size = tuple(crop_size) if crop_size else None
+        self.single_category_max_area = single_category_max_area
+        self.crop_max_tries = crop_max_tries
+        self.flip = flip
+        self.color_jitter = color_jitter
+        self.image_format = image_format
+        self.pad_value = pad_value
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> SemanticSegMapper:
+        if cfg.INPUT.CROP.TYPE != "absolute":
+            raise ValueError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
+        if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
+            raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
+        jitter = cfg.INPUT.COLOR_AUG
+        common = dict(image_format=cfg.INPUT.FORMAT, pad_value=cfg.INPUT.PAD_VALUE)
+        if not is_train:
+            return cls(is_train=False, min_size=(cfg.INPUT.MIN_SIZE_TEST,), max_size=cfg.INPUT.MAX_SIZE_TEST,
+                       crop_size=None, flip=False, color_jitter=None, **common)
+        return cls(
+            is_train=True,
+            min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
+            max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+            min_size_sampling=cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+            crop_size=tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
+            single_category_max_area=cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+            crop_max_tries=cfg.INPUT.CROP.MAX_TRIES,
+            flip=cfg.INPUT.RANDOM_FLIP == "horizontal",
+            color_jitter=dict(
+                prob=jitter.PROB,
+                brightness_delta=jitter.BRIGHTNESS_DELTA,
+                contrast_range=tuple(jitter.CONTRAST_RANGE),
+                saturation_range=tuple(jitter.SATURATION_RANGE),
+                hue_delta=jitter.HUE_DELTA,
+            ) if cfg.INPUT.COLOR_AUG_SSD else None,
+            **common,
+        )
+
+    def __call__(self, dataset_dict: dict, rng: np.random.Generator | None = None) -> dict:
+        if self.is_train and rng is None:
+            raise ValueError("the training mapper needs an rng (MapDataset passes one per sample)")
+        image = read_image(dataset_dict["file_name"])
+        label = None
+        if "sem_seg_file_name" in dataset_dict:
+            label = read_label(dataset_dict["sem_seg_file_name"], image.shape[:2])
+        if self.is_train:
+            image, label, transform = self._augment(image, label, rng)
+        else:
+            image, label = self._resize(image, label)
+            transform = None
+        image = T.apply_color_transform(image, transform, self.image_format)
+        out = {key: dataset_dict[key] for key in ("file_name", "image_id", "height", "width") if key in dataset_dict}
+        out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if label is not None:
+            out["sem_seg"] = torch.from_numpy(label.astype(np.int64))
+        return out
+
+    def _resize(self, image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        short = self.min_size[0]
+        if short <= 0:
+            return image, label
+        height, width = image.shape[:2]
+        new_h, new_w = T.resized_shape(height, width, T.resize_scale(height, width, short, self.max_size))
+        if (new_h, new_w) == (height, width):
+            return image, label
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        if label is not None:
+            label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+        return image, label
+
+    def _augment(
+        self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        height, width = image.shape[:2]
+        short = T.sample_short_side(rng, self.min_size, self.min_size_sampling)
+        scale = T.resize_scale(height, width, short, self.max_size)
+        resized_h, resized_w = T.resized_shape(height, width, scale)
+        if self.crop_size is None:
+            top, left, crop_h, crop_w = 0, 0, resized_h, resized_w
+            out_hw = (resized_h, resized_w)
+        else:
+            top, left, crop_h, crop_w = T.sample_crop(
+                rng, (height, width), scale, self.crop_size, label,
+                self.single_category_max_area, self.ignore_label, self.crop_max_tries,
+            )
+            out_hw = self.crop_size
+        flip = self.flip and rng.random() < 0.5
+        matrix = T.crop_flip_matrix(scale, top, left, crop_w, flip)
+        image = T.warp_crop(image, matrix, out_hw, (crop_h, crop_w), cv2.INTER_LINEAR, self.pad_value)
+        if label is not None:
+            label = T.warp_crop(label, matrix, out_hw, (crop_h, crop_w), cv2.INTER_NEAREST, self.ignore_label)
+        transform = T.color_jitter_matrix(rng, **self.color_jitter) if self.color_jitter else None
+        return image, label, transform

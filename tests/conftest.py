@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny hand-made COCO set, the generated sample dataset, a clean catalog."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
+
+REPO = Path(__file__).resolve().parents[1]
+TRASHBAGS = REPO.parent / "shared" / "data" / "trashbags"
+
+# A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two
+# polygons, and a triangle (Plastic bag). A second image holds one RLE annotation.
+TINY_W, TINY_H = 64, 48
+TINY_CATEGORIES = [{"id": i, "name": n, "supercategory": n} for i, n in
+                   [(1, "General trash"), (2, "Paper"), (4, "Metal"), (8, "Plastic bag")]]
+
+
+def _square(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def tiny_coco_dict() -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle_mask = np.zeros((TINY_H, TINY_W), dtype=np.uint8, order="F")
+    rle_mask[10:20, 30:50] = 1
+    rle = mask_utils.encode(rle_mask)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {
+        "info": {},
+        "licenses": [],
+        "categories": copy.deepcopy(TINY_CATEGORIES),
+        "images": [
+            {"id": 0, "file_name": "batch_01_vt/0000.jpg", "height": TINY_H, "width": TINY_W},
+            {"id": 1, "file_name": "batch_01_vt/0001.jpg", "height": TINY_H, "width": TINY_W},
+            {"id": 2, "file_name": "batch_02_vt/0000.jpg", "height": TINY_H, "width": TINY_W},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 0, "category_id": 4, "area": 64.0, "bbox": [0, 0, 1, 1], "iscrowd": 0,
+             "segmentation": [_square(10, 10, 14, 18), _square(14, 10, 18, 18)]},
+            {"id": 11, "image_id": 0, "category_id": 2, "area": 800.0, "bbox": [0, 0, 1, 1], "iscrowd": 0,
+             "segmentation": [_square(5, 5, 45, 25)]},
+            {"id": 12, "image_id": 0, "category_id": 8, "area": 150.0, "bbox": [0, 0, 1, 1], "iscrowd": 0,
+             "segmentation": [[50, 30, 63, 47, 40, 47]]},
+            {"id": 13, "image_id": 1, "category_id": 1, "area": 200.0, "bbox": [30, 10, 20, 10], "iscrowd": 0,
+             "segmentation": rle},
+        ],
+    }
+
+
+def write_tiny_coco(root: Path, data: dict | None = None, name: str = "train.json") -> Path:
+    """Write the tiny json (or a modified copy) and its three images under `root`."""
+    data = tiny_coco_dict() if data is None else data
+    rng = np.random.default_rng(0)
+    for image in tiny_coco_dict()["images"]:
+        path = root / image["file_name"]
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), rng.integers(0, 255, (TINY_H, TINY_W, 3), dtype=np.uint8))
+    json_path = root / name
+    json_path.write_text(json.dumps(data))
+    return json_path
+
+
+@pytest.fixture
+def tiny_coco(tmp_path: Path) -> Path:
+    """Path of a tiny valid COCO json whose images live beside it."""
+    return write_tiny_coco(tmp_path / "data")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated sample dataset in the competition layout (made once per test session)."""
+    from mask2former.data.sample_dataset import make_sample_dataset
+
+    root = tmp_path_factory.mktemp("sample")
+    make_sample_dataset(root, num_train=20, num_test=6, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def clean_catalog():
+    """Each test starts and ends with empty dataset/metadata catalogs."""
+    for name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    for name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    yield
+    for name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    for name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)

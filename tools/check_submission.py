@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Validate a submission CSV against the test json before uploading it.
+
+    python tools/check_submission.py submission.csv --test-json DATA/test.json
+
+Checks: the header, one row per test image, no unknown or repeated image ids, 65536 integer values
+per row, every value a class index. Exits 1 with a message naming the row on the first problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mask2former.submission import SubmissionError, check_submission  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv", help="the submission CSV")
+    parser.add_argument("--test-json", required=True, help="the test COCO json (its images define the rows)")
+    parser.add_argument("--num-classes", type=int, help="class count incl. background (default: json categories + 1)")
+    args = parser.parse_args(argv)
+    try:
+        rows = check_submission(args.csv, args.test_json, args.num_classes)
+    except (SubmissionError, FileNotFoundError) as error:
+        print(f"INVALID: {error}", file=sys.stderr)
+        return 1
+    print(f"OK: {args.csv} has one valid row for each of the {rows} test images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
