@@ -105,4 +105,129 @@ def get_cfg() -> CfgNode:
 
     _C.DATALOADER = CfgNode()
     _C.DATALOADER.NUM_WORKERS = 4  # data-loading processes per GPU
+
+    add_model_config(_C)
+    add_solver_config(_C)
+    add_test_config(_C)
     return _C
+
+
+def add_model_config(cfg: CfgNode) -> None:
+    """MODEL.*: Mask2Former's keys (meta architecture, Swin, pixel decoder, transformer decoder)."""
+    cfg.MODEL = CfgNode()
+    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"  # registered meta architecture
+    cfg.MODEL.WEIGHTS = ""  # checkpoint to start from (.pth, .safetensors, .ckpt; .pkl with MODEL.ALLOW_PICKLE)
+    cfg.MODEL.ALLOW_PICKLE = False  # allow unpickling detectron2 .pkl / full-pickle checkpoints (runs code)
+    cfg.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]  # RGB mean on the 0..255 scale (ImageNet)
+    cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]  # RGB std on the 0..255 scale (ImageNet)
+
+    cfg.MODEL.BACKBONE = CfgNode()
+    cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"  # registered backbone
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # unused by Swin; kept for detectron2 compatibility
+    cfg.MODEL.BACKBONE.WEIGHTS = ""  # backbone-only checkpoint (ImageNet Swin / timm) loaded before MODEL.WEIGHTS
+
+    cfg.MODEL.SWIN = CfgNode()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224  # image size of the pre-training (sets nothing else; recorded)
+    cfg.MODEL.SWIN.PATCH_SIZE = 4  # patch embedding stride (px)
+    cfg.MODEL.SWIN.EMBED_DIM = 96  # channels of stage 1 (doubles per stage)
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7  # attention window (tokens)
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0  # MLP hidden size / channels
+    cfg.MODEL.SWIN.QKV_BIAS = True  # bias in the qkv projection
+    cfg.MODEL.SWIN.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
+    cfg.MODEL.SWIN.DROP_RATE = 0.0  # dropout after projections
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0  # dropout on attention weights
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth, linearly increasing to this rate
+    cfg.MODEL.SWIN.APE = False  # absolute position embedding
+    cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+
+    cfg.MODEL.SEM_SEG_HEAD = CfgNode()
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # the head holding pixel decoder + predictor
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps the head reads
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # label ignored by the losses
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 11  # classes including background
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # unused by MaskFormer (kept for detectron2 compatibility)
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # pixel-decoder channels
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256  # mask-feature channels
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"  # norm of the pixel decoder's convs: "GN" or ""
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # registered pixel decoder
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6  # deformable encoder layers
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]  # encoder levels
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # encoder attention heads
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
+    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # stride of the mask features
+
+    cfg.MODEL.MASK_FORMER = CfgNode()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # registered decoder
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # what the decoder reads
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True  # losses on every decoder layer's prediction
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1  # class-loss weight of the "no object" class
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0  # weight of the classification loss (and matching cost)
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0  # weight of the dice loss (and matching cost)
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0  # weight of the mask BCE loss (and matching cost)
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256  # decoder width
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100  # queries
+    cfg.MODEL.MASK_FORMER.NHEADS = 8  # decoder attention heads
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0  # decoder dropout
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048  # decoder FFN width
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # unused (MaskFormer v1 key)
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10  # decoder layers + 1 (the prediction from the query features alone)
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False  # pre-norm decoder layers
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False  # 1x1 projection of features even when widths match
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32  # pad batches to a multiple of this (px); 0 = backbone's
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 12544  # points sampled per mask for matching and losses
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # candidate points per sampled point
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken where the mask is uncertain
+    cfg.MODEL.MASK_FORMER.TEST = CfgNode()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # semantic inference (the only one this project uses)
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # unused here
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # unused here
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8  # unused by semantic inference
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8  # unused by semantic inference
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks before combining
+
+
+def add_solver_config(cfg: CfgNode) -> None:
+    """SOLVER.*: AdamW, poly LR, gradient clipping, mixed precision, checkpoints."""
+    cfg.SOLVER = CfgNode()
+    cfg.SOLVER.IMS_PER_BATCH = 16  # images per iteration over all GPUs
+    cfg.SOLVER.MAX_ITER = 40000  # training iterations
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BASE_LR = 1e-4  # learning rate
+    cfg.SOLVER.MOMENTUM = 0.9  # SGD momentum
+    cfg.SOLVER.BETAS = (0.9, 0.999)  # AdamW betas
+    cfg.SOLVER.WEIGHT_DECAY = 0.05  # weight decay
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay of norm layers
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings, position-bias tables and position embeddings
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # backbone LR = BASE_LR x this
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"  # the only schedule here
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # poly exponent
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # floor of the poly factor
+    cfg.SOLVER.WARMUP_FACTOR = 1.0  # LR factor at iteration 0 of the warm-up
+    cfg.SOLVER.WARMUP_ITERS = 0  # linear warm-up iterations
+    cfg.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
+    cfg.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations between checkpoints
+    cfg.SOLVER.CHECKPOINT_KEEP = 3  # periodic checkpoints kept (plus last and best)
+    cfg.SOLVER.CLIP_GRADIENTS = CfgNode()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True  # clip gradients
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # "full_model" (one norm over all) or "norm" / "value"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01  # max norm (or value)
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the norm
+    cfg.SOLVER.AMP = CfgNode()
+    cfg.SOLVER.AMP.ENABLED = True  # bf16 autocast on GPU (the deformable encoder stays fp32); ignored on CPU
+
+
+def add_test_config(cfg: CfgNode) -> None:
+    """TEST.*: evaluation period and test-time augmentation."""
+    cfg.TEST = CfgNode()
+    cfg.TEST.EVAL_PERIOD = 5000  # iterations between evaluations; 0 = only at the end
+    cfg.TEST.AUG = CfgNode()
+    cfg.TEST.AUG.ENABLED = False  # test-time augmentation
+    cfg.TEST.AUG.MIN_SIZES = (256, 384, 512, 640)  # short sides of the TTA scales (px)
+    cfg.TEST.AUG.MAX_SIZE = 4096  # long-side cap at test time (px)
+    cfg.TEST.AUG.FLIP = True  # add horizontal flips

@@ -1,0 +1,31 @@
+"""The pixel-decoder contract and its registry.
+
+PIXEL_DECODER_REGISTRY holds classes with `from_config(cfg, input_shape)`, where input_shape is the
+backbone's {name: ShapeSpec}. `forward_features(features)` takes the backbone's dict and returns
+(mask_features, multi_scale_features): mask_features is N x MASK_DIM x H/4 x W/4 and
+multi_scale_features a list of 3 maps N x CONVS_DIM x h x w, lowest resolution first (strides
+32, 16, 8), which the transformer decoder attends to in turn.
+"""
+
+from __future__ import annotations
+
+from fvcore.common.config import CfgNode
+from fvcore.common.registry import Registry
+from torch import nn
+
+from ..backbone.base import ShapeSpec
+
+PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
+PIXEL_DECODER_REGISTRY.__doc__ = __doc__
+
+
+def build_pixel_decoder(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+    """The pixel decoder named by MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME."""
+    name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
+    if name not in PIXEL_DECODER_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in PIXEL_DECODER_REGISTRY))
+        raise KeyError(f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME {name!r} is not registered. Registered: {known}")
+    decoder = PIXEL_DECODER_REGISTRY.get(name).from_config(cfg, input_shape)
+    if not callable(getattr(decoder, "forward_features", None)):
+        raise TypeError(f"pixel decoder {name!r} has no forward_features(features) method")
+    return decoder

@@ -1,0 +1,25 @@
+"""The transformer-decoder contract and its registry.
+
+TRANSFORMER_DECODER_REGISTRY holds classes with `from_config(cfg, in_channels)`. Called as
+`decoder(multi_scale_features, mask_features)` with the pixel decoder's outputs, it returns
+{"pred_logits": N x Q x (K + 1) (the last column is "no object"), "pred_masks": N x Q x H/4 x W/4
+logits, "aux_outputs": [{"pred_logits", "pred_masks"} for every earlier prediction]}.
+"""
+
+from __future__ import annotations
+
+from fvcore.common.config import CfgNode
+from fvcore.common.registry import Registry
+from torch import nn
+
+TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
+TRANSFORMER_DECODER_REGISTRY.__doc__ = __doc__
+
+
+def build_transformer_decoder(cfg: CfgNode, in_channels: int) -> nn.Module:
+    """The decoder named by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME."""
+    name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
+    if name not in TRANSFORMER_DECODER_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
+        raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {name!r} is not registered. Registered: {known}")
+    return TRANSFORMER_DECODER_REGISTRY.get(name).from_config(cfg, in_channels)
