@@ -118,6 +118,8 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.META_ARCHITECTURE = "MaskFormer"  # registered meta architecture
     cfg.MODEL.WEIGHTS = ""  # checkpoint to start from (.pth, .safetensors, .ckpt; .pkl with MODEL.ALLOW_PICKLE)
     cfg.MODEL.ALLOW_PICKLE = False  # allow unpickling detectron2 .pkl / full-pickle checkpoints (runs code)
+    cfg.MODEL.LOAD_STRICT = True  # fail on missing/unexpected/mis-shaped keys (a class-count change is allowed)
+    cfg.MODEL.SYNC_BN = False  # convert BatchNorm layers to SyncBatchNorm when training on several GPUs
     cfg.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]  # RGB mean on the 0..255 scale (ImageNet)
     cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]  # RGB std on the 0..255 scale (ImageNet)
@@ -213,6 +215,7 @@ def add_solver_config(cfg: CfgNode) -> None:
     cfg.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
     cfg.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations between checkpoints
     cfg.SOLVER.CHECKPOINT_KEEP = 3  # periodic checkpoints kept (plus last and best)
+    cfg.SOLVER.LOG_PERIOD = 20  # iterations between log lines and logged metrics
     cfg.SOLVER.CLIP_GRADIENTS = CfgNode()
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True  # clip gradients
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # "full_model" (one norm over all) or "norm" / "value"

@@ -42,6 +42,9 @@ def read_label(path: str, expected_hw: tuple[int, int] | None = None) -> np.ndar
     return label
 
 
+_PASSED_THROUGH = ("file_name", "image_id", "height", "width", "sem_seg_file_name")
+
+
 class SemanticSegMapper:
     """Reads and augments one dataset dict; build with keywords or `from_config(cfg, is_train)`."""
 
@@ -119,7 +122,7 @@ class SemanticSegMapper:
             image, label = self._resize(image, label)
             transform = None
         image = T.apply_color_transform(image, transform, self.image_format)
-        out = {key: dataset_dict[key] for key in ("file_name", "image_id", "height", "width") if key in dataset_dict}
+        out = {key: dataset_dict[key] for key in _PASSED_THROUGH if key in dataset_dict}
         out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if label is not None:
             out["sem_seg"] = torch.from_numpy(label.astype(np.int64))

@@ -1,0 +1,182 @@
+"""The training loop on PyTorch Lightning: one step you can read top to bottom.
+
+`MaskFormerModule` owns the model, its optimizer and LR schedule, the data loaders (an endless,
+resumable sampler for training; contiguous shards without padding for evaluation) and the
+evaluators. Checkpoints carry the merged config as YAML text and the RNG states, nothing pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+from torch.utils.data import DataLoader
+
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.coco_semantic import set_class_metadata
+from ..data.dataset import MapDataset
+from ..data.mapper import SemanticSegMapper
+from ..data.samplers import InfiniteSampler
+from ..evaluation.sem_seg import SemSegEvaluator
+from ..modeling.meta_arch import build_model
+from .optimizer import build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Rank r of w gets the r-th contiguous slice of range(size): every item exactly once, no padding."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        per_rank = -(-size // world_size)
+        self.indices = list(range(min(size, rank * per_rank), min(size, (rank + 1) * per_rank)))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def check_dataset_classes(cfg: CfgNode, names: list[str]) -> list[str]:
+    """The class names shared by the datasets; an error if they disagree with MODEL.SEM_SEG_HEAD.NUM_CLASSES."""
+    class_names = None
+    for name in names:
+        classes = set_class_metadata(name)
+        if class_names is not None and classes != class_names:
+            raise ValueError(f"datasets disagree on their classes: {names[0]} has {class_names}, {name} has {classes}")
+        class_names = classes
+    if class_names is not None and len(class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+        raise ValueError(
+            f"dataset {names[0]} has {len(class_names)} classes (background included: {class_names}) but "
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
+        )
+    return class_names or []
+
+
+class MaskFormerModule(L.LightningModule):
+    def __init__(self, cfg: CfgNode, batch_size_per_device: int = 1) -> None:
+        super().__init__()
+        self.cfg = cfg.clone()
+        self.batch_size_per_device = batch_size_per_device
+        self.model = build_model(cfg)
+        self.evaluators: list[SemSegEvaluator] = []
+        self.last_results: dict[str, dict] = {}
+        self.last_eval_step = -1
+
+    # ---- data ----------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        cfg = self.cfg
+        dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
+        check_dataset_classes(cfg, list(cfg.DATASETS.TRAIN))
+        rank, world = self._rank_world()
+        start = self.trainer.global_step * self.batch_size_per_device * world  # resumes the sample stream
+        dataset = MapDataset(dicts, SemanticSegMapper.from_config(cfg, is_train=True), seed=cfg.SEED)
+        sampler = InfiniteSampler(len(dicts), seed=cfg.SEED, start=start, rank=rank, world_size=world)
+        return DataLoader(dataset, batch_size=self.batch_size_per_device, sampler=sampler, collate_fn=list,
+                          num_workers=cfg.DATALOADER.NUM_WORKERS, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+                          drop_last=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        cfg = self.cfg
+        rank, world = self._rank_world()
+        class_names = check_dataset_classes(cfg, list(cfg.DATASETS.TEST))
+        mapper = SemanticSegMapper.from_config(cfg, is_train=False)
+        loaders, self.evaluators = [], []
+        for name in cfg.DATASETS.TEST:
+            dicts = DatasetCatalog.get(name)
+            if any("sem_seg_file_name" not in d for d in dicts):
+                raise ValueError(f"dataset {name} in DATASETS.TEST has no ground truth; evaluate on a labelled split")
+            loaders.append(DataLoader(MapDataset(dicts, mapper), batch_size=1, collate_fn=list,
+                                      sampler=ShardSampler(len(dicts), rank, world),
+                                      num_workers=min(2, cfg.DATALOADER.NUM_WORKERS)))
+            meta = MetadataCatalog.get(name)
+            self.evaluators.append(SemSegEvaluator(class_names, ignore_label=meta.ignore_label,
+                                                   output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}"))
+        return loaders
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
+        losses = self.model(batch)
+        total = self.model.criterion.weighted_total(losses)
+        if not torch.isfinite(total):
+            readable = {key: round(float(value), 4) for key, value in losses.items()}
+            raise FloatingPointError(
+                f"loss became {float(total)} at iteration {self.global_step}; losses: {readable}. "
+                f"The last good checkpoint stays in {self.cfg.OUTPUT_DIR}/checkpoints"
+            )
+        logged = {key: value.detach() for key, value in losses.items() if key in ("loss_ce", "loss_mask", "loss_dice")}
+        logged["total_loss"] = total.detach()
+        logged["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"]) if self._trainer else torch.tensor(0.0)
+        self.log_dict(logged, batch_size=len(batch))
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        for evaluator in self.evaluators:
+            evaluator.reset()
+
+    def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluators[dataloader_idx].process(batch, self.model(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_results = {}
+        for name, evaluator in zip(self.cfg.DATASETS.TEST, self.evaluators, strict=True):
+            result = evaluator.evaluate()["sem_seg"]
+            self.last_results[name] = result
+            if self.global_rank == 0:
+                logger.info("iteration %d, %s: mIoU %.4f\n%s", self.global_step, name, result["mIoU"], evaluator.table)
+        if self.last_results:
+            first = self.last_results[self.cfg.DATASETS.TEST[0]]
+            self.log("sem_seg/mIoU", first["mIoU"], sync_dist=False, rank_zero_only=False)
+            for name, result in self.last_results.items():
+                self.log(f"{name}/mIoU", result["mIoU"], sync_dist=False)
+        self.last_eval_step = self.global_step
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.cfg, self.model)
+        scheduler = build_lr_scheduler(self.cfg, optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["config_yaml"] = self.cfg.dump()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": _python_state_to_plain(random.getstate()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(_numpy_state_from_plain(states["numpy"]))
+            random.setstate(_python_state_from_plain(states["python"]))
+
+
+# RNG states as tensors / lists so checkpoints load with weights_only=True.
+def _numpy_state_to_plain(state: tuple) -> dict:
+    return {"name": state[0], "keys": torch.from_numpy(state[1].astype(np.int64)), "pos": int(state[2]),
+            "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}
+
+
+def _numpy_state_from_plain(plain: dict) -> tuple:
+    return (plain["name"], plain["keys"].numpy().astype(np.uint32), plain["pos"], plain["has_gauss"],
+            plain["cached_gaussian"])
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _python_state_from_plain(plain: list) -> tuple:
+    return (plain[0], tuple(plain[1]), plain[2])

@@ -1,0 +1,91 @@
+"""Optimizer and LR schedule builders (Mask2Former's recipe: AdamW, poly LR, no decay on norms/embeddings)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from fvcore.common.config import CfgNode
+from torch import nn
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm2d,
+               nn.LayerNorm, nn.LocalResponseNorm)
+# Parameters treated as embeddings (no decay), wherever they live: Swin's bias tables and position embeddings.
+_EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "rpb")
+
+
+def parameter_groups(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float = 0.0,
+    weight_decay_embed: float = 0.0,
+    backbone_multiplier: float = 0.1,
+) -> list[dict]:
+    """One group per parameter-kind: backbone LR scaled, norms and embeddings with their own decay."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full_name = f"{module_name}.{name}" if module_name else name
+            lr = base_lr * backbone_multiplier if full_name.startswith("backbone.") else base_lr
+            if isinstance(module, _NORM_TYPES):
+                decay = weight_decay_norm
+            elif isinstance(module, nn.Embedding) or any(key in name for key in _EMBED_NAMES):
+                decay = weight_decay_embed
+            else:
+                decay = weight_decay
+            groups.setdefault((lr, decay), []).append(param)
+    return [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": decay}
+            for (lr, decay), params in groups.items()]
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    solver = cfg.SOLVER
+    groups = parameter_groups(model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.WEIGHT_DECAY_NORM,
+                              solver.WEIGHT_DECAY_EMBED, solver.BACKBONE_MULTIPLIER)
+    if solver.OPTIMIZER == "ADAMW":
+        return torch.optim.AdamW(groups, lr=solver.BASE_LR, betas=tuple(solver.BETAS))
+    if solver.OPTIMIZER == "SGD":
+        return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM)
+    raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
+
+
+def poly_lr_factor(
+    iteration: int,
+    max_iter: int,
+    power: float = 0.9,
+    warmup_iters: int = 0,
+    warmup_factor: float = 1.0,
+    warmup_method: str = "linear",
+    constant_ending: float = 0.0,
+) -> float:
+    """LR multiplier at `iteration`: warm-up factor x (1 - iteration / max_iter) ** power."""
+    warmup = 1.0
+    if iteration < warmup_iters:
+        if warmup_method == "linear":
+            alpha = iteration / warmup_iters
+            warmup = warmup_factor * (1 - alpha) + alpha
+        elif warmup_method == "constant":
+            warmup = warmup_factor
+        else:
+            raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
+    decay = math.pow(max(0.0, 1.0 - iteration / max_iter), power)
+    if constant_ending > 0 and warmup == 1.0 and decay < constant_ending:
+        return constant_ending
+    return warmup * decay
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    solver = cfg.SOLVER
+    if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        raise ValueError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; use WarmupPolyLR")
+
+    def factor(iteration: int) -> float:
+        return poly_lr_factor(iteration, solver.MAX_ITER, solver.POLY_LR_POWER, solver.WARMUP_ITERS,
+                              solver.WARMUP_FACTOR, solver.WARMUP_METHOD, solver.POLY_LR_CONSTANT_ENDING)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

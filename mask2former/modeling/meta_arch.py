@@ -1,0 +1,175 @@
+"""MaskFormer: images -> losses (training) or per-pixel class scores (inference).
+
+META_ARCH_REGISTRY holds classes with `from_config(cfg)`. A meta architecture is called with a list
+of mapper outputs ({"image": uint8 3 x H x W, "sem_seg": int64 H x W, "height", "width"}) and returns
+a dict of losses in training mode, or one {"sem_seg": C x height x width scores} per image in eval
+mode (detectron2's semantic-segmentation output).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+from fvcore.common.registry import Registry
+from torch import nn
+
+from .backbone.base import Backbone, ShapeSpec, build_backbone
+from .criterion import SetCriterion, build_criterion
+from .pixel_decoder.base import build_pixel_decoder
+from .transformer_decoder.base import build_transformer_decoder
+
+META_ARCH_REGISTRY = Registry("META_ARCH")
+META_ARCH_REGISTRY.__doc__ = __doc__
+
+
+class MaskFormerHead(nn.Module):
+    """The `sem_seg_head`: pixel decoder (`pixel_decoder.*`) + transformer decoder (`predictor.*`)."""
+
+    def __init__(self, *, pixel_decoder: nn.Module, predictor: nn.Module, in_features: list[str]) -> None:
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+        self.in_features = list(in_features)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskFormerHead:
+        head_cfg = cfg.MODEL.SEM_SEG_HEAD
+        missing = [name for name in head_cfg.IN_FEATURES if name not in input_shape]
+        if missing:
+            raise KeyError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES names {missing}, which the backbone does not return "
+                           f"(it returns {sorted(input_shape)})")
+        shapes = {name: input_shape[name] for name in head_cfg.IN_FEATURES}
+        if cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE != "multi_scale_pixel_decoder":
+            raise ValueError("only MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE 'multi_scale_pixel_decoder' is supported")
+        return cls(
+            pixel_decoder=build_pixel_decoder(cfg, shapes),
+            predictor=build_transformer_decoder(cfg, head_cfg.CONVS_DIM),
+            in_features=head_cfg.IN_FEATURES,
+        )
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+        mask_features, multi_scale_features = self.pixel_decoder.forward_features(
+            {name: features[name] for name in self.in_features}
+        )
+        return self.predictor(multi_scale_features, mask_features)
+
+
+def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Q x (K + 1) class logits and Q x H x W mask logits -> K x H x W class scores."""
+    class_probs = F.softmax(class_logits, dim=-1)[..., :-1]
+    return torch.einsum("qc,qhw->chw", class_probs, mask_logits.sigmoid())
+
+
+def pad_to_divisible(images: list[torch.Tensor], divisibility: int, value: float = 0.0) -> torch.Tensor:
+    """Stack C x H x W tensors into N x C x H' x W', padding bottom/right to a common multiple of `divisibility`."""
+    height = max(image.shape[-2] for image in images)
+    width = max(image.shape[-1] for image in images)
+    if divisibility > 1:
+        height = -(-height // divisibility) * divisibility
+        width = -(-width // divisibility) * divisibility
+    batch = images[0].new_full((len(images), images[0].shape[0], height, width), value)
+    for index, image in enumerate(images):
+        batch[index, :, : image.shape[-2], : image.shape[-1]] = image
+    return batch
+
+
+def semantic_targets(label: torch.Tensor, padded_hw: tuple[int, int], ignore_value: int) -> dict[str, torch.Tensor]:
+    """One label map -> {"labels": classes present, "masks": one binary mask per class, padded with 0}."""
+    classes = torch.unique(label)
+    classes = classes[classes != ignore_value]
+    masks = label[None] == classes[:, None, None]
+    padded = torch.zeros((len(classes), *padded_hw), dtype=torch.float32, device=label.device)
+    padded[:, : label.shape[0], : label.shape[1]] = masks
+    return {"labels": classes.long(), "masks": padded}
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """Mask2Former for semantic segmentation: backbone -> sem_seg_head -> criterion / semantic inference."""
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: MaskFormerHead,
+        criterion: SetCriterion,
+        num_classes: int,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        size_divisibility: int = 32,
+        ignore_value: int = 255,
+        image_format: str = "RGB",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_classes = num_classes
+        self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
+        self.ignore_value = ignore_value
+        self.image_format = image_format
+        # not persistent: official checkpoints do not carry them
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> MaskFormer:
+        backbone = build_backbone(cfg)
+        mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+        if cfg.INPUT.FORMAT == "BGR":  # the statistics are given in RGB order
+            mean, std = mean[::-1], std[::-1]
+        return cls(
+            backbone=backbone,
+            sem_seg_head=MaskFormerHead.from_config(cfg, backbone.output_shape()),
+            criterion=build_criterion(cfg),
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            pixel_mean=mean,
+            pixel_std=std,
+            size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            image_format=cfg.INPUT.FORMAT,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, batched_inputs: list[dict]) -> torch.Tensor:
+        images = [(item["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for item in batched_inputs]
+        return pad_to_divisible(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+        images = self.preprocess(batched_inputs)
+        outputs = self.sem_seg_head(self.backbone(images))
+        if self.training:
+            targets = [
+                semantic_targets(item["sem_seg"].to(self.device), images.shape[-2:], self.ignore_value)
+                for item in batched_inputs
+            ]
+            return self.criterion(outputs, targets)
+        return self.inference(batched_inputs, outputs, images.shape[-2:])
+
+    def inference(self, batched_inputs: list[dict], outputs: dict, padded_hw: tuple[int, int]) -> list[dict]:
+        mask_logits = F.interpolate(outputs["pred_masks"], size=padded_hw, mode="bilinear", align_corners=False)
+        results = []
+        for index, item in enumerate(batched_inputs):
+            image_h, image_w = item["image"].shape[-2:]
+            height, width = item.get("height", image_h), item.get("width", image_w)
+            scores = semantic_inference(outputs["pred_logits"][index].float(),
+                                        mask_logits[index, :, :image_h, :image_w].float())
+            if (height, width) != (image_h, image_w):
+                scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            results.append({"sem_seg": scores})
+        return results
+
+
+def build_model(cfg: CfgNode) -> nn.Module:
+    """The meta architecture named by MODEL.META_ARCHITECTURE (importing every registered part first)."""
+    from . import register_all  # noqa: F401  (fills the registries)
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name not in META_ARCH_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in META_ARCH_REGISTRY))
+        raise KeyError(f"MODEL.META_ARCHITECTURE {name!r} is not registered. Registered: {known}")
+    return META_ARCH_REGISTRY.get(name).from_config(cfg)
