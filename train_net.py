@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train or evaluate Mask2Former, detectron2-style:
 
-    python train_net.py --config-file configs/m2f_swin_l.yaml --num-gpus 1 [KEY VALUE ...]
-    python train_net.py --config-file configs/m2f_swin_l.yaml --resume
-    python train_net.py --config-file configs/m2f_swin_l.yaml --eval-only MODEL.WEIGHTS output/model_final.pth
+python train_net.py --config-file configs/m2f_swin_l.yaml --num-gpus 1 [KEY VALUE ...]
+python train_net.py --config-file configs/m2f_swin_l.yaml --resume
+python train_net.py --config-file configs/m2f_swin_l.yaml --eval-only MODEL.WEIGHTS output/model_final.pth
 """
 
 from mask2former.engine.launch import main

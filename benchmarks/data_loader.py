@@ -41,8 +41,9 @@ def time_single_worker(dataset: MapDataset, repeats: int) -> float:
 
 
 def time_loader(dataset: MapDataset, workers: int, repeats: int) -> float:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=list,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=8, num_workers=workers, collate_fn=list, persistent_workers=workers > 0
+    )
     for _ in loader:  # warm-up: start the workers
         break
     rates = []
@@ -72,8 +73,9 @@ def main() -> None:
         cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = args.single_category_max_area
         dataset = MapDataset(dicts, SemanticSegMapper.from_config(cfg, is_train=True), seed=0)
         rate = time_single_worker(dataset, args.repeats)
-        print(f"training mapper, 1 worker in-process: {rate:.1f} images/s "
-              f"({len(dicts)} images, median of {args.repeats})")
+        print(
+            f"training mapper, 1 worker in-process: {rate:.1f} images/s ({len(dicts)} images, median of {args.repeats})"
+        )
         for workers in args.workers:
             loader_rate = time_loader(dataset, workers, args.repeats)
             print(f"DataLoader, {workers} workers: {loader_rate:.1f} images/s ({loader_rate / workers:.1f} per worker)")

@@ -23,15 +23,28 @@ def probability_path(folder: str | Path, file_name: str) -> Path:
     return Path(folder) / "probs" / Path(file_name).with_suffix(".npz")
 
 
-def save_probabilities(folder: str | Path, file_name: str, image_id: int, probs: np.ndarray, height: int,
-                       width: int, class_names: list[str]) -> Path:
+def save_probabilities(
+    folder: str | Path,
+    file_name: str,
+    image_id: int,
+    probs: np.ndarray,
+    height: int,
+    width: int,
+    class_names: list[str],
+) -> Path:
     """Write one image's probabilities atomically; returns the path."""
     if probs.ndim != 3 or probs.shape[0] != len(class_names):
         raise ValueError(f"{file_name}: probabilities of shape {probs.shape} do not match {len(class_names)} classes")
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, probs=probs.astype(np.float16), file_name=np.array(file_name),
-                        image_id=np.array(image_id), height=np.array(height), width=np.array(width),
-                        class_names=np.array(class_names))
+    np.savez_compressed(
+        buffer,
+        probs=probs.astype(np.float16),
+        file_name=np.array(file_name),
+        image_id=np.array(image_id),
+        height=np.array(height),
+        width=np.array(width),
+        class_names=np.array(class_names),
+    )
     path = probability_path(folder, file_name)
     atomic_write_bytes(path, buffer.getvalue())
     return path
@@ -42,8 +55,13 @@ def load_probabilities(path: str | Path) -> dict:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {"probs": data["probs"].astype(np.float32), "file_name": str(data["file_name"]),
-                    "image_id": int(data["image_id"]), "height": int(data["height"]), "width": int(data["width"]),
-                    "class_names": [str(n) for n in data["class_names"]]}
+            return {
+                "probs": data["probs"].astype(np.float32),
+                "file_name": str(data["file_name"]),
+                "image_id": int(data["image_id"]),
+                "height": int(data["height"]),
+                "width": int(data["width"]),
+                "class_names": [str(n) for n in data["class_names"]],
+            }
     except (OSError, KeyError, ValueError) as error:
         raise ValueError(f"{path}: not a prediction file of this project ({error})") from None

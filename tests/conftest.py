@@ -18,8 +18,10 @@ TRASHBAGS = REPO.parent / "shared" / "data" / "trashbags"
 # A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two
 # polygons, and a triangle (Plastic bag). A second image holds one RLE annotation.
 TINY_W, TINY_H = 64, 48
-TINY_CATEGORIES = [{"id": i, "name": n, "supercategory": n} for i, n in
-                   [(1, "General trash"), (2, "Paper"), (4, "Metal"), (8, "Plastic bag")]]
+TINY_CATEGORIES = [
+    {"id": i, "name": n, "supercategory": n}
+    for i, n in [(1, "General trash"), (2, "Paper"), (4, "Metal"), (8, "Plastic bag")]
+]
 
 
 def _square(x0: float, y0: float, x1: float, y1: float) -> list[float]:
@@ -43,14 +45,42 @@ def tiny_coco_dict() -> dict:
             {"id": 2, "file_name": "batch_02_vt/0000.jpg", "height": TINY_H, "width": TINY_W},
         ],
         "annotations": [
-            {"id": 10, "image_id": 0, "category_id": 4, "area": 64.0, "bbox": [0, 0, 1, 1], "iscrowd": 0,
-             "segmentation": [_square(10, 10, 14, 18), _square(14, 10, 18, 18)]},
-            {"id": 11, "image_id": 0, "category_id": 2, "area": 800.0, "bbox": [0, 0, 1, 1], "iscrowd": 0,
-             "segmentation": [_square(5, 5, 45, 25)]},
-            {"id": 12, "image_id": 0, "category_id": 8, "area": 150.0, "bbox": [0, 0, 1, 1], "iscrowd": 0,
-             "segmentation": [[50, 30, 63, 47, 40, 47]]},
-            {"id": 13, "image_id": 1, "category_id": 1, "area": 200.0, "bbox": [30, 10, 20, 10], "iscrowd": 0,
-             "segmentation": rle},
+            {
+                "id": 10,
+                "image_id": 0,
+                "category_id": 4,
+                "area": 64.0,
+                "bbox": [0, 0, 1, 1],
+                "iscrowd": 0,
+                "segmentation": [_square(10, 10, 14, 18), _square(14, 10, 18, 18)],
+            },
+            {
+                "id": 11,
+                "image_id": 0,
+                "category_id": 2,
+                "area": 800.0,
+                "bbox": [0, 0, 1, 1],
+                "iscrowd": 0,
+                "segmentation": [_square(5, 5, 45, 25)],
+            },
+            {
+                "id": 12,
+                "image_id": 0,
+                "category_id": 8,
+                "area": 150.0,
+                "bbox": [0, 0, 1, 1],
+                "iscrowd": 0,
+                "segmentation": [[50, 30, 63, 47, 40, 47]],
+            },
+            {
+                "id": 13,
+                "image_id": 1,
+                "category_id": 1,
+                "area": 200.0,
+                "bbox": [30, 10, 20, 10],
+                "iscrowd": 0,
+                "segmentation": rle,
+            },
         ],
     }
 

@@ -95,8 +95,11 @@ def test_interrupted_render_resumes(tmp_path: Path, cache_dir: Path, monkeypatch
     Path(dicts[2]["sem_seg_file_name"]).unlink()
     rendered = []
     original = coco_semantic.render_label_map
-    monkeypatch.setattr(coco_semantic, "render_label_map",
-                        lambda image, *a, **k: rendered.append(image["id"]) or original(image, *a, **k))
+    monkeypatch.setattr(
+        coco_semantic,
+        "render_label_map",
+        lambda image, *a, **k: rendered.append(image["id"]) or original(image, *a, **k),
+    )
     again = load_sem_seg_dataset(json_path, tmp_path, cache_dir)
     assert rendered == [2]
     assert again == dicts
@@ -119,18 +122,32 @@ def _bad(tmp_path: Path, edit) -> Path:
 
 
 BAD_ANNOTATIONS = {
-    "two-point polygon": (lambda d: d["annotations"][2].update(segmentation=[[50, 30, 63, 47]]),
-                          "polygon 0 has 2 point(s); a polygon needs at least 3", 12),
-    "odd values": (lambda d: d["annotations"][1].update(segmentation=[[5, 5, 45, 5, 45, 25, 5]]),
-                   "odd number of values (7)", 11),
-    "far outside": (lambda d: d["annotations"][2].update(segmentation=[[50, 30, 6300, 47, 40, 47]]),
-                    "far outside the 64x48 image", 12),
-    "unknown category": (lambda d: d["annotations"][0].update(category_id=99),
-                         "unknown category_id 99", 10),
-    "empty segmentation": (lambda d: d["annotations"][0].update(segmentation=[]),
-                           "segmentation is empty", 10),
-    "RLE size": (lambda d: d["annotations"][3]["segmentation"].update(size=[10, 10]),
-                 "RLE size [10, 10] differs from the image size [48, 64]", 13),
+    "two-point polygon": (
+        lambda d: d["annotations"][2].update(segmentation=[[50, 30, 63, 47]]),
+        "polygon 0 has 2 point(s); a polygon needs at least 3",
+        12,
+    ),
+    "odd values": (
+        lambda d: d["annotations"][1].update(segmentation=[[5, 5, 45, 5, 45, 25, 5]]),
+        "odd number of values (7)",
+        11,
+    ),
+    "far outside": (
+        lambda d: d["annotations"][2].update(segmentation=[[50, 30, 6300, 47, 40, 47]]),
+        "far outside the 64x48 image",
+        12,
+    ),
+    "unknown category": (lambda d: d["annotations"][0].update(category_id=99), "unknown category_id 99", 10),
+    "empty segmentation": (
+        lambda d: d["annotations"][0].update(segmentation=[]),
+        "segmentation is empty",
+        10,
+    ),
+    "RLE size": (
+        lambda d: d["annotations"][3]["segmentation"].update(size=[10, 10]),
+        "RLE size [10, 10] differs from the image size [48, 64]",
+        13,
+    ),
 }
 
 

@@ -12,9 +12,19 @@ from mask2former.config import flatten_keys, get_cfg
 def test_defaults_use_mask2former_key_names() -> None:
     cfg = get_cfg()
     keys = set(flatten_keys(cfg))
-    for key in ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.CROP.SIZE", "INPUT.COLOR_AUG_SSD",
-                "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "INPUT.DATASET_MAPPER_NAME", "DATASETS.TRAIN",
-                "DATASETS.TEST", "DATALOADER.NUM_WORKERS", "OUTPUT_DIR", "SEED"):
+    for key in (
+        "INPUT.MIN_SIZE_TRAIN",
+        "INPUT.MAX_SIZE_TRAIN",
+        "INPUT.CROP.SIZE",
+        "INPUT.COLOR_AUG_SSD",
+        "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA",
+        "INPUT.DATASET_MAPPER_NAME",
+        "DATASETS.TRAIN",
+        "DATASETS.TEST",
+        "DATALOADER.NUM_WORKERS",
+        "OUTPUT_DIR",
+        "SEED",
+    ):
         assert key in keys
     assert cfg.INPUT.MIN_SIZE_TRAIN[0] == 256 and cfg.INPUT.MIN_SIZE_TRAIN[-1] == 1024
 

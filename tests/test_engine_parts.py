@@ -145,9 +145,13 @@ def test_class_count_change_reinitialises_only_the_class_head() -> None:
     target = TinyModel(num_classes=11)
     before = target.sem_seg_head.predictor.class_embed.weight.clone()
     report = load_model_weights(target, source.state_dict())
-    assert sorted(report.reinitialised) == sorted([
-        "sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.class_embed.bias",
-        "criterion.empty_weight"])
+    assert sorted(report.reinitialised) == sorted(
+        [
+            "sem_seg_head.predictor.class_embed.weight",
+            "sem_seg_head.predictor.class_embed.bias",
+            "criterion.empty_weight",
+        ]
+    )
     assert torch.equal(target.sem_seg_head.predictor.class_embed.weight, before)
     assert torch.equal(target.backbone.attn.qkv.weight, source.backbone.attn.qkv.weight)
 

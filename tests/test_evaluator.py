@@ -19,8 +19,9 @@ def baseline_scores(pairs: list[tuple[np.ndarray, np.ndarray]], n_class: int) ->
     for gt, pred in pairs:
         for lt, lp in zip(gt, pred, strict=True):
             mask = (lt >= 0) & (lt < n_class)
-            hist += np.bincount(n_class * lt[mask].astype(int) + lp[mask], minlength=n_class**2).reshape(n_class,
-                                                                                                        n_class)
+            hist += np.bincount(n_class * lt[mask].astype(int) + lp[mask], minlength=n_class**2).reshape(
+                n_class, n_class
+            )
     with np.errstate(divide="ignore", invalid="ignore"):
         acc = np.diag(hist).sum() / hist.sum()
         acc_cls = np.nanmean(np.diag(hist) / hist.sum(axis=1))
@@ -93,5 +94,7 @@ def test_process_reads_label_files_and_writes_reports(tmp_path: Path) -> None:
     assert png is not None and png.shape[0] > 100
     assert "Paper" in evaluator.table and "0.7949" in evaluator.table
     with pytest.raises(ValueError, match="a.jpg: prediction is 4x4, ground truth 8x8"):
-        evaluator.process([{"sem_seg_file_name": str(tmp_path / "gt.png"), "file_name": "a.jpg"}],
-                          [{"sem_seg": torch.zeros(2, 4, 4)}])
+        evaluator.process(
+            [{"sem_seg_file_name": str(tmp_path / "gt.png"), "file_name": "a.jpg"}],
+            [{"sem_seg": torch.zeros(2, 4, 4)}],
+        )

@@ -14,8 +14,10 @@ from mask2former.data import transforms as T
 from mask2former.data.dataset import MapDataset
 from mask2former.data.mapper import SemanticSegMapper
 
-PALETTE_BGR = np.array([[20, 20, 20], [200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200]],
-                       dtype=np.uint8)
+PALETTE_BGR = np.array(
+    [[20, 20, 20], [200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200]],
+    dtype=np.uint8,
+)
 
 
 def write_block_sample(folder: Path, size: tuple[int, int] = (384, 512), block: int = 32, seed: int = 0) -> dict:
@@ -27,13 +29,25 @@ def write_block_sample(folder: Path, size: tuple[int, int] = (384, 512), block: 
     folder.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(folder / "image.png"), PALETTE_BGR[label])
     cv2.imwrite(str(folder / "label.png"), label)
-    return {"file_name": str(folder / "image.png"), "sem_seg_file_name": str(folder / "label.png"),
-            "height": height, "width": width, "image_id": 7}
+    return {
+        "file_name": str(folder / "image.png"),
+        "sem_seg_file_name": str(folder / "label.png"),
+        "height": height,
+        "width": width,
+        "image_id": 7,
+    }
 
 
 def train_mapper(**overrides) -> SemanticSegMapper:
-    kwargs = dict(is_train=True, min_size=(256, 384, 512, 768, 1024), max_size=4096, crop_size=(256, 256),
-                  flip=True, color_jitter=None, image_format="BGR")
+    kwargs = dict(
+        is_train=True,
+        min_size=(256, 384, 512, 768, 1024),
+        max_size=4096,
+        crop_size=(256, 256),
+        flip=True,
+        color_jitter=None,
+        image_format="BGR",
+    )
     kwargs.update(overrides)
     return SemanticSegMapper(**kwargs)
 
@@ -51,7 +65,7 @@ def test_crop_flip_matrix_matches_resize_then_crop(flip: bool, scale: float) -> 
     label = rng.integers(0, 250, (60, 80)).astype(np.uint8)
     resized = np.repeat(np.repeat(label, int(scale), axis=0), int(scale), axis=1)
     top, left, crop_h, crop_w = 7, 11, 40, 50
-    expected = resized[top:top + crop_h, left:left + crop_w]
+    expected = resized[top : top + crop_h, left : left + crop_w]
     if flip:
         expected = expected[:, ::-1]
     matrix = T.crop_flip_matrix(scale, top, left, crop_w, flip)
@@ -69,8 +83,14 @@ def test_color_matrix_rules() -> None:
     rng = np.random.default_rng(0)
     assert np.allclose(T.color_jitter_matrix(rng, prob=0.0), np.eye(4))
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    grey = T.color_jitter_matrix(rng, prob=1.0, brightness_delta=0.0, contrast_range=(1.0, 1.0),
-                                 saturation_range=(0.0, 0.0), hue_delta=0.0)
+    grey = T.color_jitter_matrix(
+        rng,
+        prob=1.0,
+        brightness_delta=0.0,
+        contrast_range=(1.0, 1.0),
+        saturation_range=(0.0, 0.0),
+        hue_delta=0.0,
+    )
     out = T.apply_color_transform(image, grey, "RGB").astype(int)
     assert np.abs(out[..., 0] - out[..., 1]).max() <= 1 and np.abs(out[..., 1] - out[..., 2]).max() <= 1
     rotation = T.hue_rotation(0.7)
@@ -92,10 +112,18 @@ def test_image_and_label_stay_aligned_through_augmentation(tmp_path: Path) -> No
         image = sample["image"].permute(1, 2, 0).numpy().astype(int)
         label = sample["sem_seg"].numpy()
         # interior pixels: the 9x9 neighbourhood (> 2 source px at 2.7x) has one class, so bilinear gives its colour
-        interior = cv2.erode((label != 255).astype(np.uint8), np.ones((9, 9), np.uint8),
-                             borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-        uniform = cv2.erode(label.astype(np.uint8), np.ones((9, 9), np.uint8)) == \
-            cv2.dilate(label.astype(np.uint8), np.ones((9, 9), np.uint8))
+        interior = (
+            cv2.erode(
+                (label != 255).astype(np.uint8),
+                np.ones((9, 9), np.uint8),
+                borderType=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
+            > 0
+        )
+        uniform = cv2.erode(label.astype(np.uint8), np.ones((9, 9), np.uint8)) == cv2.dilate(
+            label.astype(np.uint8), np.ones((9, 9), np.uint8)
+        )
         check = interior & uniform
         assert check.sum() > 1000
         colour_error = np.abs(image[check] - PALETTE_BGR[label[check]].astype(int)).max()

@@ -43,7 +43,11 @@ def test_real_trashbag_photos_register_and_render_without_skips(cache_dir: Path)
     register_coco_semantic("trashbags", TRASHBAGS / "train_all.json", TRASHBAGS, cache_dir=cache_dir)
     dicts = DatasetCatalog.get("trashbags")
     assert len(dicts) == 300
-    assert MetadataCatalog.get("trashbags").stuff_classes == ["Background", "general_trashbag", "other_trashbag"]
+    assert MetadataCatalog.get("trashbags").stuff_classes == [
+        "Background",
+        "general_trashbag",
+        "other_trashbag",
+    ]
     _, manifest = load_with_manifest(TRASHBAGS / "train_all.json", TRASHBAGS, cache_dir)
     assert manifest["skipped"]["skipped_images"] == 0 and manifest["skipped"]["skipped_annotations"] == 0
 

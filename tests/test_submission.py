@@ -25,12 +25,18 @@ def _rows(count: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
 
 def _test_json(tmp_path: Path, count: int) -> Path:
     path = tmp_path / "test.json"
-    path.write_text(json.dumps({
-        "images": [{"id": i, "file_name": f"batch_01_vt/{i:04d}.jpg", "height": 512, "width": 512}
-                   for i in range(count)],
-        "categories": [{"id": i, "name": f"c{i}"} for i in range(1, 11)],
-        "annotations": [],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": f"batch_01_vt/{i:04d}.jpg", "height": 512, "width": 512}
+                    for i in range(count)
+                ],
+                "categories": [{"id": i, "name": f"c{i}"} for i in range(1, 11)],
+                "annotations": [],
+            }
+        )
+    )
     return path
 
 
@@ -60,8 +66,10 @@ def test_downsample_rules() -> None:
     label = np.random.default_rng(0).integers(0, 11, (512, 512)).astype(np.uint8)
     np.testing.assert_array_equal(downsample_label_map(label), label[::2, ::2])  # the baseline's nearest
     pooled = downsample_label_map(label, method="max")
-    np.testing.assert_array_equal(pooled, np.maximum.reduce([label[0::2, 0::2], label[0::2, 1::2],
-                                                            label[1::2, 0::2], label[1::2, 1::2]]))
+    np.testing.assert_array_equal(
+        pooled,
+        np.maximum.reduce([label[0::2, 0::2], label[0::2, 1::2], label[1::2, 0::2], label[1::2, 1::2]]),
+    )
     with pytest.raises(ValueError, match="divisible by 256"):
         downsample_label_map(label[:500], method="max")
 
@@ -76,18 +84,27 @@ def _good_line(index: int, value: str = "1") -> str:
 
 
 BAD_CSVS = {
-    "header": ([
-        "id,prediction", _good_line(0), _good_line(1)], r"line 1: header must be"),
-    "too few values": ([HEADER, _good_line(0), "batch_01_vt/0001.jpg," + " ".join(["1"] * 100)],
-                       r"line 3 \(batch_01_vt/0001.jpg\): PredictionString has 100 values, expected 65536"),
-    "non-integer": ([HEADER, _good_line(0, "1.5"), _good_line(1)],
-                    r"line 2 \(batch_01_vt/0000.jpg\): PredictionString holds a non-integer value '1.5'"),
-    "out of range": ([HEADER, _good_line(0), _good_line(1, "11")],
-                     r"line 3 \(batch_01_vt/0001.jpg\): values must lie in \[0, 10\], found 11..11"),
-    "unknown id": ([HEADER, _good_line(0), _good_line(1), _good_line(7)],
-                   r"line 4 \(batch_01_vt/0007.jpg\): image_id is not in"),
-    "repeated id": ([HEADER, _good_line(0), _good_line(0), _good_line(1)],
-                    r"line 3 \(batch_01_vt/0000.jpg\): image_id repeats"),
+    "header": (["id,prediction", _good_line(0), _good_line(1)], r"line 1: header must be"),
+    "too few values": (
+        [HEADER, _good_line(0), "batch_01_vt/0001.jpg," + " ".join(["1"] * 100)],
+        r"line 3 \(batch_01_vt/0001.jpg\): PredictionString has 100 values, expected 65536",
+    ),
+    "non-integer": (
+        [HEADER, _good_line(0, "1.5"), _good_line(1)],
+        r"line 2 \(batch_01_vt/0000.jpg\): PredictionString holds a non-integer value '1.5'",
+    ),
+    "out of range": (
+        [HEADER, _good_line(0), _good_line(1, "11")],
+        r"line 3 \(batch_01_vt/0001.jpg\): values must lie in \[0, 10\], found 11..11",
+    ),
+    "unknown id": (
+        [HEADER, _good_line(0), _good_line(1), _good_line(7)],
+        r"line 4 \(batch_01_vt/0007.jpg\): image_id is not in",
+    ),
+    "repeated id": (
+        [HEADER, _good_line(0), _good_line(0), _good_line(1)],
+        r"line 3 \(batch_01_vt/0000.jpg\): image_id repeats",
+    ),
     "missing row": ([HEADER, _good_line(1)], r"1 test image\(s\) have no row: batch_01_vt/0000.jpg"),
     "no comma": ([HEADER, "batch_01_vt/0000.jpg 1 2 3"], r"line 2: expected 'image_id,PredictionString'"),
 }

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = [labelled[i] for i in sorted(picks)]
     key = legend(class_names, palette)
     truth = [overlay(read_image(d["file_name"]), read_label(d["sem_seg_file_name"]), palette) for d in chosen]
-    _write_png(out / "ground_truth.png", with_legend(
-        grid(truth, 4, captions=[Path(d["file_name"]).name for d in chosen]), key))
+    _write_png(
+        out / "ground_truth.png",
+        with_legend(grid(truth, 4, captions=[Path(d["file_name"]).name for d in chosen]), key),
+    )
 
     cfg = get_cfg()
     if args.config_file:

@@ -45,8 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-root", help="folder that file_name is relative to (default: the json's folder)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tta", action="store_true", help="enable TEST.AUG (flip and scales)")
-    parser.add_argument("--prob-size", type=int, default=SUBMISSION_SIZE,
-                        help="side of the stored probability maps; 0 keeps the image size")
+    parser.add_argument(
+        "--prob-size",
+        type=int,
+        default=SUBMISSION_SIZE,
+        help="side of the stored probability maps; 0 keeps the image size",
+    )
     parser.add_argument("--overlays", type=int, default=16, help="overlay PNGs to write (0: none)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickled checkpoints (runs code)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -73,9 +77,18 @@ def main(argv: list[str] | None = None) -> Path:
         sys.exit(f"{json_path} has {len(class_names)} classes, the model {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}")
     out = Path(args.out)
     views = inference_views(cfg)
-    atomic_write_json(out / "meta.json", {"class_names": class_names, "weights": str(args.weights),
-                                          "config_file": args.config_file, "views": views,
-                                          "prob_size": args.prob_size, "json": str(json_path)}, indent=2)
+    atomic_write_json(
+        out / "meta.json",
+        {
+            "class_names": class_names,
+            "weights": str(args.weights),
+            "config_file": args.config_file,
+            "views": views,
+            "prob_size": args.prob_size,
+            "json": str(json_path),
+        },
+        indent=2,
+    )
     done = 0
     for image in tqdm(data["images"], desc="predict", unit="img"):
         if probability_path(out, image["file_name"]).is_file():
@@ -85,8 +98,9 @@ def main(argv: list[str] | None = None) -> Path:
         probs = predict_probabilities(model, bgr, views, cfg.TEST.AUG.MAX_SIZE, cfg.INPUT.FORMAT)
         if args.prob_size:
             probs = resize_probabilities(probs, (args.prob_size, args.prob_size))
-        save_probabilities(out, image["file_name"], image["id"], probs.cpu().numpy(), bgr.shape[0], bgr.shape[1],
-                           class_names)
+        save_probabilities(
+            out, image["file_name"], image["id"], probs.cpu().numpy(), bgr.shape[0], bgr.shape[1], class_names
+        )
     if done:
         print(f"resumed: {done} image(s) were already predicted")
 

@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", required=True, help="COCO json to split (e.g. train_all.json)")
     parser.add_argument("--folds", type=int, default=5, help="number of folds")
     parser.add_argument("--out", required=True, help="output folder for the fold jsons")
-    parser.add_argument("--method", choices=SPLIT_METHODS, default="group",
-                        help="group: StratifiedGroupKFold on annotations; multilabel: on per-image class sets")
+    parser.add_argument(
+        "--method",
+        choices=SPLIT_METHODS,
+        default="group",
+        help="group: StratifiedGroupKFold on annotations; multilabel: on per-image class sets",
+    )
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
     args = parser.parse_args(argv)
 

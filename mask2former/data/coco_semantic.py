@@ -182,8 +182,10 @@ def render_label_map(
     """Paint checked annotations largest area first (smaller objects win overlaps); uint8 HxW."""
     height, width = image["height"], image["width"]
     masks = [annotation_mask(ann, height, width) for ann in anns]
-    areas = [float(ann["area"]) if isinstance(ann.get("area"), (int, float)) else float(m.sum())
-             for ann, m in zip(anns, masks, strict=True)]
+    areas = [
+        float(ann["area"]) if isinstance(ann.get("area"), (int, float)) else float(m.sum())
+        for ann, m in zip(anns, masks, strict=True)
+    ]
     label_map = np.zeros((height, width), dtype=np.uint8)
     for index in sorted(range(len(anns)), key=lambda i: -areas[i]):  # stable: ties keep json order
         ann = anns[index]
@@ -249,8 +251,9 @@ def load_with_manifest(
     json_file, image_root = Path(json_file).resolve(), Path(image_root).resolve()
     if not json_file.is_file():
         raise FileNotFoundError(f"COCO json not found: {json_file}")
-    folder = _cache_folder(json_file, json_file.read_bytes(), Path(cache_dir or default_cache_dir()),
-                           crowd_as_ignore, skip_bad)
+    folder = _cache_folder(
+        json_file, json_file.read_bytes(), Path(cache_dir or default_cache_dir()), crowd_as_ignore, skip_bad
+    )
     manifest_path = folder / MANIFEST_NAME
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -263,13 +266,16 @@ def load_with_manifest(
         has_gt = len(data["annotations"]) > 0
     report = SkipReport(str(json_file))
     images, skipped_ids = _checked_images(data["images"], json_file, image_root, report, skip_bad)
-    anns_by_image = _checked_annotations(data["annotations"], images, skipped_ids, labels, json_file,
-                                         report, skip_bad)
+    anns_by_image = _checked_annotations(data["annotations"], images, skipped_ids, labels, json_file, report, skip_bad)
 
     entries = []
     for image in tqdm(images.values(), desc=f"render {json_file.name}", unit="img", disable=not progress):
-        entry = {"image_id": image["id"], "file_name": image["file_name"],
-                 "height": image["height"], "width": image["width"]}
+        entry = {
+            "image_id": image["id"],
+            "file_name": image["file_name"],
+            "height": image["height"],
+            "width": image["width"],
+        }
         if has_gt:
             label_name = f"{image['id']}.png"
             label_path = folder / label_name
@@ -322,7 +328,10 @@ def _checked_images(
         problem = None
         missing = [key for key in ("id", "file_name", "height", "width") if key not in image]
         if missing:
-            problem = ("bad image entry", f"{_describe(json_file, image)}: missing field(s) {', '.join(missing)}")
+            problem = (
+                "bad image entry",
+                f"{_describe(json_file, image)}: missing field(s) {', '.join(missing)}",
+            )
         elif image["id"] in checked:
             problem = ("duplicate image id", f"{_describe(json_file, image)}: image id {image['id']} repeats")
         else:
@@ -338,8 +347,13 @@ def _checked_images(
 
 
 def _checked_annotations(
-    anns: list[dict], images: dict[int, dict], skipped_ids: set, labels: dict[int, int], json_file: Path,
-    report: SkipReport, skip_bad: bool,
+    anns: list[dict],
+    images: dict[int, dict],
+    skipped_ids: set,
+    labels: dict[int, int],
+    json_file: Path,
+    report: SkipReport,
+    skip_bad: bool,
 ) -> dict[int, list[dict]]:
     by_image: dict[int, list[dict]] = {}
     for ann in anns:
@@ -347,8 +361,11 @@ def _checked_annotations(
         if image is None:
             if ann.get("image_id") in skipped_ids:
                 continue  # its image was skipped and counted above
-            problem = ("unknown image", f"{json_file}: annotation {ann.get('id')} refers to image id "
-                       f"{ann.get('image_id')!r}, which is not in 'images'")
+            problem = (
+                "unknown image",
+                f"{json_file}: annotation {ann.get('id')} refers to image id "
+                f"{ann.get('image_id')!r}, which is not in 'images'",
+            )
         else:
             problem = check_annotation(ann, image, labels, json_file)
         if problem is None:
@@ -373,7 +390,10 @@ def register_coco_semantic(
 
     Registering the same name again with the same files is a no-op; with other files, an error.
     """
-    json_file, image_root = str(Path(json_file).expanduser().resolve()), str(Path(image_root).expanduser().resolve())
+    json_file, image_root = (
+        str(Path(json_file).expanduser().resolve()),
+        str(Path(image_root).expanduser().resolve()),
+    )
     if name in DatasetCatalog:
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):

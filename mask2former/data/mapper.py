@@ -37,8 +37,9 @@ def read_label(path: str, expected_hw: tuple[int, int] | None = None) -> np.ndar
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"label map {path} must be a single-channel 8-bit PNG, got shape {label.shape} {label.dtype}")
     if expected_hw is not None and label.shape != tuple(expected_hw):
-        raise ValueError(f"label map {path} is {label.shape[1]}x{label.shape[0]}, its image is "
-                         f"{expected_hw[1]}x{expected_hw[0]}")
+        raise ValueError(
+            f"label map {path} is {label.shape[1]}x{label.shape[0]}, its image is {expected_hw[1]}x{expected_hw[0]}"
+        )
     return label
 
 
@@ -88,8 +89,15 @@ class SemanticSegMapper:
         jitter = cfg.INPUT.COLOR_AUG
         common = dict(image_format=cfg.INPUT.FORMAT, pad_value=cfg.INPUT.PAD_VALUE)
         if not is_train:
-            return cls(is_train=False, min_size=(cfg.INPUT.MIN_SIZE_TEST,), max_size=cfg.INPUT.MAX_SIZE_TEST,
-                       crop_size=None, flip=False, color_jitter=None, **common)
+            return cls(
+                is_train=False,
+                min_size=(cfg.INPUT.MIN_SIZE_TEST,),
+                max_size=cfg.INPUT.MAX_SIZE_TEST,
+                crop_size=None,
+                flip=False,
+                color_jitter=None,
+                **common,
+            )
         return cls(
             is_train=True,
             min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
@@ -105,7 +113,9 @@ class SemanticSegMapper:
                 contrast_range=tuple(jitter.CONTRAST_RANGE),
                 saturation_range=tuple(jitter.SATURATION_RANGE),
                 hue_delta=jitter.HUE_DELTA,
-            ) if cfg.INPUT.COLOR_AUG_SSD else None,
+            )
+            if cfg.INPUT.COLOR_AUG_SSD
+            else None,
             **common,
         )
 
@@ -153,8 +163,14 @@ class SemanticSegMapper:
             out_hw = (resized_h, resized_w)
         else:
             top, left, crop_h, crop_w = T.sample_crop(
-                rng, (height, width), scale, self.crop_size, label,
-                self.single_category_max_area, self.ignore_label, self.crop_max_tries,
+                rng,
+                (height, width),
+                scale,
+                self.crop_size,
+                label,
+                self.single_category_max_area,
+                self.ignore_label,
+                self.crop_max_tries,
             )
             out_hw = self.crop_size
         flip = self.flip and rng.random() < 0.5

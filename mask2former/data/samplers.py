@@ -16,8 +16,15 @@ class InfiniteSampler(Sampler):
     batch sees exactly the samples the uninterrupted run would have seen.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, start: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if size <= 0:
             raise ValueError("the training set is empty")
         self.size = size

@@ -32,11 +32,17 @@ def dataset_statistics(data: dict[str, Any], dicts: list[dict], class_names: lis
     return {
         "num_images": len(dicts),
         "num_annotations": int(instances.sum()),
-        "objects_per_image": {"mean": float(np.mean(counts)) if counts else 0.0,
-                              "max": int(max(counts)) if counts else 0},
+        "objects_per_image": {
+            "mean": float(np.mean(counts)) if counts else 0.0,
+            "max": int(max(counts)) if counts else 0,
+        },
         "classes": [
-            {"name": name, "instances": int(instances[i]), "images": len(images_with[i]),
-             "pixel_share": float(pixels[i] / total) if total else 0.0}
+            {
+                "name": name,
+                "instances": int(instances[i]),
+                "images": len(images_with[i]),
+                "pixel_share": float(pixels[i] / total) if total else 0.0,
+            }
             for i, name in enumerate(class_names)
         ],
         "ignored_pixels": int(pixels[255]),
@@ -45,9 +51,11 @@ def dataset_statistics(data: dict[str, Any], dicts: list[dict], class_names: lis
 
 def format_statistics(stats: dict[str, Any]) -> str:
     width = max(len(c["name"]) for c in stats["classes"]) + 2
-    lines = [f"{stats['num_images']} images, {stats['num_annotations']} objects "
-             f"({stats['objects_per_image']['mean']:.1f} per image, max {stats['objects_per_image']['max']})",
-             f"{'class':<{width}}{'objects':>9}{'images':>8}{'pixels':>9}"]
+    lines = [
+        f"{stats['num_images']} images, {stats['num_annotations']} objects "
+        f"({stats['objects_per_image']['mean']:.1f} per image, max {stats['objects_per_image']['max']})",
+        f"{'class':<{width}}{'objects':>9}{'images':>8}{'pixels':>9}",
+    ]
     for c in stats["classes"]:
         lines.append(f"{c['name']:<{width}}{c['instances']:>9}{c['images']:>8}{100 * c['pixel_share']:>8.2f}%")
     return "\n".join(lines)

@@ -86,13 +86,12 @@ def crop_flip_matrix(scale: float, top: int, left: int, crop_w: int, flip: bool)
     if flip:
         # output column u shows resized column left + crop_w - 1 - u
         return np.array(
-            [[-1.0 / scale, 0.0, (left + crop_w - 0.5) / scale - 0.5],
-             [0.0, 1.0 / scale, (top + 0.5) / scale - 0.5]]
+            [
+                [-1.0 / scale, 0.0, (left + crop_w - 0.5) / scale - 0.5],
+                [0.0, 1.0 / scale, (top + 0.5) / scale - 0.5],
+            ]
         )
-    return np.array(
-        [[1.0 / scale, 0.0, (left + 0.5) / scale - 0.5],
-         [0.0, 1.0 / scale, (top + 0.5) / scale - 0.5]]
-    )
+    return np.array([[1.0 / scale, 0.0, (left + 0.5) / scale - 0.5], [0.0, 1.0 / scale, (top + 0.5) / scale - 0.5]])
 
 
 def warp_crop(
@@ -111,8 +110,8 @@ def warp_crop(
         flags=interpolation | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
-    out[valid_hw[0]:, :] = pad_value
-    out[:, valid_hw[1]:] = pad_value
+    out[valid_hw[0] :, :] = pad_value
+    out[:, valid_hw[1] :] = pad_value
     return out
 
 

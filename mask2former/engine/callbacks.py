@@ -26,8 +26,9 @@ class IterationProgress(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.bar = tqdm(total=self.max_iter, initial=trainer.global_step, desc="train", unit="it",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.max_iter, initial=trainer.global_step, desc="train", unit="it", dynamic_ncols=True
+            )
         self.window_start, self.window_iter = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -44,8 +45,15 @@ class IterationProgress(L.Callback):
             elapsed = time.perf_counter() - self.window_start
             rate = (iteration - self.window_iter) / elapsed if elapsed > 0 else 0.0
             eta = timedelta(seconds=int((self.max_iter - iteration) / rate)) if rate > 0 else "?"
-            logger.info("iter %d/%d  loss %.4f  lr %.3e  %.2f it/s  eta %s", iteration, self.max_iter, loss, lr,
-                        rate, eta)
+            logger.info(
+                "iter %d/%d  loss %.4f  lr %.3e  %.2f it/s  eta %s",
+                iteration,
+                self.max_iter,
+                loss,
+                lr,
+                rate,
+                eta,
+            )
             self.window_start, self.window_iter = time.perf_counter(), iteration
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -59,7 +67,10 @@ class IterationProgress(L.Callback):
 
 def plot_loss_curve(metrics_csv: str | Path, path: str | Path) -> bool:
     """total_loss (and mIoU when present) against iteration, from Lightning's metrics.csv; False if no data."""
-    rows = list(csv.DictReader(Path(metrics_csv).open())) if Path(metrics_csv).is_file() else []
+    rows = []
+    if Path(metrics_csv).is_file():
+        with Path(metrics_csv).open() as handle:
+            rows = list(csv.DictReader(handle))
     losses = [(int(r["step"]), float(r["total_loss"])) for r in rows if r.get("total_loss")]
     mious = [(int(r["step"]), float(r["sem_seg/mIoU"])) for r in rows if r.get("sem_seg/mIoU")]
     if not losses:

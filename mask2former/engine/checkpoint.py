@@ -46,8 +46,11 @@ class LoadReport:
         parts = [f"loaded {self.loaded} tensors"]
         if self.reinitialised:
             parts.append(f"re-initialised the class head ({', '.join(self.reinitialised)}): the class count differs")
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("shape-mismatched", self.shape_mismatch)):
+        for title, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.shape_mismatch),
+        ):
             if keys:
                 parts.append(f"{len(keys)} {title}: {_short_list(keys)}")
         return "; ".join(parts)
@@ -107,8 +110,9 @@ def _model_state(data: object, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True,
-                       source: str = "checkpoint") -> LoadReport:
+def load_model_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
+) -> LoadReport:
     """Load what fits; re-initialise the class head on a class-count change; fail on other mismatches if strict."""
     own = model.state_dict()
     report = LoadReport()
@@ -119,7 +123,8 @@ def load_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], st
                 report.unexpected.append(key)
         elif own[key].shape != value.shape:
             (report.reinitialised if key in CLASS_HEAD_KEYS else report.shape_mismatch).append(
-                key if key in CLASS_HEAD_KEYS else f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+                key if key in CLASS_HEAD_KEYS else f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+            )
         else:
             to_load[key] = value
     report.missing = [key for key in own if key not in state_dict and not key.endswith(_DERIVED_SUFFIXES)]
@@ -134,7 +139,8 @@ def load_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], st
     return report
 
 
-def load_checkpoint_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, strict: bool = True
-                         ) -> LoadReport:
+def load_checkpoint_into(
+    model: nn.Module, path: str | Path, allow_pickle: bool = False, strict: bool = True
+) -> LoadReport:
     """`read_checkpoint` + `load_model_weights`."""
     return load_model_weights(model, read_checkpoint(path, allow_pickle), strict=strict, source=str(path))

@@ -41,8 +41,13 @@ def to_model_input(image_bgr: np.ndarray, short_side: int, max_size: int, flip: 
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, image_bgr: np.ndarray, views: list[tuple[int, bool]], max_size: int,
-                          image_format: str = "RGB") -> torch.Tensor:
+def predict_probabilities(
+    model: nn.Module,
+    image_bgr: np.ndarray,
+    views: list[tuple[int, bool]],
+    max_size: int,
+    image_format: str = "RGB",
+) -> torch.Tensor:
     """K x H x W class probabilities (float32, on the model's device) averaged over the views."""
     total = None
     for short_side, flip in views:

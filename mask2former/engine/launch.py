@@ -33,16 +33,26 @@ def default_argument_parser() -> argparse.ArgumentParser:
         epilog="Example: python train_net.py --config-file configs/quickstart.yaml SOLVER.MAX_ITER 500",
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to the config file")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/checkpoints/last.ckpt if it exists (else start anew)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/checkpoints/last.ckpt if it exists (else start anew)",
+    )
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST and exit")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (0 or none present: CPU)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines taking part")
     parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine")
-    parser.add_argument("--dist-url", default="auto",
-                        help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' on one machine")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="KEY VALUE pairs that override the config, e.g. SOLVER.BASE_LR 0.0002")
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' on one machine",
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="KEY VALUE pairs that override the config, e.g. SOLVER.BASE_LR 0.0002",
+    )
     return parser
 
 
@@ -92,11 +102,25 @@ def build_trainer(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None
     os.environ.setdefault("NODE_RANK", str(args.machine_rank))
     precision = "bf16-mixed" if accelerator == "gpu" and cfg.SOLVER.AMP.ENABLED else "32-true"
     checkpoint_dir = Path(cfg.OUTPUT_DIR) / "checkpoints"
-    periodic = ModelCheckpoint(dirpath=checkpoint_dir, filename="model_{step:07d}", every_n_train_steps=max(
-        1, cfg.SOLVER.CHECKPOINT_PERIOD), save_top_k=cfg.SOLVER.CHECKPOINT_KEEP, monitor="step", mode="max",
-        save_last=True, auto_insert_metric_name=False)
-    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="model_best", monitor="sem_seg/mIoU", mode="max",
-                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    periodic = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="model_{step:07d}",
+        every_n_train_steps=max(1, cfg.SOLVER.CHECKPOINT_PERIOD),
+        save_top_k=cfg.SOLVER.CHECKPOINT_KEEP,
+        monitor="step",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="model_best",
+        monitor="sem_seg/mIoU",
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE not in ("full_model", "norm", "value"):
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use full_model, norm or value")
@@ -115,10 +139,17 @@ def build_trainer(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None
         num_sanity_val_steps=0,
         gradient_clip_val=clip.CLIP_VALUE if clip.ENABLED else None,
         gradient_clip_algorithm="value" if clip.CLIP_TYPE == "value" else "norm",
-        logger=[CSVLogger(cfg.OUTPUT_DIR, name="", version=""),
-                TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version="")],
+        logger=[
+            CSVLogger(cfg.OUTPUT_DIR, name="", version=""),
+            TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version=""),
+        ],
         log_every_n_steps=cfg.SOLVER.LOG_PERIOD,
-        callbacks=[periodic, best, IterationProgress(cfg.SOLVER.MAX_ITER, cfg.SOLVER.LOG_PERIOD), *(callbacks or [])],
+        callbacks=[
+            periodic,
+            best,
+            IterationProgress(cfg.SOLVER.MAX_ITER, cfg.SOLVER.LOG_PERIOD),
+            *(callbacks or []),
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
@@ -165,11 +196,16 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None)
     if trainer.is_global_zero:
         final = output_dir / "model_final.pth"
         tmp = final.with_name(".model_final.pth.tmp")
-        torch.save({"model": module.model.state_dict(), "iteration": trainer.global_step,
-                    "config_yaml": cfg.dump()}, tmp)
+        torch.save(
+            {"model": module.model.state_dict(), "iteration": trainer.global_step, "config_yaml": cfg.dump()},
+            tmp,
+        )
         tmp.replace(final)
-        atomic_write_json(output_dir / "final_metrics.json",
-                          {"iteration": trainer.global_step, "results": module.last_results}, indent=2)
+        atomic_write_json(
+            output_dir / "final_metrics.json",
+            {"iteration": trainer.global_step, "results": module.last_results},
+            indent=2,
+        )
         if plot_loss_curve(output_dir / "metrics.csv", output_dir / "loss_curve.png"):
             logger.info("loss curve: %s", output_dir / "loss_curve.png")
         logger.info("final model: %s", final)
@@ -185,8 +221,11 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
     load_checkpoint_into(module.model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
     trainer.validate(module, verbose=False)
     if trainer.is_global_zero:
-        atomic_write_json(Path(cfg.OUTPUT_DIR) / "eval_metrics.json",
-                          {"weights": cfg.MODEL.WEIGHTS, "results": module.last_results}, indent=2)
+        atomic_write_json(
+            Path(cfg.OUTPUT_DIR) / "eval_metrics.json",
+            {"weights": cfg.MODEL.WEIGHTS, "results": module.last_results},
+            indent=2,
+        )
         for name, result in module.last_results.items():
             print(json.dumps({"dataset": name, "mIoU": result["mIoU"]}))
     return module.last_results

@@ -81,9 +81,15 @@ class MaskFormerModule(L.LightningModule):
         start = self.trainer.global_step * self.batch_size_per_device * world  # resumes the sample stream
         dataset = MapDataset(dicts, SemanticSegMapper.from_config(cfg, is_train=True), seed=cfg.SEED)
         sampler = InfiniteSampler(len(dicts), seed=cfg.SEED, start=start, rank=rank, world_size=world)
-        return DataLoader(dataset, batch_size=self.batch_size_per_device, sampler=sampler, collate_fn=list,
-                          num_workers=cfg.DATALOADER.NUM_WORKERS, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
-                          drop_last=True)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size_per_device,
+            sampler=sampler,
+            collate_fn=list,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+            drop_last=True,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         cfg = self.cfg
@@ -95,12 +101,19 @@ class MaskFormerModule(L.LightningModule):
             dicts = DatasetCatalog.get(name)
             if any("sem_seg_file_name" not in d for d in dicts):
                 raise ValueError(f"dataset {name} in DATASETS.TEST has no ground truth; evaluate on a labelled split")
-            loaders.append(DataLoader(MapDataset(dicts, mapper), batch_size=1, collate_fn=list,
-                                      sampler=ShardSampler(len(dicts), rank, world),
-                                      num_workers=min(2, cfg.DATALOADER.NUM_WORKERS)))
+            loaders.append(
+                DataLoader(
+                    MapDataset(dicts, mapper),
+                    batch_size=1,
+                    collate_fn=list,
+                    sampler=ShardSampler(len(dicts), rank, world),
+                    num_workers=min(2, cfg.DATALOADER.NUM_WORKERS),
+                )
+            )
             meta = MetadataCatalog.get(name)
-            self.evaluators.append(SemSegEvaluator(class_names, ignore_label=meta.ignore_label,
-                                                   output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}"))
+            self.evaluators.append(
+                SemSegEvaluator(class_names, ignore_label=meta.ignore_label, output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}")
+            )
         return loaders
 
     # ---- steps ---------------------------------------------------------------------------------
@@ -165,13 +178,23 @@ class MaskFormerModule(L.LightningModule):
 
 # RNG states as tensors / lists so checkpoints load with weights_only=True.
 def _numpy_state_to_plain(state: tuple) -> dict:
-    return {"name": state[0], "keys": torch.from_numpy(state[1].astype(np.int64)), "pos": int(state[2]),
-            "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}
+    return {
+        "name": state[0],
+        "keys": torch.from_numpy(state[1].astype(np.int64)),
+        "pos": int(state[2]),
+        "has_gauss": int(state[3]),
+        "cached_gaussian": float(state[4]),
+    }
 
 
 def _numpy_state_from_plain(plain: dict) -> tuple:
-    return (plain["name"], plain["keys"].numpy().astype(np.uint32), plain["pos"], plain["has_gauss"],
-            plain["cached_gaussian"])
+    return (
+        plain["name"],
+        plain["keys"].numpy().astype(np.uint32),
+        plain["pos"],
+        plain["has_gauss"],
+        plain["cached_gaussian"],
+    )
 
 
 def _python_state_to_plain(state: tuple) -> list:

@@ -8,8 +8,16 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
-_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm2d,
-               nn.LayerNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
 # Parameters treated as embeddings (no decay), wherever they live: Swin's bias tables and position embeddings.
 _EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "rpb")
 
@@ -39,14 +47,21 @@ def parameter_groups(
             else:
                 decay = weight_decay
             groups.setdefault((lr, decay), []).append(param)
-    return [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": decay}
-            for (lr, decay), params in groups.items()]
+    return [
+        {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()
+    ]
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     solver = cfg.SOLVER
-    groups = parameter_groups(model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.WEIGHT_DECAY_NORM,
-                              solver.WEIGHT_DECAY_EMBED, solver.BACKBONE_MULTIPLIER)
+    groups = parameter_groups(
+        model,
+        solver.BASE_LR,
+        solver.WEIGHT_DECAY,
+        solver.WEIGHT_DECAY_NORM,
+        solver.WEIGHT_DECAY_EMBED,
+        solver.BACKBONE_MULTIPLIER,
+    )
     if solver.OPTIMIZER == "ADAMW":
         return torch.optim.AdamW(groups, lr=solver.BASE_LR, betas=tuple(solver.BETAS))
     if solver.OPTIMIZER == "SGD":
@@ -85,7 +100,14 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
         raise ValueError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; use WarmupPolyLR")
 
     def factor(iteration: int) -> float:
-        return poly_lr_factor(iteration, solver.MAX_ITER, solver.POLY_LR_POWER, solver.WARMUP_ITERS,
-                              solver.WARMUP_FACTOR, solver.WARMUP_METHOD, solver.POLY_LR_CONSTANT_ENDING)
+        return poly_lr_factor(
+            iteration,
+            solver.MAX_ITER,
+            solver.POLY_LR_POWER,
+            solver.WARMUP_ITERS,
+            solver.WARMUP_FACTOR,
+            solver.WARMUP_METHOD,
+            solver.POLY_LR_CONSTANT_ENDING,
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

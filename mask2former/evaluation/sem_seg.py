@@ -100,8 +100,15 @@ def plot_confusion_matrix(hist: np.ndarray, class_names: list[str], path: str | 
     for i in range(len(class_names)):
         for j in range(len(class_names)):
             if shares[i, j] >= 0.005:
-                ax.text(j, i, f"{shares[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{shares[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     ax.set_title("confusion matrix (row-normalised)")
     fig.tight_layout()
     path = Path(path)
@@ -146,10 +153,7 @@ class SemSegEvaluator:
                 pred = (pred.argmax(dim=0) if pred.ndim == 3 else pred).cpu().numpy()
             elif pred.ndim == 3:
                 pred = pred.argmax(axis=0)
-            if "sem_seg_file_name" in item:
-                gt = read_label(item["sem_seg_file_name"])
-            else:
-                gt = np.asarray(item["sem_seg"])
+            gt = read_label(item["sem_seg_file_name"]) if "sem_seg_file_name" in item else np.asarray(item["sem_seg"])
             if gt.shape != pred.shape:
                 raise ValueError(
                     f"{item.get('file_name', 'image')}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
@@ -180,11 +184,20 @@ class SemSegEvaluator:
 
     def write(self, hist: np.ndarray, metrics: dict[str, Any]) -> None:
         assert self.output_dir is not None
-        atomic_write_json(self.output_dir / "sem_seg_metrics.json",
-                          {"class_names": self.class_names, "num_images": self.num_images, **metrics}, indent=2)
-        atomic_write_json(self.output_dir / "confusion_matrix.json",
-                          {"class_names": self.class_names, "rows": "ground truth", "columns": "prediction",
-                           "matrix": hist.tolist()})
+        atomic_write_json(
+            self.output_dir / "sem_seg_metrics.json",
+            {"class_names": self.class_names, "num_images": self.num_images, **metrics},
+            indent=2,
+        )
+        atomic_write_json(
+            self.output_dir / "confusion_matrix.json",
+            {
+                "class_names": self.class_names,
+                "rows": "ground truth",
+                "columns": "prediction",
+                "matrix": hist.tolist(),
+            },
+        )
         plot_confusion_matrix(hist, self.class_names, self.output_dir / "confusion_matrix.png")
 
 

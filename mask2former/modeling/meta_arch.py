@@ -37,8 +37,10 @@ class MaskFormerHead(nn.Module):
         head_cfg = cfg.MODEL.SEM_SEG_HEAD
         missing = [name for name in head_cfg.IN_FEATURES if name not in input_shape]
         if missing:
-            raise KeyError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES names {missing}, which the backbone does not return "
-                           f"(it returns {sorted(input_shape)})")
+            raise KeyError(
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES names {missing}, which the backbone does not return "
+                f"(it returns {sorted(input_shape)})"
+            )
         shapes = {name: input_shape[name] for name in head_cfg.IN_FEATURES}
         if cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE != "multi_scale_pixel_decoder":
             raise ValueError("only MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE 'multi_scale_pixel_decoder' is supported")
@@ -156,8 +158,9 @@ class MaskFormer(nn.Module):
         for index, item in enumerate(batched_inputs):
             image_h, image_w = item["image"].shape[-2:]
             height, width = item.get("height", image_h), item.get("width", image_w)
-            scores = semantic_inference(outputs["pred_logits"][index].float(),
-                                        mask_logits[index, :, :image_h, :image_w].float())
+            scores = semantic_inference(
+                outputs["pred_logits"][index].float(), mask_logits[index, :, :image_h, :image_w].float()
+            )
             if (height, width) != (image_h, image_w):
                 scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             results.append({"sem_seg": scores})

@@ -19,8 +19,13 @@ def colorize(label: np.ndarray, palette_rgb: Sequence[Sequence[int]], ignore_lab
     return table[np.asarray(label, dtype=np.uint8)]
 
 
-def overlay(image_bgr: np.ndarray, label: np.ndarray, palette_rgb: Sequence[Sequence[int]],
-            alpha: float = 0.5, ignore_label: int = 255) -> np.ndarray:
+def overlay(
+    image_bgr: np.ndarray,
+    label: np.ndarray,
+    palette_rgb: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    ignore_label: int = 255,
+) -> np.ndarray:
     """Blend the coloured label map over the image where the label is not background; outline objects."""
     colors = colorize(label, palette_rgb, ignore_label)
     foreground = (np.asarray(label) != 0)[..., None]
@@ -38,25 +43,50 @@ def legend(class_names: Sequence[str], palette_rgb: Sequence[Sequence[int]], wid
         y = 4 + index * row
         cv2.rectangle(out, (6, y), (26, y + row - 6), (b, g, r), thickness=-1)
         cv2.rectangle(out, (6, y), (26, y + row - 6), (0, 0, 0), thickness=1)
-        cv2.putText(out, f"{index} {name}", (34, y + row - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            out,
+            f"{index} {name}",
+            (34, y + row - 9),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return out
 
 
-def grid(images: Sequence[np.ndarray], columns: int, tile: int = 256, captions: Sequence[str] | None = None
-         ) -> np.ndarray:
+def grid(
+    images: Sequence[np.ndarray], columns: int, tile: int = 256, captions: Sequence[str] | None = None
+) -> np.ndarray:
     """Tiles resized to `tile` x `tile` in a grid, with an optional caption on each."""
     rows = max(1, -(-len(images) // columns))
     out = np.full((rows * tile, columns * tile, 3), 255, dtype=np.uint8)
     for index, image in enumerate(images):
         tile_image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
         if captions is not None:
-            cv2.putText(tile_image, captions[index], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3,
-                        cv2.LINE_AA)
-            cv2.putText(tile_image, captions[index], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                        cv2.LINE_AA)
+            cv2.putText(
+                tile_image,
+                captions[index],
+                (4, 16),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (0, 0, 0),
+                3,
+                cv2.LINE_AA,
+            )
+            cv2.putText(
+                tile_image,
+                captions[index],
+                (4, 16),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
         y, x = divmod(index, columns)
-        out[y * tile:(y + 1) * tile, x * tile:(x + 1) * tile] = tile_image
+        out[y * tile : (y + 1) * tile, x * tile : (x + 1) * tile] = tile_image
     return out
 
 

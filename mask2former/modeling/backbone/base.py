@@ -46,7 +46,11 @@ class Backbone(nn.Module):
     @property
     def feature_info(self) -> list[dict]:
         return [
-            {"name": name, "channels": self._out_feature_channels[name], "stride": self._out_feature_strides[name]}
+            {
+                "name": name,
+                "channels": self._out_feature_channels[name],
+                "stride": self._out_feature_strides[name],
+            }
             for name in self._out_features
         ]
 

@@ -1,0 +1,378 @@
+"""A deterministic, procedural imitation of the competition data, in exactly its layout.
+
+Scenes of 3..12 objects of the ten trash classes on textured floors with unlabelled clutter. Each
+class has its own shape, texture and colour family with per-instance variation; colours of some
+classes overlap so shape and texture matter. Objects are drawn in turn, so later ones occlude
+earlier ones; annotations are polygons of each object's visible part (several when it is split).
+Classes are drawn with probability proportional to the square root of the real counts, so Battery
+and Clothing stay rare but present. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..utils.io import atomic_write_bytes, atomic_write_text
+from .trash import TRASH_CLASSES
+
+TRASH_CATEGORY_NAMES: tuple[str, ...] = TRASH_CLASSES[1:]
+# Per-class object counts of the real train_all.json (classes 1..10).
+REAL_COUNTS = np.array([2782, 9311, 659, 562, 610, 3090, 1343, 7643, 63, 177], dtype=np.float64)
+CLASS_PROBS = np.sqrt(REAL_COUNTS) / np.sqrt(REAL_COUNTS).sum()
+# Object size range (px, long side) per class 1..10.
+SIZE_RANGE = {
+    1: (30, 110),
+    2: (40, 140),
+    3: (40, 120),
+    4: (25, 80),
+    5: (40, 120),
+    6: (40, 130),
+    7: (35, 120),
+    8: (90, 250),
+    9: (15, 40),
+    10: (90, 240),
+}
+FOLDERS = ("batch_01_vt", "batch_02_vt", "batch_03")
+MIN_VISIBLE_AREA = 30
+MIN_FRAGMENT_AREA = 16
+
+
+def _blob(rng: np.random.Generator, vertices: int, roughness: float, smooth: int) -> np.ndarray:
+    """A closed star-shaped outline of unit size with a random, smoothed radius."""
+    angles = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    radius = 1.0 + roughness * rng.standard_normal(vertices)
+    if smooth:
+        kernel = np.ones(smooth) / smooth
+        radius = np.convolve(np.concatenate([radius[-smooth:], radius, radius[:smooth]]), kernel, "same")[
+            smooth:-smooth
+        ]
+    radius = np.clip(radius, 0.35, 1.6)
+    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1) / 2
+
+
+def _rounded_rect(width: float, height: float, corner: float, per_corner: int = 5) -> np.ndarray:
+    points = []
+    for cx, cy, start in (
+        (width / 2 - corner, height / 2 - corner, 0),
+        (-width / 2 + corner, height / 2 - corner, 90),
+        (-width / 2 + corner, -height / 2 + corner, 180),
+        (width / 2 - corner, -height / 2 + corner, 270),
+    ):
+        for a in np.linspace(math.radians(start), math.radians(start + 90), per_corner):
+            points.append((cx + corner * math.cos(a), cy + corner * math.sin(a)))
+    return np.array(points)
+
+
+def _outline(category: int, rng: np.random.Generator) -> np.ndarray:
+    """The unit-scale outline (N x 2, about [-0.5, 0.5]) of an object of `category`."""
+    if category == 1:  # general trash: crumpled irregular blob
+        return _blob(rng, 18, 0.25, 2)
+    if category == 2:  # paper: a sheet
+        aspect = rng.uniform(0.6, 0.85)
+        return np.array([[-0.5, -aspect / 2], [0.5, -aspect / 2], [0.5, aspect / 2], [-0.5, aspect / 2]]) + rng.normal(
+            0, 0.02, (4, 2)
+        )
+    if category == 3:  # paper pack: carton, a box with a cut corner
+        aspect = rng.uniform(0.45, 0.8)
+        return np.array(
+            [
+                [-0.5, -aspect / 2],
+                [0.3, -aspect / 2],
+                [0.5, -aspect / 2 + 0.15],
+                [0.5, aspect / 2],
+                [-0.5, aspect / 2],
+            ]
+        )
+    if category == 4:  # metal: can seen from above or the side
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        aspect = rng.uniform(0.5, 1.0)
+        return np.stack([0.5 * np.cos(angles), 0.5 * aspect * np.sin(angles)], axis=1)
+    if category == 5:  # glass: bottle with a neck
+        w = rng.uniform(0.14, 0.2)
+        return np.array(
+            [
+                [-0.5, -w + 0.04],
+                [-0.45, -w],
+                [0.15, -w],
+                [0.25, -0.06],
+                [0.5, -0.06],
+                [0.5, 0.06],
+                [0.25, 0.06],
+                [0.15, w],
+                [-0.45, w],
+                [-0.5, w - 0.04],
+            ]
+        )
+    if category == 6:  # plastic: rounded bottle
+        return _rounded_rect(1.0, rng.uniform(0.3, 0.45), 0.12)
+    if category == 7:  # styrofoam: block with bumpy edges
+        square = _rounded_rect(1.0, rng.uniform(0.5, 0.9), 0.05, per_corner=3)
+        t = np.linspace(0, 1, 60)
+        index = np.minimum((t * len(square)).astype(int), len(square) - 1)
+        points = (
+            square[index] + 0.5 * (square[(index + 1) % len(square)] - square[index]) * ((t * len(square)) % 1)[:, None]
+        )
+        return points * (1 + 0.04 * np.sin(np.arange(60) * 2.2)[:, None])
+    if category == 8:  # plastic bag: large wavy blob
+        return _blob(rng, 28, 0.22, 4)
+    if category == 9:  # battery: small cylinder
+        return _rounded_rect(1.0, 0.4, 0.08)
+    return _blob(rng, 22, 0.3, 3)  # clothing: large irregular shape
+
+
+def _noise(rng: np.random.Generator, height: int, width: int, cells: int, amplitude: float) -> np.ndarray:
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)[..., None] * amplitude
+
+
+def _texture(
+    category: int, rng: np.random.Generator, height: int, width: int, angle: float
+) -> tuple[np.ndarray, float]:
+    """A BGR float32 texture for an object's bounding box and its opacity."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    across = -xx * math.sin(angle) + yy * math.cos(angle)
+    jitter = rng.uniform(-18, 18, 3).astype(np.float32)
+    fine = rng.standard_normal((height, width, 1)).astype(np.float32)
+    if category == 1:
+        base = np.array(rng.choice([[90, 100, 110], [60, 80, 110], [110, 110, 110]]), np.float32)
+        tex = base + jitter + _noise(rng, height, width, 6, 35) + 10 * fine
+        return tex, 1.0
+    if category == 2:
+        tex = np.full((height, width, 3), 235, np.float32) + jitter / 3 + 4 * fine
+        lines = ((across % 9) < 1.6) & ((along % 37) > 6)
+        tex[lines] = (70, 70, 80)
+        return tex, 1.0
+    if category == 3:
+        base = np.array([70, 120, 165], np.float32) + jitter
+        stripes = ((along // 14) % 2)[..., None] * np.array([-35, -20, 25], np.float32)
+        tex = base + stripes + 6 * fine
+        tex[np.abs(across - across.mean()) < 1.5] = (40, 70, 110)
+        return tex, 1.0
+    if category == 4:
+        gradient = 0.5 + 0.5 * np.sin(across / max(4.0, height / 5))
+        tex = (110 + 110 * gradient)[..., None] * np.array([1.0, 0.97, 0.92], np.float32) + 5 * fine
+        tex[np.abs(along % 60 - 30) < 2] = (240, 240, 240)
+        return tex, 1.0
+    if category == 5:
+        base = np.array(rng.choice([[60, 140, 50], [30, 90, 150], [80, 150, 90]]), np.float32)
+        tex = base + jitter + 60 * (np.abs(across % 23 - 11) < 2)[..., None] + 4 * fine
+        return tex, 0.65
+    if category == 6:
+        base = np.array(rng.choice([[230, 200, 170], [235, 225, 215], [220, 180, 140]]), np.float32)
+        tex = base + jitter / 2 + 30 * (np.abs(across % 31 - 8) < 3)[..., None] + 4 * fine
+        return tex, 0.8
+    if category == 7:
+        tex = np.full((height, width, 3), 245, np.float32) + 12 * fine
+        tex[rng.random((height, width)) < 0.04] = (200, 205, 210)
+        return tex, 1.0
+    if category == 8:
+        base = np.array(
+            rng.choice([[200, 90, 60], [60, 60, 200], [220, 220, 225], [40, 170, 60], [20, 20, 20]]),
+            np.float32,
+        )
+        wrinkles = 35 * np.sin(along / 6 + 3 * _noise(rng, height, width, 4, 1.0)[..., 0])[..., None]
+        return base + jitter + wrinkles + 6 * fine, 0.6
+    if category == 9:
+        tex = np.full((height, width, 3), 35, np.float32) + 5 * fine
+        band = np.array(rng.choice([[0, 140, 255], [40, 200, 40], [200, 60, 20]]), np.float32)
+        position = (along - along.min()) / max(1.0, float(along.max() - along.min()))
+        tex[(position > 0.45) & (position < 0.7)] = band
+        tex[position > 0.9] = (190, 190, 190)
+        return tex, 1.0
+    base = (
+        np.array(
+            rng.choice([[150, 60, 40], [40, 40, 150], [60, 130, 60], [140, 140, 40], [90, 40, 120]]),
+            np.float32,
+        )
+        + jitter
+    )
+    pattern = rng.integers(3)
+    if pattern == 0:
+        checks = (((along // 10) + (across // 10)) % 2)[..., None]
+    elif pattern == 1:
+        checks = ((along // 7) % 2)[..., None]
+    else:
+        checks = ((np.abs(along % 16 - 8) < 3) | (np.abs(across % 16 - 8) < 3))[..., None].astype(np.float32)
+    return base + 70 * checks + 10 * fine, 1.0
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    grid = rng.uniform(40, 190, (4, 4, 3)).astype(np.float32)
+    grid = grid * 0.6 + grid.mean(axis=(0, 1)) * 0.4
+    floor = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+    floor += _noise(rng, size, size, 24, 10) + rng.standard_normal((size, size, 1)).astype(np.float32) * 7
+    for _ in range(rng.integers(2, 6)):
+        p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
+        shade = float(rng.uniform(-40, 40))
+        cv2.line(
+            floor,
+            tuple(int(v) for v in p1),
+            tuple(int(v) for v in p2),
+            (shade + 100,) * 3,
+            int(rng.integers(1, 4)),
+        )
+    for _ in range(rng.integers(3, 8)):  # unlabelled clutter
+        center = tuple(int(v) for v in rng.integers(0, size, 2))
+        axes = tuple(int(v) for v in rng.integers(4, 22, 2))
+        color = tuple(float(c) for c in rng.choice([[70, 80, 90], [50, 70, 100], [120, 120, 120], [40, 50, 60]]))
+        cv2.ellipse(floor, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
+    return floor
+
+
+def render_sample_scene(
+    rng: np.random.Generator, size: int = 512, forced_class: int | None = None
+) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """One BGR uint8 image, its objects [{"category_id", "polygons", "area", "bbox"}] and its visible-class map."""
+    image = _background(rng, size)
+    count = int(rng.integers(3, 13))
+    classes = list(rng.choice(np.arange(1, 11), size=count, p=CLASS_PROBS))
+    if forced_class is not None:
+        classes[int(rng.integers(count))] = forced_class
+    owner = np.full((size, size), -1, np.int16)
+    for index, category in enumerate(classes):
+        low, high = SIZE_RANGE[int(category)]
+        scale = float(rng.uniform(low, high))
+        angle = float(rng.uniform(0, 2 * np.pi))
+        outline = _outline(int(category), rng) * scale
+        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        center = rng.uniform(0.05 * size, 0.95 * size, 2)
+        points = outline @ rotation.T + center
+        polygon = np.round(points).astype(np.int32)
+        x0, y0 = np.clip(polygon.min(axis=0), 0, size - 1)
+        x1, y1 = np.clip(polygon.max(axis=0) + 1, 1, size)
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(mask, [polygon - [x0, y0]], 1)
+        inside = mask.astype(bool)
+        texture, alpha = _texture(int(category), rng, y1 - y0, x1 - x0, angle)
+        region = image[y0:y1, x0:x1]
+        region[inside] = alpha * texture[inside] + (1 - alpha) * region[inside]
+        owner[y0:y1, x0:x1][inside] = index
+    image = np.clip(image, 0, 255).astype(np.uint8)
+
+    objects, label_map = [], np.zeros((size, size), np.uint8)
+    for index, category in enumerate(classes):
+        visible = (owner == index).astype(np.uint8)
+        area = int(visible.sum())
+        if area < MIN_VISIBLE_AREA:
+            continue
+        contours, _ = cv2.findContours(visible, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polygons = []
+        for contour in contours:
+            if cv2.contourArea(contour) < MIN_FRAGMENT_AREA:
+                continue
+            approx = cv2.approxPolyDP(contour, 0.7, True).reshape(-1, 2).astype(np.float64) + 0.5
+            if len(approx) >= 3:
+                polygons.append([round(float(v), 1) for v in np.clip(approx, 0, size).ravel()])
+        if not polygons:
+            continue
+        x, y, w, h = cv2.boundingRect(visible)
+        objects.append(
+            {
+                "category_id": int(category),
+                "polygons": polygons,
+                "area": float(area),
+                "bbox": [float(x), float(y), float(w), float(h)],
+            }
+        )
+        label_map[visible.astype(bool)] = category
+    return image, objects, label_map
+
+
+def _coco(images: list[dict], annotations: list[dict]) -> dict:
+    return {
+        "info": {
+            "description": "procedural sample of the recycling-trash segmentation data",
+            "version": "1.0",
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": name} for i, name in enumerate(TRASH_CATEGORY_NAMES)
+        ],
+    }
+
+
+def _subset(entries: list[tuple[dict, list[dict]]]) -> dict:
+    """Images re-indexed 0.. with their annotations re-indexed 0.. (each json stands alone)."""
+    images, annotations = [], []
+    for image_id, (image, objects) in enumerate(entries):
+        images.append({**image, "id": image_id})
+        for obj in objects:
+            annotations.append(
+                {
+                    "id": len(annotations),
+                    "image_id": image_id,
+                    "category_id": obj["category_id"],
+                    "segmentation": obj["polygons"],
+                    "area": obj["area"],
+                    "bbox": obj["bbox"],
+                    "iscrowd": 0,
+                }
+            )
+    return _coco(images, annotations)
+
+
+def make_sample_dataset(
+    out_dir: str | Path,
+    num_train: int = 240,
+    num_test: int = 60,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    progress: bool = False,
+) -> dict:
+    """Write train_all/train/val/test json and the JPEGs under `out_dir`; returns a summary."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    per_folder = [0, 0, 0]
+    labelled: list[tuple[dict, list[dict]]] = []
+    unlabelled: list[tuple[dict, list[dict]]] = []
+    start = time.perf_counter()
+    total = num_train + num_test
+    for index in range(total):
+        forced = (index % 10) + 1 if index < 20 and index < num_train else None
+        image, objects, _ = render_sample_scene(rng, 512, forced)
+        folder = index % len(FOLDERS)
+        file_name = f"{FOLDERS[folder]}/{per_folder[folder]:04d}.jpg"
+        per_folder[folder] += 1
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise OSError(f"could not encode {file_name}")
+        atomic_write_bytes(out / file_name, encoded.tobytes())
+        entry = {"file_name": file_name, "height": 512, "width": 512}
+        (labelled if index < num_train else unlabelled).append((entry, objects))
+        if progress and ((index + 1) % 50 == 0 or index + 1 == total):
+            rate = (index + 1) / (time.perf_counter() - start)
+            print(
+                f"  {index + 1}/{total} images, {rate:.1f} img/s, eta {(total - index - 1) / rate:.0f} s",
+                flush=True,
+            )
+
+    order = rng.permutation(len(labelled))
+    num_val = int(round(len(labelled) * val_fraction))
+    val_ids = set(order[:num_val].tolist())
+    train = [entry for i, entry in enumerate(labelled) if i not in val_ids]
+    val = [entry for i, entry in enumerate(labelled) if i in val_ids]
+    test = [(entry, []) for entry, _ in unlabelled]
+    for name, entries in (("train_all", labelled), ("train", train), ("val", val), ("test", test)):
+        atomic_write_text(out / f"{name}.json", json.dumps(_subset(entries), separators=(",", ":")))
+
+    counts = {name: 0 for name in TRASH_CATEGORY_NAMES}
+    for _, objects in labelled:
+        for obj in objects:
+            counts[TRASH_CATEGORY_NAMES[obj["category_id"] - 1]] += 1
+    return {
+        "num_train": len(train),
+        "num_val": len(val),
+        "num_test": len(test),
+        "annotations_per_class": counts,
+    }
