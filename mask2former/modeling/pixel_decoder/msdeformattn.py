@@ -1,0 +1,222 @@
+"""Mask2Former's pixel decoder: a deformable-attention encoder over res3..res5, then an FPN to res2.
+
+Key layout as in the official model: input_proj.{i}.{0 conv, 1 GroupNorm} (level 0 is the coarsest),
+transformer.level_embed, transformer.encoder.layers.{k}.{self_attn, norm1, linear1, linear2, norm2},
+adapter_1 / layer_1 (lateral and output convs of the FPN), mask_features.
+The encoder runs in float32 even under autocast, as in the official model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+from torch import nn
+
+from ..backbone.base import ShapeSpec
+from ..layers import Conv2d, c2_xavier_fill, group_norm
+from ..ops.ms_deform_attn import MSDeformAttn
+from ..position_encoding import PositionEmbeddingSine
+from .base import PIXEL_DECODER_REGISTRY
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm: deformable self-attention over all levels, then a ReLU FFN."""
+
+    def __init__(
+        self, d_model: int, dim_feedforward: int, dropout: float, n_levels: int, n_heads: int, n_points: int
+    ) -> None:
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+        src = self.norm1(src + self.dropout1(attended))
+        hidden = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout3(hidden))
+
+
+class DeformableEncoder(nn.Module):
+    def __init__(self, layers: list[DeformableEncoderLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index) -> torch.Tensor:
+        for layer in self.layers:
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
+        return src
+
+
+class DeformableTransformerEncoderOnly(nn.Module):
+    """Flattens the levels, adds position + level embeddings, runs the encoder, splits the levels back."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        num_layers: int,
+        dim_feedforward: int,
+        dropout: float,
+        n_levels: int,
+        n_points: int,
+    ) -> None:
+        super().__init__()
+        self.encoder = DeformableEncoder(
+            [
+                DeformableEncoderLayer(d_model, dim_feedforward, dropout, n_levels, n_heads, n_points)
+                for _ in range(num_layers)
+            ]
+        )
+        self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, sources: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
+        shapes = [source.shape[-2:] for source in sources]
+        device = sources[0].device
+        spatial_shapes = torch.tensor([list(s) for s in shapes], dtype=torch.long, device=device)
+        level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+        src = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
+        pos = torch.cat(
+            [position.flatten(2).transpose(1, 2) + self.level_embed[level] for level, position in enumerate(positions)],
+            1,
+        )
+        reference_points = encoder_reference_points(shapes, device, src.dtype)
+        reference_points = reference_points[None, :, None, :].expand(src.shape[0], -1, len(sources), -1)
+        memory = self.encoder(src, pos, reference_points, spatial_shapes, level_start_index)
+        splits = memory.split([h * w for h, w in shapes], dim=1)
+        return [
+            part.transpose(1, 2).reshape(src.shape[0], -1, h, w) for part, (h, w) in zip(splits, shapes, strict=True)
+        ]
+
+
+def encoder_reference_points(shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """S x 2 normalised (x, y) pixel centres of every level, concatenated coarse to fine as given."""
+    points = []
+    for height, width in shapes:
+        ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+        xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], -1))
+    return torch.cat(points, 0)
+
+
+@PIXEL_DECODER_REGISTRY.register()
+class MSDeformAttnPixelDecoder(nn.Module):
+    def __init__(
+        self,
+        *,
+        input_shape: dict[str, ShapeSpec],
+        transformer_dropout: float = 0.0,
+        transformer_nheads: int = 8,
+        transformer_dim_feedforward: int = 1024,
+        transformer_enc_layers: int = 6,
+        conv_dim: int = 256,
+        mask_dim: int = 256,
+        norm: str = "GN",
+        transformer_in_features: tuple[str, ...] = ("res3", "res4", "res5"),
+        common_stride: int = 4,
+        n_points: int = 4,
+    ) -> None:
+        super().__init__()
+        by_stride = sorted(input_shape.items(), key=lambda item: item[1].stride)
+        self.in_features = [name for name, _ in by_stride]
+        missing = [name for name in transformer_in_features if name not in input_shape]
+        if missing:
+            raise KeyError(f"pixel decoder: transformer features {missing} are not among {self.in_features}")
+        # coarsest first: level 0 is the highest stride
+        self.transformer_in_features = [name for name, _ in reversed(by_stride) if name in transformer_in_features]
+        levels = len(self.transformer_in_features)
+        self.input_proj = nn.ModuleList()
+        for name in self.transformer_in_features:
+            conv = nn.Conv2d(input_shape[name].channels, conv_dim, kernel_size=1)
+            nn.init.xavier_uniform_(conv.weight, gain=1)
+            nn.init.zeros_(conv.bias)
+            self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32 if conv_dim % 32 == 0 else 1, conv_dim)))
+        self.transformer = DeformableTransformerEncoderOnly(
+            conv_dim,
+            transformer_nheads,
+            transformer_enc_layers,
+            transformer_dim_feedforward,
+            transformer_dropout,
+            levels,
+            n_points,
+        )
+        self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
+        self.mask_dim = mask_dim
+        self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
+        c2_xavier_fill(self.mask_features)
+        self.num_feature_levels = 3  # the transformer decoder attends to the 3 coarsest maps
+        self.common_stride = common_stride
+        # FPN on the finer features the encoder does not see (res2 for a stride-4 common stride)
+        transformer_strides = min(input_shape[name].stride for name in self.transformer_in_features)
+        self.fpn_features = [
+            name for name, shape in reversed(by_stride) if common_stride <= shape.stride < transformer_strides
+        ]
+        for index, name in enumerate(self.fpn_features, start=1):
+            lateral = Conv2d(
+                input_shape[name].channels, conv_dim, kernel_size=1, bias=not norm, norm=group_norm(conv_dim, norm)
+            )
+            output = Conv2d(
+                conv_dim,
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=not norm,
+                norm=group_norm(conv_dim, norm),
+                activation=F.relu,
+            )
+            c2_xavier_fill(lateral)
+            c2_xavier_fill(output)
+            self.add_module(f"adapter_{index}", lateral)
+            self.add_module(f"layer_{index}", output)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MSDeformAttnPixelDecoder:
+        head = cfg.MODEL.SEM_SEG_HEAD
+        return cls(
+            input_shape=input_shape,
+            transformer_dropout=cfg.MODEL.MASK_FORMER.DROPOUT,
+            transformer_nheads=head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
+            transformer_dim_feedforward=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
+            transformer_enc_layers=head.TRANSFORMER_ENC_LAYERS,
+            conv_dim=head.CONVS_DIM,
+            mask_dim=head.MASK_DIM,
+            norm=head.NORM,
+            transformer_in_features=tuple(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
+            common_stride=head.COMMON_STRIDE,
+            n_points=head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+        )
+
+    def forward_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.autocast(device_type=next(iter(features.values())).device.type, enabled=False):
+            sources = [
+                proj(features[name].float())
+                for proj, name in zip(self.input_proj, self.transformer_in_features, strict=True)
+            ]
+            positions = [self.pe_layer(source) for source in sources]
+            maps = self.transformer(sources, positions)
+        for index, name in enumerate(self.fpn_features, start=1):
+            lateral = getattr(self, f"adapter_{index}")(features[name])
+            upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            maps.append(getattr(self, f"layer_{index}")(lateral + upsampled.to(lateral.dtype)))
+        return self.mask_features(maps[-1]), maps[: self.num_feature_levels]
