@@ -112,7 +112,12 @@ class MaskFormerModule(L.LightningModule):
             )
             meta = MetadataCatalog.get(name)
             self.evaluators.append(
-                SemSegEvaluator(class_names, ignore_label=meta.ignore_label, output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}")
+                SemSegEvaluator(
+                    class_names,
+                    ignore_label=meta.ignore_label,
+                    output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}",
+                    log_table=False,
+                )
             )
         return loaders
 
