@@ -68,9 +68,9 @@ def test_perfect_predictions_have_near_zero_losses() -> None:
     losses = _criterion(importance_sample_ratio=0.0)(_perfect_outputs(), _targets())
     assert losses["loss_mask"] < 0.5 and losses["loss_dice"] < 0.05 and losses["loss_ce"] < 1e-3
     wrong = _perfect_outputs()
-    wrong["pred_masks"] = -wrong["pred_masks"]
+    wrong["pred_masks"] = torch.roll(wrong["pred_masks"], 4, dims=2)  # a quarter of each mask misplaced
     worse = _criterion(importance_sample_ratio=0.0)(wrong, _targets())
-    assert worse["loss_mask"] > 10 * losses["loss_mask"] and worse["loss_dice"] > 10 * losses["loss_dice"]
+    assert worse["loss_mask"] > 5 * losses["loss_mask"] and worse["loss_dice"] > 5 * losses["loss_dice"]
 
 
 def test_losses_decrease_when_optimised() -> None:
