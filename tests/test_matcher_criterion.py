@@ -52,14 +52,20 @@ def _perfect_outputs(queries: int = 4, classes: int = 5) -> dict:
 def test_matcher_finds_the_perfect_assignment() -> None:
     rows, cols = HungarianMatcher(num_points=200)(_perfect_outputs(), _targets())[0]
     assert dict(zip(rows.tolist(), cols.tolist(), strict=True)) == {2: 0, 0: 1}
-    empty = HungarianMatcher(num_points=10)(_perfect_outputs(), [{"labels": torch.zeros(0, dtype=torch.long),
-                                                                 "masks": torch.zeros(0, 16, 16)}])
+    empty = HungarianMatcher(num_points=10)(
+        _perfect_outputs(), [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 16, 16)}]
+    )
     assert empty[0][0].numel() == 0
 
 
 def _criterion(**kwargs) -> SetCriterion:
-    return SetCriterion(5, HungarianMatcher(num_points=200), {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
-                        num_points=200, **kwargs)
+    return SetCriterion(
+        5,
+        HungarianMatcher(num_points=200),
+        {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
+        num_points=200,
+        **kwargs,
+    )
 
 
 def test_perfect_predictions_have_near_zero_losses() -> None:

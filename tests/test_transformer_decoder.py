@@ -13,8 +13,16 @@ from mask2former.modeling.transformer_decoder.masked_attention import (
 
 
 def tiny(**overrides) -> MultiScaleMaskedTransformerDecoder:
-    kwargs = dict(in_channels=32, num_classes=5, hidden_dim=32, num_queries=8, nheads=4, dim_feedforward=64,
-                  dec_layers=3, mask_dim=16)
+    kwargs = dict(
+        in_channels=32,
+        num_classes=5,
+        hidden_dim=32,
+        num_queries=8,
+        nheads=4,
+        dim_feedforward=64,
+        dec_layers=3,
+        mask_dim=16,
+    )
     kwargs.update(overrides)
     return MultiScaleMaskedTransformerDecoder(**kwargs)
 
@@ -46,12 +54,19 @@ def test_attention_mask_blocks_outside_the_previous_mask() -> None:
 
 def test_key_layout_and_input_projection() -> None:
     keys = set(tiny().state_dict())
-    for key in ("transformer_self_attention_layers.0.self_attn.in_proj_weight",
-                "transformer_self_attention_layers.2.norm.weight",
-                "transformer_cross_attention_layers.1.multihead_attn.out_proj.bias",
-                "transformer_ffn_layers.0.linear1.weight", "transformer_ffn_layers.2.norm.bias",
-                "decoder_norm.weight", "query_feat.weight", "query_embed.weight", "level_embed.weight",
-                "class_embed.bias", "mask_embed.layers.2.weight"):
+    for key in (
+        "transformer_self_attention_layers.0.self_attn.in_proj_weight",
+        "transformer_self_attention_layers.2.norm.weight",
+        "transformer_cross_attention_layers.1.multihead_attn.out_proj.bias",
+        "transformer_ffn_layers.0.linear1.weight",
+        "transformer_ffn_layers.2.norm.bias",
+        "decoder_norm.weight",
+        "query_feat.weight",
+        "query_embed.weight",
+        "level_embed.weight",
+        "class_embed.bias",
+        "mask_embed.layers.2.weight",
+    ):
         assert key in keys, key
     assert not any(k.startswith("input_proj") for k in keys)
     projected = tiny(enforce_input_project=True)

@@ -89,6 +89,7 @@ class MaskFormerModule(L.LightningModule):
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
             drop_last=True,
+            generator=_loader_generator(cfg.SEED + rank),
         )
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -108,6 +109,7 @@ class MaskFormerModule(L.LightningModule):
                     collate_fn=list,
                     sampler=ShardSampler(len(dicts), rank, world),
                     num_workers=min(2, cfg.DATALOADER.NUM_WORKERS),
+                    generator=_loader_generator(cfg.SEED),
                 )
             )
             meta = MetadataCatalog.get(name)
@@ -179,6 +181,12 @@ class MaskFormerModule(L.LightningModule):
             torch.set_rng_state(states["torch"])
             np.random.set_state(_numpy_state_from_plain(states["numpy"]))
             random.setstate(_python_state_from_plain(states["python"]))
+
+
+def _loader_generator(seed: int) -> torch.Generator:
+    # A loader's own generator: starting its iterator then draws nothing from the global RNG, which the
+    # model's random sampling uses, so a resumed run draws the same numbers as an uninterrupted one.
+    return torch.Generator().manual_seed(seed)
 
 
 # RNG states as tensors / lists so checkpoints load with weights_only=True.

@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Seconds per training iteration and peak memory, for a config, on CPU or GPU.
+
+    python benchmarks/train_step.py --config-file configs/quickstart.yaml --batch 4 --size 256 --steps 10
+    python benchmarks/train_step.py --config-file configs/m2f_swin_l.yaml --batch 2 --size 512 --steps 1 --compare
+
+One iteration = forward, losses, backward, AdamW step, on random images with random label maps
+(5 classes present per image). The first iteration is a warm-up and not timed; the median of the
+others is reported. On a GPU: bf16 autocast (as training), CUDA-event timing, peak allocated memory;
+on the CPU: wall time and peak resident memory of the process.
+--compare also times transformers' Mask2FormerForUniversalSegmentation built to the same sizes
+(install transformers for this only: `pip install transformers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from mask2former.config import get_cfg  # noqa: E402
+from mask2former.modeling.meta_arch import build_model  # noqa: E402
+
+
+def random_batch(batch: int, size: int, num_classes: int, device: str) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(batch):
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+        label = torch.zeros(size, size, dtype=torch.long)
+        for index, cls in enumerate(torch.randperm(num_classes - 1, generator=generator)[:5].tolist()):
+            y, x = (index * size) // 6, (index * size) // 7
+            label[y : y + size // 3, x : x + size // 3] = cls + 1
+        items.append({"image": image.to(device), "sem_seg": label.to(device), "height": size, "width": size})
+    return items
+
+
+def time_steps(step, steps: int, device: str) -> list[float]:
+    times = []
+    for index in range(steps + 1):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            elapsed = start.elapsed_time(end) / 1000
+        else:
+            begin = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - begin
+        if index > 0:  # the first is a warm-up
+            times.append(elapsed)
+    return times
+
+
+def peak_memory_gib(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def ours(cfg, batch: int, size: int, steps: int, device: str) -> tuple[float, float]:
+    model = build_model(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
+    use_amp = device == "cuda" and cfg.SOLVER.AMP.ENABLED
+
+    def step() -> None:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_amp):
+            losses = model(data)
+            total = model.criterion.weighted_total(losses)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    return statistics.median(time_steps(step, steps, device)), peak_memory_gib(device)
+
+
+def transformers_reference(cfg, batch: int, size: int, steps: int, device: str) -> tuple[float, float]:
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    swin = cfg.MODEL.SWIN
+    mf = cfg.MODEL.MASK_FORMER
+    backbone = SwinConfig(
+        embed_dim=swin.EMBED_DIM,
+        depths=list(swin.DEPTHS),
+        num_heads=list(swin.NUM_HEADS),
+        window_size=swin.WINDOW_SIZE,
+        drop_path_rate=swin.DROP_PATH_RATE,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        num_labels=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        num_queries=mf.NUM_OBJECT_QUERIES,
+        hidden_dim=mf.HIDDEN_DIM,
+        feature_size=cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
+        mask_feature_size=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        encoder_layers=cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS,
+        decoder_layers=mf.DEC_LAYERS,
+        num_attention_heads=mf.NHEADS,
+        dim_feedforward=mf.DIM_FEEDFORWARD,
+        train_num_points=mf.TRAIN_NUM_POINTS,
+        use_pretrained_backbone=False,
+    )
+    model = Mask2FormerForUniversalSegmentation(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
+    pixels = torch.stack([d["image"].float() / 255 for d in data])
+    mask_labels, class_labels = [], []
+    for d in data:
+        classes = d["sem_seg"].unique()
+        class_labels.append(classes)
+        mask_labels.append((d["sem_seg"][None] == classes[:, None, None]).float())
+    use_amp = device == "cuda" and cfg.SOLVER.AMP.ENABLED
+
+    def step() -> None:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_amp):
+            loss = model(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return statistics.median(time_steps(step, steps, device)), peak_memory_gib(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=3, help="timed iterations after one warm-up")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compare", action="store_true", help="also time transformers' Mask2Former")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.config_file}, batch {args.batch}, {args.size}x{args.size}, {device_name}")
+    seconds, memory = ours(cfg, args.batch, args.size, args.steps, args.device)
+    print(f"  this project: {seconds:.3f} s/iter ({args.batch / seconds:.2f} images/s), peak memory {memory:.2f} GiB")
+    if args.compare:
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds_ref, memory_ref = transformers_reference(cfg, args.batch, args.size, args.steps, args.device)
+        print(
+            f"  transformers Mask2Former: {seconds_ref:.3f} s/iter ({args.batch / seconds_ref:.2f} images/s), "
+            f"peak memory {memory_ref:.2f} GiB (process peak so far on CPU)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The model and engine end to end on tiny configs: every config trains a step, resume, eval-only, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import REPO
+
+from mask2former.config import get_cfg
+from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
+from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
+from mask2former.modeling.meta_arch import build_model
+
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("Base-"))
+# Tiny widths for any config: same classes as the big models.
+TINY = [
+    "MODEL.SWIN.EMBED_DIM",
+    "16",
+    "MODEL.SWIN.DEPTHS",
+    "[1, 1, 2, 1]",
+    "MODEL.SWIN.NUM_HEADS",
+    "[1, 1, 2, 2]",
+    "MODEL.SWIN.WINDOW_SIZE",
+    "4",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+    "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
+    "4",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.HIDDEN_DIM",
+    "32",
+    "MODEL.MASK_FORMER.NHEADS",
+    "4",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+    "6",
+    "MODEL.MASK_FORMER.DEC_LAYERS",
+    "3",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+    "256",
+]
+
+
+def tiny_cfg(name: str = "quickstart.yaml"):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs" / name))
+    cfg.merge_from_list(TINY)
+    return cfg
+
+
+def fake_batch(cfg, size: int = 64) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    batch = []
+    for _ in range(2):
+        label = torch.zeros(size, size, dtype=torch.long)
+        label[: size // 2, : size // 3] = 2
+        label[size // 2 :, size // 2 :] = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1
+        label[0, 0] = 255
+        image = torch.randint(0, 255, (3, size, size), generator=generator, dtype=torch.uint8)
+        batch.append({"image": image, "sem_seg": label, "height": size, "width": size})
+    return batch
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_tiny_and_trains_a_step(name: str) -> None:
+    cfg = tiny_cfg(name)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    losses = model(fake_batch(cfg))
+    total = model.criterion.weighted_total(losses)
+    assert torch.isfinite(total) and {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"} <= set(losses)
+    total.backward()
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.sem_seg_head.predictor.class_embed.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        outputs = model([{**item, "height": 80, "width": 72} for item in fake_batch(cfg)])
+    scores = outputs[0]["sem_seg"]
+    assert scores.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 80, 72) and torch.isfinite(scores).all()
+    assert scores.min() >= 0 and scores.max() <= 1
+
+
+def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4):
+    opts = TINY + [
+        "DATASETS.ROOT",
+        str(sample_root),
+        "DATASETS.LABEL_CACHE_DIR",
+        str(output.parent / "cache"),
+        "INPUT.CROP.SIZE",
+        "(64, 64)",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64, 96)",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "TEST.EVAL_PERIOD",
+        str(max_iter),
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.LOG_PERIOD",
+        "1",
+        "OUTPUT_DIR",
+        str(output),
+        "SEED",
+        "3",
+        *extra,
+    ]
+    return default_argument_parser().parse_args(
+        ["--config-file", str(REPO / "configs" / "quickstart.yaml"), "--num-gpus", "0", *opts]
+    )
+
+
+class Kill(L.Callback):
+    """Simulates a crash at the start of an iteration."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            raise KeyboardInterrupt("killed")
+
+
+class RecordLR(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_killed_run_resumes_exactly(sample_root: Path, tmp_path: Path) -> None:
+    whole_args = run_args(sample_root, tmp_path / "whole")
+    whole_lr = RecordLR()
+    train(setup(whole_args), whole_args, callbacks=[whole_lr])
+    whole = read_checkpoint(tmp_path / "whole" / "model_final.pth")
+
+    args = run_args(sample_root, tmp_path / "killed")
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(setup(args), args, callbacks=[Kill(at_step=3)])
+    assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "killed" / "model_final.pth").exists()
+
+    args = run_args(sample_root, tmp_path / "killed")
+    args.resume = True
+    resumed_lr = RecordLR()
+    train(setup(args), args, callbacks=[resumed_lr])
+    assert min(resumed_lr.lrs) == 2  # continued at the last checkpoint's iteration
+    assert resumed_lr.lrs[2] == whole_lr.lrs[2] and resumed_lr.lrs[3] == whole_lr.lrs[3]
+    resumed = read_checkpoint(tmp_path / "killed" / "model_final.pth")
+    for key, value in whole.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
+
+    final = json.loads((tmp_path / "whole" / "final_metrics.json").read_text())["results"]["trash_val"]
+    eval_args = run_args(sample_root, tmp_path / "eval", "MODEL.WEIGHTS", str(tmp_path / "whole" / "model_final.pth"))
+    eval_args.eval_only = True
+    again = evaluate_only(setup(eval_args), eval_args)["trash_val"]
+    assert again["mIoU"] == pytest.approx(final["mIoU"], abs=1e-9)
+    assert (tmp_path / "whole" / "eval" / "trash_val" / "confusion_matrix.png").is_file()
+    assert (tmp_path / "whole" / "loss_curve.png").is_file()
+    assert (tmp_path / "whole" / "config.yaml").is_file() and (tmp_path / "whole" / "metrics.csv").is_file()
+
+
+def test_checkpoint_round_trip_class_change_and_refusal(tmp_path: Path) -> None:
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    copy = build_model(cfg)
+    load_checkpoint_into(copy, tmp_path / "model.pth")
+    for key, value in model.state_dict().items():
+        assert torch.equal(copy.state_dict()[key], value), key
+
+    cfg5 = tiny_cfg()
+    cfg5.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    five = build_model(cfg5)
+    report = load_checkpoint_into(five, tmp_path / "model.pth")
+    assert sorted(report.reinitialised) == sorted(
+        [
+            "sem_seg_head.predictor.class_embed.weight",
+            "sem_seg_head.predictor.class_embed.bias",
+            "criterion.empty_weight",
+        ]
+    )
+    assert torch.equal(
+        five.backbone.layers[0].blocks[0].attn.qkv.weight, model.backbone.layers[0].blocks[0].attn.qkv.weight
+    )
+
+    wider = tiny_cfg()
+    wider.merge_from_list(["MODEL.SEM_SEG_HEAD.CONVS_DIM", "64"])
+    with pytest.raises(CheckpointMismatchError, match=r"shape-mismatched: sem_seg_head.pixel_decoder"):
+        load_checkpoint_into(build_model(wider), tmp_path / "model.pth")
