@@ -1,5 +1,30 @@
 # make test: create .venv if missing, install requirements.txt, run the tests.
-# make demo: install
+# make demo: the same install, then the main job end to end on the generated sample data.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+SAMPLE ?= datasets/sample
+DEMO_OUT ?= output/demo
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check .
+
+demo: install
 	@test -f $(SAMPLE)/train_all.json || $(PY) tools/make_sample_dataset.py --out $(SAMPLE) --num-train 240 --num-test 60 --seed 0
 	$(PY) tools/split_folds.py --json $(SAMPLE)/train_all.json --folds 5 --out $(SAMPLE)/folds
 	$(PY) tools/inspect_dataset.py --json $(SAMPLE)/train.json --out $(DEMO_OUT)/inspect
@@ -15,10 +40,11 @@
 	@echo "  data statistics and pictures: $(DEMO_OUT)/inspect/"
 	@echo "  training run (config, log, metrics.csv, loss_curve.png, checkpoints, model_final.pth): $(DEMO_OUT)/quickstart/"
 	@echo "  val evaluation (confusion_matrix.png, sem_seg_metrics.json): $(DEMO_OUT)/eval_val/"
-	@echo "  test submission (validated) and overlays: $(DEMO_OUT)/predict_test/submission.csv, $(DEMO_OUT)/predict_test/overlays/"
+	@echo "  test submission (validated) and overlays: $(DEMO_OUT)/predict_test/"
 
 bench: install
 	$(PY) benchmarks/data_loader.py
+	$(PY) benchmarks/train_step.py --config-file configs/quickstart.yaml --batch 4 --size 256 --steps 10
 
 clean:
 	rm -rf $(SAMPLE) output .pytest_cache .ruff_cache
