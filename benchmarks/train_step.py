@@ -69,6 +69,7 @@ def peak_memory_gib(device: str) -> float:
 
 def ours(cfg, batch: int, size: int, steps: int, device: str) -> tuple[float, float]:
     model = build_model(cfg).to(device).train()
+    print(f"  this project's model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
     use_amp = device == "cuda" and cfg.SOLVER.AMP.ENABLED
@@ -112,6 +113,7 @@ def transformers_reference(cfg, batch: int, size: int, steps: int, device: str) 
         use_pretrained_backbone=False,
     )
     model = Mask2FormerForUniversalSegmentation(config).to(device).train()
+    print(f"  transformers model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
     pixels = torch.stack([d["image"].float() / 255 for d in data])
@@ -140,6 +142,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed iterations after one warm-up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compare", action="store_true", help="also time transformers' Mask2Former")
+    parser.add_argument(
+        "--only-transformers",
+        action="store_true",
+        help="time only transformers' Mask2Former (its own process peak memory on CPU)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
@@ -150,9 +157,12 @@ def main() -> None:
     cfg.merge_from_list(args.opts or [])
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.config_file}, batch {args.batch}, {args.size}x{args.size}, {device_name}")
-    seconds, memory = ours(cfg, args.batch, args.size, args.steps, args.device)
-    print(f"  this project: {seconds:.3f} s/iter ({args.batch / seconds:.2f} images/s), peak memory {memory:.2f} GiB")
-    if args.compare:
+    if not args.only_transformers:
+        seconds, memory = ours(cfg, args.batch, args.size, args.steps, args.device)
+        print(
+            f"  this project: {seconds:.3f} s/iter ({args.batch / seconds:.2f} images/s), peak memory {memory:.2f} GiB"
+        )
+    if args.compare or args.only_transformers:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds_ref, memory_ref = transformers_reference(cfg, args.batch, args.size, args.steps, args.device)
