@@ -207,3 +207,25 @@ def test_checkpoint_round_trip_class_change_and_refusal(tmp_path: Path) -> None:
     wider.merge_from_list(["MODEL.SEM_SEG_HEAD.CONVS_DIM", "64"])
     with pytest.raises(CheckpointMismatchError, match=r"shape-mismatched: sem_seg_head.pixel_decoder"):
         load_checkpoint_into(build_model(wider), tmp_path / "model.pth")
+
+
+class PoisonLoss(L.Callback):
+    """Makes the loss non-finite from iteration `at_step` on."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            criterion = pl_module.model.criterion
+            original = criterion.forward
+            criterion.forward = lambda *a, **k: {key: v * float("nan") for key, v in original(*a, **k).items()}
+
+
+def test_non_finite_loss_stops_naming_the_iteration(sample_root: Path, tmp_path: Path) -> None:
+    args = run_args(sample_root, tmp_path / "nan")
+    with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 3; losses: \{'loss_ce': nan"):
+        train(setup(args), args, callbacks=[PoisonLoss(at_step=3)])
+    last = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2  # the last good checkpoint stays
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
