@@ -74,7 +74,7 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, t
         if not allow_pickle:
             raise PermissionError(
                 f"{path} is a pickle (detectron2 format); unpickling runs code from the file. If you trust it, "
-                "set MODEL.ALLOW_PICKLE True (or pass --allow-pickle), or convert it with tools/convert_checkpoint.py"
+                "set MODEL.ALLOW_PICKLE True (tools/predict.py: --allow-pickle)."
             )
         with path.open("rb") as handle:
             data = pickle.load(handle, encoding="latin1")  # noqa: S301 (explicit opt-in above)
