@@ -1,7 +1,7 @@
 """Multi-scale deformable attention (Zhu et al., Deformable DETR), in pure PyTorch.
 
-`ms_deform_attn` is the one entry point; a GPU kernel can be dispatched behind it for CUDA tensors,
-while `ms_deform_attn_reference` stays the definition used on the CPU and in tests.
+`ms_deform_attn` is the one entry point the models call; a fused GPU kernel can later be dispatched
+behind it, while `ms_deform_attn_reference` stays the definition (used on the CPU and in tests).
 """
 
 from __future__ import annotations
@@ -13,6 +13,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _check_shapes(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> None:
+    if value.dim() != 4 or sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(
+            "expected value N x S x heads x dim and sampling_locations N x Q x heads x L x P x 2, got "
+            f"{tuple(value.shape)} and {tuple(sampling_locations.shape)}"
+        )
+    levels = sampling_locations.shape[3]
+    if spatial_shapes.shape != (levels, 2) or level_start_index.shape != (levels,):
+        raise ValueError(
+            f"{levels} levels in sampling_locations but spatial_shapes {tuple(spatial_shapes.shape)} "
+            f"and level_start_index {tuple(level_start_index.shape)}"
+        )
+    if attention_weights.shape != sampling_locations.shape[:-1]:
+        raise ValueError(
+            f"attention_weights {tuple(attention_weights.shape)} do not match sampling_locations "
+            f"{tuple(sampling_locations.shape)}"
+        )
+    if value.shape[0] != sampling_locations.shape[0] or value.shape[2] != sampling_locations.shape[2]:
+        raise ValueError(
+            f"batch/heads differ: value {tuple(value.shape)}, sampling_locations {tuple(sampling_locations.shape)}"
+        )
+
+
 def ms_deform_attn_reference(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -20,29 +49,33 @@ def ms_deform_attn_reference(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Bilinear samples of each level's values at the given points, weighted and summed.
+    """Bilinear samples of each level's values at the given points, weighted and summed over levels and points.
 
-    value N x S x heads x dim; spatial_shapes L x 2 (H, W); level_start_index L; sampling_locations
-    N x Q x heads x L x P x 2, (x, y) in [0, 1] with pixel centres at (i + 0.5) / size and zeros
-    outside; attention_weights N x Q x heads x L x P. Returns N x Q x heads * dim.
+    value N x S x heads x dim (levels flattened row-major and concatenated); spatial_shapes L x 2 (H, W);
+    level_start_index L; sampling_locations N x Q x heads x L x P x 2, normalised (x, y) where pixel i of a
+    level of size n has its centre at (i + 0.5) / n, zeros outside the map; attention_weights
+    N x Q x heads x L x P. Returns N x Q x heads * dim in value's dtype.
+
+    Sampling runs in value's dtype: bf16 values mean bf16 locations (about 1/256 of the map of precision).
     """
-    batch, _, heads, dim = value.shape
-    queries, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
-    grids = 2.0 * sampling_locations - 1.0
+    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    batch, total, heads, dim = value.shape
+    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     starts = [int(s) for s in level_start_index.tolist()]
-    out = None
-    for level, (height, width) in enumerate(shapes):
-        level_value = value[:, starts[level] : starts[level] + height * width]
+    if sum(h * w for h, w in shapes) != total:
+        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {total}")
+    # grid_sample's [-1, 1] with align_corners=False puts -1 / 1 on the outer pixel edges: the same convention.
+    grids = (2.0 * sampling_locations - 1.0).to(value.dtype)
+    weights = attention_weights.to(value.dtype)
+    out = value.new_zeros(batch * heads, dim, queries)
+    for level, ((height, width), start) in enumerate(zip(shapes, starts, strict=True)):
+        level_value = value[:, start : start + height * width]  # N x HW x heads x dim
         level_value = level_value.permute(0, 2, 3, 1).reshape(batch * heads, dim, height, width)
         grid = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, queries, points, 2)
-        sampled = F.grid_sample(
-            level_value, grid.to(level_value.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # (N heads) x dim x Q x P
-        weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, queries, points)
-        contribution = (sampled * weights.to(sampled.dtype)).sum(-1)
-        out = contribution if out is None else out + contribution
-    assert out is not None and levels == len(shapes)
+        sampled = F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        level_weights = weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, queries, points)
+        out = out + (sampled * level_weights).sum(-1)  # (N heads) x dim x Q
     return out.view(batch, heads, dim, queries).permute(0, 3, 1, 2).reshape(batch, queries, heads * dim)
 
 
@@ -53,12 +86,16 @@ def ms_deform_attn(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Multi-scale deformable attention; see `ms_deform_attn_reference` for the shapes."""
+    """Multi-scale deformable attention; shapes as in `ms_deform_attn_reference`, which it currently runs."""
     return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
 class MSDeformAttn(nn.Module):
-    """Deformable attention module: each query samples `n_points` per head and level around its reference."""
+    """Deformable attention: each query samples `n_points` per head and level around its reference point.
+
+    Submodule names (sampling_offsets, attention_weights, value_proj, output_proj) follow Deformable DETR,
+    so its and Mask2Former's checkpoints load unchanged.
+    """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
         super().__init__()
@@ -72,15 +109,16 @@ class MSDeformAttn(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Deformable DETR's initialisation: head h looks along angle 2 pi h / heads, point k at k + 1 pixels."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        # each head starts looking in its own direction, point k at distance k + 1
         angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
         directions = torch.stack([angles.cos(), angles.sin()], -1)
-        directions = directions / directions.abs().max(-1, keepdim=True)[0]
-        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
-        grid *= torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        # scaled so the larger component is +-1: the first point lands on a neighbouring pixel
+        directions = directions / directions.abs().amax(-1, keepdim=True)
+        distances = torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        bias = directions.view(self.n_heads, 1, 1, 2).expand(-1, self.n_levels, self.n_points, -1) * distances
         with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         for linear in (self.value_proj, self.output_proj):
@@ -96,15 +134,22 @@ class MSDeformAttn(nn.Module):
         input_level_start_index: torch.Tensor,
         input_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """query N x Q x C, reference_points N x Q x L x 2 normalised (x, y), input_flatten N x S x C,
+        input_padding_mask N x S (True = padding) -> N x Q x C."""
         batch, queries, _ = query.shape
+        if reference_points.shape[-2:] != (self.n_levels, 2):
+            raise ValueError(
+                f"reference_points must be N x Q x {self.n_levels} x 2, got {tuple(reference_points.shape)}"
+            )
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(batch, -1, self.n_heads, self.d_model // self.n_heads)
+        value = value.view(batch, input_flatten.shape[1], self.n_heads, self.d_model // self.n_heads)
         offsets = self.sampling_offsets(query).view(batch, queries, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(batch, queries, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(batch, queries, self.n_heads, self.n_levels, self.n_points)
-        normaliser = torch.stack([input_spatial_shapes[:, 1], input_spatial_shapes[:, 0]], -1).to(offsets.dtype)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
+        # offsets are in pixels of each level; (W, H) turns them into the normalised (x, y) frame
+        size_xy = input_spatial_shapes.flip(-1).to(offsets.dtype)
+        locations = reference_points[:, :, None, :, None, :] + offsets / size_xy[None, None, None, :, None, :]
         out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(out)

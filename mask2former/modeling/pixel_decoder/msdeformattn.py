@@ -1,9 +1,9 @@
-"""Mask2Former's pixel decoder: a deformable-attention encoder over res3..res5, then an FPN to res2.
+"""Mask2Former's pixel decoder: a deformable-attention encoder over res3..res5, then an FPN down to res2.
 
-Key layout as in the official model: input_proj.{i}.{0 conv, 1 GroupNorm} (level 0 is the coarsest),
-transformer.level_embed, transformer.encoder.layers.{k}.{self_attn, norm1, linear1, linear2, norm2},
-adapter_1 / layer_1 (lateral and output convs of the FPN), mask_features.
-The encoder runs in float32 even under autocast, as in the official model.
+State-dict layout as in the official model (prefixed `sem_seg_head.pixel_decoder.` in the full model):
+input_proj.{i}.0 (1x1 conv) / input_proj.{i}.1 (GroupNorm), level 0 being the coarsest map;
+transformer.level_embed; transformer.encoder.layers.{k}.{self_attn.*, norm1, linear1, linear2, norm2};
+adapter_{j} / layer_{j} (lateral and output convs of the FPN, j = 1 for the finest map); mask_features.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .base import PIXEL_DECODER_REGISTRY
 
 
 class DeformableEncoderLayer(nn.Module):
-    """Post-norm: deformable self-attention over all levels, then a ReLU FFN."""
+    """Post-norm layer: deformable self-attention over all levels, then a ReLU feed-forward network."""
 
     def __init__(
         self, d_model: int, dim_feedforward: int, dropout: float, n_levels: int, n_heads: int, n_points: int
@@ -43,22 +43,44 @@ class DeformableEncoderLayer(nn.Module):
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attended))
         hidden = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(hidden))
 
 
 class DeformableEncoder(nn.Module):
+    """A stack of `DeformableEncoderLayer`s (the `layers` list of the official key layout)."""
+
     def __init__(self, layers: list[DeformableEncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
+
+
+def encoder_reference_points(shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """S x 2 normalised (x, y) pixel centres of every level, levels concatenated in the given order."""
+    points = []
+    for height, width in shapes:
+        ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+        xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], -1))
+    return torch.cat(points, 0)
 
 
 class DeformableTransformerEncoderOnly(nn.Module):
@@ -82,6 +104,7 @@ class DeformableTransformerEncoderOnly(nn.Module):
             ]
         )
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
+        # Deformable DETR: xavier for every matrix, then the attention modules' own scheme on top
         for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
@@ -91,37 +114,30 @@ class DeformableTransformerEncoderOnly(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def forward(self, sources: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes = [source.shape[-2:] for source in sources]
+        """sources / positions: one N x C x H_l x W_l map per level -> the encoded maps, same shapes."""
+        if len(sources) != self.level_embed.shape[0]:
+            raise ValueError(f"expected {self.level_embed.shape[0]} levels, got {len(sources)}")
+        batch = sources[0].shape[0]
+        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in sources]
         device = sources[0].device
-        spatial_shapes = torch.tensor([list(s) for s in shapes], dtype=torch.long, device=device)
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
         src = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
         pos = torch.cat(
-            [position.flatten(2).transpose(1, 2) + self.level_embed[level] for level, position in enumerate(positions)],
-            1,
+            [p.flatten(2).transpose(1, 2) + self.level_embed[level] for level, p in enumerate(positions)], 1
         )
+        # no padding inside a batch here, so every level's valid ratio is 1 and the points are plain centres
         reference_points = encoder_reference_points(shapes, device, src.dtype)
-        reference_points = reference_points[None, :, None, :].expand(src.shape[0], -1, len(sources), -1)
+        reference_points = reference_points[None, :, None, :].expand(batch, -1, len(sources), -1)
         memory = self.encoder(src, pos, reference_points, spatial_shapes, level_start_index)
-        splits = memory.split([h * w for h, w in shapes], dim=1)
-        return [
-            part.transpose(1, 2).reshape(src.shape[0], -1, h, w) for part, (h, w) in zip(splits, shapes, strict=True)
-        ]
-
-
-def encoder_reference_points(shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """S x 2 normalised (x, y) pixel centres of every level, concatenated coarse to fine as given."""
-    points = []
-    for height, width in shapes:
-        ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
-        xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], -1))
-    return torch.cat(points, 0)
+        parts = memory.split([h * w for h, w in shapes], dim=1)
+        return [part.transpose(1, 2).reshape(batch, -1, h, w) for part, (h, w) in zip(parts, shapes, strict=True)]
 
 
 @PIXEL_DECODER_REGISTRY.register()
 class MSDeformAttnPixelDecoder(nn.Module):
+    """Deformable-attention encoder on the coarse maps plus an FPN on the finer ones (Mask2Former)."""
+
     def __init__(
         self,
         *,
@@ -133,45 +149,49 @@ class MSDeformAttnPixelDecoder(nn.Module):
         conv_dim: int = 256,
         mask_dim: int = 256,
         norm: str = "GN",
-        transformer_in_features: tuple[str, ...] = ("res3", "res4", "res5"),
+        transformer_in_features: tuple[str, ...] | list[str] = ("res3", "res4", "res5"),
         common_stride: int = 4,
         n_points: int = 4,
     ) -> None:
         super().__init__()
         by_stride = sorted(input_shape.items(), key=lambda item: item[1].stride)
-        self.in_features = [name for name, _ in by_stride]
+        self.in_features = [name for name, _ in by_stride]  # fine to coarse
         missing = [name for name in transformer_in_features if name not in input_shape]
-        if missing:
-            raise KeyError(f"pixel decoder: transformer features {missing} are not among {self.in_features}")
-        # coarsest first: level 0 is the highest stride
+        if missing or not transformer_in_features:
+            raise KeyError(
+                f"pixel decoder: transformer features {list(transformer_in_features)} must be among {self.in_features}"
+            )
+        # coarse to fine: level 0 is the highest stride, as in the official model
         self.transformer_in_features = [name for name, _ in reversed(by_stride) if name in transformer_in_features]
-        levels = len(self.transformer_in_features)
         self.input_proj = nn.ModuleList()
         for name in self.transformer_in_features:
             conv = nn.Conv2d(input_shape[name].channels, conv_dim, kernel_size=1)
             nn.init.xavier_uniform_(conv.weight, gain=1)
             nn.init.zeros_(conv.bias)
-            self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32 if conv_dim % 32 == 0 else 1, conv_dim)))
+            # always GroupNorm here (whatever `norm` says), 32 groups when conv_dim allows
+            self.input_proj.append(nn.Sequential(conv, group_norm(conv_dim, "GN")))
         self.transformer = DeformableTransformerEncoderOnly(
-            conv_dim,
-            transformer_nheads,
-            transformer_enc_layers,
-            transformer_dim_feedforward,
-            transformer_dropout,
-            levels,
-            n_points,
+            d_model=conv_dim,
+            n_heads=transformer_nheads,
+            num_layers=transformer_enc_layers,
+            dim_feedforward=transformer_dim_feedforward,
+            dropout=transformer_dropout,
+            n_levels=len(self.transformer_in_features),
+            n_points=n_points,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
+        # 1x1 as in the official Mask2Former checkpoints (MaskFormer v1's decoder used 3x3)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
         c2_xavier_fill(self.mask_features)
-        self.num_feature_levels = 3  # the transformer decoder attends to the 3 coarsest maps
+        self.maskformer_num_feature_levels = 3  # the transformer decoder attends to the 3 coarsest maps
         self.common_stride = common_stride
-        # FPN on the finer features the encoder does not see (res2 for a stride-4 common stride)
-        transformer_strides = min(input_shape[name].stride for name in self.transformer_in_features)
+
+        # FPN over the maps finer than the encoder's finest, down to common_stride; adapter_1 is the finest
+        finest_encoded = min(input_shape[name].stride for name in self.transformer_in_features)
         self.fpn_features = [
-            name for name, shape in reversed(by_stride) if common_stride <= shape.stride < transformer_strides
-        ]
+            name for name, shape in by_stride if common_stride <= shape.stride < finest_encoded
+        ]  # fine to coarse
         for index, name in enumerate(self.fpn_features, start=1):
             lateral = Conv2d(
                 input_shape[name].channels, conv_dim, kernel_size=1, bias=not norm, norm=group_norm(conv_dim, norm)
@@ -192,9 +212,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MSDeformAttnPixelDecoder:
+        """Keyword arguments from MODEL.SEM_SEG_HEAD.* and MODEL.MASK_FORMER.DROPOUT."""
         head = cfg.MODEL.SEM_SEG_HEAD
         return cls(
-            input_shape=input_shape,
+            input_shape={name: shape for name, shape in input_shape.items() if name in head.IN_FEATURES},
             transformer_dropout=cfg.MODEL.MASK_FORMER.DROPOUT,
             transformer_nheads=head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
             transformer_dim_feedforward=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
@@ -208,15 +229,19 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
 
     def forward_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        with torch.autocast(device_type=next(iter(features.values())).device.type, enabled=False):
+        """Backbone maps -> (mask_features N x mask_dim x H/4 x W/4, [stride 32, 16, 8 maps of conv_dim])."""
+        device_type = features[self.transformer_in_features[0]].device.type
+        # the encoder stays float32 under autocast (sampling locations need the precision), as officially
+        with torch.autocast(device_type=device_type, enabled=False):
             sources = [
                 proj(features[name].float())
                 for proj, name in zip(self.input_proj, self.transformer_in_features, strict=True)
             ]
             positions = [self.pe_layer(source) for source in sources]
             maps = self.transformer(sources, positions)
-        for index, name in enumerate(self.fpn_features, start=1):
-            lateral = getattr(self, f"adapter_{index}")(features[name])
+        # the FPN and mask_features follow the ambient autocast
+        for index in range(len(self.fpn_features), 0, -1):
+            lateral = getattr(self, f"adapter_{index}")(features[self.fpn_features[index - 1]])
             upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             maps.append(getattr(self, f"layer_{index}")(lateral + upsampled.to(lateral.dtype)))
-        return self.mask_features(maps[-1]), maps[: self.num_feature_levels]
+        return self.mask_features(maps[-1]), maps[: self.maskformer_num_feature_levels]
