@@ -127,7 +127,9 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.BACKBONE = CfgNode()
     cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"  # registered backbone
     cfg.MODEL.BACKBONE.FREEZE_AT = 0  # unused by Swin; kept for detectron2 compatibility
-    cfg.MODEL.BACKBONE.WEIGHTS = ""  # backbone-only checkpoint (ImageNet Swin / timm) loaded before MODEL.WEIGHTS
+    cfg.MODEL.BACKBONE.WEIGHTS = (
+        ""  # backbone-only checkpoint (ImageNet Swin / timm / DiNAT) loaded before MODEL.WEIGHTS
+    )
 
     cfg.MODEL.SWIN = CfgNode()
     cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224  # image size of the pre-training (sets nothing else; recorded)
@@ -146,6 +148,30 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
     cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+
+    # DiNAT backbone (mask2former/modeling/backbone/dinat.py); defaults are DiNAT-L as in Mask2Former
+    cfg.MODEL.DINAT = CfgNode()
+    cfg.MODEL.DINAT.EMBED_DIM = 192  # channels of level 1 (doubles per level)
+    cfg.MODEL.DINAT.DEPTHS = [3, 4, 18, 5]  # blocks per level
+    cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24, 48]  # attention heads per level
+    cfg.MODEL.DINAT.KERNEL_SIZE = 11  # neighborhood size (odd)
+    # per level, per block; fitted per axis to small maps (ops/neighborhood_attention.py)
+    cfg.MODEL.DINAT.DILATIONS = [
+        [1, 14, 1],
+        [1, 4, 1, 7],
+        [1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 3],
+        [1, 1, 1, 1, 1],
+    ]
+    cfg.MODEL.DINAT.MLP_RATIO = 2.0  # MLP hidden size / channels
+    cfg.MODEL.DINAT.QKV_BIAS = True  # bias in the qkv projection
+    cfg.MODEL.DINAT.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
+    cfg.MODEL.DINAT.DROP_RATE = 0.0  # dropout after projections
+    cfg.MODEL.DINAT.ATTN_DROP_RATE = 0.0  # must stay 0 (not supported by the fused path)
+    cfg.MODEL.DINAT.DROP_PATH_RATE = 0.3  # stochastic depth, linearly increasing to this rate
+    cfg.MODEL.DINAT.LAYER_SCALE = None  # initial layer-scale gain; None = no layer scale (DiNAT-L has none)
+    cfg.MODEL.DINAT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned levels
+    cfg.MODEL.DINAT.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+    cfg.MODEL.DINAT.ATTENTION_IMPL = "auto"  # "auto" (flex on CUDA, reference on CPU), "reference" or "flex"
 
     cfg.MODEL.SEM_SEG_HEAD = CfgNode()
     cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # the head holding pixel decoder + predictor

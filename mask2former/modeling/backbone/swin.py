@@ -372,7 +372,7 @@ class D2SwinTransformer(Backbone):
         for i, name in enumerate(_STAGE_NAMES):
             if name in self._out_features:
                 self.add_module(f"norm{i}", nn.LayerNorm(embed_dim * 2**i))
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> D2SwinTransformer:
@@ -427,7 +427,8 @@ class D2SwinTransformer(Backbone):
         return load_swin_pretrained(model, path)
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_transformer_weights(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorms (Swin / NAT initialisation)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -463,7 +464,8 @@ def _resize_absolute_pos_embed(value: torch.Tensor, target: torch.Tensor) -> tor
     return value.to(target.dtype).contiguous()
 
 
-def _unwrap(state_dict: dict) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint, unwrapped from "model" / "state_dict", "module." and "backbone." prefixes."""
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
@@ -481,7 +483,7 @@ def checkpoint_filter_fn(state_dict: dict, model: D2SwinTransformer) -> dict[str
     (`relative_position_index`, `attn_mask`); moves timm's patch merging (start of stage i+1) to the
     official place (end of stage i); resizes bias tables and the absolute position embedding to the model.
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     # Official weights keep the patch merging at the end of a stage (so stage 0 has one); timm (>= 0.9)
     # at the start of the next one (stage 0 has none).
     timm_layout = "layers.0.downsample.reduction.weight" not in state_dict and any(
@@ -503,7 +505,8 @@ def checkpoint_filter_fn(state_dict: dict, model: D2SwinTransformer) -> dict[str
     return out
 
 
-def _read_weights(path: Path) -> dict:
+def read_weights(path: Path) -> dict:
+    """A .safetensors file or a torch checkpoint read with weights_only=True."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -527,7 +530,7 @@ def load_swin_pretrained(model: D2SwinTransformer, path: str | Path) -> dict[str
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"Swin weights not found: {path}")
-    result = model.load_state_dict(checkpoint_filter_fn(_read_weights(path), model), strict=False)
+    result = model.load_state_dict(checkpoint_filter_fn(read_weights(path), model), strict=False)
     missing = list(result.missing_keys)
     unexpected = list(result.unexpected_keys)
     new_norms = [k for k in missing if k.split(".")[0] in {f"norm{i}" for i in range(4)}]
