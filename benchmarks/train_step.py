@@ -3,6 +3,7 @@
 
     python benchmarks/train_step.py --config-file configs/quickstart.yaml --batch 4 --size 256 --steps 10
     python benchmarks/train_step.py --config-file configs/m2f_swin_l.yaml --batch 2 --size 512 --steps 1 --compare
+    python benchmarks/train_step.py --config-file configs/m2f_dinat_l.yaml --batch 8 --steps 20 --precision bf16
 
 One iteration = forward, losses, backward, AdamW step, on random images with random label maps
 (5 classes present per image). The first iteration is a warm-up and not timed; the median of the
@@ -43,21 +44,23 @@ def random_batch(batch: int, size: int, num_classes: int, device: str) -> list[d
 
 
 def time_steps(step, steps: int, device: str) -> list[float]:
-    times = []
-    for index in range(steps + 1):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    """Seconds of each of `steps` iterations after one warm-up. On CUDA: events recorded around each
+    iteration and read after one synchronisation at the end (no synchronisation inside the loop)."""
+    step()  # warm-up (allocations, autotuning, compilation)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        for start, end in events:
             start.record()
             step()
             end.record()
-            torch.cuda.synchronize()
-            elapsed = start.elapsed_time(end) / 1000
-        else:
-            begin = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - begin
-        if index > 0:  # the first is a warm-up
-            times.append(elapsed)
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) / 1000 for start, end in events]
+    times = []
+    for _ in range(steps):
+        begin = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - begin)
     return times
 
 
@@ -67,15 +70,14 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def ours(cfg, batch: int, size: int, steps: int, device: str) -> tuple[float, float]:
+def ours(cfg, batch: int, size: int, steps: int, device: str, amp: bool) -> tuple[float, float]:
     model = build_model(cfg).to(device).train()
     print(f"  this project's model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
-    use_amp = device == "cuda" and cfg.SOLVER.AMP.ENABLED
 
     def step() -> None:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
             losses = model(data)
             total = model.criterion.weighted_total(losses)
         optimizer.zero_grad(set_to_none=True)
@@ -85,7 +87,7 @@ def ours(cfg, batch: int, size: int, steps: int, device: str) -> tuple[float, fl
     return statistics.median(time_steps(step, steps, device)), peak_memory_gib(device)
 
 
-def transformers_reference(cfg, batch: int, size: int, steps: int, device: str) -> tuple[float, float]:
+def transformers_reference(cfg, batch: int, size: int, steps: int, device: str, amp: bool) -> tuple[float, float]:
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
     swin = cfg.MODEL.SWIN
@@ -122,10 +124,9 @@ def transformers_reference(cfg, batch: int, size: int, steps: int, device: str) 
         classes = d["sem_seg"].unique()
         class_labels.append(classes)
         mask_labels.append((d["sem_seg"][None] == classes[:, None, None]).float())
-    use_amp = device == "cuda" and cfg.SOLVER.AMP.ENABLED
 
     def step() -> None:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
             loss = model(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,6 +149,12 @@ def main() -> None:
         help="time only transformers' Mask2Former (its own process peak memory on CPU)",
     )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--precision",
+        choices=("config", "bf16", "fp32"),
+        default="config",
+        help="bf16 autocast or fp32; config: SOLVER.AMP.ENABLED on GPU, fp32 on CPU",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     if args.threads:
@@ -157,15 +164,17 @@ def main() -> None:
     cfg.merge_from_list(args.opts or [])
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.config_file}, batch {args.batch}, {args.size}x{args.size}, {device_name}")
+    amp = args.precision == "bf16" or (args.precision == "config" and args.device == "cuda" and cfg.SOLVER.AMP.ENABLED)
+    print(f"  precision: {'bf16 autocast' if amp else 'fp32'}")
     if not args.only_transformers:
-        seconds, memory = ours(cfg, args.batch, args.size, args.steps, args.device)
+        seconds, memory = ours(cfg, args.batch, args.size, args.steps, args.device, amp)
         print(
             f"  this project: {seconds:.3f} s/iter ({args.batch / seconds:.2f} images/s), peak memory {memory:.2f} GiB"
         )
     if args.compare or args.only_transformers:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds_ref, memory_ref = transformers_reference(cfg, args.batch, args.size, args.steps, args.device)
+        seconds_ref, memory_ref = transformers_reference(cfg, args.batch, args.size, args.steps, args.device, amp)
         print(
             f"  transformers Mask2Former: {seconds_ref:.3f} s/iter ({args.batch / seconds_ref:.2f} images/s), "
             f"peak memory {memory_ref:.2f} GiB (process peak so far on CPU)"

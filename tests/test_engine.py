@@ -12,7 +12,7 @@ from conftest import REPO
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
-from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
+from mask2former.engine.launch import default_argument_parser, evaluate_only, main, setup, train
 from mask2former.modeling.meta_arch import build_model
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("Base-"))
@@ -101,7 +101,7 @@ def test_every_config_builds_tiny_and_trains_a_step(name: str) -> None:
     assert scores.min() >= 0 and scores.max() <= 1
 
 
-def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4):
+def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4, config: str = "quickstart.yaml"):
     opts = TINY + [
         "DATASETS.ROOT",
         str(sample_root),
@@ -134,7 +134,7 @@ def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4):
         *extra,
     ]
     return default_argument_parser().parse_args(
-        ["--config-file", str(REPO / "configs" / "quickstart.yaml"), "--num-gpus", "0", *opts]
+        ["--config-file", str(REPO / "configs" / config), "--num-gpus", "0", *opts]
     )
 
 
@@ -187,6 +187,19 @@ def test_killed_run_resumes_exactly(sample_root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "whole" / "eval" / "trash_val" / "confusion_matrix.png").is_file()
     assert (tmp_path / "whole" / "loss_curve.png").is_file()
     assert (tmp_path / "whole" / "config.yaml").is_file() and (tmp_path / "whole" / "metrics.csv").is_file()
+
+
+def test_headline_command_trains_dinat_on_the_cpu(sample_root: Path, tmp_path: Path) -> None:
+    """train_net.py --config-file configs/m2f_dinat_l.yaml --num-gpus 1, at tiny widths on the CPU."""
+    args = run_args(sample_root, tmp_path / "dinat", max_iter=2, config="m2f_dinat_l.yaml")
+    argv = ["--config-file", args.config_file, "--num-gpus", "0", *args.opts]
+    results = main(argv)["trash_val"]
+    assert 0.0 <= results["mIoU"] <= 1.0
+    saved = get_cfg()
+    saved.merge_from_file(str(tmp_path / "dinat" / "config.yaml"))
+    assert saved.MODEL.BACKBONE.NAME == "D2DiNAT" and saved.MODEL.DINAT.KERNEL_SIZE == 3
+    weights = read_checkpoint(tmp_path / "dinat" / "model_final.pth")
+    assert "backbone.levels.2.blocks.1.attn.rpb" in weights
 
 
 def test_checkpoint_round_trip_class_change_and_refusal(tmp_path: Path) -> None:
