@@ -252,7 +252,8 @@ def add_solver_config(cfg: CfgNode) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01  # max norm (or value)
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the norm
     cfg.SOLVER.AMP = CfgNode()
-    cfg.SOLVER.AMP.ENABLED = True  # bf16 autocast on GPU (the deformable encoder stays fp32); ignored on CPU
+    cfg.SOLVER.AMP.ENABLED = True  # bf16 autocast on GPU (the deformable encoder stays fp32)
+    cfg.SOLVER.AMP.ON_CPU = False  # with ENABLED, bf16 autocast on the CPU too (fast on CPUs with AMX / AVX512-BF16)
 
 
 def add_test_config(cfg: CfgNode) -> None:

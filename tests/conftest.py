@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Triton decides between compiling and interpreting when a kernel is decorated: without a GPU, interpret (set
+# before any test module imports Triton kernels).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import copy
 import json
 from pathlib import Path

@@ -100,7 +100,8 @@ def build_trainer(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None
         os.environ.setdefault("MASTER_ADDR", url.hostname or "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(url.port or 29500))
     os.environ.setdefault("NODE_RANK", str(args.machine_rank))
-    precision = "bf16-mixed" if accelerator == "gpu" and cfg.SOLVER.AMP.ENABLED else "32-true"
+    mixed = cfg.SOLVER.AMP.ENABLED and (accelerator == "gpu" or cfg.SOLVER.AMP.ON_CPU)
+    precision = "bf16-mixed" if mixed else "32-true"
     checkpoint_dir = Path(cfg.OUTPUT_DIR) / "checkpoints"
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir,

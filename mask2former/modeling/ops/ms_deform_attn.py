@@ -1,12 +1,14 @@
-"""Multi-scale deformable attention (Zhu et al., Deformable DETR), in pure PyTorch.
+"""Multi-scale deformable attention (Zhu et al., Deformable DETR): the pure PyTorch definition and the dispatch.
 
-`ms_deform_attn` is the one entry point the models call; a fused GPU kernel can later be dispatched
-behind it, while `ms_deform_attn_reference` stays the definition (used on the CPU and in tests).
+`ms_deform_attn` is the one entry point the models call. By default it runs the Triton kernels of
+`ms_deform_attn_triton` on CUDA tensors when Triton is importable, and `ms_deform_attn_reference` otherwise;
+the reference stays the definition (used on the CPU and in tests).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -79,15 +81,41 @@ def ms_deform_attn_reference(
     return out.view(batch, heads, dim, queries).permute(0, 3, 1, 2).reshape(batch, queries, heads * dim)
 
 
+IMPLEMENTATIONS = ("auto", "reference", "triton")
+
+
 def ms_deform_attn(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    *,
+    implementation: str = "auto",
 ) -> torch.Tensor:
-    """Multi-scale deformable attention; shapes as in `ms_deform_attn_reference`, which it currently runs."""
-    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    """Multi-scale deformable attention; shapes and semantics as in `ms_deform_attn_reference`.
+
+    implementation: "reference"; "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1, Triton's slow
+    interpreter); "auto" = "triton" for CUDA tensors when Triton is importable, else "reference".
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if implementation == "reference" or (implementation == "auto" and not value.is_cuda):
+        return ms_deform_attn_reference(*args)
+    # imported here: the reference path never pays for importing Triton
+    from . import ms_deform_attn_triton as triton_ops
+
+    if not triton_ops.TRITON_AVAILABLE:
+        if implementation == "auto":
+            return ms_deform_attn_reference(*args)
+        raise RuntimeError('implementation="triton" needs the triton package, which is not importable')
+    if not value.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f'implementation="triton" on {value.device} tensors runs only in Triton\'s interpreter: set '
+            "TRITON_INTERPRET=1 (before importing Triton code), or pass CUDA tensors"
+        )
+    return triton_ops.ms_deform_attn_triton(*args)
 
 
 class MSDeformAttn(nn.Module):
