@@ -12,7 +12,7 @@ from conftest import REPO
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
-from mask2former.engine.launch import default_argument_parser, evaluate_only, main, setup, train
+from mask2former.engine.launch import build_trainer, default_argument_parser, evaluate_only, main, setup, train
 from mask2former.modeling.meta_arch import build_model
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("Base-"))
@@ -252,3 +252,10 @@ def test_non_finite_loss_stops_naming_the_iteration(sample_root: Path, tmp_path:
     last = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2  # the last good checkpoint stays
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_bf16_autocast_on_the_cpu_only_when_asked(sample_root: Path, tmp_path: Path) -> None:
+    for extra, expected in ((("SOLVER.AMP.ENABLED", "True"), "32-true"), (("SOLVER.AMP.ON_CPU", "True"), "bf16-mixed")):
+        args = run_args(sample_root, tmp_path / expected, *extra)
+        trainer, _ = build_trainer(setup(args), args)
+        assert trainer.precision == expected
