@@ -45,6 +45,8 @@ demo: install
 bench: install
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/train_step.py --config-file configs/quickstart.yaml --batch 4 --size 256 --steps 10
+	$(PY) benchmarks/ms_deform_attn.py --check
+	$(PY) benchmarks/neighborhood_attention.py --check
 
 clean:
 	rm -rf $(SAMPLE) output .pytest_cache .ruff_cache
