@@ -191,8 +191,12 @@ def _block_mask(height: int, width: int, kernel_size: int, dilation: int, device
 
 @lru_cache(maxsize=1)
 def _compiled_flex_attention():
+    import torch._dynamo
     from torch.nn.attention.flex_attention import flex_attention
 
+    # One compiled kernel per (map size, dilation): DiNAT-L alone has 9 at one input size, and each test-time
+    # scale adds more; past dynamo's default limit of 8 it would silently fall back to the unfused N x N path.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
     return torch.compile(flex_attention, dynamic=False)
 
 
