@@ -173,6 +173,13 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.DINAT.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
     cfg.MODEL.DINAT.ATTENTION_IMPL = "auto"  # "auto" (flex on CUDA, reference on CPU), "reference" or "flex"
 
+    # SeMask (semask/): a semantic layer after every backbone stage, its class maps supervised as a prior.
+    # Official names in brackets (Picsart-AI-Research/SeMask-Segmentation, SeMask-Mask2Former/mask2former/config.py)
+    cfg.MODEL.SEMASK = CfgNode()
+    cfg.MODEL.SEMASK.NUM_SEM_BLOCKS = 1  # semantic-attention blocks per stage [MODEL.SWIN.NUM_SEM_BLOCKS]
+    cfg.MODEL.SEMASK.SEM_WINDOW_SIZE = 12  # their attention window, 12 for Swin-L [MODEL.SWIN.SEM_WINDOW_SIZE]
+    cfg.MODEL.SEMASK.CATE_WEIGHT = 0.4  # weight of the prior's cross-entropy [MODEL.MASK_FORMER.CATE_WEIGHT]
+
     cfg.MODEL.SEM_SEG_HEAD = CfgNode()
     cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # the head holding pixel decoder + predictor
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps the head reads

@@ -36,6 +36,8 @@ TINY = [
     "3",
     "MODEL.DINAT.DILATIONS",
     "[[2], [1], [1, 2], [1]]",
+    "MODEL.SEMASK.SEM_WINDOW_SIZE",
+    "4",
     "MODEL.SEM_SEG_HEAD.CONVS_DIM",
     "32",
     "MODEL.SEM_SEG_HEAD.MASK_DIM",

@@ -26,6 +26,8 @@ CLASS_HEAD_KEYS = (
     "sem_seg_head.predictor.class_embed.bias",
     "criterion.empty_weight",
 )
+# SeMask's semantic layers predict one channel per class: re-initialised with the class head.
+_CLASS_DEPENDENT_SUFFIXES = (".mlp_cls_q.weight", ".mlp_cls_q.bias", ".mlp_cls_k.weight", ".mlp_cls_k.bias")
 # Buffers some upstream checkpoints carry that the model recomputes.
 _DERIVED_SUFFIXES = ("relative_position_index", "attn_mask")
 
@@ -122,8 +124,9 @@ def load_model_weights(
             if not key.endswith(_DERIVED_SUFFIXES):
                 report.unexpected.append(key)
         elif own[key].shape != value.shape:
-            (report.reinitialised if key in CLASS_HEAD_KEYS else report.shape_mismatch).append(
-                key if key in CLASS_HEAD_KEYS else f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+            class_dependent = key in CLASS_HEAD_KEYS or key.endswith(_CLASS_DEPENDENT_SUFFIXES)
+            (report.reinitialised if class_dependent else report.shape_mismatch).append(
+                key if class_dependent else f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
             )
         else:
             to_load[key] = value

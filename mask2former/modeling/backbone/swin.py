@@ -264,6 +264,10 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
         """Returns (stage output B x (H W) x C, merged map B x (H/2 W/2) x 2C or None, next H, next W)."""
+        return self.merge(self.run_blocks(x, h, w), h, w)
+
+    def run_blocks(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The stage's blocks on B x (H W) x C tokens."""
         window, shift = self.window, self.window // 2
         mask = None
         if shift and max(h, w) > window and any(block.shift for block in self.blocks):
@@ -274,6 +278,10 @@ class SwinStage(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, h, w, mask, use_reentrant=False)
             else:
                 x = block(x, h, w, mask)
+        return x
+
+    def merge(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+        """(x, the patch-merged map or None for the last stage, next H, next W)."""
         if self.downsample is None:
             return x, None, h, w
         return x, self.downsample(x, h, w), (h + 1) // 2, (w + 1) // 2
@@ -377,38 +385,13 @@ class D2SwinTransformer(Backbone):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> D2SwinTransformer:
         """Build from MODEL.SWIN.*."""
-        swin = cfg.MODEL.SWIN
-        return cls(
-            embed_dim=swin.EMBED_DIM,
-            depths=tuple(swin.DEPTHS),
-            num_heads=tuple(swin.NUM_HEADS),
-            window_size=swin.WINDOW_SIZE,
-            mlp_ratio=swin.MLP_RATIO,
-            qkv_bias=swin.QKV_BIAS,
-            qk_scale=swin.QK_SCALE,
-            drop_rate=swin.DROP_RATE,
-            attn_drop_rate=swin.ATTN_DROP_RATE,
-            drop_path_rate=swin.DROP_PATH_RATE,
-            ape=swin.APE,
-            patch_norm=swin.PATCH_NORM,
-            patch_size=swin.PATCH_SIZE,
-            pretrain_img_size=swin.PRETRAIN_IMG_SIZE,
-            out_features=tuple(swin.OUT_FEATURES),
-            use_checkpoint=swin.USE_CHECKPOINT,
-        )
+        return cls(**swin_options(cfg))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """N x C x H x W -> {name: N x C_name x H/stride x W/stride} for the names in `out_features`."""
         if images.dim() != 4:
             raise ValueError(f"Swin takes N x C x H x W images, got shape {tuple(images.shape)}")
-        x = self.patch_embed(images)
-        h, w = x.shape[-2:]
-        if self.ape:
-            pos = self.absolute_pos_embed
-            if pos.shape[-2:] != (h, w):
-                pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
-            x = x + pos
-        x = self.pos_drop(x.flatten(2).transpose(1, 2))
+        x, h, w = self.embed(images)
         outputs = {}
         for i, stage in enumerate(self.layers):
             stage_out, x, next_h, next_w = stage(x, h, w)
@@ -421,10 +404,44 @@ class D2SwinTransformer(Backbone):
             h, w = next_h, next_w
         return outputs
 
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Patch embedding (+ absolute position embedding): N x C x H x W -> (N x (h w) x C tokens, h, w)."""
+        x = self.patch_embed(images)
+        h, w = x.shape[-2:]
+        if self.ape:
+            pos = self.absolute_pos_embed
+            if pos.shape[-2:] != (h, w):
+                pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
+            x = x + pos
+        return self.pos_drop(x.flatten(2).transpose(1, 2)), h, w
+
     @staticmethod
     def load_pretrained(model: D2SwinTransformer, path: str | Path) -> dict[str, list[str]]:
         """`load_swin_pretrained` (the hook `MODEL.BACKBONE.WEIGHTS` uses)."""
         return load_swin_pretrained(model, path)
+
+
+def swin_options(cfg: CfgNode) -> dict[str, Any]:
+    """D2SwinTransformer's keyword arguments from MODEL.SWIN.*."""
+    swin = cfg.MODEL.SWIN
+    return {
+        "embed_dim": swin.EMBED_DIM,
+        "depths": tuple(swin.DEPTHS),
+        "num_heads": tuple(swin.NUM_HEADS),
+        "window_size": swin.WINDOW_SIZE,
+        "mlp_ratio": swin.MLP_RATIO,
+        "qkv_bias": swin.QKV_BIAS,
+        "qk_scale": swin.QK_SCALE,
+        "drop_rate": swin.DROP_RATE,
+        "attn_drop_rate": swin.ATTN_DROP_RATE,
+        "drop_path_rate": swin.DROP_PATH_RATE,
+        "ape": swin.APE,
+        "patch_norm": swin.PATCH_NORM,
+        "patch_size": swin.PATCH_SIZE,
+        "pretrain_img_size": swin.PRETRAIN_IMG_SIZE,
+        "out_features": tuple(swin.OUT_FEATURES),
+        "use_checkpoint": swin.USE_CHECKPOINT,
+    }
 
 
 def init_transformer_weights(module: nn.Module) -> None:
