@@ -1,5 +1,7 @@
 """Importing this module registers every backbone, pixel decoder and transformer decoder."""
 
+import semask  # noqa: F401  (SeMask backbone and meta architecture, a sibling package)
+
 from .backbone import dinat, swin  # noqa: F401
-from .pixel_decoder import msdeformattn  # noqa: F401
+from .pixel_decoder import fapn, msdeformattn  # noqa: F401
 from .transformer_decoder import masked_attention  # noqa: F401
