@@ -93,6 +93,16 @@ def get_cfg() -> CfgNode:
     _C.INPUT.COLOR_AUG.CONTRAST_RANGE = (0.5, 1.5)  # contrast factor around mid-grey
     _C.INPUT.COLOR_AUG.SATURATION_RANGE = (0.5, 1.5)  # saturation factor (blend with luminance)
     _C.INPUT.COLOR_AUG.HUE_DELTA = 18.0  # hue shift in OpenCV units (180 = full turn), uniform in [-d, d]
+    # Copy-paste of rare classes onto training crops (mask2former/data/copy_paste.py)
+    _C.INPUT.COPY_PASTE = CfgNode()
+    _C.INPUT.COPY_PASTE.ENABLED = False  # paste objects cut from training images onto training crops
+    _C.INPUT.COPY_PASTE.PROB = 0.5  # probability per training sample that objects are pasted
+    _C.INPUT.COPY_PASTE.CLASSES = ["Battery", "Clothing"]  # class names whose objects are pasted
+    _C.INPUT.COPY_PASTE.MAX_OBJECTS = 3  # objects per pasting sample: uniform in 1..MAX_OBJECTS
+    _C.INPUT.COPY_PASTE.SCALE_RANGE = (0.5, 1.5)  # size factor on top of the crop's resize scale, uniform
+    _C.INPUT.COPY_PASTE.ROTATION = 30.0  # max rotation (degrees), uniform in [-r, r]
+    _C.INPUT.COPY_PASTE.FLIP = True  # mirror each object horizontally with probability 0.5
+    _C.INPUT.COPY_PASTE.MIN_AREA = 64  # objects (connected components) smaller than this (source px) are skipped
 
     _C.DATASETS = CfgNode()
     _C.DATASETS.ROOT = ""  # competition data root; empty = $TRASH_DATA

@@ -3,7 +3,8 @@
 Training: short-side jitter (INPUT.MIN_SIZE_TRAIN) capped by INPUT.MAX_SIZE_TRAIN, a random crop of
 INPUT.CROP.SIZE that retries while one class covers more than SINGLE_CATEGORY_MAX_AREA of it,
 horizontal flip, photometric jitter, and padding (image: INPUT.PAD_VALUE, label: ignore) where the
-resized image is smaller than the crop. Test: short-side resize only.
+resized image is smaller than the crop; optionally copy-paste of rare-class objects onto the final crop
+(INPUT.COPY_PASTE, `copy_paste.py`). Test: short-side resize only.
 
 Every random draw comes from the `rng` handed to `__call__`, so a sample is a pure function of
 (dataset dict, rng state): `MapDataset` derives that state from (seed, epoch, index).
@@ -11,7 +12,7 @@ Every random draw comes from the `rng` handed to `__call__`, so a sample is a pu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,6 +20,9 @@ import torch
 from fvcore.common.config import CfgNode
 
 from . import transforms as T
+
+if TYPE_CHECKING:  # copy_paste imports this module's readers
+    from .copy_paste import CopyPaste
 
 
 def read_image(path: str) -> np.ndarray:
@@ -64,6 +68,7 @@ class SemanticSegMapper:
         image_format: str = "RGB",
         pad_value: int = 128,
         ignore_label: int = 255,
+        copy_paste: CopyPaste | None = None,
     ) -> None:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
@@ -79,9 +84,17 @@ class SemanticSegMapper:
         self.image_format = image_format
         self.pad_value = pad_value
         self.ignore_label = ignore_label
+        self.copy_paste = copy_paste if is_train else None
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> SemanticSegMapper:
+    def from_config(
+        cls, cfg: CfgNode, is_train: bool = True, dataset_dicts: list[dict] | None = None
+    ) -> SemanticSegMapper:
+        """The mapper the config describes.
+
+        With INPUT.COPY_PASTE.ENABLED (training only) the object bank is built here, from `dataset_dicts`
+        or, by default, from the registered DATASETS.TRAIN.
+        """
         if cfg.INPUT.CROP.TYPE != "absolute":
             raise ValueError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
         if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
@@ -98,6 +111,12 @@ class SemanticSegMapper:
                 color_jitter=None,
                 **common,
             )
+        copy_paste = None
+        if cfg.INPUT.COPY_PASTE.ENABLED:
+            from .copy_paste import CopyPaste
+
+            copy_paste = CopyPaste.from_config(cfg, dataset_dicts)
+            copy_paste.build()  # now, once, so that DataLoader workers inherit the bank instead of each building it
         return cls(
             is_train=True,
             min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
@@ -116,6 +135,7 @@ class SemanticSegMapper:
             )
             if cfg.INPUT.COLOR_AUG_SSD
             else None,
+            copy_paste=copy_paste,
             **common,
         )
 
@@ -179,4 +199,8 @@ class SemanticSegMapper:
         if label is not None:
             label = T.warp_crop(label, matrix, out_hw, (crop_h, crop_w), cv2.INTER_NEAREST, self.ignore_label)
         transform = T.color_jitter_matrix(rng, **self.color_jitter) if self.color_jitter else None
+        if self.copy_paste is not None and label is not None:
+            # drawn last: the crop and jitter of a sample are the same with and without copy-paste;
+            # pasted objects get the crop's colour jitter (applied by the caller)
+            image, label, _ = self.copy_paste(image, label, rng, base_scale=scale)
         return image, label, transform
