@@ -7,11 +7,17 @@ extension replaced) and `meta.json`. Each npz has:
   image_id     the json's image id
   height, width  the original image size
   class_names  the K class names, background first
+How the probabilities are made (views, TTA, checkpoint ensembles): mask2former/engine/inference.py. meta.json
+(written by tools/predict.py) holds class_names, the settings (weights, weights_scale, views, max_size, prob_size)
+and the run's counts. `check_probabilities` tells a complete file from a truncated or foreign one.
 """
 
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,5 +69,30 @@ def load_probabilities(path: str | Path) -> dict:
                 "width": int(data["width"]),
                 "class_names": [str(n) for n in data["class_names"]],
             }
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise ValueError(f"{path}: not a prediction file of this project ({error})") from None
+
+
+def check_probabilities(
+    path: str | Path,
+    file_name: str | None = None,
+    class_names: Sequence[str] | None = None,
+    size: int = 0,
+) -> str | None:
+    """None if `path` is a complete, readable prediction file (of `file_name`, with these classes, `size` x `size`
+    maps when size > 0, finite non-negative probabilities); else what is wrong with it (e.g. truncated)."""
+    try:
+        data = load_probabilities(path)
+    except ValueError as error:
+        return str(error)
+    probs = data["probs"]
+    if file_name is not None and data["file_name"] != file_name:
+        return f"{path}: holds {data['file_name']!r}, expected {file_name!r}"
+    if class_names is not None and data["class_names"] != list(class_names):
+        return f"{path}: classes {data['class_names']} differ from {list(class_names)}"
+    expected = (size, size) if size > 0 else (data["height"], data["width"])
+    if probs.ndim != 3 or probs.shape[0] != len(data["class_names"]) or probs.shape[1:] != expected:
+        return f"{path}: probabilities of shape {probs.shape}, expected {len(data['class_names'])} x {expected}"
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.sum(axis=0).max() > 1.02:
+        return f"{path}: not probabilities (non-finite, negative, or summing to more than 1 over the classes)"
+    return None

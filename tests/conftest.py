@@ -24,6 +24,53 @@ from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
 REPO = Path(__file__).resolve().parents[1]
 TRASHBAGS = REPO.parent / "shared" / "data" / "trashbags"
 
+# Tiny widths for any config in configs/ (Swin, DiNAT, SeMask, both pixel decoders): the same classes as the big
+# models, small enough for a CPU step in a second.
+TINY_MODEL = [
+    "MODEL.SWIN.EMBED_DIM",
+    "16",
+    "MODEL.SWIN.DEPTHS",
+    "[1, 1, 2, 1]",
+    "MODEL.SWIN.NUM_HEADS",
+    "[1, 1, 2, 2]",
+    "MODEL.SWIN.WINDOW_SIZE",
+    "4",
+    "MODEL.DINAT.EMBED_DIM",
+    "16",
+    "MODEL.DINAT.DEPTHS",
+    "[1, 1, 2, 1]",
+    "MODEL.DINAT.NUM_HEADS",
+    "[1, 1, 2, 2]",
+    "MODEL.DINAT.KERNEL_SIZE",
+    "3",
+    "MODEL.DINAT.DILATIONS",
+    "[[2], [1], [1, 2], [1]]",
+    "MODEL.SEMASK.SEM_WINDOW_SIZE",
+    "4",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+    "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
+    "4",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.HIDDEN_DIM",
+    "32",
+    "MODEL.MASK_FORMER.NHEADS",
+    "4",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+    "6",
+    "MODEL.MASK_FORMER.DEC_LAYERS",
+    "3",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+    "256",
+]
+
 # A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two
 # polygons, and a triangle (Plastic bag). A second image holds one RLE annotation.
 TINY_W, TINY_H = 64, 48

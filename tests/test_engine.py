@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
@@ -16,57 +16,12 @@ from mask2former.engine.launch import build_trainer, default_argument_parser, ev
 from mask2former.modeling.meta_arch import build_model
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("Base-"))
-# Tiny widths for any config: same classes as the big models.
-TINY = [
-    "MODEL.SWIN.EMBED_DIM",
-    "16",
-    "MODEL.SWIN.DEPTHS",
-    "[1, 1, 2, 1]",
-    "MODEL.SWIN.NUM_HEADS",
-    "[1, 1, 2, 2]",
-    "MODEL.SWIN.WINDOW_SIZE",
-    "4",
-    "MODEL.DINAT.EMBED_DIM",
-    "16",
-    "MODEL.DINAT.DEPTHS",
-    "[1, 1, 2, 1]",
-    "MODEL.DINAT.NUM_HEADS",
-    "[1, 1, 2, 2]",
-    "MODEL.DINAT.KERNEL_SIZE",
-    "3",
-    "MODEL.DINAT.DILATIONS",
-    "[[2], [1], [1, 2], [1]]",
-    "MODEL.SEMASK.SEM_WINDOW_SIZE",
-    "4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
-    "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
-    "4",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM",
-    "32",
-    "MODEL.MASK_FORMER.NHEADS",
-    "4",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-    "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS",
-    "3",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
-    "256",
-]
 
 
 def tiny_cfg(name: str = "quickstart.yaml"):
     cfg = get_cfg()
     cfg.merge_from_file(str(REPO / "configs" / name))
-    cfg.merge_from_list(TINY)
+    cfg.merge_from_list(TINY_MODEL)
     return cfg
 
 
@@ -104,7 +59,7 @@ def test_every_config_builds_tiny_and_trains_a_step(name: str) -> None:
 
 
 def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4, config: str = "quickstart.yaml"):
-    opts = TINY + [
+    opts = TINY_MODEL + [
         "DATASETS.ROOT",
         str(sample_root),
         "DATASETS.LABEL_CACHE_DIR",

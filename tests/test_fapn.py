@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 from mask2former.config import get_cfg
 from mask2former.modeling.backbone.base import ShapeSpec
@@ -15,35 +15,7 @@ from mask2former.modeling.pixel_decoder.base import build_pixel_decoder
 from mask2former.modeling.pixel_decoder.fapn import FeatureAlign, ModulatedDeformConv, PixelFANDecoder
 
 SHAPES = {"res2": ShapeSpec(8, 4), "res3": ShapeSpec(16, 8), "res4": ShapeSpec(24, 16), "res5": ShapeSpec(32, 32)}
-# tiny widths for the whole model (a subset of tests/test_engine.py's TINY, copied on purpose)
-TINY = [
-    "MODEL.SWIN.EMBED_DIM",
-    "16",
-    "MODEL.SWIN.DEPTHS",
-    "[1, 1, 2, 1]",
-    "MODEL.SWIN.NUM_HEADS",
-    "[1, 1, 2, 2]",
-    "MODEL.SWIN.WINDOW_SIZE",
-    "4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM",
-    "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM",
-    "32",
-    "MODEL.MASK_FORMER.NHEADS",
-    "4",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-    "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS",
-    "3",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
-    "256",
-    "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME",
-    "PixelFANDecoder",
-]
+TINY = TINY_MODEL + ["MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", "PixelFANDecoder"]
 
 
 def decoder_cfg(**head):
