@@ -1,0 +1,390 @@
+"""mask2former/ensemble.py (votes, tie rule, consensus, DenseCRF) and tools/ensemble_crf.py end to end on small
+synthetic prediction folders and CSVs made for the tiny COCO set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, write_tiny_coco
+
+from mask2former.data.coco_semantic import class_names_from_categories, load_sem_seg_dataset
+from mask2former.data.mapper import read_label
+from mask2former.ensemble import (
+    EnsembleError,
+    consensus_mask,
+    consensus_write_back,
+    dense_crf,
+    hard_vote,
+    resize_probabilities,
+    soft_vote,
+    vote_shares,
+)
+from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
+from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path, save_probabilities
+from mask2former.submission import check_submission, downsample_label_map, read_submission, write_submission
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("ensemble_crf")
+
+
+def random_probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    p = rng.random(shape).astype(np.float32)
+    return p / p.sum(axis=0, keepdims=True)
+
+
+# ---- votes, ties, consensus ---------------------------------------------------------------------------------
+
+
+def test_soft_vote_is_the_weighted_mean() -> None:
+    rng = np.random.default_rng(0)
+    probs = [random_probs(rng, (4, 5, 6)) for _ in range(3)]
+    np.testing.assert_allclose(soft_vote(probs, [2, 1, 1]), (2 * probs[0] + probs[1] + probs[2]) / 4, atol=1e-6)
+    np.testing.assert_allclose(soft_vote(probs), sum(probs) / 3, atol=1e-6)
+    np.testing.assert_allclose(soft_vote(probs, [0, 5, 0]), probs[1], atol=1e-6)
+    np.testing.assert_allclose(soft_vote(probs, [3, 1, 2]).sum(axis=0), 1.0, atol=1e-5)
+    with pytest.raises(EnsembleError, match="2 weight"):
+        soft_vote(probs, [1, 1])
+    with pytest.raises(EnsembleError, match="non-negative"):
+        soft_vote(probs, [1, -1, 1])
+    with pytest.raises(EnsembleError, match=r"probability map 1 has shape \(4, 5, 5\)"):
+        soft_vote([probs[0], probs[1][:, :, :5]])
+
+
+def test_hard_vote_weighted_majority_and_first_listed_wins_ties() -> None:
+    a = np.array([[1, 1, 3, 0]])
+    b = np.array([[2, 2, 1, 0]])
+    c = np.array([[2, 3, 2, 0]])
+    # equal weights: pixel 0 majority 2; pixels 1 and 2 three-way ties -> the first input's class
+    assert hard_vote([a, b, c], num_classes=4).tolist() == [[2, 1, 3, 0]]
+    assert hard_vote([b, a, c], num_classes=4).tolist() == [[2, 2, 1, 0]]
+    assert hard_vote([c, b, a], num_classes=4).tolist() == [[2, 3, 2, 0]]
+    # weights: a alone outweighs b + c at pixel 0; a weight equal to two others' sum is a tie -> a
+    assert hard_vote([a, b, c], [3, 1, 1], num_classes=4).tolist() == [[1, 1, 3, 0]]
+    assert hard_vote([a, b, c], [2, 1, 1], num_classes=4).tolist() == [[1, 1, 3, 0]]
+    assert hard_vote([b, a, c], [1, 2, 1], num_classes=4).tolist() == [[2, 1, 3, 0]]
+    # 0.3 vs 0.1 + 0.2 differ in the last bits of a float: still a tie, still the first input
+    assert hard_vote([a, b, b], [0.3, 0.1, 0.2], num_classes=4).tolist() == [[1, 1, 3, 0]]
+    # a zero-weight input neither votes nor breaks ties: b and c tie at pixel 2 -> b's class
+    assert hard_vote([a, b, c], [0, 1, 1], num_classes=4).tolist() == [[2, 2, 1, 0]]
+    shares = vote_shares([a, b, c], [2, 1, 1], 4)
+    np.testing.assert_allclose(shares[:, 0, 0], [0, 0.5, 0.5, 0])
+    np.testing.assert_allclose(shares.sum(axis=0), 1.0)
+    with pytest.raises(EnsembleError, match=r"\[0, 3\)"):
+        hard_vote([a, b], num_classes=3)
+
+
+def test_hard_vote_ties_on_random_maps_follow_the_first_listed_rule() -> None:
+    rng = np.random.default_rng(1)
+    labels = [rng.integers(0, 3, (20, 20)) for _ in range(4)]
+    weights = [1.0, 2.0, 1.0, 2.0]
+    voted = hard_vote(labels, weights, num_classes=3)
+    for y, x in np.ndindex(20, 20):
+        score = np.zeros(3)
+        for w, label in zip(weights, labels, strict=True):
+            score[label[y, x]] += w
+        tied = set(np.flatnonzero(score == score.max()))
+        expected = next(label[y, x] for label in labels if label[y, x] in tied)
+        assert voted[y, x] == expected
+
+
+def test_consensus_keeps_agreed_pixels_and_only_those() -> None:
+    rng = np.random.default_rng(2)
+    labels = [rng.integers(0, 3, (16, 16)) for _ in range(3)]
+    labels[1][:4] = labels[2][:4] = labels[0][:4]  # agreement on the top rows at least
+    refined = rng.integers(0, 3, (16, 16))
+    agreed = (labels[0] == labels[1]) & (labels[1] == labels[2])
+    np.testing.assert_array_equal(consensus_mask(labels), agreed)
+    out = consensus_write_back(refined, labels)
+    np.testing.assert_array_equal(out[agreed], labels[0][agreed])
+    np.testing.assert_array_equal(out[~agreed], refined[~agreed])
+    assert agreed[:4].all() and (~agreed).sum() > 50
+
+
+# ---- DenseCRF -----------------------------------------------------------------------------------------------
+
+
+def two_region_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dark and a bright region split by a slanted edge; noisy probabilities (about 30% of pixels wrong)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :64]
+    truth = (xx > 24 + yy // 3).astype(np.int64)
+    image = np.where(truth[..., None] == 1, 190, 60).astype(np.int16) + rng.integers(-12, 13, (48, 64, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    flipped = rng.random(truth.shape) < 0.3
+    noisy = np.where(flipped, 1 - truth, truth)
+    confidence = rng.uniform(0.55, 0.8, truth.shape)
+    probs = np.stack(
+        [np.where(noisy == 0, confidence, 1 - confidence), np.where(noisy == 1, confidence, 1 - confidence)]
+    )
+    return truth, image, probs.astype(np.float32)
+
+
+def test_dense_crf_smooths_noisy_probabilities_toward_image_edges() -> None:
+    truth, image, probs = two_region_case()
+    before = (probs.argmax(axis=0) == truth).mean()
+    refined = dense_crf(probs, image, iters=5)
+    assert refined.shape == probs.shape and refined.dtype == np.float32
+    np.testing.assert_allclose(refined.sum(axis=0), 1.0, atol=1e-4)
+    after = (refined.argmax(axis=0) == truth).mean()
+    assert before < 0.75 and after > 0.97 and after > before
+    labels = dense_crf(probs, image, return_labels=True)
+    np.testing.assert_array_equal(labels, refined.argmax(axis=0))
+    # the image is resized to the maps: a 2x image gives nearly the same labels
+    big = cv2.resize(image, (128, 96), interpolation=cv2.INTER_NEAREST)
+    assert (dense_crf(probs, big, return_labels=True) == truth).mean() > 0.97
+    np.testing.assert_allclose(dense_crf(probs, image, iters=0), probs, atol=1e-5)
+
+
+def test_crf_erases_a_small_object_that_consensus_restores() -> None:
+    image = np.full((40, 40, 3), 120, np.uint8)  # no colour edge around the object: the CRF sees noise
+    probs = np.stack([np.full((40, 40), 0.9), np.full((40, 40), 0.1)]).astype(np.float32)
+    probs[:, 20:22, 20:22] = np.array([0.35, 0.65])[:, None, None]
+    inputs = [probs.argmax(axis=0)] * 3
+    crf = dense_crf(probs, image, return_labels=True)
+    assert crf.sum() == 0
+    final = consensus_write_back(crf, inputs)
+    assert final[20:22, 20:22].all() and final.sum() == 4
+    image[20:22, 20:22] = 220  # with a colour edge the bilateral kernel keeps it
+    assert dense_crf(probs, image, return_labels=True).sum() == 4
+
+
+def test_resize_probabilities_and_crf_argument_checks() -> None:
+    rng = np.random.default_rng(3)
+    probs = random_probs(rng, (3, 8, 10))
+    resized = resize_probabilities(probs, 16, 20)
+    assert resized.shape == (3, 16, 20)
+    np.testing.assert_allclose(resized.sum(axis=0), 1.0, atol=1e-5)
+    with pytest.raises(EnsembleError, match="uint8"):
+        dense_crf(probs, np.zeros((8, 10, 3), np.float32))
+    with pytest.raises(EnsembleError, match="sxy"):
+        dense_crf(probs, np.zeros((8, 10, 3), np.uint8), sxy=0)
+
+
+# ---- the tool end to end ------------------------------------------------------------------------------------
+
+
+def make_predictions(root: Path, json_path: Path, cache: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> list[Path]:
+    """One prediction folder per seed: ground truth one-hot, blurred, noised, at the image size (64x48)."""
+    data = json.loads(json_path.read_text())
+    class_names = class_names_from_categories(data["categories"])
+    dicts = load_sem_seg_dataset(json_path, json_path.parent, cache, progress=False)
+    folders = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        folder = root / f"pred{seed}"
+        for image, record in zip(data["images"], dicts, strict=True):
+            gt = read_label(record["sem_seg_file_name"]).astype(np.int64)
+            onehot = np.eye(len(class_names), dtype=np.float32)[np.minimum(gt, len(class_names) - 1)]
+            blurred = cv2.GaussianBlur(onehot, (7, 7), 2.0).transpose(2, 0, 1)
+            noisy = np.clip(blurred + rng.uniform(0, 0.6, blurred.shape), 1e-3, None)
+            probs = noisy / noisy.sum(axis=0, keepdims=True)
+            save_probabilities(
+                folder, image["file_name"], image["id"], probs, image["height"], image["width"], class_names
+            )
+        (folder / "meta.json").write_text(json.dumps({"class_names": class_names}))
+        folders.append(folder)
+    return folders
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> dict:
+    json_path = write_tiny_coco(tmp_path / "data", name="val.json")
+    cache = tmp_path / "cache"
+    return {
+        "json": json_path,
+        "cache": cache,
+        "folders": make_predictions(tmp_path / "preds", json_path, cache),
+        "tmp": tmp_path,
+    }
+
+
+def common(case: dict, out: Path, *extra: str) -> list[str]:
+    return ["--json", str(case["json"]), "--cache-dir", str(case["cache"]), "--out", str(out), *extra]
+
+
+def test_tool_soft_vote_crf_consensus_gt_table_and_resume(tool, case: dict, capsys, monkeypatch) -> None:
+    out = case["tmp"] / "ens"
+    argv = [*map(str, case["folders"]), "--weights", "2", "1", "1", "--crf", "--gt", str(case["json"])]
+    result = tool.main(argv + common(case, out))
+    printed = capsys.readouterr().out
+    images = json.loads(case["json"].read_text())["images"]
+    names = [image["file_name"] for image in images]
+    assert result["processed"] == 3 and result["skipped"] == 0
+    assert check_submission(out / "submission.csv", case["json"]) == 3
+    assert list(read_submission(out / "submission.csv")) == names
+
+    # one table: three inputs, the vote, the CRF, the final output; also in eval.json
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 6 and "soft vote (weights 0.5 0.25 0.25)" in table[5]
+    assert "DenseCRF" in table[6] and "consensus" in table[7]
+    report = json.loads((out / "eval.json").read_text())
+    assert [s["stage"] for s in report["stages"]][3:] == [
+        "soft vote (weights 0.5 0.25 0.25)",
+        "DenseCRF",
+        "final: CRF + consensus write-back",
+    ]
+    # the input and vote rows are the metrics of those label maps
+    dicts = load_sem_seg_dataset(case["json"], case["json"].parent, case["cache"], progress=False)
+    gts = [read_label(d["sem_seg_file_name"]) for d in dicts]
+    maps = [[load_probabilities(probability_path(f, n))["probs"] for f in case["folders"]] for n in names]
+    first = sum(confusion_matrix(gt, m[0].argmax(axis=0), 5) for gt, m in zip(gts, maps, strict=True))
+    vote = sum(confusion_matrix(gt, soft_vote(m, [2, 1, 1]).argmax(axis=0), 5) for gt, m in zip(gts, maps, strict=True))
+    assert report["stages"][0]["mIoU"] == pytest.approx(metrics_from_confusion(first)["mIoU"])
+    assert report["stages"][3]["mIoU"] == pytest.approx(metrics_from_confusion(vote)["mIoU"])
+    assert f"{report['stages'][0]['mIoU']:.4f}" in table[2]
+
+    # outputs: label PNGs at the maps' size, npz files whose argmax is that label map, consensus pixels kept
+    for name, m in zip(names, maps, strict=True):
+        label = read_label(str(out / "labels" / Path(name).with_suffix(".png")))
+        assert label.shape == (48, 64)
+        assert check_probabilities(probability_path(out, name), name, report["class_names"]) is None
+        np.testing.assert_array_equal(load_probabilities(probability_path(out, name))["probs"].argmax(axis=0), label)
+        inputs = [p.argmax(axis=0) for p in m]
+        agreed = consensus_mask(inputs)
+        np.testing.assert_array_equal(label[agreed], inputs[0][agreed])
+
+    # resume: nothing to do, same outputs and table
+    before = (out / "submission.csv").read_bytes()
+    again = tool.main(argv + common(case, out))
+    assert again["processed"] == 0 and again["skipped"] == 3
+    assert (out / "submission.csv").read_bytes() == before
+    assert again["report"]["stages"] == report["stages"]
+    assert "DenseCRF" in capsys.readouterr().out
+    # one image's outputs lost: only that one is processed again
+    (out / "labels" / Path(names[1]).with_suffix(".png")).unlink()
+    assert tool.main(argv + common(case, out))["processed"] == 1
+    # other settings into the same folder: refused
+    with pytest.raises(SystemExit, match="other settings.*compat"):
+        tool.main(argv + common(case, out, "--compat", "3"))
+
+    # two worker processes give the same outputs (the parent's process_image is never called)
+    def in_parent(*args):
+        raise AssertionError("process_image ran in the parent")
+
+    monkeypatch.setattr(tool, "process_image", in_parent)
+    pooled = case["tmp"] / "ens_pool"
+    assert tool.main(argv + common(case, pooled, "--workers", "2"))["processed"] == 3
+    assert (pooled / "submission.csv").read_bytes() == before
+    capsys.readouterr()
+
+
+def test_tool_without_crf_and_with_csv_inputs(tool, case: dict, capsys) -> None:
+    names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
+    soft = case["tmp"] / "soft"
+    result = tool.main([*map(str, case["folders"]), *common(case, soft)])
+    assert result["report"] is None and not (soft / "eval.json").exists()
+    for name in names:
+        maps = [load_probabilities(probability_path(f, name))["probs"] for f in case["folders"]]
+        label = read_label(str(soft / "labels" / Path(name).with_suffix(".png")))
+        np.testing.assert_array_equal(label, soft_vote(maps).argmax(axis=0))
+
+    # CSVs (256x256): hard vote, ties to the first listed
+    csvs = []
+    for folder in case["folders"]:
+        rows = [
+            (n, downsample_label_map(load_probabilities(probability_path(folder, n))["probs"].argmax(axis=0)))
+            for n in names
+        ]
+        csvs.append(case["tmp"] / f"{folder.name}.csv")
+        write_submission(csvs[-1], rows)
+    hard = case["tmp"] / "hard"
+    result = tool.main([*map(str, csvs), "--weights", "1", "1", "1", "--gt", str(case["json"]), *common(case, hard)])
+    assert "probabilities" not in result and not (hard / "probs").exists()
+    tables = [read_submission(path) for path in csvs]
+    for name, label in read_submission(hard / "submission.csv").items():
+        np.testing.assert_array_equal(label, hard_vote([t[name] for t in tables], num_classes=5))
+    assert "hard vote (weights 0.333 0.333 0.333)" in capsys.readouterr().out
+    crf = case["tmp"] / "hard_crf"
+    tool.main([*map(str, csvs), "--crf", *common(case, crf)])
+    assert check_submission(crf / "submission.csv", case["json"]) == 3
+
+
+def test_tool_errors_name_the_input_and_the_image(tool, case: dict, tmp_path: Path) -> None:
+    folders = [str(f) for f in case["folders"]]
+    names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
+
+    # another class list in one folder
+    renamed = tmp_path / "renamed"
+    shutil.copytree(folders[1], renamed)
+    meta = json.loads((renamed / "meta.json").read_text())
+    meta["class_names"][2] = "Cardboard"
+    (renamed / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=rf"{renamed}: classes .*Cardboard.* differ from {case['json']}"):
+        tool.main([folders[0], str(renamed), *common(case, tmp_path / "o1")])
+    with pytest.raises(SystemExit, match=rf"{renamed}: classes .*Cardboard.* differ from {folders[0]}'s"):
+        tool.main([folders[0], str(renamed), "--out", str(tmp_path / "o1b")])
+
+    # an image missing from one folder
+    partial = tmp_path / "partial"
+    shutil.copytree(folders[2], partial)
+    probability_path(partial, names[1]).unlink()
+    with pytest.raises(SystemExit, match=rf"{partial}: no prediction for image '{names[1]}'"):
+        tool.main([folders[0], str(partial), *common(case, tmp_path / "o2")])
+    with pytest.raises(SystemExit, match=rf"{partial}: no prediction for image '{names[1]}'"):
+        tool.main([folders[0], str(partial), "--out", str(tmp_path / "o2b")])
+    with pytest.raises(SystemExit, match=r"has no counterpart in"):
+        tool.main([str(partial), folders[0], "--out", str(tmp_path / "o2c")])
+
+    # maps of another size: an error naming both, unless --size resizes them
+    small = tmp_path / "small"
+    for image in json.loads(case["json"].read_text())["images"]:
+        data = load_probabilities(probability_path(folders[0], image["file_name"]))
+        probs = resize_probabilities(data["probs"], 24, 32)
+        save_probabilities(small, image["file_name"], image["id"], probs, 48, 64, data["class_names"])
+    with pytest.raises(SystemExit, match=rf"{names[0]}: {small} has 32x24 probability maps.*--size"):
+        tool.main([folders[0], str(small), *common(case, tmp_path / "o3")])
+    tool.main([folders[0], str(small), "--size", "32", *common(case, tmp_path / "o3b")])
+    assert read_label(str(tmp_path / "o3b" / "labels" / Path(names[0]).with_suffix(".png"))).shape == (32, 32)
+
+    # a CSV whose row is not 256x256
+    good = tmp_path / "good.csv"
+    write_submission(good, [(n, np.zeros((256, 256), np.uint8)) for n in names])
+    bad = tmp_path / "bad.csv"
+    lines = good.read_text().splitlines()
+    lines[2] = f"{names[1]}," + " ".join(["0"] * 100)
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match=rf"bad.csv: line 3 \({names[1]}\): PredictionString has 100 values"):
+        tool.main([str(good), str(bad), *common(case, tmp_path / "o4")])
+    # a CSV without one image, and values outside the classes
+    write_submission(tmp_path / "short.csv", [(n, np.zeros((256, 256), np.uint8)) for n in names[:2]])
+    with pytest.raises(SystemExit, match=rf"short.csv: no row for image '{names[2]}'"):
+        tool.main([str(good), str(tmp_path / "short.csv"), *common(case, tmp_path / "o5")])
+    write_submission(tmp_path / "high.csv", [(n, np.full((256, 256), 7, np.uint8)) for n in names])
+    with pytest.raises(SystemExit, match=rf"high.csv: image {names[0]}: values 7..7 outside \[0, 4\]"):
+        tool.main([str(good), str(tmp_path / "high.csv"), *common(case, tmp_path / "o6")])
+
+    with pytest.raises(SystemExit, match="mix prediction folders and CSV"):
+        tool.main([folders[0], str(good), *common(case, tmp_path / "o7")])
+    with pytest.raises(SystemExit, match="1 weight"):
+        tool.main([*folders, "--weights", "1", *common(case, tmp_path / "o8")])
+    with pytest.raises(SystemExit, match="--crf reads the RGB images"):
+        tool.main([*folders, "--crf", "--out", str(tmp_path / "o9")])
+    with pytest.raises(SystemExit, match="input not found"):
+        tool.main([folders[0], str(tmp_path / "nowhere"), "--out", str(tmp_path / "o10")])
+    # a missing RGB image is named
+    (case["json"].parent / names[2]).unlink()
+    with pytest.raises(SystemExit, match=rf"{names[2]}: cannot read the image"):
+        tool.main([*folders, "--crf", *common(case, tmp_path / "o11")])
+
+
+def test_help_documents_the_crf_defaults(tool, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        tool.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "sxy 10, srgb 5, compat 10, 5 iterations" in text and "--no-consensus" in text and "--workers" in text
