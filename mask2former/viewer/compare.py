@@ -1,0 +1,225 @@
+"""Prediction sets against ground truth (or against each other when there is none).
+
+A prediction set is a submission CSV (256x256 label maps, image_id = the json's file_name) or a
+prediction folder (`probs/<file_name>.npz`, see mask2former/prediction_io.py; the label map is
+the argmax). Scoring follows tools/evaluate.py exactly: one confusion matrix per image with the
+evaluator's `confusion_matrix`, the ground truth reduced by nearest neighbour to the prediction's
+size, summed over the images, then `metrics_from_confusion`, so the numbers equal
+`SemSegEvaluator`'s on the same data. Without ground truth, set B is scored against set A.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ..evaluation.sem_seg import confusion_matrix, metrics_from_confusion
+from ..prediction_io import load_probabilities
+from ..submission import SubmissionError, iter_submission, parse_prediction
+from .data import DatasetIndex
+from .paths import Roots, list_files, tree_signature
+
+
+@dataclass(frozen=True)
+class PredictionSet:
+    """A submission CSV (`kind` "csv") or a prediction folder with probs/ (`kind` "folder")."""
+
+    kind: str
+    path: Path
+    name: str
+
+    def signature(self) -> tuple[str, str, int, int] | tuple[str, str, str]:
+        """Cache key: the CSV's (path, mtime, size), or a digest over the folder's probs/ files."""
+        if self.kind == "csv":
+            stat = os.stat(self.path)
+            return self.kind, str(self.path), stat.st_mtime_ns, stat.st_size
+        return self.kind, str(self.path), tree_signature(self.path / "probs")
+
+
+def discover_prediction_sets(roots: Roots, paths: list[Path]) -> list[PredictionSet]:
+    """The prediction sets found in the given paths: CSV files, and folders holding probs/ (2 levels deep)."""
+    found: dict[Path, PredictionSet] = {}
+    for given in paths:
+        path = roots.check(given)
+        if path.is_file():
+            found[path] = PredictionSet("csv", path, str(given))
+            continue
+        for folder in [path, *_subfolders(path, depth=2)]:
+            if (folder / "probs").is_dir() and roots.contains(folder / "probs"):
+                label = str(Path(given) / folder.relative_to(path)) if folder != path else str(given)
+                found[folder] = PredictionSet("folder", folder, f"{label} (probabilities)")
+        for csv in list_files(roots, path, ".csv", max_depth=2):
+            found[csv] = PredictionSet("csv", csv, str(Path(given) / csv.relative_to(path)))
+    return list(found.values())
+
+
+def _subfolders(path: Path, depth: int) -> list[Path]:
+    out: list[Path] = []
+    if depth <= 0:
+        return out
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") and entry.name != "probs":
+            out.append(Path(entry.path))
+            out.extend(_subfolders(Path(entry.path), depth - 1))
+    return out
+
+
+def read_csv_predictions(path: Path) -> dict[str, np.ndarray]:
+    """image_id -> uint8 256x256 label map; malformed rows raise `SubmissionError` naming the line."""
+    rows: dict[str, np.ndarray] = {}
+    for number, image_id, text in iter_submission(path):
+        where = f"{path}: line {number} ({image_id})"
+        label = parse_prediction(text, where)
+        if label.min() < 0 or label.max() > 255:
+            raise SubmissionError(f"{where}: values must lie in 0..255, found {label.min()}..{label.max()}")
+        rows[image_id] = label.astype(np.uint8)
+    return rows
+
+
+class FolderPredictions:
+    """A prediction folder read lazily: file_name -> argmax label map of its npz (path checked)."""
+
+    def __init__(self, folder: Path, roots: Roots) -> None:
+        self.folder = folder
+        self.roots = roots
+
+    def path(self, file_name: str) -> Path:
+        return self.roots.join(self.folder, (Path("probs") / file_name).with_suffix(".npz").as_posix())
+
+    def __contains__(self, file_name: object) -> bool:
+        return isinstance(file_name, str) and self.path(file_name).is_file()
+
+    def get(self, file_name: str) -> np.ndarray | None:
+        path = self.path(file_name)
+        if not path.is_file():
+            return None
+        return load_probabilities(path)["probs"].argmax(axis=0).astype(np.uint8)
+
+
+def open_predictions(prediction_set: PredictionSet, roots: Roots) -> Any:
+    """A mapping-like source with `get(file_name)` and `in`, for either kind of set."""
+    roots.check(prediction_set.path)
+    if prediction_set.kind == "csv":
+        return read_csv_predictions(prediction_set.path)
+    return FolderPredictions(prediction_set.path, roots)
+
+
+def match_size(reference: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The reference label map at `shape` (nearest neighbour, as tools/evaluate.py reduces ground truth)."""
+    if reference.shape == tuple(shape):
+        return reference
+    return cv2.resize(reference.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+@dataclass
+class Comparison:
+    """Scores of prediction sets over the images they all cover.
+
+    reference: "ground truth" or the name of set A (then `names` holds only B).
+    per_image: file_name, image_id, then per scored set `mIoU <tag>` and `pixel acc <tag>`, worst first.
+    hists / metrics: the summed confusion matrix and `metrics_from_confusion` per scored set.
+    """
+
+    reference: str
+    names: list[str]
+    tags: list[str]
+    per_image: pd.DataFrame
+    hists: list[np.ndarray]
+    metrics: list[dict[str, Any]]
+    num_images: int
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def compare(
+    index: DatasetIndex,
+    sources: list[Any],
+    names: list[str],
+    ground_truth: Callable[[Any], np.ndarray] | None,
+    tags: list[str] | None = None,
+) -> Comparison:
+    """Score each source against the ground truth, or (ground_truth None) sources[1:] against sources[0].
+
+    Only images that every source covers are scored; the others are listed in `missing`.
+    """
+    tags = tags or [chr(ord("A") + i) for i in range(len(sources))]
+    if ground_truth is None and len(sources) < 2:
+        raise ValueError("without ground truth, two prediction sets are needed (B is scored against A)")
+    scored = list(range(len(sources))) if ground_truth is not None else list(range(1, len(sources)))
+    num_classes = index.num_classes
+    hists = [np.zeros((num_classes, num_classes), dtype=np.int64) for _ in scored]
+    missing: dict[str, list[str]] = {name: [] for name in names}
+    errors: list[str] = []
+    rows = []
+    for image in index.images:
+        file_name = image["file_name"]
+        try:
+            preds = [source.get(file_name) for source in sources]
+        except (OSError, ValueError) as error:  # a truncated npz, a path leading out of the roots
+            errors.append(f"{file_name}: {error}")
+            continue
+        absent = [names[i] for i, pred in enumerate(preds) if pred is None]
+        for name in absent:
+            missing[name].append(file_name)
+        if absent:
+            continue
+        reference = ground_truth(image["id"]) if ground_truth is not None else preds[0]
+        row: dict[str, Any] = {"file_name": file_name, "image_id": image["id"]}
+        try:
+            image_hists = [
+                confusion_matrix(match_size(reference, preds[i].shape), preds[i], num_classes) for i in scored
+            ]
+        except ValueError as error:
+            errors.append(f"{file_name}: {error}")
+            continue
+        for slot, (i, hist) in enumerate(zip(scored, image_hists, strict=True)):
+            hists[slot] += hist
+            metrics = metrics_from_confusion(hist)
+            row[f"mIoU {tags[i]}"] = metrics["mIoU"]
+            row[f"pixel acc {tags[i]}"] = metrics["pACC"]
+        if len(scored) == 2:
+            row["mIoU B - A"] = row[f"mIoU {tags[scored[1]]}"] - row[f"mIoU {tags[scored[0]]}"]
+        rows.append(row)
+    per_image = pd.DataFrame(rows)
+    if rows:
+        per_image = per_image.sort_values(f"mIoU {tags[scored[0]]}", kind="stable", na_position="last")
+        per_image = per_image.reset_index(drop=True)
+    return Comparison(
+        reference="ground truth" if ground_truth is not None else names[0],
+        names=[names[i] for i in scored],
+        tags=[tags[i] for i in scored],
+        per_image=per_image,
+        hists=hists,
+        metrics=[metrics_from_confusion(hist) for hist in hists],
+        num_images=len(rows),
+        missing={name: files for name, files in missing.items() if files},
+        errors=errors,
+    )
+
+
+def class_iou_table(comparison: Comparison, class_names: list[str]) -> pd.DataFrame:
+    """Per class: IoU and accuracy of each scored set, reference pixels and predicted pixels."""
+    table: dict[str, Any] = {"class": list(class_names)}
+    reference = "GT" if comparison.reference == "ground truth" else "A"
+    table[f"{reference} px"] = [int(v) for v in comparison.hists[0].sum(axis=1)]
+    for tag, hist, metrics in zip(comparison.tags, comparison.hists, comparison.metrics, strict=True):
+        table[f"IoU {tag}"] = [round(v, 4) if v == v else None for v in metrics["IoU"]]
+        table[f"acc {tag}"] = [round(v, 4) if v == v else None for v in metrics["ACC"]]
+        table[f"{tag} px"] = [int(v) for v in hist.sum(axis=0)]
+    return pd.DataFrame(table)
+
+
+def confusion_table(hist: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """The confusion matrix as a table: rows the reference's classes, columns the prediction's."""
+    return pd.DataFrame(np.asarray(hist, dtype=np.int64), index=list(class_names), columns=list(class_names))
