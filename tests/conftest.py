@@ -12,6 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -188,3 +189,11 @@ def clean_catalog():
         DatasetCatalog.remove(name)
     for name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

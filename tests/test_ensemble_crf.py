@@ -3,7 +3,6 @@ synthetic prediction folders and CSVs made for the tiny COCO set."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, write_tiny_coco
+from conftest import load_tool, write_tiny_coco
 
 from mask2former.data.coco_semantic import class_names_from_categories, load_sem_seg_dataset
 from mask2former.data.mapper import read_label
@@ -28,13 +27,6 @@ from mask2former.ensemble import (
 from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
 from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path, save_probabilities
 from mask2former.submission import check_submission, downsample_label_map, read_submission, write_submission
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

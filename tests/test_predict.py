@@ -3,7 +3,6 @@ errors. A tiny model on the CPU at small sizes (views of 64 and 96 px) keeps the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, TINY_MODEL, load_tool
 
 from mask2former.config import get_cfg
 from mask2former.engine import inference
@@ -27,13 +26,6 @@ from mask2former.submission import read_submission
 TINY = TINY_MODEL
 SIZES = ["INPUT.MIN_SIZE_TEST", "64", "TEST.AUG.MIN_SIZES", "(64, 96)", "MODEL.DEVICE", "cpu"]
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import load_tool
 
 from mask2former.data.coco_semantic import load_sem_seg_dataset
 from mask2former.data.mapper import read_label
 from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
 from mask2former.submission import downsample_label_map, write_submission
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _relative(record: dict, root: Path) -> str:

@@ -5,6 +5,10 @@ Annotations are painted largest area first, so smaller objects win overlaps (the
 baseline's rule). Bad annotations and images raise `DataError` naming the json, the image and the
 annotation; with `skip_bad=True` they are skipped instead and a summary is logged at the end.
 
+A json may instead give its label maps: every image then has `sem_seg_file_name`, a PNG relative to the json's
+folder (the pseudo-labels of tools/pseudo_label.py are such a json), and `annotations` is empty; the maps are
+checked once (size, values 0..K-1 or 255) and used as they are.
+
 Rendered maps are cached under `<cache>/<json stem>-<hash of json bytes and options>/`, one PNG per
 image, written atomically; a manifest written last marks the cache complete, so later loads neither
 re-validate nor re-rasterise. An interrupted render resumes where it stopped.
@@ -262,31 +266,30 @@ def load_with_manifest(
 
     data = read_coco_json(json_file)
     labels = category_to_label(data["categories"])
+    given_maps = _has_label_maps(data, json_file)
     if has_gt is None:
-        has_gt = len(data["annotations"]) > 0
+        has_gt = given_maps or len(data["annotations"]) > 0
     report = SkipReport(str(json_file))
     images, skipped_ids = _checked_images(data["images"], json_file, image_root, report, skip_bad)
     anns_by_image = _checked_annotations(data["annotations"], images, skipped_ids, labels, json_file, report, skip_bad)
 
-    entries = []
-    for image in tqdm(images.values(), desc=f"render {json_file.name}", unit="img", disable=not progress):
-        entry = {
-            "image_id": image["id"],
-            "file_name": image["file_name"],
-            "height": image["height"],
-            "width": image["width"],
-        }
-        if has_gt:
-            label_name = f"{image['id']}.png"
-            label_path = folder / label_name
-            if not label_path.is_file():
-                label_map = render_label_map(image, anns_by_image.get(image["id"], []), labels, crowd_as_ignore)
-                ok, encoded = cv2.imencode(".png", label_map)
-                if not ok:
-                    raise OSError(f"could not encode the label map of {_describe(json_file, image)}")
-                atomic_write_bytes(label_path, encoded.tobytes())
-            entry["label"] = label_name
-        entries.append(entry)
+    if given_maps and has_gt:
+        entries = _label_map_entries(images, json_file, len(labels) + 1, report, skip_bad)
+    else:
+        entries = []
+        for image in tqdm(images.values(), desc=f"render {json_file.name}", unit="img", disable=not progress):
+            entry = _entry(image)
+            if has_gt:
+                label_name = f"{image['id']}.png"
+                label_path = folder / label_name
+                if not label_path.is_file():
+                    label_map = render_label_map(image, anns_by_image.get(image["id"], []), labels, crowd_as_ignore)
+                    ok, encoded = cv2.imencode(".png", label_map)
+                    if not ok:
+                        raise OSError(f"could not encode the label map of {_describe(json_file, image)}")
+                    atomic_write_bytes(label_path, encoded.tobytes())
+                entry["label"] = label_name
+            entries.append(entry)
 
     if report.messages:
         for message in report.messages:
@@ -314,9 +317,70 @@ def _dicts_from_manifest(manifest: dict, image_root: Path, folder: Path) -> list
             "width": entry["width"],
         }
         if "label" in entry:
-            record["sem_seg_file_name"] = str(folder / entry["label"])
+            record["sem_seg_file_name"] = str(folder / entry["label"])  # absolute for given label maps
         dicts.append(record)
     return dicts
+
+
+def _entry(image: dict) -> dict:
+    return {
+        "image_id": image["id"],
+        "file_name": image["file_name"],
+        "height": image["height"],
+        "width": image["width"],
+    }
+
+
+def _has_label_maps(data: dict, json_file: Path) -> bool:
+    """True if the json gives its label maps as PNGs (every image has `sem_seg_file_name`, no annotations)."""
+    given = [image for image in data["images"] if "sem_seg_file_name" in image]
+    if not given:
+        return False
+    if len(given) != len(data["images"]):
+        missing = next(image for image in data["images"] if "sem_seg_file_name" not in image)
+        raise DataError(
+            f"{_describe(json_file, missing)}: has no sem_seg_file_name while {len(given)} other image(s) do; "
+            "a json gives label maps for every image or for none"
+        )
+    if data["annotations"]:
+        raise DataError(f"{json_file}: gives label maps (sem_seg_file_name) and annotations; use one or the other")
+    return True
+
+
+def _label_map_entries(
+    images: dict[int, dict], json_file: Path, num_classes: int, report: SkipReport, skip_bad: bool
+) -> list[dict]:
+    """Manifest entries for a json whose images name their label PNGs (relative to the json's folder):
+    each map must be a single-channel 8-bit PNG of the image's size holding 0..K-1 or 255."""
+    entries = []
+    for image in tqdm(images.values(), desc=f"check {json_file.name}", unit="img", disable=len(images) < 200):
+        path = (json_file.parent / image["sem_seg_file_name"]).resolve()
+        problem = None
+        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+        if label is None:
+            problem = ("bad label map", f"{_describe(json_file, image)}: label map {path} is missing or unreadable")
+        elif label.ndim != 2 or label.dtype != np.uint8 or label.shape != (image["height"], image["width"]):
+            problem = (
+                "bad label map",
+                f"{_describe(json_file, image)}: label map {path} is {label.dtype} of shape {label.shape}, expected "
+                f"a single-channel 8-bit PNG of {image['width']}x{image['height']}",
+            )
+        else:
+            values = np.unique(label)
+            bad_values = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+            if bad_values.size:
+                problem = (
+                    "bad label map",
+                    f"{_describe(json_file, image)}: label map {path} holds {bad_values.tolist()}, outside "
+                    f"0..{num_classes - 1} and {IGNORE_LABEL} (ignore)",
+                )
+        if problem is None:
+            entries.append({**_entry(image), "label": str(path)})
+        elif skip_bad:
+            report.add(problem[0], problem[1], whole_image=True)
+        else:
+            raise DataError(problem[1])
+    return entries
 
 
 def _checked_images(
