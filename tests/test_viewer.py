@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 
+from conftest import REPO  # noqa: E402
 from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
@@ -171,6 +172,13 @@ def test_bind_check_and_launcher_command() -> None:
     assert "-m streamlit run tools/viewer.py" in joined
     assert "--server.address 127.0.0.1" in joined and "--server.headless true" in joined
     assert "--server.port 9000" in joined and command[-3:] == ["--", "--data-root", "d"]
+
+
+def test_plain_streamlit_run_from_the_repository_binds_localhost() -> None:
+    import tomllib
+
+    settings = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert is_loopback(settings["server"]["address"]) and settings["browser"]["gatherUsageStats"] is False
 
 
 def test_size_bins_and_filters(sample_root: Path) -> None:

@@ -4,8 +4,8 @@
     python tools/viewer.py --data-root DATA [--pred CSV_OR_DIR ...] [--config-file CFG ...] [--port 8501]
 
 starts `streamlit run tools/viewer.py` bound to 127.0.0.1 (headless); open http://127.0.0.1:8501.
-`streamlit run tools/viewer.py -- --data-root DATA ...` works too, but the app then refuses to show
-anything unless it was given `--server.address 127.0.0.1` (or another loopback address).
+`streamlit run tools/viewer.py -- --data-root DATA ...` from the repository root binds 127.0.0.1 as well
+(.streamlit/config.toml); started with any non-loopback --server.address, the app refuses to show anything.
 
 Pages: Dataset (per-class counts, objects per image, object sizes, pixel share and mean colour),
 Browse (image grid with the ground-truth overlay, filters, one image large), Predictions (one or

@@ -1,8 +1,9 @@
 """Starting the viewer: the `streamlit run` command line, bound to this machine only.
 
 `python tools/viewer.py --data-root DIR ...` runs `streamlit run tools/viewer.py` with
---server.address 127.0.0.1 and --server.headless true. Started by hand with `streamlit run`, the
-app checks the address it was bound to and refuses to show anything unless it is a loopback one.
+--server.address 127.0.0.1 and --server.headless true; `streamlit run` started from the repository root reads
+the same address from .streamlit/config.toml. Whatever started it, the app checks the address it was bound to and
+refuses to show anything unless it is a loopback one.
 """
 
 from __future__ import annotations
