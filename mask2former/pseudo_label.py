@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .data.coco_semantic import IGNORE_LABEL
+from .ensemble import resize_probabilities
 from .utils.io import atomic_write_bytes, atomic_write_json
 
 
@@ -30,11 +31,7 @@ def pseudo_label_map(probs: np.ndarray, height: int, width: int, threshold: floa
         raise ValueError(f"{probs.shape[0]} classes do not fit a uint8 label map beside the ignore value")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"the confidence threshold must lie in [0, 1], got {threshold}")
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.shape[1:] != (height, width):
-        # cv2 resizes up to 512 channels at once; HWC in, HWC out (a single channel comes back 2-D)
-        resized = cv2.resize(probs.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)
-        probs = resized.reshape(height, width, -1).transpose(2, 0, 1)
+    probs = resize_probabilities(probs, height, width)
     label = probs.argmax(axis=0).astype(np.uint8)
     label[probs.max(axis=0) < threshold] = IGNORE_LABEL
     return label
