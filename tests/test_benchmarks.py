@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 
 def run(*args: str) -> str:
@@ -24,3 +24,16 @@ def test_cpu_smoke_run_prints_a_timing_table(script: str) -> None:
     rows = [line for line in out.splitlines() if line.startswith("|") and "---" not in line]
     assert len(rows) >= 3 and "reference" in rows[0]
     assert any("bfloat16" in row or "bf16" in row for row in rows[1:])
+
+
+
+def test_precision_check_compares_bf16_with_fp32_on_a_tiny_model() -> None:
+    args = ["--config-file", "configs/quickstart.yaml", "--batch", "1", "--size", "64", "--threads", "1", "--device"]
+    out = run("benchmarks/precision_check.py", *args, "cpu", *TINY_MODEL)
+    losses = [line.split("|")[1:4] for line in out.splitlines() if line.startswith("| loss_") or "total" in line]
+    assert len(losses) >= 4
+    for _, fp32, bf16 in losses:  # bf16 autocast moves the losses, but not far
+        assert abs(float(bf16) - float(fp32)) <= 0.1 * abs(float(fp32)) + 1e-3
+    whole = next(line for line in out.splitlines() if line.startswith("| whole model"))
+    assert 0.9 < float(whole.split("|")[2]) <= 1.0 + 1e-6  # gradient cosine similarity
+    assert "all bf16 losses and gradients finite: True" in out
