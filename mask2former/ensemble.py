@@ -236,7 +236,7 @@ def read_rgb(image_root: str | Path, file_name: str) -> np.ndarray:
     return image
 
 
-def _load_inputs(job: EnsembleJob, file_name: str) -> tuple[list[np.ndarray], dict]:
+def load_inputs(job: EnsembleJob, file_name: str) -> tuple[list[np.ndarray], dict]:
     """Every folder's probabilities of one image (checked, resized with job.size) and the first file's record."""
     maps, first = [], None
     for folder in job.inputs:
@@ -281,7 +281,7 @@ def process_image(job: EnsembleJob, item: dict) -> dict:
     file_name = item["file_name"]
     num_classes = len(job.class_names)
     if job.kind == "probs":
-        maps, record = _load_inputs(job, file_name)
+        maps, record = load_inputs(job, file_name)
         inputs = [p.argmax(axis=0).astype(np.uint8) for p in maps]
         vote_probs = soft_vote(maps, job.weights)
         vote = vote_probs.argmax(axis=0).astype(np.uint8)

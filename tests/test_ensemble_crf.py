@@ -380,3 +380,35 @@ def test_help_documents_the_crf_defaults(tool, capsys) -> None:
     text = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "sxy 10, srgb 5, compat 10, 5 iterations" in text and "--no-consensus" in text and "--workers" in text
+
+
+def test_tune_crf_scores_each_setting_as_ensemble_crf_does(tool, case: dict, capsys) -> None:
+    tune = load_tool("tune_crf")
+    folders = [str(f) for f in case["folders"]]
+    rows = tune.main(
+        [
+            *folders,
+            "--gt",
+            str(case["json"]),
+            "--cache-dir",
+            str(case["cache"]),
+            "--sxy",
+            "10",
+            "30",
+            "--compat",
+            "3",
+            "10",
+        ]
+    )
+    assert len(rows) == 4 and [r["final"] for r in rows] == sorted((r["final"] for r in rows), reverse=True)
+    table = capsys.readouterr().out
+    assert "soft vote of 3 inputs" in table and table.count("\n| ") == 2 + 4  # header, rule, a row per setting
+    for sxy, compat in [(10.0, 3.0), (30.0, 10.0)]:  # the same numbers as the tool's --gt table
+        report = tool.main(
+            [*folders, "--crf", "--sxy", str(sxy), "--compat", str(compat), "--gt", str(case["json"])]
+            + common(case, case["tmp"] / f"ens_{sxy}_{compat}")
+        )["report"]
+        row = next(r for r in rows if (r["sxy"], r["compat"]) == (sxy, compat))
+        assert row["crf"] == pytest.approx(report["stages"][-2]["mIoU"])
+        assert row["final"] == pytest.approx(report["stages"][-1]["mIoU"])
+    capsys.readouterr()
