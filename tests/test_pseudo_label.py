@@ -239,27 +239,34 @@ def test_two_rounds_killed_inside_a_round_resume_to_the_end(sample_root: Path, s
 def test_a_round_that_does_not_help_is_dropped_and_ends_the_loop(sample_root, start_weights, tmp_path, monkeypatch):
     tool = load_tool("pseudo_label")
     out = tmp_path / "pseudo"
-    scores = iter([0.40, 0.35])  # the baseline, then round 1
+    scores = iter([0.40, 0.35, 0.38])  # the baseline, round 1, round 1's control
+    commands: dict[str, list[str]] = {}
 
     def fake_run(stage: str, argv: list[str], log: Path) -> None:
-        folder = Path(argv[argv.index("OUTPUT_DIR") + 1]) if "OUTPUT_DIR" in argv else None
+        commands[stage] = argv
         if stage == "predict":
             subprocess.run(argv, cwd=REPO, check=True, capture_output=True)  # real predictions, for real labels
-        elif stage in ("evaluate", "train"):
-            folder.mkdir(parents=True, exist_ok=True)
-            name = "eval_metrics.json" if stage == "evaluate" else "final_metrics.json"
-            (folder / name).write_text(json.dumps({"iteration": 1, "results": {"trash_val": {"mIoU": next(scores)}}}))
-            (folder / "model_final.pth").write_bytes(b"")
+            return
+        folder = Path(argv[argv.index("OUTPUT_DIR") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "eval_metrics.json" if stage == "evaluate" else "final_metrics.json"
+        (folder / name).write_text(json.dumps({"iteration": 1, "results": {"trash_val": {"mIoU": next(scores)}}}))
+        (folder / "model_final.pth").write_bytes(b"")
 
     monkeypatch.setattr(tool, "run_command", fake_run)
-    argv = command(sample_root, start_weights, out, "--rounds", "3", "--threshold", "0.3")[2:]
+    argv = command(sample_root, start_weights, out, "--rounds", "3", "--threshold", "0.3", "--control")[2:]
     state = tool.main(argv)
     assert state["stopped"] and len(state["rounds"]) == 1 and state["rounds"][0]["kept"] is False
     assert state["best"] == {"round": 0, "weights": str(start_weights.resolve()), "mIoU": 0.40}
+    assert state["rounds"][0]["control_mIoU"] == 0.38
+    table = (out / "rounds.md").read_text()
     assert (
-        "| 1 | round 0 | 6 |" in (out / "rounds.md").read_text()
-        and "| 0.3500 | no |" in (out / "rounds.md").read_text()
+        "control: no pseudo-labels" in table and "| 1 | round 0 | 6 |" in table and "| 0.3500 | no | 0.3800 |" in table
     )
+    # the round trains on train + pseudo-labels, its control on the training set alone, both from the same model
+    assert "pseudo_round_1" in " ".join(commands["train"]) and "pseudo_round_1" not in " ".join(commands["control"])
+    start = commands["train"].index("MODEL.WEIGHTS") + 1
+    assert commands["train"][start] == commands["control"][commands["control"].index("MODEL.WEIGHTS") + 1]
 
 
 def test_init_probs_and_input_errors(sample_root: Path, start_weights: Path, tmp_path: Path, capsys) -> None:

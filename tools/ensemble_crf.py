@@ -20,9 +20,10 @@ kernel (--gauss-sxy, --gauss-compat) and a bilateral kernel on position and colo
 and resizes them to the maps' size: --sxy is in pixels of the maps (256x256 by default). For CSVs the unary is
 the vote shares mixed with a uniform distribution (confidence 0.8). Consensus write-back (on with --crf;
 --no-consensus turns it off): pixels on which all inputs agree keep that class after the CRF, which alone erases
-small objects. The defaults (sxy 10, srgb 5, compat 10, 5 iterations, Gaussian sxy 3 / compat 3) were chosen by
-a grid search on the sample val set (48 images) with three trained tiny models' 256x256 predictions: soft vote
-0.556 mIoU, CRF 0.575, with consensus 0.572; on 60 further generated images 0.571, 0.605, 0.601.
+small objects. The defaults (sxy 10, srgb 5, compat 10, 5 iterations, Gaussian sxy 3 / compat 3) are the best of
+a grid search with tools/tune_crf.py (sxy 5/10/20/40 x srgb 3/5/13 x compat 3/5/10) on the sample val set (48
+images) with three tiny models' TTA predictions (256x256): soft vote 0.5888 mIoU, CRF 0.6090, with consensus
+0.5979, against 0.5878 for the best single model (benchmarks/RESULTS.md).
 
 Outputs, written atomically: OUT/labels/<file_name>.png (final label map at the maps' size); for folder inputs
 OUT/probs/<file_name>.npz in the same format, so OUT feeds the next tool (the CRF's probabilities, the vote's on

@@ -17,6 +17,9 @@ Round r (1..--rounds), starting from the best model so far (round 0: --weights, 
      (default SOLVER.MAX_ITER) -> OUT/round_r/train, then its final evaluation on DATASETS.TEST[0] (val).
   4. keep the round only if val mIoU rose by more than --min-gain; otherwise the loop stops there (the next round
      would start from the same model and the same labels).
+With --control, every round also trains the same iterations from the same model on DATASETS.TRAIN alone
+(OUT/round_r/control) and the table shows its val mIoU beside the round's: what the pseudo-labels add beyond the
+extra training (a round is still kept by its own mIoU).
 Every stage is one of the project's own commands in a child process (their logs under OUT/round_r), so the loop
 adds nothing to how models are trained, predicted or scored. KEY VALUE overrides go to predict and training alike.
 
@@ -69,7 +72,9 @@ logger = logging.getLogger("pseudo_label")
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # state.json keys that must agree for a run to resume into an existing folder
-SETTINGS = ("config_file", "opts", "weights", "unlabeled", "image_root", "threshold", "tta", "iters", "init_probs")
+SETTINGS = (
+    "config_file", "opts", "weights", "unlabeled", "image_root", "threshold", "tta", "iters", "init_probs", "control"
+)  # fmt: skip
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
@@ -91,6 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-gain", type=float, default=0.0, help="val mIoU gain a round needs to be kept")
     parser.add_argument("--iters", type=int, default=0, help="training iterations per round (0: SOLVER.MAX_ITER)")
     parser.add_argument("--tta", action="store_true", help="predict with TEST.AUG (flip and scales)")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="each round also trains the same iterations from the same model without pseudo-labels, and shows it",
+    )
     parser.add_argument("--init-probs", help="round 1's probabilities: a prediction folder (predict / ensemble_crf)")
     parser.add_argument("--batch-size", type=int, default=1, help="predict.py --batch-size")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs for training and prediction (0: CPU)")
@@ -252,18 +262,23 @@ def write_labels(
     return {"images": len(images), "ignored_share": ignored_pixels / max(1, total_pixels)}
 
 
-def train(args: argparse.Namespace, cfg, weights: str, pseudo_json: Path, image_root: Path, name: str, folder: Path):
-    """train_net.py from `weights` on DATASETS.TRAIN + the pseudo-labelled set (--resume: an interrupted round
-    continues from its last checkpoint)."""
-    register = [list(entry) for entry in cfg.DATASETS.REGISTER] + [[name, str(pseudo_json), str(image_root)]]
-    train_sets = tuple(cfg.DATASETS.TRAIN) + (name,)
+def train(args: argparse.Namespace, cfg, weights: str, folder: Path, pseudo: tuple[str, Path, Path] | None) -> None:
+    """train_net.py from `weights` on DATASETS.TRAIN plus, when given, the pseudo-labelled set (name, json, image
+    root); --resume: an interrupted round continues from its last checkpoint."""
     command = [sys.executable, str(REPO / "train_net.py"), "--config-file", args.config_file, "--resume"]
     command += ["--num-gpus", str(args.num_gpus), *args.opts]
     command += ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(folder)]
-    command += ["DATASETS.REGISTER", repr(register), "DATASETS.TRAIN", repr(train_sets)]
+    if pseudo is not None:
+        name, pseudo_json, image_root = pseudo
+        register = [list(entry) for entry in cfg.DATASETS.REGISTER] + [[name, str(pseudo_json), str(image_root)]]
+        command += ["DATASETS.REGISTER", repr(register), "DATASETS.TRAIN", repr((*cfg.DATASETS.TRAIN, name))]
     if args.iters:
         command += ["SOLVER.MAX_ITER", str(args.iters)]
-    run_command("train", command, folder.parent / "train.log")
+    run_command("train" if pseudo is not None else "control", command, folder.parent / f"{folder.name}.log")
+
+
+def trained(folder: Path) -> bool:
+    return (folder / "final_metrics.json").is_file() and (folder / "model_final.pth").is_file()
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------------
@@ -280,6 +295,7 @@ def settings_of(args: argparse.Namespace) -> dict:
         "tta": args.tta,
         "iters": args.iters,
         "init_probs": str(Path(args.init_probs).resolve()) if args.init_probs else None,
+        "control": args.control,
     }
 
 
@@ -307,18 +323,25 @@ def save_state(out: Path, state: dict) -> None:
 
 def rounds_table(state: dict) -> str:
     """A Markdown table: one row for the starting model and one per round."""
+    control = any("control_mIoU" in entry for entry in state["rounds"])
+    extra = " control: no pseudo-labels |" if control else ""
     lines = [
-        "| round | started from | pseudo-labelled images | ignored pixels | val mIoU | kept |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| round | started from | pseudo-labelled images | ignored pixels | val mIoU | kept |" + extra,
+        "| --- | --- | --- | --- | --- | --- |" + (" --- |" if control else ""),
     ]
     if state["baseline"]:
-        lines.append(f"| 0 | --weights | - | - | {state['baseline']['mIoU']:.4f} | (start) |")
+        lines.append(
+            f"| 0 | --weights | - | - | {state['baseline']['mIoU']:.4f} | (start) |" + (" - |" if control else "")
+        )
     for entry in state["rounds"]:
         images = entry.get("images", "-")
         ignored = f"{100 * entry['ignored_share']:.1f}%" if "ignored_share" in entry else "-"
         miou = f"{entry['mIoU']:.4f}" if "mIoU" in entry else "-"
         kept = {True: "yes", False: "no"}.get(entry.get("kept"), "(interrupted)")
-        lines.append(f"| {entry['round']} | round {entry['start_round']} | {images} | {ignored} | {miou} | {kept} |")
+        row = f"| {entry['round']} | round {entry['start_round']} | {images} | {ignored} | {miou} | {kept} |"
+        if control:
+            row += f" {entry['control_mIoU']:.4f} |" if "control_mIoU" in entry else " - |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -378,17 +401,16 @@ def run(args: argparse.Namespace) -> dict:
             )
 
         train_dir = folder / "train"
-        if not (train_dir / "final_metrics.json").is_file() or not (train_dir / "model_final.pth").is_file():
-            train(
-                args,
-                cfg,
-                entry["start_weights"],
-                Path(entry["pseudo_json"]),
-                image_root,
-                f"pseudo_round_{number}",
-                train_dir,
-            )
+        if not trained(train_dir):
+            pseudo = (f"pseudo_round_{number}", Path(entry["pseudo_json"]), image_root)
+            train(args, cfg, entry["start_weights"], train_dir, pseudo)
         miou = val_miou(train_dir / "final_metrics.json", val)
+        if args.control:
+            control_dir = folder / "control"
+            if not trained(control_dir):
+                train(args, cfg, entry["start_weights"], control_dir, None)
+            entry["control_mIoU"] = val_miou(control_dir / "final_metrics.json", val)
+            logger.info("round %d: the control (no pseudo-labels) reached val mIoU %.4f", number, entry["control_mIoU"])
         kept = keeps_round(miou, state["best"]["mIoU"], args.min_gain)
         entry.update(weights=str(train_dir / "model_final.pth"), mIoU=miou, kept=kept)
         if kept:
