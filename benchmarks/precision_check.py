@@ -41,8 +41,8 @@ def one_step(model: torch.nn.Module, batch: list[dict], device: str, bf16: bool,
         losses = model(batch)
         total = model.criterion.weighted_total(losses)
     total.backward()
-    values = {key: float(value) for key, value in losses.items()}
-    values["total (weighted)"] = float(total)
+    values = {key: float(value.detach()) for key, value in losses.items()}
+    values["total (weighted)"] = float(total.detach())
     grads = {name: p.grad.detach().float().cpu() for name, p in model.named_parameters() if p.grad is not None}
     return values, grads
 
@@ -54,8 +54,9 @@ def compare_gradients(reference: dict, other: dict) -> list[tuple[str, float, fl
         names = [name for name in reference if name.startswith(part)]
         if not names:
             continue
-        ref = torch.cat([reference[name].flatten() for name in names])
-        oth = torch.cat([other[name].flatten() for name in names])
+        # float64: a float32 dot product over 200M entries drifts past a cosine of 1
+        ref = torch.cat([reference[name].flatten() for name in names]).double()
+        oth = torch.cat([other[name].flatten() for name in names]).double()
         cosine = float(torch.nn.functional.cosine_similarity(ref, oth, dim=0))
         ratio = float(oth.norm() / ref.norm().clamp_min(1e-30))
         rows.append((part or "whole model", cosine, ratio, int(ref.numel())))
