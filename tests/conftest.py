@@ -197,3 +197,12 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_training_opts(sample_root: Path, cache: Path) -> list[str]:
+    """TINY_MODEL plus what a CPU training run on the generated sample data needs to take seconds: 64 px crops,
+    batch 2, no warm-up, no loader processes."""
+    data = ["DATASETS.ROOT", str(sample_root), "DATASETS.LABEL_CACHE_DIR", str(cache)]
+    sizes = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TRAIN", "(64, 96)", "INPUT.MIN_SIZE_TEST", "64"]
+    solver = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0"]
+    return TINY_MODEL + data + sizes + solver

@@ -26,7 +26,6 @@ def test_cpu_smoke_run_prints_a_timing_table(script: str) -> None:
     assert any("bfloat16" in row or "bf16" in row for row in rows[1:])
 
 
-
 def test_precision_check_compares_bf16_with_fp32_on_a_tiny_model() -> None:
     args = ["--config-file", "configs/quickstart.yaml", "--batch", "1", "--size", "64", "--threads", "1", "--device"]
     out = run("benchmarks/precision_check.py", *args, "cpu", *TINY_MODEL)

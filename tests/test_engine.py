@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, TINY_MODEL, tiny_training_opts
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
@@ -59,29 +59,13 @@ def test_every_config_builds_tiny_and_trains_a_step(name: str) -> None:
 
 
 def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4, config: str = "quickstart.yaml"):
-    opts = TINY_MODEL + [
-        "DATASETS.ROOT",
-        str(sample_root),
-        "DATASETS.LABEL_CACHE_DIR",
-        str(output.parent / "cache"),
-        "INPUT.CROP.SIZE",
-        "(64, 64)",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(64, 96)",
-        "INPUT.MIN_SIZE_TEST",
-        "64",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
+    opts = tiny_training_opts(sample_root, output.parent / "cache") + [
         "SOLVER.MAX_ITER",
         str(max_iter),
         "SOLVER.CHECKPOINT_PERIOD",
         "2",
-        "SOLVER.WARMUP_ITERS",
-        "0",
         "TEST.EVAL_PERIOD",
         str(max_iter),
-        "DATALOADER.NUM_WORKERS",
-        "0",
         "SOLVER.LOG_PERIOD",
         "1",
         "OUTPUT_DIR",

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, load_tool
+from conftest import REPO, TINY_MODEL, load_tool, tiny_training_opts
 
 from mask2former.config import get_cfg
 from mask2former.data.catalog import DatasetCatalog
@@ -126,28 +126,7 @@ def test_label_map_json_errors_name_the_file_and_the_image(tmp_path: Path) -> No
 
 
 def tiny_opts(sample_root: Path, cache: Path) -> list[str]:
-    return TINY_MODEL + [
-        "DATASETS.ROOT",
-        str(sample_root),
-        "DATASETS.LABEL_CACHE_DIR",
-        str(cache),
-        "INPUT.CROP.SIZE",
-        "(64, 64)",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(64, 96)",
-        "INPUT.MIN_SIZE_TEST",
-        "64",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1",
-        "SOLVER.WARMUP_ITERS",
-        "0",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "MODEL.DEVICE",
-        "cpu",
-    ]
+    return tiny_training_opts(sample_root, cache) + ["SOLVER.CHECKPOINT_PERIOD", "1", "MODEL.DEVICE", "cpu"]
 
 
 @pytest.fixture(scope="module")
