@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import multiprocessing as mp
-import os
 import platform
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from mask2former.ensemble import (  # noqa: E402
     soft_vote,
 )
 from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities  # noqa: E402
+from mask2former.utils.io import usable_cpus  # noqa: E402
 
 
 def machine() -> str:
@@ -52,7 +52,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     return f"{model}, {usable} CPU threads"
 
 

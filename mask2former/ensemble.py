@@ -131,9 +131,12 @@ def consensus_mask(labels: Sequence[np.ndarray]) -> np.ndarray:
     return mask
 
 
-def consensus_write_back(refined: np.ndarray, labels: Sequence[np.ndarray]) -> np.ndarray:
-    """`refined` (e.g. the CRF's labels) with every pixel on which all `labels` agree set to their class."""
-    mask = consensus_mask(labels)
+def consensus_write_back(
+    refined: np.ndarray, labels: Sequence[np.ndarray], agreed: np.ndarray | None = None
+) -> np.ndarray:
+    """`refined` (e.g. the CRF's labels) with every pixel on which all `labels` agree set to their class;
+    `agreed` is their `consensus_mask` when the caller has it already."""
+    mask = consensus_mask(labels) if agreed is None else agreed
     if refined.shape != mask.shape:
         raise EnsembleError(f"refined labels of shape {refined.shape}, inputs {mask.shape}")
     return np.where(mask, np.asarray(labels[0]), refined).astype(refined.dtype)
@@ -266,11 +269,12 @@ def load_inputs(job: EnsembleJob, file_name: str) -> tuple[list[np.ndarray], dic
     return maps, first
 
 
-def _encode_png(label: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".png", label.astype(np.uint8))
+def write_label_png(path: str | Path, label: np.ndarray) -> None:
+    """Write a uint8 label map as a PNG, atomically."""
+    ok, encoded = cv2.imencode(".png", np.asarray(label, dtype=np.uint8))
     if not ok:
-        raise OSError("could not encode a label map as PNG")
-    return encoded.tobytes()
+        raise OSError(f"could not encode the label map {path}")
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 def process_image(job: EnsembleJob, item: dict) -> dict:
@@ -300,8 +304,9 @@ def process_image(job: EnsembleJob, item: dict) -> dict:
         stages["crf"] = crf_labels
         final, final_probs = crf_labels, crf_probs
         if job.consensus:
-            final = consensus_write_back(crf_labels, inputs)
-            final_probs = np.where(consensus_mask(inputs)[None], vote_probs, crf_probs)
+            agreed = consensus_mask(inputs)
+            final = consensus_write_back(crf_labels, inputs, agreed)
+            final_probs = np.where(agreed[None], vote_probs, crf_probs)
     stages["final"] = final
     if job.kind == "probs":
         assert record is not None and final_probs is not None
@@ -315,7 +320,7 @@ def process_image(job: EnsembleJob, item: dict) -> dict:
         save_probabilities(
             job.out, file_name, record["image_id"], stored, record["height"], record["width"], list(job.class_names)
         )
-    atomic_write_bytes(label_path(job.out, file_name), _encode_png(final))
+    write_label_png(label_path(job.out, file_name), final)
     return {
         "file_name": file_name,
         "stages": stages if job.keep_stages else None,

@@ -24,6 +24,9 @@ import numpy as np
 
 from .utils.io import atomic_write_bytes
 
+# what reading a missing, truncated or foreign npz raises
+UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+
 
 def probability_path(folder: str | Path, file_name: str) -> Path:
     return Path(folder) / "probs" / Path(file_name).with_suffix(".npz")
@@ -69,8 +72,23 @@ def load_probabilities(path: str | Path) -> dict:
                 "width": int(data["width"]),
                 "class_names": [str(n) for n in data["class_names"]],
             }
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+    except UNREADABLE as error:
         raise ValueError(f"{path}: not a prediction file of this project ({error})") from None
+
+
+def read_probability_field(path: str | Path, key: str) -> np.ndarray:
+    """One stored field of a prediction file, read alone (np.load reads npz members lazily: class_names or
+    file_name without decoding the probabilities); errors as `load_probabilities`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data[key]
+    except UNREADABLE as error:
+        raise ValueError(f"{path}: not a prediction file of this project ({error})") from None
+
+
+def load_label_map(path: str | Path) -> np.ndarray:
+    """The uint8 label map of one prediction file: the argmax of its probabilities over the classes."""
+    return load_probabilities(path)["probs"].argmax(axis=0).astype(np.uint8)
 
 
 def check_probabilities(

@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .data.coco_semantic import IGNORE_LABEL
 from .ensemble import resize_probabilities
-from .utils.io import atomic_write_bytes, atomic_write_json
+from .utils.io import atomic_write_json
 
 
 def pseudo_label_map(probs: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
@@ -45,14 +44,6 @@ def ignored_share(label: np.ndarray) -> float:
 def label_png_name(file_name: str) -> str:
     """Where an image's pseudo-label lives, relative to the dataset folder: labels/<file_name>.png."""
     return str(Path("labels") / Path(file_name).with_suffix(".png"))
-
-
-def write_label_png(path: str | Path, label: np.ndarray) -> None:
-    """Write a uint8 label map as a PNG, atomically."""
-    ok, encoded = cv2.imencode(".png", np.asarray(label, dtype=np.uint8))
-    if not ok:
-        raise OSError(f"could not encode the label map {path}")
-    atomic_write_bytes(path, encoded.tobytes())
 
 
 def write_pseudo_dataset(folder: str | Path, images: Sequence[dict], categories: Sequence[dict]) -> Path:

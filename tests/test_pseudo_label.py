@@ -21,13 +21,13 @@ from mask2former.config import get_cfg
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
+from mask2former.ensemble import write_label_png
 from mask2former.modeling.meta_arch import build_model
 from mask2former.prediction_io import probability_path
 from mask2former.pseudo_label import (
     keeps_round,
     label_png_name,
     pseudo_label_map,
-    write_label_png,
     write_pseudo_dataset,
 )
 

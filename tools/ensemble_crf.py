@@ -63,9 +63,10 @@ from mask2former.ensemble import (  # noqa: E402
     process_image,
     process_in_worker,
 )
-from mask2former.prediction_io import probability_path  # noqa: E402
+from mask2former.prediction_io import probability_path, read_probability_field  # noqa: E402
 from mask2former.submission import SUBMISSION_SIZE, downsample_label_map, read_submission  # noqa: E402
 from mask2former.utils.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from mask2former.utils.resume import changed_settings  # noqa: E402
 
 # mask2former.data and .evaluation import torch: they are imported where needed, so that the spawned workers
 # (which import this file as their __main__) start quickly.
@@ -125,12 +126,10 @@ def input_kind(paths: list[str]) -> str:
 
 
 def _npz_field(path: Path, key: str):
-    """One small member of an npz (np.load reads members lazily)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return data[key]
-    except (OSError, KeyError, ValueError, EOFError) as error:
-        raise EnsembleError(f"{path}: not a prediction file of this project ({error})") from None
+        return read_probability_field(path, key)
+    except ValueError as error:  # names the file
+        raise EnsembleError(str(error)) from None
 
 
 def folder_npz_files(folder: Path) -> dict[str, Path]:
@@ -239,9 +238,8 @@ def check_resume(meta_path: Path, settings: dict) -> None:
         old = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return
-    differ = [key for key in SETTINGS if key in old and old[key] != settings[key]]
-    if differ:
-        detail = "; ".join(f"{key}: {old[key]} before, {settings[key]} now" for key in differ)
+    detail = changed_settings(old, settings, SETTINGS)
+    if detail:
         raise EnsembleError(
             f"{meta_path.parent} holds outputs made with other settings ({detail}). "
             "Use another --out, or --overwrite to process every image again."
@@ -300,19 +298,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from mask2former.data.coco_semantic import DataError
     from mask2former.submission import SubmissionError
-    from mask2former.utils.logger import setup_logging
+    from mask2former.utils.logger import logging_to
 
-    root = setup_logging(args.out)
-    log_file = str((Path(args.out) / "log.txt").resolve())
-    try:
-        return ensemble(args)
-    except (EnsembleError, DataError, SubmissionError, FileNotFoundError, PermissionError) as error:
-        logger.error("%s", error)
-        sys.exit(f"ensemble_crf.py: {error}")
-    finally:  # called repeatedly in one process (tests): leave no handler on OUT/log.txt open
-        for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_file]:
-            root.removeHandler(handler)
-            handler.close()
+    with logging_to(args.out):
+        try:
+            return ensemble(args)
+        except (EnsembleError, DataError, SubmissionError, FileNotFoundError, PermissionError) as error:
+            logger.error("%s", error)
+            sys.exit(f"ensemble_crf.py: {error}")
 
 
 def ensemble(args: argparse.Namespace) -> dict:
@@ -448,12 +441,10 @@ def ensemble(args: argparse.Namespace) -> dict:
 
 def load_ground_truth(args: argparse.Namespace, names: list[str]) -> dict[str, str]:
     """file name -> rendered ground-truth label map (PNG path) for every image to score."""
-    from mask2former.data.coco_semantic import load_with_manifest
+    from mask2former.data.coco_semantic import ground_truth_label_paths
 
     gt_json = Path(args.gt)
-    root = Path(args.image_root) if args.image_root else gt_json.parent
-    dicts, _ = load_with_manifest(gt_json, root, args.cache_dir, has_gt=True)
-    paths = {Path(d["file_name"]).relative_to(root.resolve()).as_posix(): d["sem_seg_file_name"] for d in dicts}
+    paths, _ = ground_truth_label_paths(gt_json, args.image_root or gt_json.parent, args.cache_dir)
     missing = [name for name in names if name not in paths]
     if missing:
         raise EnsembleError(f"{gt_json}: no ground truth for {len(missing)} image(s), e.g. {missing[0]!r}")
@@ -463,15 +454,12 @@ def load_ground_truth(args: argparse.Namespace, names: list[str]) -> dict[str, s
 def score_image(out: Path, result: dict, gt_labels: dict[str, str], num_classes: int) -> np.ndarray:
     """Confusion matrices of every stage of one image (ground truth resized, nearest, to the maps' size);
     saved for resuming."""
-    from mask2former.data.mapper import read_label
+    from mask2former.data.mapper import read_label_at
     from mask2former.evaluation.sem_seg import confusion_matrix
 
     name = result["file_name"]
     stages = list(result["stages"].values())
-    gt = read_label(gt_labels[name])
-    height, width = stages[0].shape
-    if gt.shape != (height, width):
-        gt = cv2.resize(gt, (width, height), interpolation=cv2.INTER_NEAREST)
+    gt = read_label_at(gt_labels[name], stages[0].shape)
     matrices = np.stack([confusion_matrix(gt, stage, num_classes) for stage in stages])
     buffer = io.BytesIO()
     np.save(buffer, matrices)

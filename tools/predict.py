@@ -33,7 +33,6 @@ import contextlib
 import json
 import logging
 import multiprocessing as mp
-import os
 import queue as queue_module
 import re
 import sys
@@ -62,10 +61,17 @@ from mask2former.engine.inference import (  # noqa: E402
     run_job,
     run_worker,
 )
-from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path  # noqa: E402
+from mask2former.ensemble import EnsembleError, normalize_weights  # noqa: E402
+from mask2former.prediction_io import check_probabilities, load_label_map, probability_path  # noqa: E402
 from mask2former.submission import SUBMISSION_SIZE, downsample_label_map, write_submission  # noqa: E402
-from mask2former.utils.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from mask2former.utils.logger import setup_logging  # noqa: E402
+from mask2former.utils.io import (  # noqa: E402
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temporaries,
+    usable_cpus,
+)
+from mask2former.utils.logger import logging_to  # noqa: E402
+from mask2former.utils.resume import changed_settings  # noqa: E402
 from mask2former.utils.visualize import overlay  # noqa: E402
 
 logger = logging.getLogger("predict")
@@ -189,21 +195,12 @@ def check_resume(meta_path: Path, settings: dict) -> None:
         old = _settings_of(json.loads(meta_path.read_text()))
     except (OSError, ValueError):
         return  # unreadable meta.json (e.g. an old run killed while writing): the npz checks decide
-    new = _settings_of(settings)
-    differ = [key for key in old if old[key] != new.get(key)]
-    if differ:
-        detail = "; ".join(f"{key}: {old[key]} before, {new.get(key)} now" for key in differ)
+    detail = changed_settings(old, _settings_of(settings), SETTINGS)
+    if detail:
         raise PredictError(
             f"{meta_path.parent} holds predictions made with other settings ({detail}). "
             "Use another --out, or --overwrite to predict every image again."
         )
-
-
-def _remove_stale_temporaries(probs_dir: Path) -> None:
-    """Temporary files of atomic writes a killed run left behind (never completed files)."""
-    if probs_dir.is_dir():
-        for path in probs_dir.rglob(".*.npz.*.tmp"):
-            path.unlink(missing_ok=True)
 
 
 def find_pending(images: list[dict], out: Path, class_names: list[str], prob_size: int) -> tuple[list, int, int]:
@@ -216,7 +213,7 @@ def find_pending(images: list[dict], out: Path, class_names: list[str], prob_siz
         return check_probabilities(path, image["file_name"], class_names, prob_size)
 
     pending, done, broken = [], 0, 0
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
         for image, problem in zip(images, pool.map(check, images), strict=True):
             if problem is None:
                 done += 1
@@ -228,16 +225,12 @@ def find_pending(images: list[dict], out: Path, class_names: list[str], prob_siz
     return pending, done, broken
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run_in_workers(job: PredictionJob, devices: list[str], bar: tqdm) -> list[dict]:
     """One spawned process per device, each running `job` on every len(devices)-th image; returns their stats.
     The first failure stops the others and is raised (naming the worker, its device and the error)."""
     world = len(devices)
     # torch threads per worker: --threads, else the cores shared out (no oversubscription)
-    threads = job.num_threads or max(1, _cpu_count() // world)
+    threads = job.num_threads or max(1, usable_cpus() // world)
     context = mp.get_context("spawn")
     events = context.Queue()
     processes = []
@@ -298,11 +291,11 @@ def write_outputs(
         path = probability_path(out, image["file_name"])
         if not path.is_file():
             return None
-        return load_probabilities(path)["probs"].argmax(axis=0).astype(np.uint8)
+        return load_label_map(path)
 
     def rows():
         written = 0
-        with ThreadPoolExecutor(max_workers=min(8, _cpu_count() + 2)) as pool:
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
             for image, label in zip(images, pool.map(label_of, images), strict=True):
                 if label is None:
                     if not skip_bad:  # raised inside the writer: the old CSV stays as it was
@@ -326,17 +319,19 @@ def write_outputs(
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    root = setup_logging(args.out)
-    log_file = str((Path(args.out) / "log.txt").resolve())
-    try:
-        return predict(args)
-    except (PredictError, CheckpointMismatchError, DataError, ImageReadError, FileNotFoundError, PermissionError) as e:
-        logger.error("%s", e)
-        sys.exit(f"predict.py: {e}")
-    finally:
-        for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_file]:
-            root.removeHandler(handler)
-            handler.close()
+    with logging_to(args.out):
+        try:
+            return predict(args)
+        except (
+            PredictError,
+            CheckpointMismatchError,
+            DataError,
+            ImageReadError,
+            FileNotFoundError,
+            PermissionError,
+        ) as e:
+            logger.error("%s", e)
+            sys.exit(f"predict.py: {e}")
 
 
 def predict(args: argparse.Namespace) -> Path:
@@ -351,10 +346,12 @@ def predict(args: argparse.Namespace) -> Path:
     for path in weights:
         if not Path(path).is_file():
             raise PredictError(f"checkpoint not found: {path}")
-    scale = args.weights_scale or [1.0] * len(weights)
-    if len(scale) != len(weights) or any(not w >= 0 for w in scale) or sum(scale) <= 0:
-        raise PredictError(f"--weights-scale {scale}: one non-negative number per checkpoint, with a positive sum")
-    scale = [w / sum(scale) for w in scale]
+    try:
+        scale = normalize_weights(args.weights_scale, len(weights)).tolist()
+    except EnsembleError:
+        raise PredictError(
+            f"--weights-scale {args.weights_scale}: one non-negative number per checkpoint, with a positive sum"
+        ) from None
     if args.batch_size < 1 or args.prob_size < 0:
         raise PredictError("--batch-size must be >= 1 and --prob-size >= 0")
 
@@ -402,7 +399,7 @@ def predict(args: argparse.Namespace) -> Path:
         "amp": args.amp,
         "complete": False,
     }
-    _remove_stale_temporaries(out / "probs")
+    remove_stale_temporaries(out / "probs", "*.npz")
     if args.overwrite:
         pending, done, broken = list(images), 0, 0
     else:
@@ -436,8 +433,6 @@ def predict(args: argparse.Namespace) -> Path:
         allow_pickle=args.allow_pickle or cfg.MODEL.ALLOW_PICKLE,
         amp=args.amp,
         num_threads=max(0, args.threads),
-        views=views,
-        max_size=inference_max_size(cfg),
     )
     began = time.perf_counter()
     with tqdm(total=len(pending), desc="predict", unit="img", dynamic_ncols=True, smoothing=0.1) as bar:

@@ -54,17 +54,18 @@ from mask2former.data.catalog import MetadataCatalog  # noqa: E402
 from mask2former.data.coco_semantic import DataError, class_names_from_categories, read_coco_json  # noqa: E402
 from mask2former.data.mapper import read_image  # noqa: E402
 from mask2former.data.trash import palette_for, register_datasets_from_config  # noqa: E402
+from mask2former.ensemble import write_label_png  # noqa: E402
 from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path  # noqa: E402
 from mask2former.pseudo_label import (  # noqa: E402
     ignored_share,
     keeps_round,
     label_png_name,
     pseudo_label_map,
-    write_label_png,
     write_pseudo_dataset,
 )
 from mask2former.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from mask2former.utils.logger import setup_logging  # noqa: E402
+from mask2former.utils.logger import logging_to  # noqa: E402
+from mask2former.utils.resume import changed_settings  # noqa: E402
 from mask2former.utils.visualize import overlay  # noqa: E402
 
 logger = logging.getLogger("pseudo_label")
@@ -303,9 +304,8 @@ def load_state(out: Path, settings: dict, overwrite: bool) -> dict:
     path = out / "state.json"
     if path.is_file() and not overwrite:
         state = json.loads(path.read_text())
-        differ = [key for key in SETTINGS if state["settings"].get(key) != settings.get(key)]
-        if differ:
-            detail = "; ".join(f"{key}: {state['settings'].get(key)} before, {settings.get(key)} now" for key in differ)
+        detail = changed_settings(state["settings"], settings, SETTINGS)
+        if detail:
             raise PseudoLabelError(
                 f"{out} holds rounds run with other settings ({detail}); use another --out, or "
                 "--overwrite to start again"
@@ -436,12 +436,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    setup_logging(args.out)
-    try:
-        return run(args)
-    except (PseudoLabelError, DataError, FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        sys.exit(f"pseudo_label.py: {error}")
+    with logging_to(args.out):
+        try:
+            return run(args)
+        except (PseudoLabelError, DataError, FileNotFoundError, ValueError) as error:
+            logger.error("%s", error)
+            sys.exit(f"pseudo_label.py: {error}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from mask2former.data.coco_semantic import load_with_manifest  # noqa: E402
-from mask2former.data.mapper import read_label  # noqa: E402
+from mask2former.data.coco_semantic import ground_truth_label_paths  # noqa: E402
+from mask2former.data.mapper import read_label_at  # noqa: E402
 from mask2former.ensemble import (  # noqa: E402
     CRF_DEFAULTS,
     EnsembleJob,
@@ -73,11 +73,10 @@ def score_image(task: tuple) -> np.ndarray:
     inputs = [p.argmax(axis=0).astype(np.uint8) for p in maps]
     vote_probs = soft_vote(maps, job.weights)
     num_classes = len(job.class_names)
-    gt = read_label(gt_path)
     height, width = inputs[0].shape
-    if gt.shape != (height, width):
-        gt = cv2.resize(gt, (width, height), interpolation=cv2.INTER_NEAREST)
-    image = read_rgb(job.image_root, file_name)
+    gt = read_label_at(gt_path, (height, width))
+    # resized once here rather than by dense_crf at every setting (the same INTER_AREA resize)
+    image = cv2.resize(read_rgb(job.image_root, file_name), (width, height), interpolation=cv2.INTER_AREA)
     matrices = [confusion_matrix(gt, vote_probs.argmax(axis=0), num_classes)]
     for setting in settings:
         crf = dense_crf(vote_probs, image, return_labels=True, **setting)
@@ -90,17 +89,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     gt_json = Path(args.gt)
     root = Path(args.image_root) if args.image_root else gt_json.parent
-    dicts, manifest = load_with_manifest(gt_json, root, args.cache_dir, has_gt=True)
-    names = [Path(d["file_name"]).relative_to(root.resolve()).as_posix() for d in dicts]
+    gt_paths, class_names = ground_truth_label_paths(gt_json, root, args.cache_dir)
+    names = list(gt_paths)
     for folder in args.inputs:
         missing = [name for name in names if not probability_path(folder, name).is_file()]
         if missing:
             sys.exit(f"tune_crf.py: {folder} has no prediction for {len(missing)} image(s), e.g. {missing[0]!r}")
-    class_names = tuple(manifest["class_names"])
     weights = tuple(float(w) for w in normalize_weights(args.weights, len(args.inputs)))
-    job = EnsembleJob("probs", tuple(args.inputs), weights, class_names, out="", image_root=str(root))
+    job = EnsembleJob("probs", tuple(args.inputs), weights, tuple(class_names), out="", image_root=str(root))
     settings = settings_grid(args)
-    tasks = [(job, name, d["sem_seg_file_name"], settings) for name, d in zip(names, dicts, strict=True)]
+    tasks = [(job, name, gt_paths[name], settings) for name in names]
     total = None
     with tqdm(total=len(tasks), desc=f"{len(settings)} CRF settings", unit="img") as bar:
         pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 else None

@@ -109,6 +109,7 @@ import streamlit as st  # noqa: E402
 from streamlit import runtime  # noqa: E402
 
 from mask2former.data.coco_semantic import DataError  # noqa: E402
+from mask2former.data.mapper import read_image  # noqa: E402
 from mask2former.submission import SubmissionError  # noqa: E402
 from mask2former.utils.visualize import legend  # noqa: E402
 from mask2former.viewer.augment import (  # noqa: E402
@@ -128,7 +129,6 @@ from mask2former.viewer.compare import (  # noqa: E402
     compare,
     confusion_table,
     discover_prediction_sets,
-    match_size,
     read_csv_predictions,
 )
 from mask2former.viewer.data import (  # noqa: E402
@@ -139,8 +139,8 @@ from mask2former.viewer.data import (  # noqa: E402
     image_objects,
     label_map,
     load_index,
+    match_size,
     overlay_picture,
-    read_image,
     resize_to_width,
     thumbnail,
 )
@@ -214,7 +214,7 @@ def cached_thumbnail(
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_image(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    return read_image(Path(path))
+    return read_image(path)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the submission CSV…")
@@ -234,7 +234,9 @@ def cached_comparison(key: JsonKey, roots_key: tuple, sets: tuple[PredictionSet,
     roots = Roots.from_key(roots_key)
     index = index_of(key)
     sources = [prediction_source(s, roots) for s in sets]
-    ground_truth = (lambda image_id: cached_label(key, image_id)) if index.has_gt else None
+    # rendered here, not through cached_label: the comparison is cached whole, and N labels would evict the
+    # few the Browse and side-by-side views keep
+    ground_truth = (lambda image_id: label_map(index, image_id)) if index.has_gt else None
     return compare(index, sources, [s.name for s in sets], ground_truth)
 
 

@@ -242,6 +242,16 @@ def load_sem_seg_dataset(
     return dicts
 
 
+def ground_truth_label_paths(
+    json_file: str | Path, image_root: str | Path, cache_dir: str | Path | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """(file_name as in the json -> its rendered label PNG, the class names) for a json with ground truth."""
+    root = Path(image_root).resolve()
+    dicts, manifest = load_with_manifest(json_file, root, cache_dir, has_gt=True)
+    paths = {Path(d["file_name"]).relative_to(root).as_posix(): d["sem_seg_file_name"] for d in dicts}
+    return paths, list(manifest["class_names"])
+
+
 def load_with_manifest(
     json_file: str | Path,
     image_root: str | Path,

@@ -47,6 +47,14 @@ def read_label(path: str, expected_hw: tuple[int, int] | None = None) -> np.ndar
     return label
 
 
+def read_label_at(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A label map reduced (or enlarged) to `shape` by nearest neighbour, as predictions are scored."""
+    label = read_label(path)
+    if label.shape != tuple(shape):
+        label = cv2.resize(label, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return label
+
+
 _PASSED_THROUGH = ("file_name", "image_id", "height", "width", "sem_seg_file_name")
 
 

@@ -25,17 +25,18 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..data import transforms as T
 from ..data.mapper import read_image
+from ..ensemble import normalize_weights
+from ..modeling.meta_arch import padded_size
 from ..prediction_io import save_probabilities
 from .checkpoint import CheckpointMismatchError, load_model_weights, read_checkpoint
 
@@ -87,24 +88,6 @@ def to_model_input(
     return {"image": tensor, "height": int(out_h), "width": int(out_w)}
 
 
-def _padded(shape: Sequence[int], divisibility: int) -> tuple[int, int]:
-    height, width = shape[-2:]
-    if divisibility > 1:
-        height, width = -(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility
-    return int(height), int(width)
-
-
-def _normalised_weights(count: int, weights: Sequence[float] | None) -> list[float]:
-    if weights is None:
-        return [1.0 / count] * count
-    weights = [float(w) for w in weights]
-    if len(weights) != count:
-        raise ValueError(f"{len(weights)} ensemble weights for {count} checkpoints")
-    if any(w < 0 or not np.isfinite(w) for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"ensemble weights must be non-negative with a positive sum, got {weights}")
-    return [w / sum(weights) for w in weights]
-
-
 @torch.inference_mode()
 def predict_batch(
     models: nn.Module | Sequence[nn.Module],
@@ -123,7 +106,7 @@ def predict_batch(
     models = [models] if isinstance(models, nn.Module) else list(models)
     if not models:
         raise ValueError("no model to predict with")
-    ensemble_weights = _normalised_weights(len(models), weights)
+    ensemble_weights = normalize_weights(weights, len(models)).tolist()
     if output_sizes is None:
         output_sizes = [image.shape[:2] for image in images_bgr]
     batch_size = max(1, int(batch_size))
@@ -142,7 +125,7 @@ def predict_batch(
             for index, image in enumerate(images_bgr):
                 for flip in flips[short_side]:
                     item = to_model_input(image, short_side, max_size, flip, image_format, output_sizes[index])
-                    groups[_padded(item["image"].shape, divisibility)].append((index, flip, item))
+                    groups[padded_size(*item["image"].shape[-2:], divisibility)].append((index, flip, item))
             for members in groups.values():
                 for start in range(0, len(members), batch_size):
                     chunk = members[start : start + batch_size]
@@ -169,13 +152,6 @@ def predict_probabilities(
 ) -> torch.Tensor:
     """K x H x W class probabilities of one image (float32, on the model's device) averaged over the views."""
     return predict_batch(model, [image_bgr], views, max_size, image_format)[0]
-
-
-def resize_probabilities(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """K x H x W probabilities resized (bilinear) to `size`."""
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------------
@@ -223,8 +199,6 @@ class PredictionJob:
     allow_pickle: bool = False
     amp: bool = False
     num_threads: int = 0  # torch CPU threads (0: torch's default)
-    views: list[View] = field(default_factory=list)
-    max_size: int = 0
 
 
 Report = Callable[[str, object], None]  # (event, value): ("image", 1) per image done, ("bad", {...})
@@ -252,8 +226,7 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
     if not job.images:
         return stats
     models = [load_prediction_model(job.cfg, path, device, job.allow_pickle) for path in job.weights]
-    views = job.views or inference_views(job.cfg)
-    max_size = job.max_size or inference_max_size(job.cfg)
+    views, max_size = inference_views(job.cfg), inference_max_size(job.cfg)
     step = max(1, job.batch_size)
     batches = [job.images[start : start + step] for start in range(0, len(job.images), step)]
     lock = threading.Lock()
@@ -263,14 +236,17 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
             with lock:
                 report("image", 1)
 
+    def read_batch(batch: list[dict]) -> list[tuple[dict, np.ndarray | None, str | None]]:
+        return [_read(image) for image in batch]
+
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="predict-io") as pool:
-        next_read = pool.submit(lambda batch: [_read(image) for image in batch], batches[0])
+        next_read = pool.submit(read_batch, batches[0])
         saving: list = []
         for number in range(len(batches)):
             loaded = next_read.result()
             if number + 1 < len(batches):
-                next_read = pool.submit(lambda batch: [_read(image) for image in batch], batches[number + 1])
-            good = []
+                next_read = pool.submit(read_batch, batches[number + 1])
+            good, arrays = [], []
             for image, bgr, error in loaded:
                 if error is None:
                     good.append((image, bgr))
@@ -298,7 +274,7 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
             for future in saving:  # the previous batch's files (at most two batches in memory); raises their errors
                 future.result()
             saving = []
-            for (image, bgr), array in zip(good, arrays if good else [], strict=True):
+            for (image, bgr), array in zip(good, arrays, strict=True):
                 args = (job.out, image["file_name"], image["id"], array, bgr.shape[0], bgr.shape[1], job.class_names)
                 saving.append(pool.submit(save_probabilities, *args))
                 saving[-1].add_done_callback(saved)  # progress as soon as a file is written

@@ -63,13 +63,18 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     return torch.einsum("qc,qhw->chw", class_probs, mask_logits.sigmoid())
 
 
+def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of `divisibility` (unchanged for divisibility <= 1)."""
+    if divisibility > 1:
+        height, width = -(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility
+    return int(height), int(width)
+
+
 def pad_to_divisible(images: list[torch.Tensor], divisibility: int, value: float = 0.0) -> torch.Tensor:
     """Stack C x H x W tensors into N x C x H' x W', padding bottom/right to a common multiple of `divisibility`."""
-    height = max(image.shape[-2] for image in images)
-    width = max(image.shape[-1] for image in images)
-    if divisibility > 1:
-        height = -(-height // divisibility) * divisibility
-        width = -(-width // divisibility) * divisibility
+    height, width = padded_size(
+        max(image.shape[-2] for image in images), max(image.shape[-1] for image in images), divisibility
+    )
     batch = images[0].new_full((len(images), images[0].shape[0], height, width), value)
     for index, image in enumerate(images):
         batch[index, :, : image.shape[-2], : image.shape[-1]] = image

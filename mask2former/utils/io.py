@@ -40,3 +40,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = None) -> None:
     atomic_write_text(path, json.dumps(data, indent=indent))
+
+
+def remove_stale_temporaries(folder: str | Path, name_pattern: str = "*") -> None:
+    """Delete the temporary files that `atomic_open` left under `folder` when a run was killed mid-write (for
+    the files matching `name_pattern`); completed files are never temporaries."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in folder.rglob(f".{name_pattern}.*.tmp"):
+            path.unlink(missing_ok=True)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

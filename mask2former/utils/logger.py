@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,3 +27,17 @@ def setup_logging(output_dir: str | Path | None = None, level: int = logging.INF
             file_handler.setFormatter(formatter)
             root.addHandler(file_handler)
     return root
+
+
+@contextmanager
+def logging_to(output_dir: str | Path) -> Iterator[logging.Logger]:
+    """`setup_logging(output_dir)` for the length of a tool's run; OUTPUT_DIR/log.txt is closed afterwards, so a
+    tool called repeatedly in one process (tests, the pseudo-label loop) leaves no file handler behind."""
+    root = setup_logging(output_dir)
+    log_file = str((Path(output_dir) / "log.txt").resolve())
+    try:
+        yield root
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_file]:
+            root.removeHandler(handler)
+            handler.close()

@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from ..evaluation.sem_seg import confusion_matrix, metrics_from_confusion
-from ..prediction_io import load_probabilities
-from ..submission import SubmissionError, iter_submission, parse_prediction
-from .data import DatasetIndex
-from .paths import Roots, list_files, tree_signature
+from ..prediction_io import load_label_map, probability_path
+from ..submission import SubmissionError, read_submission
+from .data import DatasetIndex, match_size
+from .paths import Roots, file_signature, list_files, tree_signature
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,7 @@ class PredictionSet:
     def signature(self) -> tuple[str, str, int, int] | tuple[str, str, str]:
         """Cache key: the CSV's (path, mtime, size), or a digest over the folder's probs/ files."""
         if self.kind == "csv":
-            stat = os.stat(self.path)
-            return self.kind, str(self.path), stat.st_mtime_ns, stat.st_size
+            return (self.kind, *file_signature(self.path))
         return self.kind, str(self.path), tree_signature(self.path / "probs")
 
 
@@ -76,15 +74,14 @@ def _subfolders(path: Path, depth: int) -> list[Path]:
 
 
 def read_csv_predictions(path: Path) -> dict[str, np.ndarray]:
-    """image_id -> uint8 256x256 label map; malformed rows raise `SubmissionError` naming the line."""
-    rows: dict[str, np.ndarray] = {}
-    for number, image_id, text in iter_submission(path):
-        where = f"{path}: line {number} ({image_id})"
-        label = parse_prediction(text, where)
+    """image_id -> uint8 256x256 label map; malformed or repeated rows raise `SubmissionError` naming the line."""
+    rows = read_submission(path)
+    for number, (image_id, label) in enumerate(rows.items(), start=2):  # line 1 is the header
         if label.min() < 0 or label.max() > 255:
-            raise SubmissionError(f"{where}: values must lie in 0..255, found {label.min()}..{label.max()}")
-        rows[image_id] = label.astype(np.uint8)
-    return rows
+            raise SubmissionError(
+                f"{path}: line {number} ({image_id}): values must lie in 0..255, found {label.min()}..{label.max()}"
+            )
+    return {image_id: label.astype(np.uint8) for image_id, label in rows.items()}
 
 
 class FolderPredictions:
@@ -94,32 +91,9 @@ class FolderPredictions:
         self.folder = folder
         self.roots = roots
 
-    def path(self, file_name: str) -> Path:
-        return self.roots.join(self.folder, (Path("probs") / file_name).with_suffix(".npz").as_posix())
-
-    def __contains__(self, file_name: object) -> bool:
-        return isinstance(file_name, str) and self.path(file_name).is_file()
-
     def get(self, file_name: str) -> np.ndarray | None:
-        path = self.path(file_name)
-        if not path.is_file():
-            return None
-        return load_probabilities(path)["probs"].argmax(axis=0).astype(np.uint8)
-
-
-def open_predictions(prediction_set: PredictionSet, roots: Roots) -> Any:
-    """A mapping-like source with `get(file_name)` and `in`, for either kind of set."""
-    roots.check(prediction_set.path)
-    if prediction_set.kind == "csv":
-        return read_csv_predictions(prediction_set.path)
-    return FolderPredictions(prediction_set.path, roots)
-
-
-def match_size(reference: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The reference label map at `shape` (nearest neighbour, as tools/evaluate.py reduces ground truth)."""
-    if reference.shape == tuple(shape):
-        return reference
-    return cv2.resize(reference.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        path = self.roots.join(self.folder, probability_path("", file_name).as_posix())
+        return load_label_map(path) if path.is_file() else None
 
 
 @dataclass
@@ -147,13 +121,12 @@ def compare(
     sources: list[Any],
     names: list[str],
     ground_truth: Callable[[Any], np.ndarray] | None,
-    tags: list[str] | None = None,
 ) -> Comparison:
     """Score each source against the ground truth, or (ground_truth None) sources[1:] against sources[0].
 
     Only images that every source covers are scored; the others are listed in `missing`.
     """
-    tags = tags or [chr(ord("A") + i) for i in range(len(sources))]
+    tags = [chr(ord("A") + i) for i in range(len(sources))]
     if ground_truth is None and len(sources) < 2:
         raise ValueError("without ground truth, two prediction sets are needed (B is scored against A)")
     scored = list(range(len(sources))) if ground_truth is not None else list(range(1, len(sources)))

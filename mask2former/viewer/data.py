@@ -23,6 +23,7 @@ from ..data.coco_semantic import (
     read_coco_json,
     render_label_map,
 )
+from ..data.mapper import read_image
 from ..data.trash import palette_for
 from ..utils.visualize import overlay
 from .paths import Roots
@@ -54,6 +55,7 @@ class DatasetIndex:
     def __post_init__(self) -> None:
         self._by_id = {image["id"]: image for image in self.images}
         self._by_name = {image["file_name"]: image for image in self.images}
+        self._object_counts = {image["id"]: len(self.anns_by_image.get(image["id"], [])) for image in self.images}
 
     def by_file_name(self, file_name: str) -> dict | None:
         return self._by_name.get(file_name)
@@ -63,7 +65,8 @@ class DatasetIndex:
         return roots.join(self.image_root, image["file_name"])
 
     def object_counts(self) -> dict[Any, int]:
-        return {image["id"]: len(self.anns_by_image.get(image["id"], [])) for image in self.images}
+        """image id -> number of (renderable) annotations; computed once, the index is read-only."""
+        return self._object_counts
 
     def classes_in(self, image_id: Any) -> set[int]:
         return {self.labels[a["category_id"]] for a in self.anns_by_image.get(image_id, [])}
@@ -108,12 +111,11 @@ def label_map(index: DatasetIndex, image_id: Any) -> np.ndarray:
     return render_label_map(image, index.anns_by_image.get(image_id, []), index.labels)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A BGR image; a clear error if it is missing or unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path} (missing, unreadable or not an image)")
-    return image
+def match_size(reference: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label map at `shape` (nearest neighbour, as tools/evaluate.py reduces ground truth)."""
+    if reference.shape == tuple(shape):
+        return reference
+    return cv2.resize(reference.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def hide_classes(label: np.ndarray, hidden: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -138,8 +140,7 @@ def overlay_picture(
     """
     if label is None:
         return image_bgr
-    if label.shape != image_bgr.shape[:2]:
-        label = cv2.resize(label, (image_bgr.shape[1], image_bgr.shape[0]), interpolation=cv2.INTER_NEAREST)
+    label = match_size(label, image_bgr.shape[:2])
     if alpha <= 0:
         return image_bgr
     return overlay(image_bgr, hide_classes(label, hidden), palette, alpha=alpha)
@@ -147,8 +148,7 @@ def overlay_picture(
 
 def difference_picture(gt: np.ndarray, pred: np.ndarray, ignore_label: int = 255) -> np.ndarray:
     """BGR picture of where a prediction differs: black agree, red differ, grey ignored ground truth."""
-    if pred.shape != gt.shape:
-        pred = cv2.resize(pred.astype(np.uint8), (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
+    pred = match_size(pred, gt.shape)
     out = np.zeros((*gt.shape, 3), dtype=np.uint8)
     out[gt != pred] = (40, 40, 230)
     out[gt == ignore_label] = (128, 128, 128)
@@ -187,7 +187,7 @@ def thumbnail(
 ) -> bytes:
     """A JPEG of the image (scaled to `width`) with its ground-truth overlay when the json has one."""
     image = index.image(image_id)
-    picture = read_image(index.image_path(roots, image))
+    picture = read_image(str(index.image_path(roots, image)))
     label = label_map(index, image_id) if index.has_gt else None
     return encode_jpeg(resize_to_width(overlay_picture(picture, label, index.palette, alpha, hidden), width))
 

@@ -7,13 +7,13 @@ Each function returns a pandas DataFrame that the page shows as a table beside i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .data import DatasetIndex, annotation_area, label_map, read_image
+from ..data.mapper import read_image
+from .data import DatasetIndex, annotation_area, label_map
 from .paths import Roots
 
 # Object area as a share of its image: bin edges and labels (the last bin is closed at 1).
@@ -78,25 +78,20 @@ def size_bins(shares: np.ndarray) -> np.ndarray:
     return np.bincount(index, minlength=len(SIZE_BINS))
 
 
-def pixel_colour_table(
-    index: DatasetIndex,
-    roots: Roots,
-    image_ids: Iterable[Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def pixel_colour_table(index: DatasetIndex, roots: Roots) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per class (background included): pixels, pixel share (%) and mean RGB colour, over the images.
 
     Needs every image and its label map: one pass, reading each image once. Images that cannot be
     read (missing, outside the roots) are counted and listed in the second return value.
     """
-    ids = [image["id"] for image in index.images] if image_ids is None else list(image_ids)
+    ids = [image["id"] for image in index.images]
     pixels = np.zeros(256, dtype=np.int64)
     colour_sums = np.zeros((256, 3), dtype=np.float64)
     failed: list[str] = []
-    for done, image_id in enumerate(ids):
+    for image_id in ids:
         image = index.image(image_id)
         try:
-            picture = read_image(index.image_path(roots, image))
+            picture = read_image(str(index.image_path(roots, image)))
         except (OSError, PermissionError) as error:
             failed.append(str(error))
             continue
@@ -108,8 +103,6 @@ def pixel_colour_table(
         pixels += np.bincount(flat, minlength=256)
         for channel in range(3):  # BGR
             colour_sums[:, channel] += np.bincount(flat, weights=picture[..., channel].ravel(), minlength=256)
-        if progress is not None:
-            progress(done + 1, len(ids))
     total = pixels[: index.num_classes].sum()
     rows = []
     for label in range(index.num_classes):
