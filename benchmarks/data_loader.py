@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.data.coco_semantic import load_sem_seg_dataset  # noqa: E402
-from mask2former.data.dataset import MapDataset  # noqa: E402
-from mask2former.data.mapper import SemanticSegMapper  # noqa: E402
-from mask2former.data.sample_dataset import make_sample_dataset  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.data.coco_semantic import load_sem_seg_dataset
+from mask2former.data.dataset import MapDataset
+from mask2former.data.mapper import SemanticSegMapper
+from mask2former.data.sample_dataset import make_sample_dataset
 
 
 def time_single_worker(dataset: MapDataset, repeats: int) -> float:

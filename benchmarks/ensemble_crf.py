@@ -20,17 +20,14 @@ import argparse
 import datetime
 import multiprocessing as mp
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mask2former.ensemble import (  # noqa: E402
+from mask2former.ensemble import (
     CRF_DEFAULTS,
     EnsembleJob,
     dense_crf,
@@ -39,8 +36,8 @@ from mask2former.ensemble import (  # noqa: E402
     process_in_worker,
     soft_vote,
 )
-from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities  # noqa: E402
-from mask2former.utils.io import usable_cpus  # noqa: E402
+from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities
+from mask2former.utils.io import usable_cpus
 
 
 def machine() -> str:

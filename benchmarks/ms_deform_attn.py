@@ -20,13 +20,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mask2former.modeling.ops.ms_deform_attn import ms_deform_attn_reference  # noqa: E402
+from mask2former.modeling.ops.ms_deform_attn import ms_deform_attn_reference
 
 PRESETS = {"m2f512": ("64x64,32x32,16x16", 8), "s5440": ("64x64,32x32,16x16,8x8", 4)}
 SMALL = ("16x16,8x8,4x4", 1)

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mask2former.modeling.backbone.dinat import DINAT_L_M2F_DILATIONS  # noqa: E402
-from mask2former.modeling.ops.neighborhood_attention import fit_window, neighborhood_attention  # noqa: E402
+from mask2former.modeling.backbone.dinat import DINAT_L_M2F_DILATIONS
+from mask2former.modeling.ops.neighborhood_attention import fit_window, neighborhood_attention
 
 HEADS = (6, 12, 24, 48)
 HEAD_DIM = 32

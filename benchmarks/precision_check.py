@@ -18,17 +18,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from train_step import random_batch
 
-import torch  # noqa: E402
-from train_step import random_batch  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.modeling.meta_arch import build_model  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.modeling.meta_arch import build_model
 
 PARTS = ("backbone", "sem_seg_head.pixel_decoder", "sem_seg_head.predictor")
 

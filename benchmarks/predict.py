@@ -18,21 +18,18 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.engine.inference import (  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.engine.inference import (
     inference_max_size,
     inference_views,
     load_prediction_model,
     predict_batch,
 )
-from mask2former.modeling.meta_arch import build_model  # noqa: E402
+from mask2former.modeling.meta_arch import build_model
 
 
 def device_name(device: str) -> str:

@@ -18,16 +18,12 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.modeling.meta_arch import build_model  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.modeling.meta_arch import build_model
 
 
 def random_batch(batch: int, size: int, num_classes: int, device: str) -> list[dict]:

@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
+from pathlib import Path
 
+import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
+
+from .errors import UserError
+
+
+class ConfigError(UserError, KeyError):
+    """A config file or override the project cannot use; the message names the file or key."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 class CfgNode(_FvCfgNode):
@@ -30,6 +41,32 @@ class CfgNode(_FvCfgNode):
             if key not in known:
                 raise KeyError(_unknown_key_message(key, known, source="command line"))
         super().merge_from_list(cfg_list)
+
+
+def load_config(config_file: str | None, opts: list[str] | tuple[str, ...] = (), freeze: bool = True) -> CfgNode:
+    """The one way every entry point builds its config: defaults, then `config_file` (with its `_BASE_` chain),
+    then the KEY VALUE `opts`; frozen unless `freeze=False`. Problems raise ConfigError naming the file or key."""
+    cfg = get_cfg()
+    if config_file:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(str(config_file))
+        except ConfigError:
+            raise
+        except KeyError as error:
+            raise ConfigError(str(error.args[0]) if error.args else str(error)) from None
+        except (yaml.YAMLError, ValueError, TypeError, AssertionError) as error:
+            raise ConfigError(f"{config_file}: {error}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except KeyError as error:
+        raise ConfigError(str(error.args[0]) if error.args else str(error)) from None
+    except (ValueError, TypeError, AssertionError) as error:
+        raise ConfigError(f"command-line overrides: {error}") from None
+    if freeze:
+        cfg.freeze()
+    return cfg
 
 
 def flatten_keys(cfg: _FvCfgNode, prefix: str = "") -> Iterator[str]:

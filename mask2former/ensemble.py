@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import UserError
 from .prediction_io import load_probabilities, probability_path, save_probabilities
 from .utils.io import atomic_write_bytes
 
@@ -34,7 +35,7 @@ HARD_VOTE_CONFIDENCE = 0.8
 PROB_FLOOR = 1e-6
 
 
-class EnsembleError(ValueError):
+class EnsembleError(UserError, ValueError):
     """Inputs that cannot be combined; the message names the input and the image."""
 
 

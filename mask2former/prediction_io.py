@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils.io import atomic_write_bytes
+from .utils.io import atomic_write_bytes, output_path
 
 # what reading a missing, truncated or foreign npz raises
 UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
 
 
 def probability_path(folder: str | Path, file_name: str) -> Path:
-    return Path(folder) / "probs" / Path(file_name).with_suffix(".npz")
+    """folder/probs/<file_name with .npz>; a file_name that would leave the folder is refused (UnsafePathError)."""
+    return output_path(Path(folder) / "probs", file_name, ".npz")
 
 
 def save_probabilities(

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import UserError
 from .utils.io import atomic_open
 
 SUBMISSION_SIZE = 256
@@ -22,7 +23,7 @@ HEADER = "image_id,PredictionString"
 DOWNSAMPLE_METHODS = ("nearest", "max")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """A malformed submission; the message names the file and the row."""
 
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mask2former.submission import SubmissionError, check_submission  # noqa: E402
+from mask2former.submission import SubmissionError, check_submission
 
 
 def main(argv: list[str] | None = None) -> int:

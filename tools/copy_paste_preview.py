@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.data.catalog import DatasetCatalog  # noqa: E402
-from mask2former.data.mapper import SemanticSegMapper  # noqa: E402
-from mask2former.data.trash import palette_for, register_datasets_from_config  # noqa: E402
-from mask2former.utils.io import atomic_write_bytes  # noqa: E402
-from mask2former.utils.logger import setup_logging  # noqa: E402
-from mask2former.utils.visualize import legend, overlay, with_legend  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.data.catalog import DatasetCatalog
+from mask2former.data.mapper import SemanticSegMapper
+from mask2former.data.trash import palette_for, register_datasets_from_config
+from mask2former.utils.io import atomic_write_bytes
+from mask2former.utils.logger import setup_logging
+from mask2former.utils.visualize import legend, overlay, with_legend
 
 OUTLINE_BGR = (0, 255, 255)
 

@@ -46,13 +46,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mask2former.ensemble import (  # noqa: E402
+from mask2former.ensemble import (
     CRF_DEFAULTS,
     HARD_VOTE_CONFIDENCE,
     EnsembleError,
@@ -63,10 +61,10 @@ from mask2former.ensemble import (  # noqa: E402
     process_image,
     process_in_worker,
 )
-from mask2former.prediction_io import probability_path, read_probability_field  # noqa: E402
-from mask2former.submission import SUBMISSION_SIZE, downsample_label_map, read_submission  # noqa: E402
-from mask2former.utils.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from mask2former.utils.resume import changed_settings  # noqa: E402
+from mask2former.prediction_io import probability_path, read_probability_field
+from mask2former.submission import SUBMISSION_SIZE, downsample_label_map, read_submission
+from mask2former.utils.io import atomic_write_bytes, atomic_write_json
+from mask2former.utils.resume import changed_settings
 
 # mask2former.data and .evaluation import torch: they are imported where needed, so that the spawned workers
 # (which import this file as their __main__) start quickly.

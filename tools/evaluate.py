@@ -15,16 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mask2former.data.coco_semantic import load_with_manifest  # noqa: E402
-from mask2former.data.mapper import read_label  # noqa: E402
-from mask2former.evaluation.sem_seg import SemSegEvaluator  # noqa: E402
-from mask2former.submission import downsample_label_map, read_submission  # noqa: E402
-from mask2former.utils.logger import setup_logging  # noqa: E402
+from mask2former.data.coco_semantic import load_with_manifest
+from mask2former.data.mapper import read_label
+from mask2former.evaluation.sem_seg import SemSegEvaluator
+from mask2former.submission import downsample_label_map, read_submission
+from mask2former.utils.logger import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

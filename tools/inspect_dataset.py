@@ -11,23 +11,20 @@ colour, as configured by --config-file or the defaults).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.data.coco_semantic import load_with_manifest, read_coco_json  # noqa: E402
-from mask2former.data.dataset import MapDataset  # noqa: E402
-from mask2former.data.mapper import SemanticSegMapper, read_image, read_label  # noqa: E402
-from mask2former.data.stats import dataset_statistics, format_statistics  # noqa: E402
-from mask2former.data.trash import palette_for  # noqa: E402
-from mask2former.utils.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from mask2former.utils.logger import setup_logging  # noqa: E402
-from mask2former.utils.visualize import grid, legend, overlay, with_legend  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.data.coco_semantic import load_with_manifest, read_coco_json
+from mask2former.data.dataset import MapDataset
+from mask2former.data.mapper import SemanticSegMapper, read_image, read_label
+from mask2former.data.stats import dataset_statistics, format_statistics
+from mask2former.data.trash import palette_for
+from mask2former.utils.io import atomic_write_bytes, atomic_write_json
+from mask2former.utils.logger import setup_logging
+from mask2former.utils.visualize import grid, legend, overlay, with_legend
 
 
 def main(argv: list[str] | None = None) -> dict:

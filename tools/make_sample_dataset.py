@@ -10,13 +10,9 @@ Writes train_all.json, train.json, val.json (80/20 by image), test.json (no anno
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mask2former.data.sample_dataset import make_sample_dataset  # noqa: E402
+from mask2former.data.sample_dataset import make_sample_dataset
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -41,19 +41,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.data.coco_semantic import DataError, class_names_from_categories, read_coco_json  # noqa: E402
-from mask2former.data.mapper import read_image  # noqa: E402
-from mask2former.data.trash import palette_for  # noqa: E402
-from mask2former.engine.checkpoint import CheckpointMismatchError  # noqa: E402
-from mask2former.engine.inference import (  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.data.coco_semantic import DataError, class_names_from_categories, read_coco_json
+from mask2former.data.mapper import read_image
+from mask2former.data.trash import palette_for
+from mask2former.engine.checkpoint import CheckpointMismatchError
+from mask2former.engine.inference import (
     ImageReadError,
     PredictionJob,
     inference_max_size,
@@ -61,18 +59,18 @@ from mask2former.engine.inference import (  # noqa: E402
     run_job,
     run_worker,
 )
-from mask2former.ensemble import EnsembleError, normalize_weights  # noqa: E402
-from mask2former.prediction_io import check_probabilities, load_label_map, probability_path  # noqa: E402
-from mask2former.submission import SUBMISSION_SIZE, downsample_label_map, write_submission  # noqa: E402
-from mask2former.utils.io import (  # noqa: E402
+from mask2former.ensemble import EnsembleError, normalize_weights
+from mask2former.prediction_io import check_probabilities, load_label_map, probability_path
+from mask2former.submission import SUBMISSION_SIZE, downsample_label_map, write_submission
+from mask2former.utils.io import (
     atomic_write_bytes,
     atomic_write_json,
     remove_stale_temporaries,
     usable_cpus,
 )
-from mask2former.utils.logger import logging_to  # noqa: E402
-from mask2former.utils.resume import changed_settings  # noqa: E402
-from mask2former.utils.visualize import overlay  # noqa: E402
+from mask2former.utils.logger import logging_to
+from mask2former.utils.resume import changed_settings
+from mask2former.utils.visualize import overlay
 
 logger = logging.getLogger("predict")
 

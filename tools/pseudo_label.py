@@ -42,31 +42,29 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mask2former.config import get_cfg  # noqa: E402
-from mask2former.data.catalog import MetadataCatalog  # noqa: E402
-from mask2former.data.coco_semantic import DataError, class_names_from_categories, read_coco_json  # noqa: E402
-from mask2former.data.mapper import read_image  # noqa: E402
-from mask2former.data.trash import palette_for, register_datasets_from_config  # noqa: E402
-from mask2former.ensemble import write_label_png  # noqa: E402
-from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path  # noqa: E402
-from mask2former.pseudo_label import (  # noqa: E402
+from mask2former.config import get_cfg
+from mask2former.data.catalog import MetadataCatalog
+from mask2former.data.coco_semantic import DataError, class_names_from_categories, read_coco_json
+from mask2former.data.mapper import read_image
+from mask2former.data.trash import palette_for, register_datasets_from_config
+from mask2former.ensemble import write_label_png
+from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path
+from mask2former.pseudo_label import (
     ignored_share,
     keeps_round,
     label_png_name,
     pseudo_label_map,
     write_pseudo_dataset,
 )
-from mask2former.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from mask2former.utils.logger import logging_to  # noqa: E402
-from mask2former.utils.resume import changed_settings  # noqa: E402
-from mask2former.utils.visualize import overlay  # noqa: E402
+from mask2former.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mask2former.utils.logger import logging_to
+from mask2former.utils.resume import changed_settings
+from mask2former.utils.visualize import overlay
 
 logger = logging.getLogger("pseudo_label")
 

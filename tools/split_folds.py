@@ -11,13 +11,9 @@ Register a fold with DATASETS.REGISTER [["fold0_train", ".../train_fold0.json", 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mask2former.data.coco_semantic import read_coco_json  # noqa: E402
-from mask2former.data.folds import SPLIT_METHODS, fold_assignment, fold_class_counts, write_folds  # noqa: E402
+from mask2former.data.coco_semantic import read_coco_json
+from mask2former.data.folds import SPLIT_METHODS, fold_assignment, fold_class_counts, write_folds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,15 +19,13 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mask2former.data.coco_semantic import ground_truth_label_paths  # noqa: E402
-from mask2former.data.mapper import read_label_at  # noqa: E402
-from mask2former.ensemble import (  # noqa: E402
+from mask2former.data.coco_semantic import ground_truth_label_paths
+from mask2former.data.mapper import read_label_at
+from mask2former.ensemble import (
     CRF_DEFAULTS,
     EnsembleJob,
     consensus_write_back,
@@ -37,9 +35,9 @@ from mask2former.ensemble import (  # noqa: E402
     read_rgb,
     soft_vote,
 )
-from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion  # noqa: E402
-from mask2former.prediction_io import probability_path  # noqa: E402
-from mask2former.utils.io import atomic_write_text  # noqa: E402
+from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
+from mask2former.prediction_io import probability_path
+from mask2former.utils.io import atomic_write_text
 
 GRID_KEYS = ("sxy", "srgb", "compat", "iters", "gaussian_sxy", "gaussian_compat")
 

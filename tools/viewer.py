@@ -25,10 +25,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from mask2former.viewer.launch import DEFAULT_PORT, bind_problem, streamlit_command  # noqa: E402
+from mask2former.viewer.launch import DEFAULT_PORT, bind_problem, streamlit_command
 
 PAGES = ("Dataset", "Browse", "Predictions", "Augmentations")
 # Datasets up to this many images get the label-map statistics computed on opening; larger ones on a click.
@@ -95,24 +93,24 @@ if not _in_streamlit():
 
 # ---- from here on: the Streamlit app ----------------------------------------------------------------
 
-import atexit  # noqa: E402
-import hashlib  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+import atexit
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
 
-import altair as alt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-from streamlit import runtime  # noqa: E402
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from streamlit import runtime
 
-from mask2former.data.coco_semantic import DataError  # noqa: E402
-from mask2former.data.mapper import read_image  # noqa: E402
-from mask2former.submission import SubmissionError  # noqa: E402
-from mask2former.utils.visualize import legend  # noqa: E402
-from mask2former.viewer.augment import (  # noqa: E402
+from mask2former.data.coco_semantic import DataError
+from mask2former.data.mapper import read_image
+from mask2former.submission import SubmissionError
+from mask2former.utils.visualize import legend
+from mask2former.viewer.augment import (
     build_mapper,
     copy_paste_enabled,
     draw_samples,
@@ -121,7 +119,7 @@ from mask2former.viewer.augment import (  # noqa: E402
     mapper_record,
     training_dicts,
 )
-from mask2former.viewer.compare import (  # noqa: E402
+from mask2former.viewer.compare import (
     Comparison,
     FolderPredictions,
     PredictionSet,
@@ -131,7 +129,7 @@ from mask2former.viewer.compare import (  # noqa: E402
     discover_prediction_sets,
     read_csv_predictions,
 )
-from mask2former.viewer.data import (  # noqa: E402
+from mask2former.viewer.data import (
     DatasetIndex,
     difference_picture,
     encode_jpeg,
@@ -144,8 +142,8 @@ from mask2former.viewer.data import (  # noqa: E402
     resize_to_width,
     thumbnail,
 )
-from mask2former.viewer.paths import PathOutsideRoots, Roots, file_signature, list_files  # noqa: E402
-from mask2former.viewer.stats import (  # noqa: E402
+from mask2former.viewer.paths import PathOutsideRoots, Roots, file_signature, list_files
+from mask2former.viewer.stats import (
     SIZE_BINS,
     class_table,
     object_size_table,

@@ -31,6 +31,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json
 from .catalog import DatasetCatalog, MetadataCatalog
 
@@ -44,7 +45,7 @@ MANIFEST_NAME = "manifest.json"
 CACHE_FORMAT_VERSION = 1
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad annotation or image; the message names the json, the image and the annotation."""
 
 

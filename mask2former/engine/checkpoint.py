@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 CLASS_HEAD_KEYS = (
@@ -32,7 +34,7 @@ _CLASS_DEPENDENT_SUFFIXES = (".mlp_cls_q.weight", ".mlp_cls_q.bias", ".mlp_cls_k
 _DERIVED_SUFFIXES = ("relative_position_index", "attn_mask")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """The checkpoint does not fit the model; the message lists the mismatched keys."""
 
 

@@ -13,7 +13,8 @@ Batching groups views of the same scale whose padded sizes (to the model's size 
 view is padded exactly as it would be alone: batched results equal one-image results within float tolerance.
 
 `run_job` predicts a list of images into a prediction folder (mask2former/prediction_io.py); tools/predict.py
-runs it in-process or as one worker process per device (`run_worker`) on a shard of the images.
+(mask2former/pipeline/predict.py) runs it in-process or as one worker process per device (`run_worker`) on a
+shard of the images. A probability map that is not finite is an error naming the image, never a file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
@@ -36,6 +36,7 @@ from torch import nn
 from ..data import transforms as T
 from ..data.mapper import read_image
 from ..ensemble import normalize_weights
+from ..errors import UserError
 from ..modeling.meta_arch import padded_size
 from ..prediction_io import save_probabilities
 from .checkpoint import CheckpointMismatchError, load_model_weights, read_checkpoint
@@ -58,13 +59,6 @@ def inference_max_size(cfg: CfgNode) -> int:
     return cfg.TEST.AUG.MAX_SIZE if cfg.TEST.AUG.ENABLED else cfg.INPUT.MAX_SIZE_TEST
 
 
-def view_shape(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
-    """The size of an image's view: short side `short_side` (0: unchanged), long side at most `max_size`."""
-    if short_side <= 0:
-        return height, width
-    return T.resized_shape(height, width, T.resize_scale(height, width, short_side, max_size))
-
-
 def to_model_input(
     image_bgr: np.ndarray,
     short_side: int,
@@ -73,16 +67,10 @@ def to_model_input(
     image_format: str,
     output_size: tuple[int, int] | None = None,
 ) -> dict:
-    """A mapper-style input dict for one view of a BGR uint8 image; the model resizes its scores to
-    `output_size` (default: the image size)."""
+    """A mapper-style input dict for one view of a BGR uint8 image (`transforms.view_for_test`, the validation
+    mapper's preprocessing); the model resizes its scores to `output_size` (default: the image size)."""
     height, width = image_bgr.shape[:2]
-    view = image_bgr
-    new_h, new_w = view_shape(height, width, short_side, max_size)
-    if (new_h, new_w) != (height, width):
-        view = cv2.resize(view, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    if flip:
-        view = view[:, ::-1]
-    view = T.apply_color_transform(np.ascontiguousarray(view), None, image_format)
+    view = T.view_for_test(image_bgr, short_side, max_size, flip, image_format)
     tensor = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
     out_h, out_w = output_size if output_size else (height, width)
     return {"image": tensor, "height": int(out_h), "width": int(out_w)}
@@ -178,8 +166,23 @@ def load_prediction_model(cfg: CfgNode, path: str, device: str | torch.device, a
 # ---- a prediction job: a list of images into a prediction folder --------------------------------------------------
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image listed in the json cannot be read; the message names the file and the image id."""
+
+
+class NonFiniteProbabilitiesError(UserError):
+    """The model gave NaN or Inf probabilities for an image; the message names the image and the checkpoints."""
+
+
+def check_finite(probs: torch.Tensor, image: dict, weights: Sequence[str]) -> None:
+    """Refuse (naming the image) a probability map with NaN or Inf values: such numbers are never written."""
+    if not bool(torch.isfinite(probs).all()):
+        bad = int((~torch.isfinite(probs)).sum())
+        raise NonFiniteProbabilitiesError(
+            f"image id {image['id']} ({image['file_name']}): the model gave {bad} non-finite (NaN/Inf) "
+            f"probabilities with {', '.join(map(str, weights))}: a diverged checkpoint, or try without --amp; "
+            "nothing was written for it"
+        )
 
 
 @dataclass
@@ -270,6 +273,8 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
                     job.weights_scale,
                     job.amp,
                 )
+                for (image, _), p in zip(good, probs, strict=True):
+                    check_finite(p, image, job.weights)
                 arrays = [p.to(torch.float16).cpu().numpy() for p in probs]
             for future in saving:  # the previous batch's files (at most two batches in memory); raises their errors
                 future.result()

@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, then os.replace."""
+"""The one writer: atomic file writes (a temporary file beside the target, fsync, then os.replace), and output
+names that cannot leave the output folder (`output_path`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,38 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
+
+from ..errors import UserError
+
+
+class UnsafePathError(UserError):
+    """A name that would place a file outside its folder (absolute, or climbing out with '..')."""
+
+
+def safe_relative_name(name: str, what: str = "file name") -> PurePosixPath:
+    """`name` as a relative POSIX path that stays inside any folder it is joined to; UnsafePathError otherwise
+    (absolute, a drive letter, '..' parts, empty). `what` names the item in the message."""
+    text = str(name)
+    posix = PurePosixPath(text.replace("\\", "/"))
+    if not text or text.strip() in ("", ".") or posix.is_absolute() or PureWindowsPath(text).drive:
+        raise UnsafePathError(f"{what} {text!r} is absolute or empty: give a path relative to the image folder")
+    if ".." in posix.parts:
+        raise UnsafePathError(f"{what} {text!r} climbs out of its folder with '..': give a path inside it")
+    return PurePosixPath(*[part for part in posix.parts if part != "."])
+
+
+def output_path(root: str | Path, name: str, suffix: str | None = None) -> Path:
+    """root / name (with `suffix` replacing its extension), guaranteed to lie under root."""
+    relative = safe_relative_name(name)
+    if suffix is not None:
+        relative = relative.with_suffix(suffix)
+    path = Path(root) / relative
+    resolved_root = Path(root).resolve()
+    if not path.resolve().is_relative_to(resolved_root):  # a symlinked sub-folder pointing elsewhere
+        raise UnsafePathError(f"{path} resolves outside the output folder {resolved_root}")
+    return path
 
 
 @contextmanager

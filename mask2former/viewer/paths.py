@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 # Folders never worth scanning for annotation files.
 _SKIP_DIRS = {"__pycache__", "node_modules", ".git"}
 
 
-class PathOutsideRoots(PermissionError):
+class PathOutsideRoots(UserError, PermissionError):
     """A path that resolves outside the viewer's roots."""
 
 

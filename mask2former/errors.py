@@ -1,0 +1,12 @@
+"""The one base class of the errors a user can fix (bad input, a wrong path, a refused file).
+
+Every such error in the package derives from `UserError`; `mask2former.utils.cli.run_tool` prints it as one line
+and exits non-zero. Anything else escaping a tool is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with what the user gave (a file, an item in it, an option); the message names it and says what
+    to do."""
