@@ -9,6 +9,12 @@ A json may instead give its label maps: every image then has `sem_seg_file_name`
 folder (the pseudo-labels of tools/pseudo_label.py are such a json), and `annotations` is empty; the maps are
 checked once (size, values 0..K-1 or 255) and used as they are.
 
+Images are in the stored pixel frame (`mask2former.data.io`): the json's width/height must be the stored
+image's size, and photos whose EXIF orientation tag would rotate them are counted and logged per json (the tag
+is not applied, to pixels or labels). An image file_name that is absolute or climbs out of the image root
+with '..' is refused (`read_coco_json`). Asked for ground truth (`has_gt=True`), a json none of whose images
+carries an annotation (a test json) is refused instead of scoring against all-background maps.
+
 Rendered maps are cached under `<cache>/<json stem>-<hash of json bytes and options>/`, one PNG per
 image, written atomically; a manifest written last marks the cache complete, so later loads neither
 re-validate nor re-rasterise. An interrupted render resumes where it stopped.
@@ -29,11 +35,19 @@ import cv2
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
-from ..errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..utils.io import UnsafePathError, atomic_write_bytes, atomic_write_json, output_path, safe_relative_name
+from ..utils.progress import progress as with_progress
 from .catalog import DatasetCatalog, MetadataCatalog
+from .io import (  # noqa: F401  (read_coco_json: re-exported for old importers)
+    DataError,
+    LabelMapError,
+    ReadError,
+    describe_orientation,
+    orientation_of,
+    read_coco_json,
+    read_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +57,6 @@ IGNORE_LABEL = 255
 OUT_OF_BOUNDS_MARGIN = 0.1
 MANIFEST_NAME = "manifest.json"
 CACHE_FORMAT_VERSION = 1
-
-
-class DataError(UserError, ValueError):
-    """A bad annotation or image; the message names the json, the image and the annotation."""
 
 
 @dataclass
@@ -88,22 +98,6 @@ class SkipReport:
 def default_cache_dir() -> Path:
     """$TRASH_CACHE if set, else ~/.cache/trashseg."""
     return Path(os.environ.get("TRASH_CACHE", "~/.cache/trashseg")).expanduser()
-
-
-def read_coco_json(json_file: str | Path) -> dict[str, Any]:
-    """Parse a COCO json with clear errors for a missing file, bad JSON or missing sections."""
-    json_file = Path(json_file)
-    if not json_file.is_file():
-        raise FileNotFoundError(f"COCO json not found: {json_file}")
-    try:
-        data = json.loads(json_file.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{json_file}: not valid JSON ({error})") from None
-    for section in ("images", "categories"):
-        if not isinstance(data.get(section), list):
-            raise DataError(f"{json_file}: missing the '{section}' list")
-    data.setdefault("annotations", [])
-    return data
 
 
 def class_names_from_categories(categories: list[dict]) -> list[str]:
@@ -201,22 +195,33 @@ def render_label_map(
 
 def check_image_file(path: Path, image: dict, json_file: Path) -> tuple[str, str] | None:
     """(reason, message) if the image is missing, unreadable or not the size the json says."""
+    return inspect_image_file(path, image, json_file)[0]
+
+
+def inspect_image_file(path: Path, image: dict, json_file: Path) -> tuple[tuple[str, str] | None, int]:
+    """(the problem as in `check_image_file`, the image's EXIF orientation value). Sizes are the stored
+    pixels' (the frame COCO annotations are given in); the tag is read, never applied."""
     where = _describe(json_file, image)
     if not path.is_file():
-        return "missing image", f"{where}: image file not found at {path}"
+        return ("missing image", f"{where}: image file not found at {path}"), 1
     try:
         with Image.open(path) as img:
-            width, height = img.size
+            width, height = img.size  # the stored size: PIL does not apply the orientation tag
+            orientation = orientation_of(img)
             img.draft("L", (max(1, width // 8), max(1, height // 8)))  # decode small: still reads all data
             img.load()
     except (OSError, SyntaxError, ValueError) as error:
-        return "unreadable image", f"{where}: cannot read {path} ({error})"
+        return ("unreadable image", f"{where}: cannot read {path} ({error})"), 1
     if (height, width) != (image["height"], image["width"]):
-        return (
-            "size mismatch",
-            f"{where}: {path} is {width}x{height} but the json says {image['width']}x{image['height']}",
-        )
-    return None
+        message = f"{where}: {path} is {width}x{height} but the json says {image['width']}x{image['height']}"
+        if orientation in (5, 6, 7, 8) and (width, height) == (image["height"], image["width"]):
+            message += (
+                f"; the photo carries {describe_orientation(orientation)} and the json gives the rotated size: "
+                "annotations must be given on the stored pixels (the COCO convention) - re-export them on the "
+                "stored image, or rotate its pixels and drop the tag"
+            )
+        return ("size mismatch", message), orientation
+    return None, orientation
 
 
 def _cache_folder(json_file: Path, json_bytes: bytes, cache_dir: Path, crowd_as_ignore: bool, skip_bad: bool) -> Path:
@@ -269,30 +274,41 @@ def load_with_manifest(
     folder = _cache_folder(
         json_file, json_file.read_bytes(), Path(cache_dir or default_cache_dir()), crowd_as_ignore, skip_bad
     )
-    manifest_path = folder / MANIFEST_NAME
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("image_root") == str(image_root) and has_gt in (None, manifest["has_gt"]):
-            return _dicts_from_manifest(manifest, image_root, folder), manifest
+    manifest = _complete_manifest(folder / MANIFEST_NAME)
+    if manifest is not None and manifest.get("image_root") == str(image_root) and has_gt in (None, manifest["has_gt"]):
+        if manifest["has_gt"] and not manifest["given_label_maps"] and manifest["num_annotations"] == 0:
+            raise DataError(_no_ground_truth_message(json_file, len(manifest["images"])))
+        _log_oriented(json_file, manifest["oriented"])
+        return _dicts_from_manifest(manifest, image_root, folder, json_file), manifest
 
     data = read_coco_json(json_file)
     labels = category_to_label(data["categories"])
     given_maps = _has_label_maps(data, json_file)
     if has_gt is None:
         has_gt = given_maps or len(data["annotations"]) > 0
+    if has_gt and not given_maps and not data["annotations"]:
+        raise DataError(_no_ground_truth_message(json_file, len(data["images"])))
     report = SkipReport(str(json_file))
-    images, skipped_ids = _checked_images(data["images"], json_file, image_root, report, skip_bad)
+    images, skipped_ids, oriented = _checked_images(data["images"], json_file, image_root, report, skip_bad)
     anns_by_image = _checked_annotations(data["annotations"], images, skipped_ids, labels, json_file, report, skip_bad)
+    num_annotations = sum(len(anns) for anns in anns_by_image.values())
+    if has_gt and not given_maps and num_annotations == 0:
+        raise DataError(_no_ground_truth_message(json_file, len(images), skipped=len(data["annotations"])))
 
     if given_maps and has_gt:
         entries = _label_map_entries(images, json_file, len(labels) + 1, report, skip_bad)
     else:
         entries = []
-        for image in tqdm(images.values(), desc=f"render {json_file.name}", unit="img", disable=not progress):
+        shown = images.values()
+        for image in with_progress(shown, desc=f"render {json_file.name}", unit="img") if progress else shown:
             entry = _entry(image)
             if has_gt:
                 label_name = f"{image['id']}.png"
-                label_path = folder / label_name
+                try:
+                    label_path = output_path(folder, label_name)
+                except UnsafePathError as error:
+                    where = _describe(json_file, image)
+                    raise DataError(f"{where}: its id cannot name a label file ({error})") from None
                 if not label_path.is_file():
                     label_map = render_label_map(image, anns_by_image.get(image["id"], []), labels, crowd_as_ignore)
                     ok, encoded = cv2.imencode(".png", label_map)
@@ -310,17 +326,57 @@ def load_with_manifest(
         "json_file": str(json_file),
         "image_root": str(image_root),
         "has_gt": has_gt,
+        "given_label_maps": bool(given_maps and has_gt),
+        "num_annotations": num_annotations,
         "class_names": class_names_from_categories(data["categories"]),
         "skipped": report.as_dict(),
+        "oriented": oriented,
         "images": entries,
     }
-    atomic_write_json(manifest_path, manifest)
-    return _dicts_from_manifest(manifest, image_root, folder), manifest
+    atomic_write_json(folder / MANIFEST_NAME, manifest)
+    _log_oriented(json_file, oriented)
+    return _dicts_from_manifest(manifest, image_root, folder, json_file), manifest
 
 
-def _dicts_from_manifest(manifest: dict, image_root: Path, folder: Path) -> list[dict]:
+def _complete_manifest(path: Path) -> dict | None:
+    """The cache's manifest if it is there and has every field this version writes (older ones are rebuilt: the
+    label PNGs they cached are reused, not rendered again)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    fields = ("image_root", "has_gt", "given_label_maps", "num_annotations", "oriented", "images", "class_names")
+    return manifest if isinstance(manifest, dict) and all(key in manifest for key in fields) else None
+
+
+def _no_ground_truth_message(json_file: Path, num_images: int, skipped: int = 0) -> str:
+    why = f"all {skipped} of its annotations were skipped as bad" if skipped else "none of them has an annotation"
+    return (
+        f"{json_file}: used as ground truth, but {why} ({num_images} image(s)): scored against it every image "
+        "would be all background. Give a json with annotations (e.g. val.json, not test.json), or label PNGs "
+        "(sem_seg_file_name)"
+    )
+
+
+def _log_oriented(json_file: Path, oriented: dict) -> None:
+    if oriented.get("count"):
+        logger.warning(
+            "%s: %d image(s) carry an EXIF orientation tag (e.g. %s: %s); images, labels and the json's sizes "
+            "are all used in the stored pixel frame (the COCO convention), the tag is ignored",
+            json_file,
+            oriented["count"],
+            oriented["example"],
+            describe_orientation(oriented["tag"]),
+        )
+
+
+def _dicts_from_manifest(manifest: dict, image_root: Path, folder: Path, json_file: Path) -> list[dict]:
     dicts = []
     for entry in manifest["images"]:
+        try:  # checked when the manifest was written; checked again for a cache written by an older version
+            safe_relative_name(entry["file_name"], "file_name")
+        except UnsafePathError as error:
+            raise DataError(f"{json_file}: image {entry['file_name']!r} (id {entry['image_id']}): {error}") from None
         record = {
             "file_name": str(image_root / entry["file_name"]),
             "image_id": entry["image_id"],
@@ -364,19 +420,15 @@ def _label_map_entries(
     """Manifest entries for a json whose images name their label PNGs (relative to the json's folder):
     each map must be a single-channel 8-bit PNG of the image's size holding 0..K-1 or 255."""
     entries = []
-    for image in tqdm(images.values(), desc=f"check {json_file.name}", unit="img", disable=len(images) < 200):
+    for image in _checking(images.values(), json_file):
         path = (json_file.parent / image["sem_seg_file_name"]).resolve()
         problem = None
-        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
-        if label is None:
-            problem = ("bad label map", f"{_describe(json_file, image)}: label map {path} is missing or unreadable")
-        elif label.ndim != 2 or label.dtype != np.uint8 or label.shape != (image["height"], image["width"]):
-            problem = (
-                "bad label map",
-                f"{_describe(json_file, image)}: label map {path} is {label.dtype} of shape {label.shape}, expected "
-                f"a single-channel 8-bit PNG of {image['width']}x{image['height']}",
-            )
-        else:
+        try:
+            label = read_label(path, (image["height"], image["width"]))
+        except (ReadError, LabelMapError) as error:
+            label = None
+            problem = ("bad label map", f"{_describe(json_file, image)}: {error}")
+        if label is not None:
             values = np.unique(label)
             bad_values = values[(values >= num_classes) & (values != IGNORE_LABEL)]
             if bad_values.size:
@@ -394,12 +446,19 @@ def _label_map_entries(
     return entries
 
 
+def _checking(items, json_file: Path):
+    """`items`, with progress when there are enough of them to take a while."""
+    return with_progress(items, desc=f"check {json_file.name}", unit="img") if len(items) >= 200 else items
+
+
 def _checked_images(
     images: list[dict], json_file: Path, image_root: Path, report: SkipReport, skip_bad: bool
-) -> tuple[dict[int, dict], set]:
+) -> tuple[dict[int, dict], set, dict[str, Any]]:
+    """(id -> image that passed, ids of skipped images, the count and an example of EXIF-oriented images)."""
     checked: dict[int, dict] = {}
     skipped_ids: set = set()
-    for image in tqdm(images, desc=f"check {json_file.name}", unit="img", leave=False, disable=len(images) < 200):
+    oriented: dict[str, Any] = {"count": 0, "example": None, "tag": None}
+    for image in _checking(images, json_file):
         problem = None
         missing = [key for key in ("id", "file_name", "height", "width") if key not in image]
         if missing:
@@ -410,7 +469,11 @@ def _checked_images(
         elif image["id"] in checked:
             problem = ("duplicate image id", f"{_describe(json_file, image)}: image id {image['id']} repeats")
         else:
-            problem = check_image_file(image_root / image["file_name"], image, json_file)
+            problem, orientation = inspect_image_file(image_root / image["file_name"], image, json_file)
+            if orientation != 1:
+                oriented["count"] += 1
+                if oriented["example"] is None:
+                    oriented.update(example=image["file_name"], tag=orientation)
         if problem is None:
             checked[image["id"]] = image
         elif skip_bad:
@@ -418,7 +481,7 @@ def _checked_images(
             skipped_ids.add(image.get("id"))
         else:
             raise DataError(problem[1])
-    return checked, skipped_ids
+    return checked, skipped_ids, oriented
 
 
 def _checked_annotations(

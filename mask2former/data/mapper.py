@@ -20,39 +20,10 @@ import torch
 from fvcore.common.config import CfgNode
 
 from . import transforms as T
+from .io import read_image, read_label, read_label_at  # noqa: F401  (read_label_at: re-exported for old importers)
 
-if TYPE_CHECKING:  # copy_paste imports this module's readers
+if TYPE_CHECKING:  # imported only when copy-paste is on (from_config)
     from .copy_paste import CopyPaste
-
-
-def read_image(path: str) -> np.ndarray:
-    """A BGR uint8 HxWx3 image; a clear error naming the file if it is missing or unreadable."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read image {path} (missing, unreadable or not an image)")
-    return image
-
-
-def read_label(path: str, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """A uint8 HxW label map from a PNG; errors name the file."""
-    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise OSError(f"cannot read label map {path} (missing or unreadable)")
-    if label.ndim != 2 or label.dtype != np.uint8:
-        raise ValueError(f"label map {path} must be a single-channel 8-bit PNG, got shape {label.shape} {label.dtype}")
-    if expected_hw is not None and label.shape != tuple(expected_hw):
-        raise ValueError(
-            f"label map {path} is {label.shape[1]}x{label.shape[0]}, its image is {expected_hw[1]}x{expected_hw[0]}"
-        )
-    return label
-
-
-def read_label_at(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """A label map reduced (or enlarged) to `shape` by nearest neighbour, as predictions are scored."""
-    label = read_label(path)
-    if label.shape != tuple(shape):
-        label = cv2.resize(label, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return label
 
 
 _PASSED_THROUGH = ("file_name", "image_id", "height", "width", "sem_seg_file_name")
@@ -167,17 +138,11 @@ class SemanticSegMapper:
         return out
 
     def _resize(self, image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        # the test-time resize tools/predict.py uses too (transforms.resize_for_test)
         short = self.min_size[0]
-        if short <= 0:
-            return image, label
-        height, width = image.shape[:2]
-        new_h, new_w = T.resized_shape(height, width, T.resize_scale(height, width, short, self.max_size))
-        if (new_h, new_w) == (height, width):
-            return image, label
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         if label is not None:
-            label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-        return image, label
+            label = T.resize_for_test(label, short, self.max_size, cv2.INTER_NEAREST)
+        return T.resize_for_test(image, short, self.max_size), label
 
     def _augment(
         self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .coco_semantic import category_to_label
-from .mapper import read_label
+from .io import read_label
 
 
 def dataset_statistics(data: dict[str, Any], dicts: list[dict], class_names: list[str]) -> dict[str, Any]:

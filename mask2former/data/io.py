@@ -1,0 +1,210 @@
+"""The one reader of images, label maps and COCO jsons; every module reads these files through here.
+
+Frame rule: an image is used as its pixels are stored in the file. The EXIF orientation tag is never applied
+(OpenCV would rotate the pixels by it; here it is ignored), because COCO annotations are given in the stored
+pixel frame: the json's width/height are the stored image's, and its polygons and RLEs are drawn on the stored
+pixels (pycocotools and the competition's own tools work the same way). Images, label maps, predictions and
+overlays therefore all share one frame, whatever a photo viewer shows. A photo whose tag would rotate or mirror
+it is logged once per process (later ones are counted, `oriented_images_seen()`), and registration counts them
+per json (`mask2former.data.coco_semantic`), so a user knows the labels follow the stored pixels.
+
+Readers raise `ReadError` (missing, unreadable, not an image) or `LabelMapError` (a PNG that is not a label map,
+or not of the expected size), both naming the file; `read_coco_json` raises `DataError` naming the json and the
+item (bad JSON, missing sections, a category without id or name, repeated category ids, an image file_name that
+is absolute or climbs out of the image folder with '..').
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+from ..utils.io import UnsafePathError, safe_relative_name
+
+logger = logging.getLogger(__name__)
+
+EXIF_ORIENTATION_TAG = 0x0112
+# What a photo viewer does to the stored pixels for each EXIF orientation value (1: nothing).
+ORIENTATION_MEANING = {
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "mirrored and rotated 90 degrees",
+    6: "rotated 90 degrees clockwise",
+    7: "mirrored and rotated 270 degrees",
+    8: "rotated 90 degrees counter-clockwise",
+}
+_IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_EXIF_SCAN_BYTES = 1 << 16  # EXIF sits in a JPEG's first segment (at most 64 KiB)
+_oriented_seen: Counter = Counter()
+
+
+class DataError(UserError, ValueError):
+    """A bad annotation, image or json; the message names the json, the image and the annotation."""
+
+
+class ReadError(UserError, OSError):
+    """A file that is missing, unreadable, or not what it should be (an image, a PNG); the message names it."""
+
+
+class LabelMapError(UserError, ValueError):
+    """A label map that is not a single-channel 8-bit PNG, or not its image's size; the message names it."""
+
+
+def _read_bytes(path: str | Path, what: str) -> np.ndarray:
+    try:
+        return np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ReadError(f"cannot read {what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ReadError(f"cannot read {what} {path}: it is a folder") from None
+    except OSError as error:
+        raise ReadError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A BGR uint8 HxWx3 image, its pixels as stored (the EXIF orientation tag is not applied; see the module)."""
+    data = _read_bytes(path, "image")
+    image = cv2.imdecode(data, _IMAGE_FLAGS) if data.size else None
+    if image is None:
+        raise ReadError(f"cannot read image {path} (empty, truncated or not an image)")
+    orientation = _orientation_of_bytes(data)
+    if orientation not in (0, 1):
+        _note_oriented(str(path), orientation)
+    return image
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The image's EXIF orientation value (1..8), 1 when it has none or the file has no EXIF."""
+    return _orientation_of_bytes(_read_bytes(path, "image"))
+
+
+def orientation_of(image: Image.Image) -> int:
+    """The EXIF orientation value of an opened PIL image (1 when absent), without decoding its pixels."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # a PNG's getexif() would decode the whole image to look for a late eXIf chunk
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError, TypeError):  # a broken EXIF block: the pixels still decode
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def describe_orientation(value: int) -> str:
+    return f"EXIF orientation tag {value} ({ORIENTATION_MEANING.get(value, 'unknown')} by photo viewers)"
+
+
+def oriented_images_seen() -> int:
+    """How many images read by this process carried an orientation tag that rotates or mirrors them."""
+    return sum(_oriented_seen.values())
+
+
+def _orientation_of_bytes(data: np.ndarray) -> int:
+    head = data[:_EXIF_SCAN_BYTES].tobytes()
+    if b"Exif\x00\x00" not in head and b"eXIf" not in head:
+        return 1  # the common case, without opening the file a second time
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as image:
+            return orientation_of(image)
+    except (OSError, SyntaxError, ValueError):
+        return 1
+
+
+def _note_oriented(path: str, orientation: int) -> None:
+    first = not _oriented_seen
+    _oriented_seen[orientation] += 1
+    if first:
+        logger.warning(
+            "%s carries %s; its pixels are used as stored, the frame in which COCO annotations (the json's "
+            "width/height and polygons) are given; further such images are counted, not logged",
+            path,
+            describe_orientation(orientation),
+        )
+
+
+def read_label(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A uint8 HxW label map from a single-channel 8-bit PNG; `expected_hw` (its image's height, width) is
+    checked when given."""
+    data = _read_bytes(path, "label map")
+    label = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
+    if label is None:
+        raise ReadError(f"cannot read label map {path} (empty, truncated or not an image)")
+    if label.ndim != 2 or label.dtype != np.uint8:
+        channels = 1 if label.ndim == 2 else label.shape[2]
+        raise LabelMapError(
+            f"label map {path} must be a single-channel 8-bit PNG, got {channels} channel(s) of {label.dtype}"
+        )
+    if expected_hw is not None and label.shape != tuple(expected_hw):
+        raise LabelMapError(
+            f"label map {path} is {label.shape[1]}x{label.shape[0]}, its image is {expected_hw[1]}x{expected_hw[0]}"
+        )
+    return label
+
+
+def read_label_at(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A label map reduced (or enlarged) to `shape` by nearest neighbour, as predictions are scored."""
+    label = read_label(path)
+    if label.shape != tuple(shape):
+        label = cv2.resize(label, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return label
+
+
+def read_coco_json(json_file: str | Path) -> dict[str, Any]:
+    """A COCO json, checked: valid JSON, an 'images' and a 'categories' list, each category with an id and a
+    name and no id twice, every image file_name relative and inside the image folder. 'annotations' defaults
+    to []. Image entries are otherwise checked at registration (`coco_semantic`), where `skip_bad` applies."""
+    json_file = Path(json_file)
+    if not json_file.is_file():
+        raise FileNotFoundError(f"COCO json not found: {json_file}")
+    try:
+        data = json.loads(json_file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{json_file}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{json_file}: a COCO json is an object with 'images' and 'categories', got a list or value")
+    for section in ("images", "categories"):
+        if not isinstance(data.get(section), list):
+            raise DataError(f"{json_file}: missing the '{section}' list")
+    data.setdefault("annotations", [])
+    if not isinstance(data["annotations"], list):
+        raise DataError(f"{json_file}: 'annotations' must be a list")
+    _check_categories(data["categories"], json_file)
+    _check_file_names(data["images"], json_file)
+    return data
+
+
+def _check_categories(categories: list, json_file: Path) -> None:
+    seen: dict[int, str] = {}
+    for index, category in enumerate(categories):
+        if not isinstance(category, dict) or not isinstance(category.get("name"), str):
+            raise DataError(f"{json_file}: category {index} needs an integer 'id' and a 'name', got {category!r}")
+        category_id = category.get("id")
+        if not isinstance(category_id, int) or isinstance(category_id, bool):
+            raise DataError(f"{json_file}: category {category['name']!r} has id {category_id!r}; ids are integers")
+        if category_id in seen:
+            raise DataError(
+                f"{json_file}: category id {category_id} is given twice ({seen[category_id]!r} and "
+                f"{category['name']!r}); each category needs its own id (labels are assigned in id order)"
+            )
+        seen[category_id] = category["name"]
+
+
+def _check_file_names(images: list, json_file: Path) -> None:
+    for image in images:
+        if isinstance(image, dict) and "file_name" in image:
+            where = f"{json_file}: image {image['file_name']!r} (id {image.get('id')}):"
+            if not isinstance(image["file_name"], str):
+                raise DataError(f"{where} file_name must be a string")
+            try:
+                safe_relative_name(image["file_name"], "file_name")
+            except UnsafePathError as error:
+                raise DataError(f"{where} {error}") from None
