@@ -6,10 +6,13 @@ and against mask2former's own statistics and evaluator on the same data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -19,16 +22,18 @@ import pytest
 
 pytest.importorskip("streamlit")
 
+import streamlit as st  # noqa: E402
 from conftest import REPO  # noqa: E402
 from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from mask2former.data.coco_semantic import load_with_manifest, read_coco_json  # noqa: E402
-from mask2former.data.mapper import read_label  # noqa: E402
+from mask2former.data.coco_semantic import load_with_manifest  # noqa: E402
+from mask2former.data.io import read_coco_json, read_label  # noqa: E402
 from mask2former.data.stats import dataset_statistics  # noqa: E402
 from mask2former.evaluation.sem_seg import SemSegEvaluator, confusion_matrix, metrics_from_confusion  # noqa: E402
 from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities  # noqa: E402
 from mask2former.submission import downsample_label_map, read_submission, write_submission  # noqa: E402
+from mask2former.viewer import app as viewer_app  # noqa: E402
 from mask2former.viewer.compare import FolderPredictions, compare, discover_prediction_sets  # noqa: E402
 from mask2former.viewer.data import filter_images, label_map, load_index  # noqa: E402
 from mask2former.viewer.launch import bind_problem, is_loopback, streamlit_command  # noqa: E402
@@ -96,6 +101,15 @@ def run_viewer(monkeypatch: pytest.MonkeyPatch, *args: str | Path, page: str | N
         app.sidebar.radio(key="page").set_value(page).run()
     assert not app.exception, [e.value for e in app.exception]
     return app
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """relative path -> sha1 of every file under `folder` (symlinks by their target's content)."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha1(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def by_label(widgets, label: str):
@@ -360,20 +374,27 @@ def test_viewer_refuses_files_outside_its_roots(monkeypatch, tmp_path: Path, sam
     cv2.imwrite(str(root / "images" / "ok.jpg"), picture)
     cv2.imwrite(str(tmp_path / "secret.jpg"), picture)
     (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    categories = [{"id": 1, "name": "Paper"}]
     images = [
         {"id": 1, "file_name": "images/ok.jpg", "height": 32, "width": 48},
-        {"id": 2, "file_name": "../secret.jpg", "height": 32, "width": 48},
         {"id": 3, "file_name": "images/link.jpg", "height": 32, "width": 48},
     ]
-    categories = [{"id": 1, "name": "Paper"}]
     (root / "train_all.json").write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
+    climbing = [*images, {"id": 2, "file_name": "../secret.jpg", "height": 32, "width": 48}]
+    (root / "climbs.json").write_text(json.dumps({"images": climbing, "annotations": [], "categories": categories}))
 
     app = run_viewer(monkeypatch, "--data-root", root, page="Browse")
     errors = [e.value for e in app.error]
-    assert len(errors) == 2 and all("outside the folders the viewer was given" in e for e in errors)
-    assert any("../secret.jpg" in e for e in errors) and any("link.jpg" in e for e in errors)
+    assert len(errors) == 1 and "outside the folders the viewer was given" in errors[0] and "link.jpg" in errors[0]
     tiles = [image for image in app.image if image.captions and " objects" in image.captions[0]]
     assert [t.captions[0].split(" ")[0] for t in tiles] == ["images/ok.jpg"]
+
+    # a json whose file_name climbs out with '..' is refused whole by the json reader, naming the json and image
+    app.selectbox(key="browse_json").set_value("climbs.json").run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "Cannot open climbs.json" in errors[0] and "'../secret.jpg'" in errors[0]
+    assert not [image for image in app.image if image.captions and " objects" in image.captions[0]]
 
     # --pred beside the data root: a symlink inside it that leads out is not offered either
     elsewhere = tmp_path / "elsewhere"
@@ -384,6 +405,64 @@ def test_viewer_refuses_files_outside_its_roots(monkeypatch, tmp_path: Path, sam
     (preds / "x.csv").symlink_to(elsewhere / "x.csv")
     app = run_viewer(monkeypatch, "--data-root", root, "--pred", preds, page="Predictions")
     assert any("No prediction set" in info.value for info in app.info)
+
+
+def test_predictions_page_refuses_a_probability_file_with_nan(monkeypatch, tmp_path, sample_root, predictions) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(predictions["dir"] / "run1", folder)
+    index = load_index(sample_root / "val.json", sample_root)
+    broken = probability_path(folder, index.images[0]["file_name"])
+    record = load_probabilities(broken)
+    probs = record.pop("probs").astype(np.float16)
+    probs[:, 10, 20] = np.nan
+    with broken.open("wb") as handle:  # written by hand: save_probabilities refuses NaN
+        np.savez_compressed(handle, probs=probs, **{k: np.array(v) for k, v in record.items()})
+    inputs = tree_digest(folder), tree_digest(sample_root)
+
+    app = run_viewer(monkeypatch, "--data-root", sample_root, "--pred", folder, page="Predictions")
+    assert app.selectbox(key="pred_a").value == 0 and app.selectbox(key="predictions_json").value == "val.json"
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1, errors
+    assert str(broken) in errors[0] and "NaN" in errors[0] and "Traceback" not in errors[0]
+    assert "\n" not in errors[0]  # one line
+    scored = next(m.value for m in app.markdown if "scored against" in m.value)
+    assert f"over **{len(index.images) - 1}** image(s)" in scored  # the broken file's image is left out
+    per_image = next(d.value for d in app.dataframe if "mIoU A" in d.value.columns)
+    assert index.images[0]["file_name"] not in set(per_image["file_name"])
+    assert (tree_digest(folder), tree_digest(sample_root)) == inputs
+
+
+def test_viewer_writes_only_into_its_scratch_folder(monkeypatch, tmp_path, sample_root, predictions) -> None:
+    temp, work = tmp_path / "tmp", tmp_path / "cwd"
+    temp.mkdir()
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where scratch_folder() makes its folder
+    monkeypatch.chdir(work)
+    st.cache_data.clear()  # draw everything again: label PNGs, the copy-paste bank, the confusion plot
+    st.cache_resource.clear()
+    config = REPO / "configs" / "quickstart.yaml"
+    out = predictions["dir"]
+    inputs = tree_digest(sample_root), tree_digest(out), config.read_bytes()
+
+    app = run_viewer(
+        monkeypatch, "--data-root", sample_root, "--pred", out, "--config-file", config, page="Augmentations"
+    )
+    app.selectbox(key="augment_config").select_index(1).run()
+    next(c for c in app.checkbox if c.label.startswith("Copy-paste")).check().run()
+    app.sidebar.radio(key="page").set_value("Predictions").run()
+    select_by_text(app.selectbox(key="pred_a"), str(out / "val.csv"))
+    app.run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+
+    scratch = viewer_app.scratch_folder()
+    assert list(temp.iterdir()) == [scratch] and scratch.name.startswith("trash-viewer-")
+    written = [p.relative_to(scratch).as_posix() for p in scratch.rglob("*") if p.is_file()]
+    assert any(name.startswith("confusion/") for name in written)  # the confusion matrix's PNG
+    labels = [name for name in written if not name.startswith("confusion/")]
+    assert len(labels) == len(read_coco_json(sample_root / "train.json")["images"])  # the copy-paste bank's
+    assert not any(name.endswith(".tmp") for name in written)
+    assert list(work.iterdir()) == []
+    assert (tree_digest(sample_root), tree_digest(out), config.read_bytes()) == inputs
 
 
 def test_viewer_refuses_to_serve_beyond_localhost(monkeypatch, sample_root: Path) -> None:
@@ -398,14 +477,36 @@ def test_viewer_without_arguments_says_how_to_start(monkeypatch) -> None:
     assert any("--data-root" in e.value for e in app.error)
 
 
-def test_launcher_checks_arguments(tmp_path: Path) -> None:
-    import subprocess
-
-    result = subprocess.run(
-        [sys.executable, str(VIEWER), "--data-root", str(tmp_path / "missing")],
+def run_launcher(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(VIEWER), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": ""},
+        env={**os.environ, "PYTHONPATH": ""},  # the installed package, no path tricks
+        cwd=REPO,
     )
-    assert result.returncode == 2 and "not a folder" in result.stderr
+
+
+def test_launcher_refuses_a_bad_path_in_one_line(tmp_path: Path, sample_root: Path) -> None:
+    cases = [
+        (("--data-root", tmp_path / "missing"), f"--data-root {tmp_path / 'missing'}: not a folder"),
+        (("--data-root", VIEWER), f"--data-root {VIEWER}: not a folder"),
+        (("--data-root", sample_root, "--pred", tmp_path / "none.csv"), f"--pred {tmp_path / 'none.csv'}: not found"),
+        (
+            ("--data-root", sample_root, "--config-file", tmp_path / "no.yaml"),
+            f"--config-file {tmp_path / 'no.yaml'}: not found",
+        ),
+    ]
+    for args, message in cases:
+        result = run_launcher(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"viewer.py: {message}"), result.stderr
+        assert "Traceback" not in result.stderr and not result.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+    debug = run_launcher("--data-root", tmp_path / "missing", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ViewerArgumentError" in debug.stderr
+    usage = run_launcher()  # argparse's own message for a missing --data-root
+    assert usage.returncode == 2 and "--data-root" in usage.stderr and "Traceback" not in usage.stderr

@@ -1,4 +1,5 @@
-"""End to end: the viewer served on localhost by its launcher, opened in a real headless browser.
+"""End to end: the viewer served on localhost, opened in a real headless browser, started both ways the README
+gives: the launcher (`python tools/viewer.py ...`) and `streamlit run tools/viewer.py -- ...` from the repository.
 
 Needs Debian's chromium and chromium-driver (`apt-get install -y chromium chromium-driver`) and the
 selenium package; without them the test is skipped with the reason. Screenshots of both pages go
@@ -38,10 +39,33 @@ START_TIMEOUT = 40  # seconds for the server to answer its health check
 PAGE_TIMEOUT = 30  # seconds for a page to show what is looked for
 
 
+def _launcher(data_root: Path, port: int) -> list[str]:
+    return [sys.executable, str(REPO / "tools" / "viewer.py"), "--data-root", str(data_root), "--port", str(port)]
+
+
+def _streamlit_run(data_root: Path, port: int) -> list[str]:
+    """The README's second form; the address comes from the repository's .streamlit/config.toml."""
+    return [
+        sys.executable, "-m", "streamlit", "run", "tools/viewer.py", "--server.port", str(port),
+        "--", "--data-root", str(data_root),
+    ]  # fmt: skip
+
+
 def _chromedriver() -> str | None:
     return shutil.which("chromedriver") or next(
         (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.access(p, os.X_OK)), None
     )
+
+
+def _other_address() -> str | None:
+    """This machine's address on its network (not loopback), or None when it has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent, it only picks the route
+        except OSError:
+            return None
+        address = sock.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def _free_port() -> int:
@@ -87,7 +111,8 @@ pytestmark = [
 ]
 
 
-def test_viewer_in_headless_chromium(sample_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [_launcher, _streamlit_run], ids=["launcher", "streamlit-run"])
+def test_viewer_in_headless_chromium(command, sample_root: Path, tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip)")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -98,7 +123,7 @@ def test_viewer_in_headless_chromium(sample_root: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with log.open("w") as handle:
         server = subprocess.Popen(
-            [sys.executable, str(REPO / "tools" / "viewer.py"), "--data-root", str(sample_root), "--port", str(port)],
+            command(sample_root, port),
             cwd=REPO,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -108,7 +133,12 @@ def test_viewer_in_headless_chromium(sample_root: Path, tmp_path: Path) -> None:
     driver = None
     try:
         _wait_healthy(port, server, log)
-        assert f"127.0.0.1:{port}" in log.read_text()  # bound to localhost, as the launcher promises
+        assert f"127.0.0.1:{port}" in log.read_text()  # bound to localhost, as both ways promise
+        other = _other_address()
+        if other is not None:  # and not to every interface: the network address is refused
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.settimeout(2)
+                assert probe.connect_ex((other, port)) != 0, f"the viewer answers on {other}:{port}"
 
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM

@@ -1,10 +1,12 @@
-"""The data and prediction viewer's computations (tools/viewer.py is the Streamlit front end).
+"""The data and prediction viewer: its computations, and its Streamlit page (app.py).
 
-Everything here is plain Python (numpy, pandas) so it can be tested without Streamlit:
+Everything but app.py is plain Python (numpy, pandas) so it can be tested without Streamlit:
   paths    the folders the viewer may read (`Roots`), file signatures for cache keys
   data     a COCO json indexed for browsing, label maps rendered per image, thumbnails
   stats    the Dataset page's tables
   compare  prediction sets (submission CSV or prediction folder) against ground truth or each other
   augment  draws of the training mapper
-  launch   the `streamlit run` command line and the localhost check
+  launch   tools/viewer.py's entry point: argument checks, the `streamlit run` command line, the localhost check
+and the page, the only module that imports streamlit:
+  app      the Streamlit page (sidebar, the four pages, the caches), run by `streamlit run tools/viewer.py`
 """

@@ -5,7 +5,8 @@ the config turns on (jitter, crop, flip, colour, copy-paste under INPUT.COPY_PAS
 augmentation later added to the mapper) shows here unchanged. The mapper reads label maps from
 PNGs: the viewer renders them into its own scratch folder and hands those paths over. With
 copy-paste on, the object bank is built from the images of the chosen json (those inside the
-viewer's roots), as training builds it from DATASETS.TRAIN.
+viewer's roots), as training builds it from DATASETS.TRAIN. Configs come from mask2former.config.load_config,
+as every entry point builds them.
 """
 
 from __future__ import annotations
@@ -19,18 +20,6 @@ import numpy as np
 from ..utils.io import atomic_write_bytes
 from .data import DatasetIndex, encode_png, label_map
 from .paths import PathOutsideRoots, Roots, file_signature
-
-
-def load_config(config_file: str | Path | None, opts: list[str] | None = None) -> Any:
-    """The project's config: its defaults, merged with the file (and KEY VALUE overrides) if given."""
-    from ..config import get_cfg
-
-    cfg = get_cfg()
-    if config_file is not None:
-        cfg.merge_from_file(str(config_file))
-    if opts:
-        cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def copy_paste_enabled(cfg: Any) -> bool | None:
@@ -57,6 +46,7 @@ def build_mapper(cfg: Any, dataset_dicts: list[dict] | None = None) -> Any:
     from ..data.mapper import SemanticSegMapper
 
     cfg = cfg.clone()
+    cfg.defrost()
     cfg.INPUT.FORMAT = "BGR"  # pictures are drawn in OpenCV's channel order
     if dataset_dicts is None:
         return SemanticSegMapper.from_config(cfg, is_train=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
 from ..evaluation.sem_seg import confusion_matrix, metrics_from_confusion
 from ..prediction_io import load_label_map, probability_path
 from ..submission import SubmissionError, read_submission
@@ -139,7 +140,7 @@ def compare(
         file_name = image["file_name"]
         try:
             preds = [source.get(file_name) for source in sources]
-        except (OSError, ValueError) as error:  # a truncated npz, a path leading out of the roots
+        except (UserError, OSError, ValueError) as error:  # a truncated or non-finite npz, a path out of the roots
             errors.append(f"{file_name}: {error}")
             continue
         absent = [names[i] for i, pred in enumerate(preds) if pred is None]

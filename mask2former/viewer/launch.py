@@ -1,16 +1,25 @@
-"""Starting the viewer: the `streamlit run` command line, bound to this machine only.
+"""Starting the viewer: `start` is tools/viewer.py's one call, both from a shell and inside `streamlit run`.
 
-`python tools/viewer.py --data-root DIR ...` runs `streamlit run tools/viewer.py` with
---server.address 127.0.0.1 and --server.headless true; `streamlit run` started from the repository root reads
-the same address from .streamlit/config.toml. Whatever started it, the app checks the address it was bound to and
-refuses to show anything unless it is a loopback one.
+`python tools/viewer.py --data-root DIR ...` checks the arguments (a missing path is one line and exit status 2)
+and becomes `streamlit run tools/viewer.py` with --server.address 127.0.0.1 and --server.headless true; inside
+Streamlit the same script draws the page (mask2former/viewer/app.py). `streamlit run` started from the
+repository root reads the same address from .streamlit/config.toml. Whatever started it, the page checks the
+address it was bound to and refuses to show anything unless it is a loopback one.
+
+This module does not import streamlit (the launcher starts in a fraction of a second); only app.py does.
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+from ..errors import UserError
+from ..utils.cli import run_tool, strip_debug
 
 LOOPBACK_NAMES = {"localhost"}
 DEFAULT_PORT = 8501
@@ -62,3 +71,59 @@ def streamlit_command(script: str | Path, viewer_args: list[str], port: int = DE
         "--",
         *viewer_args,
     ]
+
+
+class ViewerArgumentError(UserError):
+    """A --data-root, --pred or --config-file path that does not exist (or is not what it should be)."""
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every path given exists: --data-root a folder, --pred and --config-file files or folders."""
+    if not Path(args.data_root).is_dir():
+        raise ViewerArgumentError(
+            f"--data-root {args.data_root}: not a folder (give the folder that holds the COCO jsons)"
+        )
+    for flag, paths in (("--pred", args.pred), ("--config-file", args.config_file)):
+        for path in paths:
+            if not Path(path).exists():
+                raise ViewerArgumentError(f"{flag} {path}: not found (check the path)")
+
+
+def in_streamlit() -> bool:
+    """Whether this code runs inside a Streamlit script run (`streamlit run`, or AppTest)."""
+    scriptrunner = sys.modules.get("streamlit.runtime.scriptrunner")  # never loaded outside Streamlit
+    return scriptrunner is not None and scriptrunner.get_script_run_ctx(suppress_warning=True) is not None
+
+
+def serve(script: str | Path, viewer_args: list[str], port: int) -> int:
+    """Run `streamlit run script` on 127.0.0.1:`port` (on POSIX this process becomes the server)."""
+    command = streamlit_command(Path(script).resolve(), viewer_args, port)
+    print(f"viewer: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
+    if os.name == "posix":  # become the server: signals (Ctrl-C, SIGTERM) reach it directly
+        os.execv(command[0], command)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def start(parser: argparse.ArgumentParser, script: str | Path, argv: list[str] | None = None) -> None:
+    """The viewer's entry point (`script` is tools/viewer.py, `argv` default sys.argv[1:]).
+
+    Inside Streamlit: draw one run of the page. From a shell: check the arguments, then serve `script` on
+    127.0.0.1 (exits with its status; a bad argument exits 2 with one line, --debug shows the traceback).
+    """
+    raw = sys.argv[1:] if argv is None else list(argv)
+    viewer_args = strip_debug(raw)
+    if in_streamlit():
+        from .app import show
+
+        show(parser, viewer_args)
+        return
+
+    def check_and_serve() -> int:
+        args = parser.parse_args(viewer_args)
+        check_arguments(args)
+        return serve(script, viewer_args, args.port)
+
+    sys.exit(run_tool(Path(script).name, check_and_serve, raw))
