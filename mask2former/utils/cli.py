@@ -42,8 +42,8 @@ def run_tool(name: str, call: Callable[[], T], argv: list[str] | None = None) ->
         if debug_requested(argv):
             raise
         message = str(error) or type(error).__name__
-        logging.getLogger(name).error("%s", message)
-        # the logger may not reach stderr (no handler yet): the one line always does
-        if not any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
+        if any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
+            logging.getLogger(name).error("%s", message)
+        else:  # no project handler yet: logging would print it bare (lastResort) beside this line
             print(f"{name}: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
