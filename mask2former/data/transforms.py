@@ -168,3 +168,35 @@ def apply_color_transform(image_bgr: np.ndarray, rgb_transform: np.ndarray | Non
     if output_format == "BGR":
         linear, offset = _BGR_TO_RGB @ linear, _BGR_TO_RGB @ offset
     return cv2.transform(image_bgr, np.hstack([linear, offset[:, None]]).astype(np.float32))
+
+
+# ---- test time: the one resize that validation (SemanticSegMapper, is_train=False) and prediction share ----------
+
+
+def shape_for_test(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
+    """The test-time size of a height x width image: short side `short_side` (0: unchanged), long side at most
+    `max_size` (0: no cap)."""
+    if short_side <= 0:
+        return height, width
+    return resized_shape(height, width, resize_scale(height, width, short_side, max_size))
+
+
+def resize_for_test(
+    array: np.ndarray, short_side: int, max_size: int, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """An image (bilinear) or a label map (`cv2.INTER_NEAREST`) at its `shape_for_test` size; the array itself
+    when that size is its own. Validation and tools/predict.py both see images through this function."""
+    height, width = array.shape[:2]
+    new_h, new_w = shape_for_test(height, width, short_side, max_size)
+    if (new_h, new_w) == (height, width):
+        return array
+    return cv2.resize(array, (new_w, new_h), interpolation=interpolation)
+
+
+def view_for_test(image_bgr: np.ndarray, short_side: int, max_size: int, flip: bool, image_format: str) -> np.ndarray:
+    """One test-time view of a BGR uint8 image as the model takes it (HxWx3, `image_format` channel order):
+    `resize_for_test`, then a horizontal flip if asked, then the channel order (as the validation mapper)."""
+    view = resize_for_test(image_bgr, short_side, max_size)
+    if flip:
+        view = view[:, ::-1]
+    return apply_color_transform(np.ascontiguousarray(view), None, image_format)

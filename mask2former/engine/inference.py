@@ -34,7 +34,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..data import transforms as T
-from ..data.mapper import read_image
+from ..data.io import read_image
 from ..ensemble import normalize_weights
 from ..errors import UserError
 from ..modeling.meta_arch import padded_size
@@ -292,7 +292,7 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
 
 def run_worker(rank: int, job: PredictionJob, queue) -> None:
     """A worker process's entry point: run the job, send ("image"/"bad", rank, value) events as it goes and
-    ("done", rank, stats) or ("error", rank, (message, traceback)) at the end."""
+    ("done", rank, stats) or ("error", rank, (message, traceback, is a UserError)) at the end."""
     from ..utils.logger import setup_logging
 
     setup_logging()
@@ -300,5 +300,6 @@ def run_worker(rank: int, job: PredictionJob, queue) -> None:
         stats = run_job(job, lambda event, value: queue.put((event, rank, value)))
         queue.put(("done", rank, stats))
     except BaseException as error:  # noqa: BLE001 (reported to the parent, which fails the run)
-        queue.put(("error", rank, (f"{type(error).__name__}: {error}", traceback.format_exc())))
+        user_error = isinstance(error, UserError)
+        queue.put(("error", rank, (f"{type(error).__name__}: {error}", traceback.format_exc(), user_error)))
         raise SystemExit(1) from None
