@@ -34,6 +34,7 @@ from mask2former.ensemble import (
     init_worker,
     process_image,
     process_in_worker,
+    read_rgb,
     soft_vote,
 )
 from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             votes = []
             for name in names:
                 maps = [load_probabilities(probability_path(folder, name))["probs"] for folder in job.inputs]
-                image = cv2.imread(str(root / "images" / name))
+                image = read_rgb(root / "images", name)
                 votes.append((soft_vote(maps), image))
             dense_crf(*votes[0], **job.crf)
             began = time.perf_counter()

@@ -6,11 +6,12 @@ of H x W label maps, ties to the first-listed model), `vote_shares`, `consensus_
 `resize_probabilities` and `dense_crf` (a Gaussian and an image-based bilateral kernel, pydensecrf2).
 
 Shapes: all inputs of one image must share H x W; nothing is resized implicitly. `resize_probabilities` does it
-when asked (tools/ensemble_crf.py --size: bilinear, renormalised). The RGB image for the bilateral kernel is
+when asked (ensemble_crf --size: bilinear, renormalised). The RGB image for the bilateral kernel is
 resized (area) to the probability maps' size, so sxy and srgb are in pixels and colour levels of that size.
 
-`EnsembleJob` and `process_image` are the per-image step of tools/ensemble_crf.py; they live here so that its
-spawned worker processes import them by name (this module does not import torch).
+`EnsembleJob`, `load_inputs` / `check_inputs` and `process_image` are the per-image step of tools/ensemble_crf.py
+(mask2former/pipeline/ensemble_crf.py) and tools/tune_crf.py; they live here so that spawned worker processes
+import them by name quickly (this module does not import torch).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from .errors import UserError
 from .prediction_io import load_probabilities, probability_path, save_probabilities
-from .utils.io import atomic_write_bytes
+from .utils.io import atomic_write_bytes, output_path
 
 # Chosen on the sample val set with the project's three trained tiny models (see tools/ensemble_crf.py --help).
 CRF_DEFAULTS = {"sxy": 10.0, "srgb": 5.0, "compat": 10.0, "iters": 5, "gaussian_sxy": 3.0, "gaussian_compat": 3.0}
@@ -154,6 +155,27 @@ def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarr
     return out / np.maximum(total, 1e-12)
 
 
+# how each `dense_crf` parameter is spelled on the command line of tools/ensemble_crf.py and tools/tune_crf.py
+CRF_FLAGS = {
+    "sxy": "--sxy",
+    "srgb": "--srgb",
+    "compat": "--compat",
+    "iters": "--iters",
+    "gaussian_sxy": "--gauss-sxy",
+    "gaussian_compat": "--gauss-compat",
+}
+_POSITIVE = ("sxy", "srgb", "gaussian_sxy")
+
+
+def check_crf_parameters(**parameters: float) -> None:
+    """EnsembleError naming the flag when a `dense_crf` parameter is out of range: sxy, srgb and gaussian_sxy must
+    be > 0 (they divide), compat, gaussian_compat and iters >= 0 (0 leaves the kernel, or the inference, out)."""
+    for key, value in parameters.items():
+        positive = key in _POSITIVE
+        if not np.isfinite(value) or (value <= 0 if positive else value < 0):
+            raise EnsembleError(f"CRF {key} ({CRF_FLAGS[key]}) {value:g}: must be {'> 0' if positive else '>= 0'}")
+
+
 def dense_crf(
     probs: np.ndarray,
     image: np.ndarray,
@@ -186,11 +208,9 @@ def dense_crf(
         raise EnsembleError(f"the CRF's image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
     if image.shape[:2] != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    if min(sxy, srgb, gaussian_sxy) <= 0 or min(compat, gaussian_compat) < 0 or iters < 0:
-        raise EnsembleError(
-            f"CRF parameters: sxy {sxy}, srgb {srgb}, gaussian_sxy {gaussian_sxy} must be > 0; compat {compat}, "
-            f"gaussian_compat {gaussian_compat}, iters {iters} >= 0"
-        )
+    check_crf_parameters(
+        sxy=sxy, srgb=srgb, compat=compat, iters=iters, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat
+    )
     crf = dcrf.DenseCRF2D(width, height, num_classes)
     unary = -np.log(np.clip(probs, PROB_FLOOR, 1.0)).reshape(num_classes, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
@@ -202,7 +222,7 @@ def dense_crf(
     return refined.argmax(axis=0).astype(np.uint8) if return_labels else refined
 
 
-# ---- the per-image step of tools/ensemble_crf.py ------------------------------------------------------------
+# ---- the per-image step of ensemble_crf and tune_crf ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -227,37 +247,41 @@ class EnsembleJob:
 
 
 def label_path(out: str | Path, file_name: str) -> Path:
-    """OUT/labels/<file_name with .png>."""
-    return Path(out) / "labels" / Path(file_name).with_suffix(".png")
+    """OUT/labels/<file_name with .png>; a file_name that would leave OUT is refused (UnsafePathError)."""
+    return output_path(Path(out) / "labels", file_name, ".png")
 
 
 def read_rgb(image_root: str | Path, file_name: str) -> np.ndarray:
-    """The image (BGR uint8, as cv2 reads it); a clear error naming the file when it cannot be read."""
+    """The image for the CRF's bilateral kernel (BGR uint8), through the one image reader (mask2former/data/io.py:
+    its pixels as stored, the frame predictions are made in); an error naming the image and the file."""
+    # imported here: mask2former.data imports torch, which a worker that never runs the CRF need not load
+    from .data.io import ReadError, read_image
+
     path = Path(image_root) / file_name
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise EnsembleError(f"{file_name}: cannot read the image {path} for the CRF (missing or not an image)")
-    return image
+    try:
+        return read_image(path)
+    except ReadError as error:
+        raise EnsembleError(f"{file_name}: {error}; the CRF reads the images under --image-root") from None
 
 
-def load_inputs(job: EnsembleJob, file_name: str) -> tuple[list[np.ndarray], dict]:
-    """Every folder's probabilities of one image (checked, resized with job.size) and the first file's record."""
+def load_inputs(job: EnsembleJob, file_name: str, resize: bool = True) -> tuple[list[np.ndarray], dict]:
+    """Every folder's probabilities of one image and the first file's record, checked: present, readable, valid
+    probabilities (prediction_io), this image, the job's classes, and one map size unless job.size (then resized
+    to it, if `resize`). Errors (EnsembleError, ProbabilityFileError) name the file."""
     maps, first = [], None
     for folder in job.inputs:
         path = probability_path(folder, file_name)
         if not path.is_file():
             raise EnsembleError(f"{folder}: no prediction for image {file_name!r} ({path} is missing)")
-        try:
-            data = load_probabilities(path)
-        except ValueError as error:  # names the file
-            raise EnsembleError(str(error)) from None
+        data = load_probabilities(path)
         if data["file_name"] != file_name:
             raise EnsembleError(f"{path}: holds image {data['file_name']!r}, expected {file_name!r}")
         if data["class_names"] != list(job.class_names):
             raise EnsembleError(f"{folder}: classes {data['class_names']} differ from {list(job.class_names)} ({path})")
         probs = data["probs"]
         if job.size:
-            probs = resize_probabilities(probs, job.size, job.size)
+            if resize:
+                probs = resize_probabilities(probs, job.size, job.size)
         elif maps and probs.shape != maps[0].shape:
             raise EnsembleError(
                 f"{file_name}: {folder} has {probs.shape[2]}x{probs.shape[1]} probability maps, {job.inputs[0]} "
@@ -268,6 +292,12 @@ def load_inputs(job: EnsembleJob, file_name: str) -> tuple[list[np.ndarray], dic
             first = data
     assert first is not None
     return maps, first
+
+
+def check_inputs(job: EnsembleJob, file_name: str) -> None:
+    """The checks of `load_inputs` alone (nothing resized, nothing kept): run over every image before anything
+    is written, so that a bad input stops the run with no output."""
+    load_inputs(job, file_name, resize=False)
 
 
 def write_label_png(path: str | Path, label: np.ndarray) -> None:

@@ -1,4 +1,6 @@
-"""The one representation that crosses tool boundaries: per-image class probabilities.
+"""The one representation that crosses tool boundaries: per-image class probabilities. This module is the only
+reader and writer of probability files; every tool (predict, ensemble_crf, tune_crf, pseudo_label, the viewer)
+goes through it, so every one of them refuses the same broken files with the same message.
 
 A prediction folder holds `probs/<file_name>.npz` per image (the image's file_name with its
 extension replaced) and `meta.json`. Each npz has:
@@ -9,7 +11,12 @@ extension replaced) and `meta.json`. Each npz has:
   class_names  the K class names, background first
 How the probabilities are made (views, TTA, checkpoint ensembles): mask2former/engine/inference.py. meta.json
 (written by tools/predict.py) holds class_names, the settings (weights, weights_scale, views, max_size, prob_size)
-and the run's counts. `check_probabilities` tells a complete file from a truncated or foreign one.
+and the run's counts.
+
+Reading checks what the numbers mean, not only the layout: a map with NaN or Inf, a negative value or classes
+that do not sum to 1 (within SUM_TOLERANCE: float16 rounding) is refused with a `ProbabilityFileError` naming
+the file, and `save_probabilities` refuses to write such a map. `check_probabilities` tells a complete, valid
+file from a truncated, foreign or broken one without raising.
 """
 
 from __future__ import annotations
@@ -22,15 +29,62 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .utils.io import atomic_write_bytes, output_path
 
+PROBS_FOLDER = "probs"
+# |sum over classes - 1| allowed per pixel; float16 storage alone moves a sum by less than 1e-3
+SUM_TOLERANCE = 0.02
 # what reading a missing, truncated or foreign npz raises
 UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+_METADATA_FIELDS = ("file_name", "image_id", "height", "width", "class_names")
+_REDO = "predict it again (tools/predict.py on that folder predicts such files again) or leave the folder out"
+
+
+class ProbabilityFileError(UserError, ValueError):
+    """A probability file that cannot be used (unreadable, foreign, or numbers that are not probabilities);
+    the message names the file and says what to do."""
 
 
 def probability_path(folder: str | Path, file_name: str) -> Path:
     """folder/probs/<file_name with .npz>; a file_name that would leave the folder is refused (UnsafePathError)."""
-    return output_path(Path(folder) / "probs", file_name, ".npz")
+    return output_path(Path(folder) / PROBS_FOLDER, file_name, ".npz")
+
+
+def probability_key(file_name: str) -> str:
+    """The path of an image's file relative to probs/ (POSIX), as `prediction_files` lists it."""
+    return probability_path("", file_name).relative_to(PROBS_FOLDER).as_posix()
+
+
+def prediction_files(folder: str | Path) -> dict[str, Path]:
+    """`probability_key` -> path for every probability file in folder/probs (sorted); ProbabilityFileError when
+    the folder has no probs/."""
+    root = Path(folder) / PROBS_FOLDER
+    if not root.is_dir():
+        raise ProbabilityFileError(f"{folder}: not a prediction folder (no {PROBS_FOLDER}/ inside)")
+    return {path.relative_to(root).as_posix(): path for path in sorted(root.rglob("*.npz"))}
+
+
+def shape_problem(probs: np.ndarray, num_classes: int) -> str | None:
+    """What makes `probs` not a non-empty K x H x W array with K = num_classes, or None."""
+    if probs.ndim != 3 or probs.shape[0] != num_classes or probs.size == 0:
+        return f"probabilities of shape {probs.shape} do not match {num_classes} classes"
+    return None
+
+
+def value_problem(probs: np.ndarray) -> str | None:
+    """What makes the numbers of a K x H x W map not probabilities over its K classes, or None."""
+    num_classes = probs.shape[0]
+    if not np.isfinite(probs).all():
+        return "probabilities hold NaN or infinite values"
+    low = float(probs.min())
+    if low < 0:
+        return f"probabilities hold negative values (down to {low:.3g})"
+    sums = probs.sum(axis=0, dtype=np.float32)
+    low, high = float(sums.min()), float(sums.max())
+    if low < 1 - SUM_TOLERANCE or high > 1 + SUM_TOLERANCE:
+        return f"probabilities sum to {low:.3g}..{high:.3g} over the {num_classes} classes, not 1"
+    return None
 
 
 def save_probabilities(
@@ -42,30 +96,40 @@ def save_probabilities(
     width: int,
     class_names: list[str],
 ) -> Path:
-    """Write one image's probabilities atomically; returns the path."""
-    if probs.ndim != 3 or probs.shape[0] != len(class_names):
-        raise ValueError(f"{file_name}: probabilities of shape {probs.shape} do not match {len(class_names)} classes")
+    """Write one image's probabilities atomically; returns the path. Refuses (ProbabilityFileError, nothing
+    written) a map that `load_probabilities` would refuse: NaN/Inf (a diverging model), negative, sums not 1."""
+    path = probability_path(folder, file_name)
+    stored = np.asarray(probs).astype(np.float16)
+    problem = shape_problem(stored, len(class_names))
+    if problem is not None:  # a caller's bug, not a user's file
+        raise ValueError(f"image {file_name}: {problem}")
+    problem = value_problem(stored)
+    if problem is not None:
+        raise ProbabilityFileError(
+            f"image {file_name}: {problem} (a diverging model or a broken checkpoint?); {path} was not written"
+        )
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer,
-        probs=probs.astype(np.float16),
+        probs=stored,
         file_name=np.array(file_name),
         image_id=np.array(image_id),
         height=np.array(height),
         width=np.array(width),
         class_names=np.array(class_names),
     )
-    path = probability_path(folder, file_name)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def load_probabilities(path: str | Path) -> dict:
-    """One npz as {probs (float32), file_name, image_id, height, width, class_names}; errors name the file."""
+    """One npz as {probs (float32), file_name, image_id, height, width, class_names}, checked: errors
+    (ProbabilityFileError) name the file, for an unreadable or foreign file and for numbers that are not
+    probabilities (NaN, Inf, negative, not summing to 1)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {
+            record = {
                 "probs": data["probs"].astype(np.float32),
                 "file_name": str(data["file_name"]),
                 "image_id": int(data["image_id"]),
@@ -74,17 +138,24 @@ def load_probabilities(path: str | Path) -> dict:
                 "class_names": [str(n) for n in data["class_names"]],
             }
     except UNREADABLE as error:
-        raise ValueError(f"{path}: not a prediction file of this project ({error})") from None
+        raise ProbabilityFileError(f"{path}: not a prediction file of this project ({error})") from None
+    problem = shape_problem(record["probs"], len(record["class_names"])) or value_problem(record["probs"])
+    if problem is not None:
+        raise ProbabilityFileError(f"{path} (image {record['file_name']}): {problem}; {_REDO}")
+    return record
 
 
 def read_probability_field(path: str | Path, key: str) -> np.ndarray:
-    """One stored field of a prediction file, read alone (np.load reads npz members lazily: class_names or
-    file_name without decoding the probabilities); errors as `load_probabilities`."""
+    """One metadata field (file_name, image_id, height, width, class_names) of a prediction file, read alone:
+    np.load reads npz members lazily, so the probabilities are not decoded (nor checked: `load_probabilities`
+    does that). Errors as `load_probabilities`."""
+    if key not in _METADATA_FIELDS:
+        raise KeyError(f"{key!r} is not a metadata field of a prediction file; read probs with load_probabilities")
     try:
         with np.load(path, allow_pickle=False) as data:
             return data[key]
     except UNREADABLE as error:
-        raise ValueError(f"{path}: not a prediction file of this project ({error})") from None
+        raise ProbabilityFileError(f"{path}: not a prediction file of this project ({error})") from None
 
 
 def load_label_map(path: str | Path) -> np.ndarray:
@@ -99,10 +170,11 @@ def check_probabilities(
     size: int = 0,
 ) -> str | None:
     """None if `path` is a complete, readable prediction file (of `file_name`, with these classes, `size` x `size`
-    maps when size > 0, finite non-negative probabilities); else what is wrong with it (e.g. truncated)."""
+    maps when size > 0, else maps at the image size, valid probabilities); else what is wrong with it (e.g.
+    truncated, NaN)."""
     try:
         data = load_probabilities(path)
-    except ValueError as error:
+    except ProbabilityFileError as error:
         return str(error)
     probs = data["probs"]
     if file_name is not None and data["file_name"] != file_name:
@@ -110,8 +182,6 @@ def check_probabilities(
     if class_names is not None and data["class_names"] != list(class_names):
         return f"{path}: classes {data['class_names']} differ from {list(class_names)}"
     expected = (size, size) if size > 0 else (data["height"], data["width"])
-    if probs.ndim != 3 or probs.shape[0] != len(data["class_names"]) or probs.shape[1:] != expected:
+    if probs.shape[1:] != expected:
         return f"{path}: probabilities of shape {probs.shape}, expected {len(data['class_names'])} x {expected}"
-    if not np.isfinite(probs).all() or probs.min() < 0 or probs.sum(axis=0).max() > 1.02:
-        return f"{path}: not probabilities (non-finite, negative, or summing to more than 1 over the classes)"
     return None

@@ -1,19 +1,24 @@
-"""mask2former/ensemble.py (votes, tie rule, consensus, DenseCRF) and tools/ensemble_crf.py end to end on small
-synthetic prediction folders and CSVs made for the tiny COCO set."""
+"""mask2former/ensemble.py (votes, tie rule, consensus, DenseCRF), mask2former/prediction_io.py (the one reader and
+writer of probability files) and the ensemble_crf / tune_crf commands (mask2former/pipeline/, and tools/ as a
+subprocess) end to end on small synthetic prediction folders and CSVs made for the tiny COCO set."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import load_tool, write_tiny_coco
+from conftest import REPO, write_tiny_coco
 
 from mask2former.data.coco_semantic import class_names_from_categories, load_sem_seg_dataset
-from mask2former.data.mapper import read_label
+from mask2former.data.io import read_label
 from mask2former.ensemble import (
     EnsembleError,
     consensus_mask,
@@ -24,14 +29,22 @@ from mask2former.ensemble import (
     soft_vote,
     vote_shares,
 )
+from mask2former.errors import UserError
 from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
-from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path, save_probabilities
+from mask2former.pipeline import ensemble_crf
+from mask2former.pipeline.ensemble_crf import EnsembleOptions
+from mask2former.pipeline.tune_crf import TuneOptions
+from mask2former.pipeline.tune_crf import run as tune_crf
+from mask2former.prediction_io import (
+    ProbabilityFileError,
+    check_probabilities,
+    load_label_map,
+    load_probabilities,
+    probability_path,
+    save_probabilities,
+)
 from mask2former.submission import check_submission, downsample_label_map, read_submission, write_submission
-
-
-@pytest.fixture(scope="module")
-def tool():
-    return load_tool("ensemble_crf")
+from mask2former.utils.io import UnsafePathError
 
 
 def random_probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -167,7 +180,62 @@ def test_resize_probabilities_and_crf_argument_checks() -> None:
         dense_crf(probs, np.zeros((8, 10, 3), np.uint8), sxy=0)
 
 
-# ---- the tool end to end ------------------------------------------------------------------------------------
+# ---- the probability-file reader and writer -----------------------------------------------------------------
+
+
+def write_raw_npz(path: Path, probs: np.ndarray, file_name: str = "a.jpg", class_names: list | None = None) -> Path:
+    """A probability file written without save_probabilities' checks (as a foreign writer, an older version or a
+    diverging model's run could)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        probs=probs.astype(np.float16),
+        file_name=np.array(file_name),
+        image_id=np.array(1),
+        height=np.array(probs.shape[1]),
+        width=np.array(probs.shape[2]),
+        class_names=np.array(class_names or [f"c{k}" for k in range(probs.shape[0])]),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_reader_refuses_maps_that_are_not_probabilities_naming_the_file(tmp_path: Path) -> None:
+    probs = random_probs(np.random.default_rng(4), (3, 8, 10))
+    good = write_raw_npz(tmp_path / "good.npz", probs)
+    assert load_probabilities(good)["probs"].shape == (3, 8, 10) and check_probabilities(good) is None
+    cases = {
+        "nan": (np.where(np.arange(10) == 3, np.nan, probs), "NaN or infinite"),
+        "inf": (np.where(np.arange(10) == 0, np.inf, probs), "NaN or infinite"),
+        "negative": (probs - 0.5, "negative values"),
+        "halves": (probs / 2, r"sum to 0\.5\.\.0\.5 over the 3 classes, not 1"),
+    }
+    for name, (bad, message) in cases.items():
+        path = write_raw_npz(tmp_path / f"{name}.npz", bad)
+        pattern = rf"{path} \(image a.jpg\): probabilities (hold |){message}.*predict it again"
+        for read in (load_probabilities, load_label_map):  # the viewer reads label maps through load_label_map
+            with pytest.raises(ProbabilityFileError, match=pattern):
+                read(path)
+        assert isinstance(ProbabilityFileError("x"), UserError)
+        assert message.split()[0] in check_probabilities(path)  # predict's resume redoes such a file
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ProbabilityFileError, match=rf"{truncated}: not a prediction file"):
+        load_probabilities(truncated)
+
+    # the writer refuses what the reader would refuse, naming the image; nothing is written
+    nan = np.where(np.arange(10) == 3, np.nan, probs)
+    with pytest.raises(ProbabilityFileError, match=r"image x/b.jpg: probabilities hold NaN.*was not written"):
+        save_probabilities(tmp_path / "out", "x/b.jpg", 7, nan, 8, 10, ["a", "b", "c"])
+    with pytest.raises(ProbabilityFileError, match="negative"):
+        save_probabilities(tmp_path / "out", "x/b.jpg", 7, probs - 0.5, 8, 10, ["a", "b", "c"])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UnsafePathError, match="climbs out"):
+        save_probabilities(tmp_path / "out", "../b.jpg", 7, probs, 8, 10, ["a", "b", "c"])
+
+
+# ---- the commands end to end --------------------------------------------------------------------------------
 
 
 def make_predictions(root: Path, json_path: Path, cache: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> list[Path]:
@@ -205,14 +273,36 @@ def case(tmp_path: Path) -> dict:
     }
 
 
-def common(case: dict, out: Path, *extra: str) -> list[str]:
-    return ["--json", str(case["json"]), "--cache-dir", str(case["cache"]), "--out", str(out), *extra]
+def options(case: dict, out: Path, inputs: list, **extra) -> EnsembleOptions:
+    """The command's options with the case's json and label cache (extra: any other flag, by its dest name)."""
+    extra = {"json": str(case["json"]), "cache_dir": str(case["cache"]), **extra}
+    return EnsembleOptions(inputs=[str(path) for path in inputs], out=str(out), **extra)
 
 
-def test_tool_soft_vote_crf_consensus_gt_table_and_resume(tool, case: dict, capsys, monkeypatch) -> None:
+def file_hashes(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under the roots: the inputs, before and after a refused run."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for root in roots
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def run_cli(tool: str, *args: str | Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "tools" / tool), *map(str, args)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_soft_vote_crf_consensus_gt_table_and_resume(case: dict, capsys, monkeypatch) -> None:
     out = case["tmp"] / "ens"
-    argv = [*map(str, case["folders"]), "--weights", "2", "1", "1", "--crf", "--gt", str(case["json"])]
-    result = tool.main(argv + common(case, out))
+
+    def run(target: Path, **extra) -> dict:
+        return ensemble_crf.run(
+            options(case, target, case["folders"], weights=[2, 1, 1], crf=True, gt=str(case["json"]), **extra)
+        )
+
+    result = run(out)
     printed = capsys.readouterr().out
     images = json.loads(case["json"].read_text())["images"]
     names = [image["file_name"] for image in images]
@@ -252,33 +342,33 @@ def test_tool_soft_vote_crf_consensus_gt_table_and_resume(tool, case: dict, caps
 
     # resume: nothing to do, same outputs and table
     before = (out / "submission.csv").read_bytes()
-    again = tool.main(argv + common(case, out))
+    again = run(out)
     assert again["processed"] == 0 and again["skipped"] == 3
     assert (out / "submission.csv").read_bytes() == before
     assert again["report"]["stages"] == report["stages"]
     assert "DenseCRF" in capsys.readouterr().out
     # one image's outputs lost: only that one is processed again
     (out / "labels" / Path(names[1]).with_suffix(".png")).unlink()
-    assert tool.main(argv + common(case, out))["processed"] == 1
+    assert run(out)["processed"] == 1
     # other settings into the same folder: refused
-    with pytest.raises(SystemExit, match="other settings.*compat"):
-        tool.main(argv + common(case, out, "--compat", "3"))
+    with pytest.raises(EnsembleError, match="other settings.*compat"):
+        run(out, compat=3.0)
 
     # two worker processes give the same outputs (the parent's process_image is never called)
     def in_parent(*args):
         raise AssertionError("process_image ran in the parent")
 
-    monkeypatch.setattr(tool, "process_image", in_parent)
+    monkeypatch.setattr(ensemble_crf, "process_image", in_parent)
     pooled = case["tmp"] / "ens_pool"
-    assert tool.main(argv + common(case, pooled, "--workers", "2"))["processed"] == 3
+    assert run(pooled, workers=2)["processed"] == 3
     assert (pooled / "submission.csv").read_bytes() == before
     capsys.readouterr()
 
 
-def test_tool_without_crf_and_with_csv_inputs(tool, case: dict, capsys) -> None:
+def test_without_crf_and_with_csv_inputs(case: dict, capsys) -> None:
     names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
     soft = case["tmp"] / "soft"
-    result = tool.main([*map(str, case["folders"]), *common(case, soft)])
+    result = ensemble_crf.run(options(case, soft, case["folders"]))
     assert result["report"] is None and not (soft / "eval.json").exists()
     for name in names:
         maps = [load_probabilities(probability_path(f, name))["probs"] for f in case["folders"]]
@@ -295,20 +385,28 @@ def test_tool_without_crf_and_with_csv_inputs(tool, case: dict, capsys) -> None:
         csvs.append(case["tmp"] / f"{folder.name}.csv")
         write_submission(csvs[-1], rows)
     hard = case["tmp"] / "hard"
-    result = tool.main([*map(str, csvs), "--weights", "1", "1", "1", "--gt", str(case["json"]), *common(case, hard)])
+    result = ensemble_crf.run(options(case, hard, csvs, weights=[1, 1, 1], gt=str(case["json"])))
     assert "probabilities" not in result and not (hard / "probs").exists()
     tables = [read_submission(path) for path in csvs]
     for name, label in read_submission(hard / "submission.csv").items():
         np.testing.assert_array_equal(label, hard_vote([t[name] for t in tables], num_classes=5))
     assert "hard vote (weights 0.333 0.333 0.333)" in capsys.readouterr().out
     crf = case["tmp"] / "hard_crf"
-    tool.main([*map(str, csvs), "--crf", *common(case, crf)])
+    ensemble_crf.run(options(case, crf, csvs, crf=True))
     assert check_submission(crf / "submission.csv", case["json"]) == 3
 
 
-def test_tool_errors_name_the_input_and_the_image(tool, case: dict, tmp_path: Path) -> None:
+def test_errors_name_the_input_and_the_image(case: dict, tmp_path: Path) -> None:
     folders = [str(f) for f in case["folders"]]
     names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
+
+    def refused(inputs: list, out: str, match: str, with_json: bool = True, **extra) -> None:
+        chosen = options(case, tmp_path / out, inputs, **extra)
+        if not with_json:
+            chosen.json = chosen.cache_dir = None
+        with pytest.raises(UserError, match=match):
+            ensemble_crf.run(chosen)
+        assert not (tmp_path / out / "submission.csv").exists()
 
     # another class list in one folder
     renamed = tmp_path / "renamed"
@@ -316,21 +414,16 @@ def test_tool_errors_name_the_input_and_the_image(tool, case: dict, tmp_path: Pa
     meta = json.loads((renamed / "meta.json").read_text())
     meta["class_names"][2] = "Cardboard"
     (renamed / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(SystemExit, match=rf"{renamed}: classes .*Cardboard.* differ from {case['json']}"):
-        tool.main([folders[0], str(renamed), *common(case, tmp_path / "o1")])
-    with pytest.raises(SystemExit, match=rf"{renamed}: classes .*Cardboard.* differ from {folders[0]}'s"):
-        tool.main([folders[0], str(renamed), "--out", str(tmp_path / "o1b")])
+    refused([folders[0], renamed], "o1", rf"{renamed}: classes .*Cardboard.* differ from {case['json']}")
+    refused([folders[0], renamed], "o1b", rf"{renamed}: classes .*Cardboard.* differ from {folders[0]}'s", False)
 
     # an image missing from one folder
     partial = tmp_path / "partial"
     shutil.copytree(folders[2], partial)
     probability_path(partial, names[1]).unlink()
-    with pytest.raises(SystemExit, match=rf"{partial}: no prediction for image '{names[1]}'"):
-        tool.main([folders[0], str(partial), *common(case, tmp_path / "o2")])
-    with pytest.raises(SystemExit, match=rf"{partial}: no prediction for image '{names[1]}'"):
-        tool.main([folders[0], str(partial), "--out", str(tmp_path / "o2b")])
-    with pytest.raises(SystemExit, match=r"has no counterpart in"):
-        tool.main([str(partial), folders[0], "--out", str(tmp_path / "o2c")])
+    refused([folders[0], partial], "o2", rf"{partial}: no prediction for image '{names[1]}'")
+    refused([folders[0], partial], "o2b", rf"{partial}: no prediction for image '{names[1]}'", False)
+    refused([partial, folders[0]], "o2c", r"has no counterpart in", False)
 
     # maps of another size: an error naming both, unless --size resizes them
     small = tmp_path / "small"
@@ -338,9 +431,9 @@ def test_tool_errors_name_the_input_and_the_image(tool, case: dict, tmp_path: Pa
         data = load_probabilities(probability_path(folders[0], image["file_name"]))
         probs = resize_probabilities(data["probs"], 24, 32)
         save_probabilities(small, image["file_name"], image["id"], probs, 48, 64, data["class_names"])
-    with pytest.raises(SystemExit, match=rf"{names[0]}: {small} has 32x24 probability maps.*--size"):
-        tool.main([folders[0], str(small), *common(case, tmp_path / "o3")])
-    tool.main([folders[0], str(small), "--size", "32", *common(case, tmp_path / "o3b")])
+    refused([folders[0], small], "o3", rf"{names[0]}: {small} has 32x24 probability maps.*--size")
+    assert not (tmp_path / "o3" / "labels").exists()  # found before the first image was written
+    ensemble_crf.run(options(case, tmp_path / "o3b", [folders[0], small], size=32))
     assert read_label(str(tmp_path / "o3b" / "labels" / Path(names[0]).with_suffix(".png"))).shape == (32, 32)
 
     # a CSV whose row is not 256x256
@@ -350,63 +443,119 @@ def test_tool_errors_name_the_input_and_the_image(tool, case: dict, tmp_path: Pa
     lines = good.read_text().splitlines()
     lines[2] = f"{names[1]}," + " ".join(["0"] * 100)
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SystemExit, match=rf"bad.csv: line 3 \({names[1]}\): PredictionString has 100 values"):
-        tool.main([str(good), str(bad), *common(case, tmp_path / "o4")])
+    refused([good, bad], "o4", rf"bad.csv: line 3 \({names[1]}\): PredictionString has 100 values")
     # a CSV without one image, and values outside the classes
     write_submission(tmp_path / "short.csv", [(n, np.zeros((256, 256), np.uint8)) for n in names[:2]])
-    with pytest.raises(SystemExit, match=rf"short.csv: no row for image '{names[2]}'"):
-        tool.main([str(good), str(tmp_path / "short.csv"), *common(case, tmp_path / "o5")])
+    refused([good, tmp_path / "short.csv"], "o5", rf"short.csv: no row for image '{names[2]}'")
     write_submission(tmp_path / "high.csv", [(n, np.full((256, 256), 7, np.uint8)) for n in names])
-    with pytest.raises(SystemExit, match=rf"high.csv: image {names[0]}: values 7..7 outside \[0, 4\]"):
-        tool.main([str(good), str(tmp_path / "high.csv"), *common(case, tmp_path / "o6")])
+    refused([good, tmp_path / "high.csv"], "o6", rf"high.csv: image {names[0]}: values 7..7 outside \[0, 4\]")
 
-    with pytest.raises(SystemExit, match="mix prediction folders and CSV"):
-        tool.main([folders[0], str(good), *common(case, tmp_path / "o7")])
-    with pytest.raises(SystemExit, match="1 weight"):
-        tool.main([*folders, "--weights", "1", *common(case, tmp_path / "o8")])
-    with pytest.raises(SystemExit, match="--crf reads the RGB images"):
-        tool.main([*folders, "--crf", "--out", str(tmp_path / "o9")])
-    with pytest.raises(SystemExit, match="input not found"):
-        tool.main([folders[0], str(tmp_path / "nowhere"), "--out", str(tmp_path / "o10")])
+    refused([folders[0], good], "o7", "mix prediction folders and CSV")
+    refused(folders, "o8", "1 weight", weights=[1])
+    refused(folders, "o9", "--crf reads the RGB images", False, crf=True)
+    refused([folders[0], tmp_path / "nowhere"], "o10", "input not found")
+    refused(folders, "o10b", r"CRF sxy \(--sxy\) 0: must be > 0", crf=True, sxy=0.0)
+    refused(folders, "o10c", r"--size -1: must be >= 0", size=-1)
     # a missing RGB image is named
     (case["json"].parent / names[2]).unlink()
-    with pytest.raises(SystemExit, match=rf"{names[2]}: cannot read the image"):
-        tool.main([*folders, "--crf", *common(case, tmp_path / "o11")])
+    refused(folders, "o11", rf"{names[2]}: cannot read image .*{names[2]}.*the CRF reads the images", crf=True)
 
 
-def test_help_documents_the_crf_defaults(tool, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        tool.parse_args(["--help"])
-    text = capsys.readouterr().out
-    assert exit_info.value.code == 0
+def test_nan_in_a_probability_file_stops_the_cli_naming_it_before_anything_is_written(case: dict) -> None:
+    """The last image's file of one input holds a NaN: one line naming that file, exit 2, no output, inputs kept;
+    tune_crf refuses it the same way."""
+    names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
+    broken = probability_path(case["folders"][1], names[-1])
+    data = load_probabilities(broken)
+    probs = data["probs"].copy()
+    probs[2, 10, 10] = np.nan
+    write_raw_npz(broken, probs, names[-1], data["class_names"])
+    inputs_before = file_hashes(case["tmp"] / "preds", case["json"].parent)
+
+    out = case["tmp"] / "ens"
+    folders = [str(f) for f in case["folders"]]
+    result = run_cli("ensemble_crf.py", *folders, "--json", case["json"], "--out", out, "--crf", "--workers", "2")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{broken} (image {names[-1]}): probabilities hold NaN" in lines[0] and "predict it again" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) in ([], ["log.txt"])  # no submission.csv, probs/, labels/, meta
+    assert file_hashes(case["tmp"] / "preds", case["json"].parent) == inputs_before
+
+    with pytest.raises(ProbabilityFileError, match=rf"{broken} \(image {names[-1]}\): probabilities hold NaN"):
+        tune_crf(TuneOptions(inputs=folders, gt=str(case["json"]), cache_dir=str(case["cache"])))
+    assert file_hashes(case["tmp"] / "preds", case["json"].parent) == inputs_before
+
+
+def test_output_folder_is_never_an_input(case: dict, tmp_path: Path) -> None:
+    folders = case["folders"]
+    inputs_before = file_hashes(tmp_path / "preds", case["json"].parent)
+    names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
+
+    def refused(inputs: list, out: Path, match: str, **extra) -> None:
+        with pytest.raises(EnsembleError, match=match):
+            ensemble_crf.run(options(case, out, inputs, **extra))
+        assert file_hashes(tmp_path / "preds", case["json"].parent) == inputs_before  # no log.txt added either
+
+    refused(folders, folders[1], rf"--out {folders[1]} is the input folder {folders[1]}: its predictions would")
+    refused(folders, folders[0] / "probs", rf"--out {folders[0] / 'probs'} lies inside the input folder {folders[0]}")
+    refused(folders, case["json"].parent, r"is the image folder .*give another --out")
+    # a CSV input where OUT/submission.csv goes: a rerun on the previous ensemble's own output
+    previous = tmp_path / "prev"
+    ensemble_crf.run(options(case, previous, folders))
+    refused([previous / "submission.csv", previous / "submission.csv"], previous, r"would overwrite the input")
+    (previous / "probs" / "x").mkdir()
+    refused([folders[0], previous / "probs" / "x"], previous, r"would write into the input folder")
+    assert file_hashes(previous / "labels") and (previous / "submission.csv").is_file()
+
+    # an image file_name that climbs out of the folder is refused before anything is written
+    data = json.loads(case["json"].read_text())
+    data["images"][0]["file_name"] = "../" + names[0]
+    climbing = tmp_path / "climbing.json"
+    climbing.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"{climbing}: .*climbs out"):  # the json reader refuses it
+        ensemble_crf.run(options(case, tmp_path / "o_climb", folders, json=str(climbing)))
+    assert not (tmp_path / "o_climb" / "labels").exists()
+
+    # tune_crf's table never replaces the ground truth or goes into an input folder
+    gt_before = case["json"].read_bytes()
+    tune = {"inputs": [str(f) for f in folders], "gt": str(case["json"]), "cache_dir": str(case["cache"])}
+    with pytest.raises(EnsembleError, match="is the --gt json"):
+        tune_crf(TuneOptions(**tune, out=str(case["json"])))
+    with pytest.raises(EnsembleError, match="lies inside the input folder"):
+        tune_crf(TuneOptions(**tune, out=str(folders[0] / "table.md")))
+    assert case["json"].read_bytes() == gt_before
+    assert file_hashes(tmp_path / "preds", case["json"].parent) == inputs_before
+
+
+def test_cli_user_error_is_one_line_and_help_documents_the_defaults(case: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("ensemble_crf.py", case["folders"][0], tmp_path / "nowhere", "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"ensemble_crf.py: input not found: {tmp_path / 'nowhere'}"]
+    assert not out.exists()
+    result = run_cli("tune_crf.py", tmp_path / "nowhere", "--gt", case["json"], "--cache-dir", case["cache"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"tune_crf.py: input not found: {tmp_path / 'nowhere'}"
+
+    result = run_cli("ensemble_crf.py", "--help")
+    assert result.returncode == 0
+    text = result.stdout
     assert "sxy 10, srgb 5, compat 10, 5 iterations" in text and "--no-consensus" in text and "--workers" in text
 
 
-def test_tune_crf_scores_each_setting_as_ensemble_crf_does(tool, case: dict, capsys) -> None:
-    tune = load_tool("tune_crf")
+def test_tune_crf_scores_each_setting_as_ensemble_crf_does(case: dict, capsys) -> None:
     folders = [str(f) for f in case["folders"]]
-    rows = tune.main(
-        [
-            *folders,
-            "--gt",
-            str(case["json"]),
-            "--cache-dir",
-            str(case["cache"]),
-            "--sxy",
-            "10",
-            "30",
-            "--compat",
-            "3",
-            "10",
-        ]
+    rows = tune_crf(
+        TuneOptions(inputs=folders, gt=str(case["json"]), cache_dir=str(case["cache"]), sxy=[10, 30], compat=[3, 10])
     )
     assert len(rows) == 4 and [r["final"] for r in rows] == sorted((r["final"] for r in rows), reverse=True)
     table = capsys.readouterr().out
     assert "soft vote of 3 inputs" in table and table.count("\n| ") == 2 + 4  # header, rule, a row per setting
-    for sxy, compat in [(10.0, 3.0), (30.0, 10.0)]:  # the same numbers as the tool's --gt table
-        report = tool.main(
-            [*folders, "--crf", "--sxy", str(sxy), "--compat", str(compat), "--gt", str(case["json"])]
-            + common(case, case["tmp"] / f"ens_{sxy}_{compat}")
+    for sxy, compat in [(10.0, 3.0), (30.0, 10.0)]:  # the same numbers as ensemble_crf's --gt table
+        out = case["tmp"] / f"ens_{sxy}_{compat}"
+        report = ensemble_crf.run(
+            options(case, out, folders, crf=True, sxy=sxy, compat=compat, gt=str(case["json"]))
         )["report"]
         row = next(r for r in rows if (r["sxy"], r["compat"]) == (sxy, compat))
         assert row["crf"] == pytest.approx(report["stages"][-2]["mIoU"])

@@ -1,0 +1,534 @@
+"""The logic of tools/ensemble_crf.py: N prediction folders (soft vote) or N submission CSVs (hard vote) ->
+optional DenseCRF -> consensus write-back -> OUT/labels, OUT/probs, OUT/submission.csv, OUT/meta.json, and with
+ground truth a table of every stage's mIoU (OUT/eval.json). The tool's docstring is the user's manual.
+
+`run(EnsembleOptions(...))` is the whole command (the options are its flags). Order of work, so that a bad input
+leaves nothing behind: the options, the output folder (never an input folder, never where an input file lies),
+the inputs against each other and the json, then every input file of every image to process is read and checked
+(probabilities via mask2former/prediction_io.py: a NaN, negative or unnormalised map is refused naming the file),
+and only then is anything written. The per-image step (vote, CRF, consensus, writes) is
+mask2former/ensemble.py's `process_image`, in this process or in a pool of spawned workers.
+
+mask2former.data and .evaluation import torch: they are imported where needed, so that the spawned workers (which
+import the tool, and so this module, as their __main__) start quickly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing as mp
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..ensemble import (
+    CRF_DEFAULTS,
+    HARD_VOTE_CONFIDENCE,
+    EnsembleError,
+    EnsembleJob,
+    check_crf_parameters,
+    check_inputs,
+    init_worker,
+    label_path,
+    normalize_weights,
+    process_image,
+    process_in_worker,
+)
+from ..prediction_io import PROBS_FOLDER, prediction_files, probability_key, probability_path, read_probability_field
+from ..submission import SUBMISSION_SIZE, downsample_label_map, read_submission
+from ..utils.io import atomic_write_bytes, atomic_write_json, output_path, usable_cpus
+from ..utils.progress import Progress, progress
+from ..utils.resume import changed_settings
+
+logger = logging.getLogger("ensemble_crf")
+
+SETTINGS = ("kind", "inputs", "weights", "class_names", "size", "crf", "consensus")
+# what a run writes directly in OUT, and the folders it fills
+OUTPUT_FILES = ("submission.csv", "meta.json", "eval.json", "log.txt")
+OUTPUT_FOLDERS = ("labels", "probs", "eval")
+
+
+@dataclass
+class EnsembleOptions:
+    """The flags of tools/ensemble_crf.py (same names, same defaults)."""
+
+    inputs: list[str]
+    out: str
+    weights: list[float] | None = None
+    json: str | None = None
+    image_root: str | None = None
+    gt: str | None = None
+    cache_dir: str | None = None
+    size: int = 0
+    crf: bool = False
+    sxy: float = CRF_DEFAULTS["sxy"]
+    srgb: float = CRF_DEFAULTS["srgb"]
+    compat: float = CRF_DEFAULTS["compat"]
+    gauss_sxy: float = CRF_DEFAULTS["gaussian_sxy"]
+    gauss_compat: float = CRF_DEFAULTS["gaussian_compat"]
+    iters: int = int(CRF_DEFAULTS["iters"])
+    no_consensus: bool = False
+    workers: int = 1
+    overwrite: bool = False
+
+    def crf_settings(self) -> dict:
+        """The keyword arguments of `dense_crf`."""
+        return {
+            "sxy": self.sxy,
+            "srgb": self.srgb,
+            "compat": self.compat,
+            "iters": self.iters,
+            "gaussian_sxy": self.gauss_sxy,
+            "gaussian_compat": self.gauss_compat,
+        }
+
+    def listing(self) -> str | None:
+        """The json that lists the images: --json, else --gt."""
+        return self.json or self.gt
+
+    def image_folder(self) -> Path | None:
+        """--image-root, else the listing json's folder."""
+        if self.image_root:
+            return Path(self.image_root)
+        listing = self.listing()
+        return Path(listing).parent if listing else None
+
+
+def check_options(options: EnsembleOptions) -> None:
+    if not options.inputs:
+        raise EnsembleError("no inputs: give prediction folders or submission CSVs")
+    check_crf_parameters(**options.crf_settings())
+    if options.size < 0:
+        raise EnsembleError(f"--size {options.size}: must be >= 0 (0: the maps keep their size)")
+
+
+def input_kind(paths: list[str]) -> str:
+    """ "probs" when every input is a folder, "labels" when every input is a CSV file."""
+    kinds = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            kinds.append("probs")
+        elif path.is_file():
+            kinds.append("labels")
+        else:
+            raise EnsembleError(f"input not found: {path}")
+    if len(set(kinds)) > 1:
+        raise EnsembleError("inputs mix prediction folders and CSV files: give only folders or only CSVs")
+    return kinds[0]
+
+
+def refuse_unsafe_out(options: EnsembleOptions, kind: str) -> None:
+    """OUT is never an input prediction folder (its npz files, meta.json and submission.csv would be replaced) nor
+    inside one (its outputs would become predictions of that folder), nor the image folder (OUT/labels could be
+    the dataset's label PNGs), and no input file lies where the run writes."""
+    out = Path(options.out).resolve()
+    written = {out / name for name in OUTPUT_FILES}
+    folders = [out / name for name in OUTPUT_FOLDERS]
+    if kind == "probs":
+        for folder in options.inputs:
+            resolved = Path(folder).resolve()
+            if any(resolved.is_relative_to(output) for output in folders):
+                raise EnsembleError(f"--out {options.out} would write into the input folder {folder}: give another one")
+            if out == resolved or out.is_relative_to(resolved):
+                where = "is" if out == resolved else "lies inside"
+                raise EnsembleError(
+                    f"--out {options.out} {where} the input folder {folder}: its predictions would be overwritten; "
+                    "give another --out"
+                )
+    image_folder = options.image_folder()
+    if image_folder is not None and out == image_folder.resolve():
+        raise EnsembleError(
+            f"--out {options.out} is the image folder {image_folder}: give another --out (outputs never go beside "
+            "the data)"
+        )
+    files = [*(options.inputs if kind == "labels" else []), options.json, options.gt]
+    for file in filter(None, files):
+        resolved = Path(file).resolve()
+        if resolved in written or any(resolved.is_relative_to(folder) for folder in folders):
+            raise EnsembleError(f"--out {options.out} would overwrite the input {file}: give another --out")
+
+
+def _first_field(files: dict[str, Path], folder: Path, key: str) -> np.ndarray:
+    if not files:
+        raise EnsembleError(f"{folder}: no predictions in {folder / PROBS_FOLDER}")
+    return read_probability_field(next(iter(files.values())), key)
+
+
+def folder_class_names(folder: Path, files: dict[str, Path]) -> list[str]:
+    """The class names of a prediction folder: its meta.json's, else its first npz's."""
+    meta = folder / "meta.json"
+    if meta.is_file():
+        try:
+            names = json.loads(meta.read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            names = None
+        if names:
+            return [str(name) for name in names]
+    return [str(name) for name in _first_field(files, folder, "class_names")]
+
+
+def list_images(options: EnsembleOptions) -> tuple[list[str], list[str] | None]:
+    """(file names from --json or --gt, their class names) or ([], None) without a json."""
+    from ..data.coco_semantic import class_names_from_categories
+    from ..data.io import read_coco_json
+
+    listing = options.listing()
+    if not listing:
+        return [], None
+    data = read_coco_json(listing)
+    names = [image.get("file_name") for image in data["images"]]
+    if not names or any(not isinstance(name, str) for name in names):
+        raise EnsembleError(f"{listing}: lists no images, or an image without a file_name")
+    return names, class_names_from_categories(data["categories"])
+
+
+def check_folders(
+    folders: list[Path], names: list[str], class_names: list[str] | None, listing: str | None
+) -> tuple[list[str], list[str]]:
+    """Checks prediction folders against each other (and the json): the same classes, every image present.
+    Returns (file names, class names)."""
+    indexes = [prediction_files(folder) for folder in folders]
+    reference, source = class_names, listing
+    for folder, files in zip(folders, indexes, strict=True):
+        names_here = folder_class_names(folder, files)
+        if reference is None:
+            reference, source = names_here, str(folder)
+        elif names_here != reference:
+            raise EnsembleError(f"{folder}: classes {names_here} differ from {source}'s {reference}")
+    if not names:  # no json: the first folder's images, and every folder holds exactly those
+        _first_field(indexes[0], folders[0], "file_name")  # a clear error for an empty folder
+        names = [str(read_probability_field(path, "file_name")) for path in indexes[0].values()]
+        for folder, files in zip(folders[1:], indexes[1:], strict=True):
+            extra = sorted(set(files) - set(indexes[0]))
+            if extra:
+                raise EnsembleError(f"{folder}: prediction {extra[0]} has no counterpart in {folders[0]}")
+    for folder, files in zip(folders, indexes, strict=True):
+        for name in names:
+            if probability_key(name) not in files:
+                path = probability_path(folder, name)
+                raise EnsembleError(f"{folder}: no prediction for image {name!r} ({path} is missing)")
+    assert reference is not None
+    return names, reference
+
+
+def read_csvs(paths: list[Path], names: list[str], num_classes: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    """Every CSV's label maps (uint8), checked: values in [0, num_classes), every image present."""
+    tables = []
+    for path in paths:
+        rows = read_submission(path)  # a wrong row length raises, naming the file, line and image
+        table = {}
+        for image_id, label in rows.items():
+            if label.min() < 0 or label.max() >= num_classes:
+                raise EnsembleError(
+                    f"{path}: image {image_id}: values {label.min()}..{label.max()} outside [0, {num_classes - 1}]"
+                )
+            table[image_id] = label.astype(np.uint8)
+        tables.append(table)
+    if not names:
+        names = list(tables[0])
+        if not names:
+            raise EnsembleError(f"{paths[0]}: no rows")
+        for path, table in zip(paths[1:], tables[1:], strict=True):
+            extra = [name for name in table if name not in tables[0]]
+            if extra:
+                raise EnsembleError(f"{path}: image {extra[0]!r} has no row in {paths[0]}")
+    for path, table in zip(paths, tables, strict=True):
+        for name in names:
+            if name not in table:
+                raise EnsembleError(f"{path}: no row for image {name!r}")
+    return names, [{name: table[name] for name in names} for table in tables]
+
+
+def check_resume(meta_path: Path, settings: dict) -> None:
+    """Refuse to mix outputs made with other settings into OUT."""
+    if not meta_path.is_file():
+        return
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return
+    detail = changed_settings(old, settings, SETTINGS) if isinstance(old, dict) else ""
+    if detail:
+        raise EnsembleError(
+            f"{meta_path.parent} holds outputs made with other settings ({detail}). "
+            "Use another --out, or --overwrite to process every image again."
+        )
+
+
+def confusion_path(out: Path, name: str) -> Path:
+    """OUT/eval/images/<file_name>.npy: one image's confusion matrices, one per stage (for resuming --gt)."""
+    return output_path(out / "eval" / "images", name, ".npy")
+
+
+def read_confusion(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A saved image's confusion matrices (this run's own file); an error naming it if it is not what we wrote."""
+    try:
+        matrices = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise EnsembleError(f"{path}: unreadable ({error}); delete it, or run again with --overwrite") from None
+    if matrices.shape != shape:
+        raise EnsembleError(f"{path}: matrices of shape {matrices.shape}, expected {shape}; run with --overwrite")
+    return matrices
+
+
+def is_done(out: Path, name: str, kind: str, with_gt: bool) -> bool:
+    if not label_path(out, name).is_file():
+        return False
+    if kind == "probs" and not probability_path(out, name).is_file():
+        return False
+    return not with_gt or confusion_path(out, name).is_file()
+
+
+def check_all_inputs(job: EnsembleJob, names: list[str]) -> None:
+    """`check_inputs` for every image, in threads (npz decompression releases the GIL); the first bad file stops
+    it, before anything is written."""
+    if not names:
+        return
+    pool = ThreadPoolExecutor(max_workers=min(8, usable_cpus(), len(names)))
+    try:
+        checked = pool.map(lambda name: check_inputs(job, name), names)
+        for _ in progress(checked, total=len(names), desc="checking inputs", unit="img", logger=logger):
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_images(job: EnsembleJob, items: list[dict], workers: int) -> Iterator[dict]:
+    """process_image over `items`, in this process or in a pool of spawned workers (results in any order)."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield process_image(job, item)
+        return
+    context = mp.get_context("spawn")  # no fork: the parent holds threads (progress bar, pools) and maybe torch
+    with context.Pool(min(workers, len(items)), initializer=init_worker, initargs=(job,)) as pool:
+        yield from pool.imap_unordered(process_in_worker, items, chunksize=1)
+
+
+def stage_names(inputs: list[str], kind: str, weights: list[float], crf: bool, consensus: bool) -> list[str]:
+    vote = "soft vote" if kind == "probs" else "hard vote"
+    names = [f"input: {path}" for path in inputs]
+    names.append(f"{vote} (weights {' '.join(f'{w:.3g}' for w in weights)})")
+    if crf:
+        names.append("DenseCRF")
+        names.append("final: CRF + consensus write-back" if consensus else "final (= CRF)")
+    else:
+        names.append("final (= vote)")
+    return names
+
+
+def stage_table(names: list[str], metrics: list[dict]) -> str:
+    """One markdown table: a row per stage."""
+    width = max(len(name) for name in names)
+    lines = [
+        f"| {'stage':<{width}} | mIoU   | fwIoU  | pACC   | mACC   |",
+        f"| {'-' * width} | -----: | -----: | -----: | -----: |",
+    ]
+    for name, m in zip(names, metrics, strict=True):
+        lines.append(f"| {name:<{width}} | {m['mIoU']:.4f} | {m['fwIoU']:.4f} | {m['pACC']:.4f} | {m['mACC']:.4f} |")
+    return "\n".join(lines)
+
+
+def run(options: EnsembleOptions) -> dict:
+    """The whole command. Returns {submission, labels, images, [probabilities], [eval, mIoU], processed, skipped,
+    report}; user errors raise (EnsembleError and the readers' errors, all UserError), before anything is written
+    when they concern the options or the inputs."""
+    from ..utils.logger import logging_to
+
+    check_options(options)
+    kind = input_kind(options.inputs)
+    refuse_unsafe_out(options, kind)  # before OUT/log.txt is opened
+    with logging_to(options.out):
+        return ensemble(options, kind)
+
+
+def ensemble(options: EnsembleOptions, kind: str) -> dict:
+    start = time.perf_counter()
+    out = Path(options.out)
+    inputs = [str(Path(path).resolve()) for path in options.inputs]
+    weights = [float(w) for w in normalize_weights(options.weights, len(inputs))]
+    workers = max(1, options.workers)
+    names, json_classes = list_images(options)
+    image_root = options.image_folder()
+    listing = options.listing()
+    if kind == "probs":
+        names, class_names = check_folders([Path(p) for p in inputs], names, json_classes, listing)
+        labels_of: list[dict[str, np.ndarray]] = []
+    else:
+        if json_classes is None:
+            raise EnsembleError("CSV inputs need --json or --gt for the class list")
+        if options.size:
+            raise EnsembleError("--size resizes prediction folders; CSV label maps are 256x256")
+        class_names = json_classes
+        names, labels_of = read_csvs([Path(p) for p in inputs], names, len(class_names))
+    if len(set(names)) != len(names):
+        raise EnsembleError(f"{listing or inputs[0]}: an image is listed twice")
+    for name in names:  # every output name stays under OUT (UnsafePathError names the image otherwise)
+        label_path(out, name)
+    if options.crf and image_root is None:
+        raise EnsembleError("--crf reads the RGB images: pass --image-root (or --json, whose folder is the default)")
+    consensus = options.crf and not options.no_consensus
+    if consensus and len(inputs) == 1:
+        logger.warning("one input agrees with itself everywhere: consensus write-back would undo the CRF; off")
+        consensus = False
+    crf = options.crf_settings() if options.crf else None
+    gt_labels = load_ground_truth(options, names) if options.gt else None
+
+    settings = {
+        "kind": kind,
+        "inputs": inputs,
+        "weights": weights,
+        "class_names": class_names,
+        "size": options.size,
+        "crf": crf,
+        "consensus": consensus,
+    }
+    meta_path = out / "meta.json"
+    done = [] if options.overwrite else [n for n in names if is_done(out, n, kind, gt_labels is not None)]
+    if done:
+        check_resume(meta_path, settings)
+    job = EnsembleJob(
+        kind=kind,
+        inputs=tuple(inputs),
+        weights=tuple(weights),
+        class_names=tuple(class_names),
+        out=str(out),
+        image_root=str(image_root) if image_root else None,
+        size=options.size,
+        crf=crf,
+        consensus=consensus,
+        keep_stages=gt_labels is not None,
+    )
+    done_set = set(done)
+    pending = [n for n in names if n not in done_set]
+    if kind == "probs":
+        check_all_inputs(job, pending)
+    meta = {
+        **settings,
+        "hard_vote_confidence": HARD_VOTE_CONFIDENCE if kind == "labels" else None,
+        "json": options.json,
+        "image_root": str(image_root) if image_root else None,
+        "gt": options.gt,
+        "complete": False,
+    }
+    atomic_write_json(meta_path, meta, indent=2)
+    logger.info(
+        "%d images: %d done before, %d to process (%s of %d input(s)%s) with %d worker(s)",
+        len(names),
+        len(done),
+        len(pending),
+        "soft vote" if kind == "probs" else "hard vote",
+        len(inputs),
+        ", DenseCRF" + (" + consensus" if consensus else "") if crf else "",
+        workers,
+    )
+    items = [{"file_name": n, "labels": [table[n] for table in labels_of] or None} for n in pending]
+    num_stages = len(inputs) + (3 if crf else 2)  # inputs, vote, [crf,] final
+    total = np.zeros((num_stages, len(class_names), len(class_names)), dtype=np.int64)
+    began = time.perf_counter()
+    with Progress(len(items), "ensemble", unit="img", logger=logger) as meter:
+        for result in run_images(job, items, workers):
+            if gt_labels is not None:
+                total += score_image(out, result, gt_labels, len(class_names))
+            meter.update(1)
+    seconds = time.perf_counter() - began
+    if gt_labels is not None:
+        for name in done:
+            total += read_confusion(confusion_path(out, name), total.shape)
+
+    csv = write_csv(out, names)
+    report = None
+    if gt_labels is not None:
+        report = write_report(out, stage_names(options.inputs, kind, weights, bool(crf), consensus), total, class_names)
+    rate = len(pending) / seconds if pending and seconds > 0 else 0.0
+    meta.update(
+        complete=True,
+        images=len(names),
+        processed=len(pending),
+        skipped=len(done),
+        workers=workers,
+        seconds=round(seconds, 3),
+        images_per_second=round(rate, 4),
+    )
+    atomic_write_json(meta_path, meta, indent=2)
+    summary = (
+        f"ensemble_crf.py: {len(names)} images: {len(pending)} processed in {seconds:.1f} s ({rate:.2f} images/s, "
+        f"{workers} worker(s)), {len(done)} done before; {time.perf_counter() - start:.1f} s in all"
+    )
+    logger.info(summary)
+    print(summary)
+    result = {"submission": str(csv), "labels": str(out / "labels"), "images": len(names)}
+    if kind == "probs":
+        result["probabilities"] = str(out / "probs")
+    if report is not None:
+        result["eval"] = str(out / "eval.json")
+        result["mIoU"] = report["stages"][-1]["mIoU"]
+    print(json.dumps(result))
+    return {**result, "processed": len(pending), "skipped": len(done), "report": report}
+
+
+def load_ground_truth(options: EnsembleOptions, names: list[str]) -> dict[str, str]:
+    """file name -> rendered ground-truth label map (PNG path) for every image to score."""
+    from ..data.coco_semantic import ground_truth_label_paths
+
+    gt_json = Path(options.gt)
+    paths, _ = ground_truth_label_paths(gt_json, options.image_root or gt_json.parent, options.cache_dir)
+    missing = [name for name in names if name not in paths]
+    if missing:
+        raise EnsembleError(f"{gt_json}: no ground truth for {len(missing)} image(s), e.g. {missing[0]!r}")
+    return {name: paths[name] for name in names}
+
+
+def score_image(out: Path, result: dict, gt_labels: dict[str, str], num_classes: int) -> np.ndarray:
+    """Confusion matrices of every stage of one image (ground truth resized, nearest, to the maps' size);
+    saved for resuming."""
+    from ..data.io import read_label_at
+    from ..evaluation.sem_seg import confusion_matrix
+
+    name = result["file_name"]
+    stages = list(result["stages"].values())
+    gt = read_label_at(gt_labels[name], stages[0].shape)
+    matrices = np.stack([confusion_matrix(gt, stage, num_classes) for stage in stages])
+    buffer = io.BytesIO()
+    np.save(buffer, matrices)
+    atomic_write_bytes(confusion_path(out, name), buffer.getvalue())
+    return matrices
+
+
+def write_csv(out: Path, names: list[str]) -> Path:
+    """OUT/submission.csv from every image's label PNG, in `names` order."""
+    from ..data.io import LabelMapError, ReadError, read_label
+    from ..submission import write_submission
+
+    def read(name: str) -> np.ndarray:
+        path = label_path(out, name)
+        try:
+            label = read_label(path)
+        except (ReadError, LabelMapError) as error:
+            raise EnsembleError(f"{error}: delete it and run again, which remakes it") from None
+        return downsample_label_map(label, SUBMISSION_SIZE, "nearest")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        rows = zip(names, pool.map(read, names), strict=True)
+        write_submission(out / "submission.csv", rows)
+    return out / "submission.csv"
+
+
+def write_report(out: Path, names: list[str], totals: np.ndarray, class_names: list[str]) -> dict:
+    """Print the stage table and write OUT/eval.json."""
+    from ..evaluation.sem_seg import metrics_from_confusion
+
+    metrics = [metrics_from_confusion(matrix) for matrix in totals]
+    print(stage_table(names, metrics))
+    report = {
+        "class_names": class_names,
+        "pixels": int(totals[0].sum()),
+        "stages": [{"stage": name, **m} for name, m in zip(names, metrics, strict=True)],
+    }
+    atomic_write_json(out / "eval.json", report, indent=2)
+    return report
