@@ -472,9 +472,31 @@ def test_viewer_refuses_to_serve_beyond_localhost(monkeypatch, sample_root: Path
     assert not app.table and not app.image
 
 
-def test_viewer_without_arguments_says_how_to_start(monkeypatch) -> None:
+def test_viewer_without_arguments_says_how_to_start(monkeypatch, tmp_path: Path) -> None:
     app = run_viewer(monkeypatch)
     assert any("--data-root" in e.value for e in app.error)
+    # `streamlit run tools/viewer.py -- --data-root MISSING`: the launcher's message, on the page
+    app = run_viewer(monkeypatch, "--data-root", tmp_path / "missing")
+    assert [e.value for e in app.error] == [f"Cannot start: --data-root {tmp_path / 'missing'}: not a folder "
+                                            "(give the folder that holds the COCO jsons)"]
+    assert not app.table and not app.image
+
+
+def test_label_maps_for_the_mapper_stay_in_the_scratch_folder(tmp_path: Path) -> None:
+    from mask2former.viewer.augment import write_label_png
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    image = {"id": "../../escaped", "file_name": "images/a.jpg", "height": 8, "width": 8}
+    ann = {"id": 1, "image_id": image["id"], "category_id": 1, "segmentation": [[0, 0, 6, 0, 6, 6, 0, 6]]}
+    data = {"images": [image], "annotations": [ann], "categories": [{"id": 1, "name": "Paper"}]}
+    (root / "train.json").write_text(json.dumps(data))
+    scratch = tmp_path / "scratch"
+    path = write_label_png(load_index(root / "train.json", root), image["id"], scratch)
+    assert path.resolve().is_relative_to(scratch.resolve()) and path.is_file()
+    outside = {p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(scratch)}
+    assert outside == {root / "images" / "a.jpg", root / "train.json"}
 
 
 def run_launcher(*args: str | Path) -> subprocess.CompletedProcess:

@@ -61,7 +61,7 @@ from .data import (
     resize_to_width,
     thumbnail,
 )
-from .launch import bind_problem
+from .launch import ViewerArgumentError, bind_problem, check_arguments
 from .paths import Roots, file_signature, list_files
 from .stats import (
     SIZE_BINS,
@@ -244,12 +244,11 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argpars
 
 def make_context(args: argparse.Namespace) -> Context:
     try:
+        check_arguments(args)  # the launcher's checks and messages, for `streamlit run` too
         data_root = Path(args.data_root).expanduser().resolve(strict=True)
-        if not data_root.is_dir():
-            raise NotADirectoryError(f"--data-root {args.data_root} is not a folder")
         preds = tuple(Path(p).expanduser().resolve(strict=True) for p in args.pred)
         configs = tuple(Path(p).expanduser().resolve(strict=True) for p in args.config_file)
-    except OSError as error:
+    except (ViewerArgumentError, OSError) as error:
         st.error(f"Cannot start: {error}")
         st.stop()
     return Context(data_root, Roots.from_paths([data_root, *preds, *configs]), preds, configs)

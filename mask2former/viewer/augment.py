@@ -56,7 +56,8 @@ def build_mapper(cfg: Any, dataset_dicts: list[dict] | None = None) -> Any:
 def write_label_png(index: DatasetIndex, image_id: Any, scratch: Path) -> Path:
     """Render the image's label map into the scratch folder (once per json version) and return its path."""
     json_key = hashlib.sha1(repr(file_signature(index.json_file)).encode()).hexdigest()[:16]
-    path = scratch / json_key / f"{image_id}.png"
+    # named by a digest of the id: a json's id ("../x", "a/b") never becomes a path
+    path = scratch / json_key / f"{hashlib.sha1(repr(image_id).encode()).hexdigest()[:16]}.png"
     if not path.is_file():
         atomic_write_bytes(path, encode_png(label_map(index, image_id)))
     return path

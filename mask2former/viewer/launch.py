@@ -79,13 +79,13 @@ class ViewerArgumentError(UserError):
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every path given exists: --data-root a folder, --pred and --config-file files or folders."""
-    if not Path(args.data_root).is_dir():
+    if not Path(args.data_root).expanduser().is_dir():
         raise ViewerArgumentError(
             f"--data-root {args.data_root}: not a folder (give the folder that holds the COCO jsons)"
         )
     for flag, paths in (("--pred", args.pred), ("--config-file", args.config_file)):
         for path in paths:
-            if not Path(path).exists():
+            if not Path(path).expanduser().exists():
                 raise ViewerArgumentError(f"{flag} {path}: not found (check the path)")
 
 
