@@ -4,9 +4,10 @@
     python benchmarks/predict.py                                   # quickstart model, 512x512 images
     python benchmarks/predict.py --config-file configs/m2f_swin_l.yaml --images 16 --batch-sizes 1 8 --amp
 
-Times tools/predict.py's inference (mask2former.engine.inference.predict_batch: views, batching, resizing the
-probabilities to 256x256, normalising, averaging) on random 512x512 images with a freshly initialised model
-(or --weights); file reading and npz writing, which the tool overlaps with the forward passes, are not timed.
+Times tools/predict.py's inference (mask2former.engine.inference.predict_batch, as mask2former/pipeline/predict.py
+runs it: views, batching, resizing the probabilities to 256x256, normalising, averaging) on random 512x512 images
+with a freshly initialised model (or --weights); file reading and npz writing, which the tool overlaps with the
+forward passes, are not timed.
 Without TTA: one view (short side INPUT.MIN_SIZE_TEST = --size). With TTA: the config's TEST.AUG views
 (MIN_SIZES x flip). Each setting runs one warm-up batch, then all --images; on a GPU with synchronisation
 around the timed part. CPU figures depend on the threads (--threads) and on whatever else runs on the machine.
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from mask2former.config import get_cfg
+from mask2former.config import load_config
 from mask2former.engine.inference import (
     inference_max_size,
     inference_views,
@@ -62,9 +63,8 @@ def time_setting(models, images, cfg, batch_size: int, device: str, amp: bool) -
 def benchmark(args: argparse.Namespace, device: str) -> list[str]:
     rows = []
     for tta in (False, True):
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", str(args.size), "TEST.AUG.ENABLED", str(tta), *args.opts])
+        sizes = ["INPUT.MIN_SIZE_TEST", str(args.size), "TEST.AUG.ENABLED", str(tta)]
+        cfg = load_config(args.config_file, [*sizes, *args.opts])
         if args.weights:
             models = [load_prediction_model(cfg, args.weights, device)]
         else:

@@ -1,8 +1,11 @@
-"""tools/predict.py and the inference engine: TTA, batching, checkpoint ensembles, resuming, worker processes,
-errors. A tiny model on the CPU at small sizes (views of 64 and 96 px) keeps the file fast."""
+"""tools/predict.py (mask2former/pipeline/predict.py) and the inference engine: TTA, batching, checkpoint ensembles,
+resuming, worker processes, the shared test-time view, confinement to --out, non-finite numbers, errors. A tiny
+model on the CPU at small sizes (views of 64 and 96 px) keeps the file fast."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import shutil
 import subprocess
@@ -14,14 +17,26 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, load_tool
+from conftest import REPO, TINY_MODEL
 
-from mask2former.config import get_cfg
+from mask2former.config import load_config
+from mask2former.data import transforms as T
+from mask2former.data.io import read_image
+from mask2former.data.mapper import SemanticSegMapper
 from mask2former.engine import inference
-from mask2former.engine.inference import inference_views, predict_batch, predict_probabilities
+from mask2former.engine.inference import (
+    NonFiniteProbabilitiesError,
+    inference_max_size,
+    inference_views,
+    predict_batch,
+    predict_probabilities,
+)
+from mask2former.errors import UserError
 from mask2former.modeling.meta_arch import build_model
+from mask2former.pipeline import predict as pipeline
 from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path
 from mask2former.submission import read_submission
+from mask2former.utils.progress import Progress
 
 TINY = TINY_MODEL
 SIZES = ["INPUT.MIN_SIZE_TEST", "64", "TEST.AUG.MIN_SIZES", "(64, 96)", "MODEL.DEVICE", "cpu"]
@@ -37,16 +52,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def predict_tool():
-    return load_tool("predict")
-
-
 def tiny_cfg(*extra: str):
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY + SIZES + list(extra))
-    return cfg
+    return load_config(CONFIG, TINY + SIZES + list(extra), freeze=False)
 
 
 def tiny_model(seed: int, *extra: str) -> torch.nn.Module:
@@ -71,9 +78,14 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def run(tool, sample_root: Path, out: Path, weights: list[Path], *flags: str, json_name: str = "test.json") -> Path:
-    argv = ["--config-file", CONFIG, "--weights", *map(str, weights), "--json", str(sample_root / json_name)]
-    return tool.main([*argv, "--out", str(out), "--overlays", "2", *flags, *TINY, *SIZES])
+def argv_for(json_path: Path, out: Path, weights: list[Path], *flags: str) -> list[str]:
+    argv = ["--config-file", CONFIG, "--weights", *map(str, weights), "--json", str(json_path)]
+    return [*argv, "--out", str(out), "--overlays", "2", *flags, *TINY, *SIZES]
+
+
+def run(sample_root: Path, out: Path, weights: list[Path], *flags: str, json_name: str = "test.json") -> Path:
+    """The command in this process (UserErrors raised, not turned into an exit)."""
+    return pipeline.predict(pipeline.parse_args(argv_for(sample_root / json_name, out, weights, *flags)))
 
 
 def npz_files(out: Path) -> list[Path]:
@@ -84,16 +96,38 @@ def meta(out: Path) -> dict:
     return json.loads((out / "meta.json").read_text())
 
 
-def test_help_and_argument_split(predict_tool, capsys) -> None:
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by relative path."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def copy_test_images(sample_root: Path, folder: Path) -> dict:
+    """test.json and its images copied under folder; returns the json's data."""
+    data = json.loads((sample_root / "test.json").read_text())
+    for image in data["images"]:
+        target = folder / image["file_name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_root / image["file_name"], target)
+    return data
+
+
+def test_help_and_argument_split(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        predict_tool.parse_args(["--help"])
+        pipeline.parse_args(["--help"])
     assert exit_info.value.code == 0 and "--weights-scale" in capsys.readouterr().out
-    args = predict_tool.parse_args(
+    args = pipeline.parse_args(
         ["--config-file", "c", "--json", "j", "--out", "o", "--weights", "a", "b", "INPUT.MIN_SIZE_TEST", "64"]
     )
     assert args.weights == ["a", "b"] and args.opts == ["INPUT.MIN_SIZE_TEST", "64"]
-    args = predict_tool.parse_args(["--config-file", "c", "--json", "j", "--out", "o", "--weights", "a"])
+    args = pipeline.parse_args(["--config-file", "c", "--json", "j", "--out", "o", "--weights", "a"])
     assert args.weights == ["a"] and args.opts == [] and args.weights_scale is None
+    base = ["--config-file", "c", "--json", "j", "--out", "o", "--weights", "a"]
+    with pytest.raises(pipeline.PredictError, match=r"--weights-scale takes numbers, got x"):
+        pipeline.parse_args([*base, "--weights-scale", "x"])
 
 
 def test_batched_views_equal_one_at_a_time() -> None:
@@ -124,10 +158,10 @@ def test_batched_views_equal_one_at_a_time() -> None:
     assert torch.isfinite(amp).all() and (amp - one[0]).abs().max() < 1.0
 
 
-def test_predict_single_tta_batched_and_ensemble(predict_tool, sample_root, checkpoints, tmp_path, capsys) -> None:
+def test_predict_single_tta_batched_and_ensemble(sample_root, checkpoints, tmp_path, capsys) -> None:
     images = json.loads((sample_root / "test.json").read_text())["images"]
     plain = tmp_path / "plain"
-    csv = run(predict_tool, sample_root, plain, [checkpoints["a"]])
+    csv = run(sample_root, plain, [checkpoints["a"]])
     out = capsys.readouterr().out
     assert "images/s" in out and f"{len(images)} predicted" in out
     assert csv == plain / "submission.csv" and len(read_submission(csv)) == len(images)
@@ -144,8 +178,8 @@ def test_predict_single_tta_batched_and_ensemble(predict_tool, sample_root, chec
 
     # TTA, one image per pass vs 4 views per pass
     one, four = tmp_path / "tta1", tmp_path / "tta4"
-    run(predict_tool, sample_root, one, [checkpoints["a"]], "--tta")
-    run(predict_tool, sample_root, four, [checkpoints["a"]], "--tta", "--batch-size", "4")
+    run(sample_root, one, [checkpoints["a"]], "--tta")
+    run(sample_root, four, [checkpoints["a"]], "--tta", "--batch-size", "4")
     assert meta(four)["views"] == [[64, False], [64, True], [96, False], [96, True]]
     for first, second in zip(npz_files(one), npz_files(four), strict=True):
         np.testing.assert_allclose(load_probabilities(first)["probs"], load_probabilities(second)["probs"], atol=2e-3)
@@ -155,7 +189,7 @@ def test_predict_single_tta_batched_and_ensemble(predict_tool, sample_root, chec
     for name, weights, scale in [("a", ["a"], []), ("b", ["b"], []), ("ab", ["a", "b"], ["3", "1"])]:
         runs[name] = tmp_path / f"full_{name}"
         flags = ["--prob-size", "0", "--batch-size", "3"] + (["--weights-scale", *scale] if scale else [])
-        run(predict_tool, sample_root, runs[name], [checkpoints[w] for w in weights], *flags)
+        run(sample_root, runs[name], [checkpoints[w] for w in weights], *flags)
     assert meta(runs["ab"])["weights_scale"] == [0.75, 0.25]
     for image in images[:2]:
         a, b, ab = (
@@ -165,10 +199,10 @@ def test_predict_single_tta_batched_and_ensemble(predict_tool, sample_root, chec
         np.testing.assert_allclose(ab, 0.75 * a + 0.25 * b, atol=2e-3)
 
 
-def test_interrupted_run_resumes(predict_tool, sample_root, checkpoints, tmp_path, monkeypatch) -> None:
+def test_interrupted_run_resumes(sample_root, checkpoints, tmp_path, monkeypatch) -> None:
     images = json.loads((sample_root / "test.json").read_text())["images"]
     reference = tmp_path / "reference"
-    run(predict_tool, sample_root, reference, [checkpoints["a"]], "--batch-size", "2")
+    run(sample_root, reference, [checkpoints["a"]], "--batch-size", "2")
 
     saved, lock = [], threading.Lock()
     real_save = inference.save_probabilities
@@ -183,11 +217,11 @@ def test_interrupted_run_resumes(predict_tool, sample_root, checkpoints, tmp_pat
     out = tmp_path / "resumed"
     monkeypatch.setattr(inference, "save_probabilities", failing_save)
     with pytest.raises(RuntimeError, match="killed"):
-        run(predict_tool, sample_root, out, [checkpoints["a"]], "--batch-size", "2")
+        run(sample_root, out, [checkpoints["a"]], "--batch-size", "2")
     monkeypatch.setattr(inference, "save_probabilities", real_save)
     assert len(npz_files(out)) == 3 and not meta(out)["complete"] and not (out / "submission.csv").exists()
 
-    run(predict_tool, sample_root, out, [checkpoints["a"]], "--batch-size", "2")
+    run(sample_root, out, [checkpoints["a"]], "--batch-size", "2")
     info = meta(out)
     assert (info["skipped"], info["predicted"], info["redone"]) == (3, len(images) - 3, 0)
     assert (out / "submission.csv").read_bytes() == (reference / "submission.csv").read_bytes()
@@ -198,26 +232,22 @@ def test_interrupted_run_resumes(predict_tool, sample_root, checkpoints, tmp_pat
     assert check_probabilities(broken) is not None
     stale = broken.with_name(f".{broken.name}.abc123.tmp")
     stale.write_bytes(b"partial")
-    run(predict_tool, sample_root, out, [checkpoints["a"]])
+    run(sample_root, out, [checkpoints["a"]])
     info = meta(out)
     assert (info["skipped"], info["predicted"], info["redone"]) == (len(images) - 1, 1, 1)
     assert not stale.exists() and check_probabilities(broken, images[4]["file_name"], info["class_names"], 256) is None
     assert (out / "submission.csv").read_bytes() == (reference / "submission.csv").read_bytes()
 
     # resuming with other settings is refused; --overwrite predicts everything again
-    with pytest.raises(SystemExit, match="other settings.*prob_size"):
-        run(predict_tool, sample_root, out, [checkpoints["a"]], "--prob-size", "128")
-    run(predict_tool, sample_root, out, [checkpoints["a"]], "--prob-size", "128", "--overwrite")
+    with pytest.raises(pipeline.PredictError, match="other settings.*prob_size"):
+        run(sample_root, out, [checkpoints["a"]], "--prob-size", "128")
+    run(sample_root, out, [checkpoints["a"]], "--prob-size", "128", "--overwrite")
     assert meta(out)["predicted"] == len(images)
 
 
 def _json_with_bad_image(sample_root: Path, folder: Path) -> Path:
     """test.json's images plus one corrupt JPEG, in a copy of the folder layout."""
-    data = json.loads((sample_root / "test.json").read_text())
-    for image in data["images"]:
-        target = folder / image["file_name"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(sample_root / image["file_name"], target)
+    data = copy_test_images(sample_root, folder)
     (folder / "broken").mkdir()
     (folder / "broken" / "0000.jpg").write_bytes(b"not a jpeg")
     data["images"].insert(2, {"id": 999, "file_name": "broken/0000.jpg", "height": 512, "width": 512})
@@ -225,13 +255,13 @@ def _json_with_bad_image(sample_root: Path, folder: Path) -> Path:
     return folder
 
 
-def test_worker_processes_shard_and_merge(predict_tool, sample_root, checkpoints, tmp_path) -> None:
+def test_worker_processes_shard_and_merge(sample_root, checkpoints, tmp_path) -> None:
     """Two CPU worker processes (the multi-GPU code path): same files and CSV as one process; unreadable images
     counted across workers with --skip-bad."""
     root = _json_with_bad_image(sample_root, tmp_path / "data")
     single, workers = tmp_path / "single", tmp_path / "workers"
-    run(predict_tool, root, single, [checkpoints["a"]], "--skip-bad", "--batch-size", "2")
-    run(predict_tool, root, workers, [checkpoints["a"]], "--skip-bad", "--batch-size", "2", "--num-workers", "2")
+    run(root, single, [checkpoints["a"]], "--skip-bad", "--batch-size", "2")
+    run(root, workers, [checkpoints["a"]], "--skip-bad", "--batch-size", "2", "--num-workers", "2")
     info = meta(workers)
     assert info["devices"] == ["cpu", "cpu"] and info["predicted"] == 6 and info["csv_rows"] == 6
     assert [entry["id"] for entry in info["bad_images"]] == [999] == [e["id"] for e in meta(single)["bad_images"]]
@@ -244,33 +274,198 @@ def test_worker_processes_shard_and_merge(predict_tool, sample_root, checkpoints
     assert agreement > 0.999
 
 
-def test_clear_errors(predict_tool, sample_root, checkpoints, tmp_path) -> None:
-    with pytest.raises(SystemExit, match=r"wide\.pth does not fit this model"):
-        run(predict_tool, sample_root, tmp_path / "e1", [checkpoints["wide"]])
-    with pytest.raises(SystemExit, match=r"classes\.pth was trained for 5 classes, the config has 11"):
-        run(predict_tool, sample_root, tmp_path / "e2", [checkpoints["a"], checkpoints["classes"]])
-    with pytest.raises(SystemExit, match=r"checkpoint not found: .*missing\.pth"):
-        run(predict_tool, sample_root, tmp_path / "e3", [tmp_path / "missing.pth"])
-    with pytest.raises(SystemExit, match="one non-negative number per checkpoint"):
-        run(predict_tool, sample_root, tmp_path / "e4", [checkpoints["a"]], "--weights-scale", "1", "2")
+def test_clear_errors(sample_root, checkpoints, tmp_path) -> None:
+    """Each bad input is a UserError (one line from the tool) naming the file and the item; no input changes."""
+    before = tree_hashes(sample_root), tree_hashes(checkpoints["a"].parent)
+    with pytest.raises(UserError, match=r"wide\.pth does not fit this model"):
+        run(sample_root, tmp_path / "e1", [checkpoints["wide"]])
+    with pytest.raises(UserError, match=r"classes\.pth was trained for 5 classes, the config has 11"):
+        run(sample_root, tmp_path / "e2", [checkpoints["a"], checkpoints["classes"]])
+    with pytest.raises(UserError, match=r"checkpoint not found: .*missing\.pth"):
+        run(sample_root, tmp_path / "e3", [tmp_path / "missing.pth"])
+    with pytest.raises(UserError, match="one non-negative number per checkpoint"):
+        run(sample_root, tmp_path / "e4", [checkpoints["a"]], "--weights-scale", "1", "2")
+    with pytest.raises(UserError, match=r"unknown device 'gpu7' \(cpu, cuda or cuda:N\)"):
+        run(sample_root, tmp_path / "e4", [checkpoints["a"]], "--device", "gpu7")
+    assert not (tmp_path / "e3").exists() and not (tmp_path / "e4").exists()  # refused before writing anything
 
     root = _json_with_bad_image(sample_root, tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"image id 999 \(broken/0000\.jpg\): cannot read image .*broken/0000\.jpg"):
-        run(predict_tool, root, tmp_path / "e5", [checkpoints["a"]], "--batch-size", "4")
+    with pytest.raises(UserError, match=r"image id 999 \(broken/0000\.jpg\): cannot read image .*broken/0000\.jpg"):
+        run(root, tmp_path / "e5", [checkpoints["a"]], "--batch-size", "4")
+    assert "image id 999" in (tmp_path / "e5" / "log.txt").read_text()  # the reason is in the run's log too
 
     data = json.loads((sample_root / "test.json").read_text())
     (tmp_path / "empty.json").write_text(json.dumps({**data, "images": []}))
-    with pytest.raises(SystemExit, match=r"empty\.json lists no images"):
-        run(predict_tool, tmp_path, tmp_path / "e6", [checkpoints["a"]], json_name="empty.json")
+    with pytest.raises(UserError, match=r"empty\.json lists no images"):
+        run(tmp_path, tmp_path / "e6", [checkpoints["a"]], json_name="empty.json")
     (tmp_path / "no_images.json").write_text(json.dumps({"categories": data["categories"]}))
-    with pytest.raises(SystemExit, match=r"no_images\.json: missing the 'images' list"):
-        run(predict_tool, tmp_path, tmp_path / "e7", [checkpoints["a"]], json_name="no_images.json")
+    with pytest.raises(UserError, match=r"no_images\.json: missing the 'images' list"):
+        run(tmp_path, tmp_path / "e7", [checkpoints["a"]], json_name="no_images.json")
+    (tmp_path / "three.json").write_text(json.dumps({**data, "categories": data["categories"][:3]}))
+    with pytest.raises(UserError, match=r"three\.json has 4 classes \(3 categories and background\), the model 11"):
+        run(tmp_path, tmp_path / "e8", [checkpoints["a"]], json_name="three.json")
+    assert (tree_hashes(sample_root), tree_hashes(checkpoints["a"].parent)) == before
 
 
-def test_worker_failure_stops_the_run(predict_tool, sample_root, checkpoints, tmp_path) -> None:
+def test_worker_failure_stops_the_run(sample_root, checkpoints, tmp_path) -> None:
     root = _json_with_bad_image(sample_root, tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"worker \d \(cpu\): ImageReadError: image id 999 \(broken/0000\.jpg\)"):
-        run(predict_tool, root, tmp_path / "out", [checkpoints["a"]], "--num-workers", "2")
+    with pytest.raises(UserError, match=r"worker \d \(cpu\): ImageReadError: image id 999 \(broken/0000\.jpg\)"):
+        run(root, tmp_path / "out", [checkpoints["a"]], "--num-workers", "2")
+
+
+# ---- the test-time view is the validation mapper's ---------------------------------------------------------------
+
+
+class RecordingModel(torch.nn.Module):
+    """Stands in for the model: keeps the inputs predict_batch hands it and returns uniform scores."""
+
+    size_divisibility = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.inputs: list[dict] = []
+
+    def forward(self, batched_inputs: list[dict]) -> list[dict]:
+        self.inputs += batched_inputs
+        return [{"sem_seg": torch.ones(3, item["height"], item["width"])} for item in batched_inputs]
+
+
+@pytest.mark.parametrize("image_format", ["RGB", "BGR"])
+def test_prediction_view_equals_validation_mapper(tmp_path, image_format) -> None:
+    """What predict feeds the model for an image (no TTA) is, pixel for pixel, what the validation mapper gives for
+    it: one function (transforms.resize_for_test) resizes both; sizes cover upscaling, the long-side cap and none."""
+    rng = np.random.default_rng(0)
+    cases = [((48, 64), "64", "1333"), ((100, 37), "64", "80"), ((90, 90), "0", "1333"), ((64, 96), "64", "1333")]
+    for (height, width), short_side, max_size in cases:
+        path = tmp_path / f"{height}x{width}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        label_path = tmp_path / f"{height}x{width}_label.png"
+        cv2.imwrite(str(label_path), rng.integers(0, 11, (height, width), dtype=np.uint8))
+        cfg = tiny_cfg("INPUT.MIN_SIZE_TEST", short_side, "INPUT.MAX_SIZE_TEST", max_size, "INPUT.FORMAT", image_format)
+        mapped = SemanticSegMapper.from_config(cfg, is_train=False)(
+            {"file_name": str(path), "sem_seg_file_name": str(label_path), "height": height, "width": width}
+        )
+        model = RecordingModel()
+        predict_batch(model, [read_image(str(path))], inference_views(cfg), inference_max_size(cfg), image_format)
+        (seen,) = model.inputs
+        assert seen["image"].dtype == mapped["image"].dtype == torch.uint8
+        assert torch.equal(seen["image"], mapped["image"]), (height, width, short_side, max_size)
+        expected_hw = T.shape_for_test(height, width, int(short_side), int(max_size))
+        assert tuple(seen["image"].shape[1:]) == expected_hw == tuple(mapped["sem_seg"].shape)
+        assert (seen["height"], seen["width"]) == (height, width)
+
+
+# ---- nothing is written outside --out, no input is replaced -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["absolute", "climbing", "absolute_png"])
+def test_unsafe_file_names_are_refused(sample_root, checkpoints, tmp_path, kind) -> None:
+    """A json whose file_name is absolute, climbs out with '..', or is an absolute .png (whose overlay used to
+    overwrite the photo): refused naming the json and the image; nothing written anywhere, no input changed."""
+    data = copy_test_images(sample_root, tmp_path / "data")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = cv2.imread(str(sample_root / data["images"][0]["file_name"]))
+    cv2.imwrite(str(photos / "holiday.jpg"), photo)
+    cv2.imwrite(str(photos / "holiday.png"), photo)
+    cv2.imwrite(str(tmp_path / "outside.jpg"), photo)
+    names = {"absolute": photos / "holiday.jpg", "climbing": "../outside.jpg", "absolute_png": photos / "holiday.png"}
+    name = str(names[kind])
+    data["images"].append({"id": 77, "file_name": name, "height": photo.shape[0], "width": photo.shape[1]})
+    json_path = tmp_path / "data" / "test.json"
+    json_path.write_text(json.dumps(data))
+    before = tree_hashes(tmp_path), tree_hashes(checkpoints["a"].parent)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as error:
+        pipeline.predict(pipeline.parse_args(argv_for(json_path, out, [checkpoints["a"]])))
+    message = str(error.value)
+    assert str(json_path) in message and repr(name) in message and "77" in message, message
+    assert (tree_hashes(tmp_path), tree_hashes(checkpoints["a"].parent)) == before and not out.exists()
+
+
+@pytest.mark.parametrize("collision", ["overlay_is_an_image", "json_is_meta"])
+def test_out_that_would_replace_an_input_is_refused(sample_root, checkpoints, tmp_path, collision) -> None:
+    """--out chosen so that an overlay would land on an input image (PNG images in OUT/overlays), or so that
+    meta.json is the --json file: refused before anything is written, naming both."""
+    out = tmp_path / "out"
+    if collision == "overlay_is_an_image":
+        folder = out / "overlays"  # the user's PNGs live where the overlays would go
+        data = copy_test_images(sample_root, tmp_path / "jpgs")
+        for image in data["images"]:
+            png = str(Path(image["file_name"]).with_suffix(".png"))
+            (folder / png).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / png), cv2.imread(str(tmp_path / "jpgs" / image["file_name"])))
+            image["file_name"] = png
+        json_path = folder / "test.json"
+        expected = r"the overlay of image id \d+ would be written to .*overlays/.*\.png, which is image id \d+"
+    else:
+        data = copy_test_images(sample_root, out)
+        json_path = out / "meta.json"
+        expected = r"meta\.json would be written to .*out/meta\.json, which is the --json file"
+    json_path.write_text(json.dumps(data))
+    before = tree_hashes(tmp_path)
+    with pytest.raises(pipeline.PredictError, match=expected + ".*choose another --out"):
+        pipeline.predict(pipeline.parse_args(argv_for(json_path, out, [checkpoints["a"]])))
+    assert tree_hashes(tmp_path) == before
+
+
+# ---- numbers that cannot be trusted are errors ---------------------------------------------------------------------
+
+
+def test_non_finite_probabilities_are_an_error(sample_root, checkpoints, tmp_path, monkeypatch) -> None:
+    """A model whose weights turn NaN after loading (the checkpoint itself was fine): an error naming the image;
+    no npz, no CSV, meta.json not complete; no input changed."""
+    real_load = inference.load_prediction_model
+
+    def nan_model(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        with torch.no_grad():
+            dict(model.named_parameters())["sem_seg_head.predictor.class_embed.bias"].fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(inference, "load_prediction_model", nan_model)
+    before = tree_hashes(sample_root)
+    first = json.loads((sample_root / "test.json").read_text())["images"][0]
+    out = tmp_path / "out"
+    pattern = rf"image id {first['id']} \({first['file_name']}\): the model gave \d+ non-finite \(NaN/Inf\)"
+    with pytest.raises(NonFiniteProbabilitiesError, match=pattern):
+        run(sample_root, out, [checkpoints["a"]])
+    assert npz_files(out) == [] and not (out / "submission.csv").exists() and not meta(out)["complete"]
+    assert tree_hashes(sample_root) == before
+
+
+# ---- the command line: one line and status 2 for a user error, log lines (no '\r') in a pipe ----------------------
+
+
+def test_tool_user_error_is_one_line(sample_root, tmp_path) -> None:
+    missing = tmp_path / "missing.pth"
+    out = tmp_path / "out"
+    before = tree_hashes(sample_root)
+    command = [sys.executable, "tools/predict.py", *argv_for(sample_root / "test.json", out, [missing])]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines == [f"predict.py: checkpoint not found: {missing}"], result.stderr
+    assert not out.exists() and tree_hashes(sample_root) == before
+
+
+def test_piped_run_logs_progress_lines(sample_root, checkpoints, tmp_path, monkeypatch) -> None:
+    """Into a pipe or a file, progress is log lines with the rate and an ETA, never carriage returns: in a
+    subprocess (its stderr a pipe) and in this process with a log line after every image."""
+    out = tmp_path / "piped"
+    command = [sys.executable, "tools/predict.py", *argv_for(sample_root / "test.json", out, [checkpoints["a"]])]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"\r" not in result.stderr and b"\r" not in (out / "log.txt").read_bytes()
+    assert len(read_submission(out / "submission.csv")) == len(npz_files(out)) > 0
+
+    monkeypatch.setattr(pipeline, "Progress", functools.partial(Progress, interval=0.0))
+    run(sample_root, tmp_path / "lines", [checkpoints["a"]], "--overlays", "0")
+    log = (tmp_path / "lines" / "log.txt").read_text()
+    progress = [line for line in log.splitlines() if "predict: " in line and "img/s" in line]
+    assert len(progress) == len(npz_files(tmp_path / "lines")) + 1 and progress[-1].endswith("(finished)")
+    assert "predict: 1/6 img (17%)" in progress[0] and "ETA" in progress[0] and "\r" not in log
 
 
 def test_benchmark_smoke_run(tmp_path) -> None:

@@ -1,0 +1,555 @@
+"""Predict class probabilities and a submission CSV for a set of images (tools/predict.py).
+
+    python tools/predict.py --config-file configs/m2f_swin_l.yaml --weights output/m2f_swin_l/model_final.pth \\
+        --json DATA/test.json --out output/predict [--tta] [--batch-size 8] [--overlays 16] [KEY VALUE ...]
+    # checkpoint ensemble (same architecture), weighted, TTA, on 4 GPUs:
+    python tools/predict.py --config-file CFG --weights a.pth b.pth c.pth --weights-scale 2 1 1 --tta \\
+        --num-gpus 4 --batch-size 8 --json DATA/test.json --out output/predict_ens
+
+Writes OUT/probs/<file_name>.npz (float16 class probabilities, see mask2former/prediction_io.py), OUT/meta.json
+(settings and counts), OUT/submission.csv (256x256 label maps, one row per image in the json's order, rebuilt from
+all npz files at the end and written atomically), OUT/overlays/<file_name>.png and OUT/log.txt. Nothing is written
+outside OUT: a file_name that is absolute or climbs out with '..' is refused (naming the json and the image), and
+so is an OUT where an output would replace an input (an image, the json, the config or a checkpoint).
+
+Probabilities (mask2former/engine/inference.py): every view (the validation mapper's preprocessing,
+mask2former/data/transforms.py: view_for_test) goes through the model; its class scores are resized bilinearly to
+the stored size (--prob-size, 256 by default; 0: the image size), flipped back, divided by their sum over the
+classes, and averaged over the views (--tta: TEST.AUG.MIN_SIZES x flip) and then over the checkpoints (weights
+--weights-scale). A non-finite probability map is an error naming the image; no file is written for it.
+
+Resuming: images whose npz exists and is valid are skipped (a truncated or unreadable one is predicted again), so
+rerunning an interrupted command finishes it. OUT/meta.json records the settings; a rerun with other settings
+(checkpoints, weights, views, --prob-size) is refused unless --overwrite (which predicts every image again).
+
+Devices: --device (default MODEL.DEVICE: "auto" = the GPU if there is one) runs in this process. --num-gpus N or
+--devices D1 D2 ... start one worker process per device, each predicting every N-th image of what is left to do;
+the parent shows one progress bar (a log line every 30 s with rate and ETA when stderr is not a terminal) and writes
+meta.json and the CSV. --num-workers N --device cpu runs N processes on the CPU (the same code path). --threads N
+sets torch's CPU threads per process (on a busy machine 1 can be several times faster than the default). Put
+KEY VALUE config overrides last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import queue as queue_module
+import re
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+
+from ..config import load_config
+from ..data.coco_semantic import class_names_from_categories
+from ..data.io import read_coco_json, read_image
+from ..data.trash import palette_for
+from ..engine.inference import PredictionJob, inference_max_size, inference_views, run_job, run_worker
+from ..ensemble import EnsembleError, normalize_weights
+from ..errors import UserError
+from ..prediction_io import check_probabilities, load_label_map, probability_path
+from ..submission import SUBMISSION_SIZE, downsample_label_map, write_submission
+from ..utils.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    output_path,
+    remove_stale_temporaries,
+    safe_relative_name,
+    usable_cpus,
+)
+from ..utils.logger import logging_to
+from ..utils.progress import Progress
+from ..utils.resume import changed_settings
+from ..utils.visualize import overlay
+
+logger = logging.getLogger("predict")
+
+# meta.json keys that must agree for a run to resume into an existing folder
+SETTINGS = ("class_names", "weights", "weights_scale", "views", "max_size", "prob_size")
+# the files OUT holds besides probs/ and overlays/
+FIXED_OUTPUTS = ("meta.json", "submission.csv", "log.txt")
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+class PredictError(UserError):
+    """A problem with the command's inputs or a worker's failure; the message says which."""
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, help="the model's config")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoint(s) (.pth, .ckpt, .safetensors); several: an ensemble of the config's architecture",
+    )
+    parser.add_argument(
+        "--weights-scale", nargs="+", metavar="W", help="ensemble weight of each checkpoint (default: equal)"
+    )
+    parser.add_argument("--json", required=True, help="COCO json listing the images (e.g. test.json)")
+    parser.add_argument("--image-root", help="folder that file_name is relative to (default: the json's folder)")
+    parser.add_argument("--out", required=True, help="output folder (nothing is written outside it)")
+    parser.add_argument("--tta", action="store_true", help="enable TEST.AUG (flip and TEST.AUG.MIN_SIZES scales)")
+    parser.add_argument(
+        "--prob-size",
+        type=int,
+        default=SUBMISSION_SIZE,
+        help="side of the stored probability maps (default %(default)s); 0 keeps the image size",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="views per forward pass (images read together)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: MODEL.DEVICE; 'auto': the GPU if any)")
+    parser.add_argument("--num-gpus", type=int, help="one worker process per GPU cuda:0..N-1 (0: the CPU)")
+    parser.add_argument("--devices", nargs="+", metavar="DEV", help="one worker process per device listed")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="worker processes on --device (0 or 1: in this process)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default; workers share)"
+    )
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (fast on GPUs; results differ slightly)")
+    parser.add_argument("--skip-bad", action="store_true", help="log and count unreadable images (no CSV row)")
+    parser.add_argument("--overwrite", action="store_true", help="predict every image again, replacing OUT's files")
+    parser.add_argument("--overlays", type=int, default=16, help="overlay PNGs to write (0: none)")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow pickled checkpoints (runs code)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (last)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """The command line as a namespace; --weights-scale values that are not numbers raise PredictError."""
+    args = build_parser(description).parse_args(argv)
+    # nargs="+" lists swallow trailing KEY VALUE overrides: give them back
+    args.opts = list(args.opts or [])
+    for name in ("weights_scale", "weights"):
+        values = getattr(args, name)
+        if values:
+            cut = next((i for i, value in enumerate(values) if _CONFIG_KEY.match(value)), len(values))
+            args.opts = values[cut:] + args.opts
+            setattr(args, name, values[:cut])
+    if not args.weights:
+        raise PredictError("--weights needs at least one checkpoint (before any KEY VALUE override)")
+    if args.weights_scale is not None:
+        try:
+            args.weights_scale = [float(value) for value in args.weights_scale]
+        except ValueError:
+            raise PredictError(
+                f"--weights-scale takes numbers, got {' '.join(args.weights_scale)}: one number per checkpoint"
+            ) from None
+    return args
+
+
+def resolve_devices(args: argparse.Namespace, model_device: str) -> list[str]:
+    """One device per process: a single entry runs in this process."""
+    chosen = [args.devices is not None, args.num_gpus is not None, args.num_workers > 1]
+    if sum(chosen) > 1:
+        raise PredictError("use one of --devices, --num-gpus and --num-workers")
+    if args.devices:
+        devices = [device for entry in args.devices for device in entry.split(",") if device]
+    elif args.num_gpus is not None:
+        if args.num_gpus <= 0:
+            return ["cpu"]
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if args.num_gpus > available:
+            raise PredictError(f"--num-gpus {args.num_gpus}: {available} GPU(s) available")
+        devices = [f"cuda:{index}" for index in range(args.num_gpus)]
+    else:
+        device = args.device or model_device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        devices = [device] * max(1, args.num_workers)
+    for device in devices:
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise PredictError(f"unknown device {device!r} (cpu, cuda or cuda:N)") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise PredictError(f"device {device!r} asked for, but no GPU is available")
+        if kind not in ("cpu", "cuda"):
+            raise PredictError(f"device {device!r}: only cpu and cuda are supported")
+    return devices
+
+
+def read_image_list(json_path: Path, image_root: Path, num_classes: int) -> tuple[list[dict], list[str]]:
+    """The json's images as [{"id", "file_name", "path"}] and its class names. Refused, naming the json and the
+    image: no images, another class count than the model's, an entry without file_name or id, a file_name that is
+    absolute or climbs out with '..' (its outputs would leave OUT), two file_names with the same output name."""
+    data = read_coco_json(json_path)
+    if not data["images"]:
+        raise PredictError(f"{json_path} lists no images")
+    class_names = class_names_from_categories(data["categories"])
+    if len(class_names) != num_classes:
+        raise PredictError(
+            f"{json_path} has {len(class_names)} classes ({len(class_names) - 1} categories and background), "
+            f"the model {num_classes}: a json or a config for another class list?"
+        )
+    images, seen = [], {}
+    for image in data["images"]:
+        if "file_name" not in image or "id" not in image:
+            raise PredictError(f"{json_path}: an image entry without file_name or id: {image}")
+        name = str(image["file_name"])
+        key = safe_relative_name(name, f"{json_path}: image id {image['id']} file_name").with_suffix("")
+        if key in seen:
+            raise PredictError(
+                f"{json_path}: {seen[key]!r} and {name!r} map to the same output files ({key}.npz, {key}.png)"
+            )
+        seen[key] = name
+        images.append({"id": image["id"], "file_name": name, "path": str(image_root / name)})
+    return images, class_names
+
+
+def overlay_path(out: Path, file_name: str) -> Path:
+    """OUT/overlays/<file_name with .png>, refused if it would leave OUT."""
+    return output_path(out / "overlays", file_name, ".png")
+
+
+def planned_outputs(out: Path, images: list[dict], overlays: int) -> Iterable[tuple[Path, str]]:
+    """(path, what it is) for every file a run may write under OUT."""
+    for name in FIXED_OUTPUTS:
+        yield out / name, name
+    for image in images:
+        yield probability_path(out, image["file_name"]), f"the probabilities of image id {image['id']}"
+        if overlays > 0:
+            yield overlay_path(out, image["file_name"]), f"the overlay of image id {image['id']}"
+
+
+def check_outputs_spare_inputs(
+    out: Path, images: list[dict], overlays: int, json_path: Path, others: dict[str, str]
+) -> None:
+    """Refuse an OUT where an output file would replace an input: an image of the json, the json itself, or one
+    of `others` ({path: what}, e.g. the config and the checkpoints). Paths are compared resolved (symlinks)."""
+    inputs = {Path(path).resolve(): what for path, what in others.items()}
+    inputs[json_path.resolve()] = "the --json file"
+    for image in images:
+        what = f"image id {image['id']} ({image['file_name']}) of {json_path}"
+        inputs.setdefault(Path(image["path"]).resolve(), what)
+    for path, what in planned_outputs(out, images, overlays):
+        source = inputs.get(path.resolve())
+        if source is not None:
+            raise PredictError(
+                f"--out {out}: {what} would be written to {path}, which is {source}; "
+                "predict never replaces an input: choose another --out"
+            )
+
+
+def _settings_of(meta: dict) -> dict:
+    """The SETTINGS of a meta.json, older files (one 'weights' string) included."""
+    settings = {key: meta[key] for key in SETTINGS if key in meta}
+    if isinstance(settings.get("weights"), str):
+        settings["weights"] = [settings["weights"]]
+        settings.setdefault("weights_scale", [1.0])
+    if "weights" in settings:
+        settings["weights"] = [str(Path(path).expanduser().resolve()) for path in settings["weights"]]
+    if "views" in settings:
+        settings["views"] = [list(view) for view in settings["views"]]
+    return settings
+
+
+def check_resume(meta_path: Path, settings: dict) -> None:
+    """Refuse to reuse predictions made with other settings (a folder with npz files and another meta.json)."""
+    if not meta_path.is_file():
+        return
+    try:
+        old = _settings_of(json.loads(meta_path.read_text()))
+    except (OSError, ValueError):
+        return  # unreadable meta.json (e.g. an old run killed while writing): the npz checks decide
+    detail = changed_settings(old, _settings_of(settings), SETTINGS)
+    if detail:
+        raise PredictError(
+            f"{meta_path.parent} holds predictions made with other settings ({detail}). "
+            "Use another --out, or --overwrite to predict every image again."
+        )
+
+
+def find_pending(images: list[dict], out: Path, class_names: list[str], prob_size: int) -> tuple[list, int, int]:
+    """(images to predict, how many are done, how many had a broken npz); the npz files are checked in threads."""
+
+    def check(image: dict) -> str | None:
+        path = probability_path(out, image["file_name"])
+        if not path.is_file():
+            return "missing"
+        return check_probabilities(path, image["file_name"], class_names, prob_size)
+
+    pending, done, broken = [], 0, 0
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
+        for image, problem in zip(images, pool.map(check, images), strict=True):
+            if problem is None:
+                done += 1
+                continue
+            if problem != "missing":
+                logger.warning("%s; predicting it again", problem)
+                broken += 1
+            pending.append(image)
+    return pending, done, broken
+
+
+def run_in_workers(job: PredictionJob, devices: list[str], meter: Progress) -> list[dict]:
+    """One spawned process per device, each running `job` on every len(devices)-th image; returns their stats.
+    The first failure stops the others and is raised (naming the worker, its device and the error)."""
+    world = len(devices)
+    # torch threads per worker: --threads, else the cores shared out (no oversubscription)
+    threads = job.num_threads or max(1, usable_cpus() // world)
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    processes = []
+    for rank, device in enumerate(devices):
+        shard = replace(job, images=job.images[rank::world], device=device, num_threads=threads)
+        process = context.Process(target=run_worker, args=(rank, shard, events), name=f"predict-worker-{rank}")
+        process.start()
+        processes.append(process)
+    finished: dict[int, dict] = {}
+    success = False
+
+    def handle(event: str, rank: int, value) -> None:
+        if event in ("image", "bad"):
+            meter.update(1)
+        elif event == "done":
+            finished[rank] = value
+        elif event == "error":
+            message, trace, user_error = value
+            if not user_error:  # a bug: its traceback, then a failure that keeps the parent's traceback too
+                logger.error("worker %d (%s) failed:\n%s", rank, devices[rank], trace)
+                raise RuntimeError(f"worker {rank} ({devices[rank]}): {message}")
+            raise PredictError(f"worker {rank} ({devices[rank]}): {message}")
+
+    try:
+        while len(finished) < world:
+            with contextlib.suppress(queue_module.Empty):
+                handle(*events.get(timeout=1.0))
+            for rank, process in enumerate(processes):
+                if rank not in finished and process.exitcode is not None:
+                    while rank not in finished:  # its last messages were sent before it exited
+                        try:
+                            handle(*events.get(timeout=0.5))
+                        except queue_module.Empty:
+                            break
+                    if rank not in finished:
+                        raise PredictError(
+                            f"worker {rank} ({devices[rank]}) exited with code {process.exitcode} before finishing"
+                        )
+        success = True
+    finally:
+        for process in processes:
+            if not success and process.is_alive():
+                process.terminate()
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [finished[rank] for rank in range(world)]
+
+
+def write_outputs(
+    out: Path, images: list[dict], class_names: list[str], overlays: int, skip_bad: bool
+) -> tuple[Path, int, list[str]]:
+    """OUT/submission.csv from every image's npz (json order, atomically) and the first `overlays` overlays;
+    returns (csv, rows, file names without a prediction)."""
+    palette = palette_for(class_names)
+    missing: list[str] = []
+
+    def label_of(image: dict) -> np.ndarray | None:
+        path = probability_path(out, image["file_name"])
+        if not path.is_file():
+            return None
+        return load_label_map(path)
+
+    def rows():
+        written = 0
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
+            for image, label in zip(images, pool.map(label_of, images), strict=True):
+                if label is None:
+                    if not skip_bad:  # raised inside the writer: the old CSV stays as it was
+                        path = probability_path(out, image["file_name"])
+                        raise PredictError(f"no prediction for {image['file_name']} ({path} missing)")
+                    missing.append(image["file_name"])
+                    continue
+                if written < overlays:
+                    bgr = read_image(image["path"])
+                    full = cv2.resize(label, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_NEAREST)
+                    ok, encoded = cv2.imencode(".png", np.hstack([bgr, overlay(bgr, full, palette)]))
+                    atomic_write_bytes(overlay_path(out, image["file_name"]), encoded.tobytes())
+                    written += 1
+                yield image["file_name"], downsample_label_map(label)
+
+    csv = out / "submission.csv"
+    count = write_submission(csv, rows())
+    return csv, count, missing
+
+
+def _log_to_file(out: Path, message: str) -> None:
+    """`message` as an error line in OUT/log.txt only (the tool's runner prints it once on stderr)."""
+    log_file = str((out / "log.txt").resolve())
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "baseFilename", None) == log_file:
+            handler.handle(record)
+
+
+@dataclass
+class Plan:
+    """A checked command: what `run` needs, found before anything is written."""
+
+    args: argparse.Namespace
+    cfg: CfgNode
+    weights: list[str]  # resolved paths
+    weights_scale: list[float]  # normalised to sum 1
+    devices: list[str]
+    json_path: Path
+    image_root: Path
+    images: list[dict]  # {"id", "file_name", "path"}
+    class_names: list[str]
+    out: Path
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Check the command `args` describes, writing nothing: every problem with the inputs raises a UserError
+    (config, checkpoints, --weights-scale, devices, the json and its images, an --out that would replace an
+    input)."""
+    cfg = load_config(args.config_file, [*args.opts, *(["TEST.AUG.ENABLED", "True"] if args.tta else [])])
+    weights = [str(Path(path).expanduser().resolve()) for path in args.weights]
+    for path in weights:
+        if not Path(path).is_file():
+            raise PredictError(f"checkpoint not found: {path}")
+    try:
+        scale = normalize_weights(args.weights_scale, len(weights)).tolist()
+    except EnsembleError:
+        raise PredictError(
+            f"--weights-scale {args.weights_scale}: one non-negative number per checkpoint, with a positive sum"
+        ) from None
+    if args.batch_size < 1 or args.prob_size < 0:
+        raise PredictError("--batch-size must be >= 1 and --prob-size >= 0")
+    devices = resolve_devices(args, cfg.MODEL.DEVICE)
+    json_path = Path(args.json)
+    image_root = Path(args.image_root) if args.image_root else json_path.parent
+    images, class_names = read_image_list(json_path, image_root, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    out = Path(args.out)
+    others = {args.config_file: "the --config-file", **{path: "a --weights checkpoint" for path in weights}}
+    check_outputs_spare_inputs(out, images, args.overlays, json_path, others)
+    return Plan(args, cfg, weights, scale, devices, json_path, image_root, images, class_names, out)
+
+
+def predict(args: argparse.Namespace) -> Path:
+    """The whole command (see the module docstring): `prepare`, then `run` with OUT/log.txt; returns
+    OUT/submission.csv."""
+    start = time.perf_counter()
+    checked = prepare(args)
+    with logging_to(checked.out):
+        try:
+            return run(checked, start)
+        except (UserError, OSError) as error:
+            _log_to_file(checked.out, str(error))
+            raise
+
+
+def run(plan: Plan, start: float | None = None) -> Path:
+    """Predict what `plan` lists into its OUT (resuming what is there) and write the CSV and the overlays."""
+    start = time.perf_counter() if start is None else start
+    args, cfg, out, images, class_names = plan.args, plan.cfg, plan.out, plan.images, plan.class_names
+    weights, scale, devices = plan.weights, plan.weights_scale, plan.devices
+    views = inference_views(cfg)
+    settings = {
+        "class_names": class_names,
+        "weights": weights,
+        "weights_scale": scale,
+        "views": [list(view) for view in views],
+        "max_size": inference_max_size(cfg),
+        "prob_size": args.prob_size,
+    }
+    meta = {
+        **settings,
+        "config_file": args.config_file,
+        "opts": args.opts,
+        "json": str(plan.json_path),
+        "image_root": str(plan.image_root),
+        "tta": bool(cfg.TEST.AUG.ENABLED),
+        "amp": args.amp,
+        "complete": False,
+    }
+    remove_stale_temporaries(out / "probs", "*.npz")
+    if args.overwrite:
+        pending, done, broken = list(images), 0, 0
+    else:
+        pending, done, broken = find_pending(images, out, class_names, args.prob_size)
+        if done + broken:  # files to reuse: only if they were made the same way
+            check_resume(out / "meta.json", settings)
+    atomic_write_json(out / "meta.json", meta, indent=2)
+    devices = devices[: max(1, len(pending))]  # no idle workers
+    logger.info(
+        "%d images: %d already predicted, %d to predict (%d with a broken npz) on %s; %d view(s) x %d checkpoint(s)",
+        len(images),
+        done,
+        len(pending),
+        broken,
+        ", ".join(devices),
+        len(views),
+        len(weights),
+    )
+
+    job = PredictionJob(
+        cfg=cfg,
+        weights=weights,
+        weights_scale=scale,
+        images=pending,
+        out=str(out),
+        class_names=class_names,
+        prob_size=args.prob_size,
+        batch_size=args.batch_size,
+        device=devices[0],
+        skip_bad=args.skip_bad,
+        allow_pickle=args.allow_pickle or cfg.MODEL.ALLOW_PICKLE,
+        amp=args.amp,
+        num_threads=max(0, args.threads),
+    )
+    began = time.perf_counter()
+    with Progress(total=len(pending), desc="predict", unit="img", logger=logger) as meter:
+        if not pending:
+            results = []
+        elif len(devices) == 1:
+            results = [run_job(job, lambda event, value: meter.update(1))]
+        else:
+            results = run_in_workers(job, devices, meter)
+    seconds = time.perf_counter() - began
+    predicted = sum(result["predicted"] for result in results)
+    bad = [entry for result in results for entry in result["bad_images"]]
+
+    csv, rows, missing = write_outputs(out, images, class_names, args.overlays, args.skip_bad)
+    rate = predicted / seconds if predicted and seconds > 0 else 0.0
+    meta.update(
+        complete=True,
+        images=len(images),
+        predicted=predicted,
+        skipped=done,
+        redone=broken,
+        bad_images=bad,
+        csv_rows=rows,
+        devices=devices,
+        batch_size=args.batch_size,
+        seconds=round(seconds, 3),
+        images_per_second=round(rate, 4),
+    )
+    atomic_write_json(out / "meta.json", meta, indent=2)
+    where = f"{len(devices)} x {devices[0]}" if len(set(devices)) == 1 and len(devices) > 1 else ", ".join(devices)
+    summary = (
+        f"predict.py: {len(images)} images: {predicted} predicted in {seconds:.1f} s ({rate:.2f} images/s on "
+        f"{where}, batch {args.batch_size}, {len(views)} view(s) x {len(weights)} checkpoint(s)), "
+        f"{done} already done, {len(bad)} unreadable; {rows} CSV rows; {time.perf_counter() - start:.1f} s in all"
+    )
+    logger.info(summary)
+    print(summary)
+    if missing:
+        print(f"predict.py: no CSV row for {len(missing)} unreadable image(s): {', '.join(missing[:5])}")
+    print(json.dumps({"submission": str(csv), "probabilities": str(out / "probs"), "images": rows}))
+    return csv
