@@ -8,7 +8,7 @@ option, by block max-pooling of the labels (what some mmseg teams submitted).
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -65,37 +65,83 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, np.ndarray]]) -
     return count
 
 
-def iter_submission(path: str | Path) -> Iterable[tuple[int, str, str]]:
-    """(line number, image_id, raw PredictionString) per data row; checks the header."""
+def iter_submission(path: str | Path) -> Iterable[tuple[int, str, bytes]]:
+    """(line number, image_id, raw PredictionString bytes) per data row; checks the header and that each row is
+    UTF-8 text."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"submission not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\r\n")
+    with path.open("rb") as handle:
+        header = _decoded(handle.readline(), path, 1).rstrip("\r\n")
         if header != HEADER:
             raise SubmissionError(f"{path}: line 1: header must be {HEADER!r}, got {header[:80]!r}")
         for number, line in enumerate(handle, start=2):
-            line = line.rstrip("\r\n")
+            line = line.rstrip(b"\r\n")
             if not line:
                 continue
-            image_id, sep, prediction = line.partition(",")
+            image_id, sep, prediction = line.partition(b",")
             if not sep:
-                raise SubmissionError(f"{path}: line {number}: expected 'image_id,PredictionString', got {line[:80]!r}")
-            yield number, image_id.strip('"'), prediction.strip('"')
+                shown = _decoded(line, path, number)[:80]
+                raise SubmissionError(f"{path}: line {number}: expected 'image_id,PredictionString', got {shown!r}")
+            yield number, _decoded(image_id, path, number).strip('"'), prediction.strip(b'"')
 
 
-def parse_prediction(text: str, where: str) -> np.ndarray:
-    """A PredictionString -> 256x256 int64 label map; errors say `where`."""
-    values = text.split()
+def _decoded(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SubmissionError(
+            f"{path}: line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+            "save the CSV as UTF-8"
+        ) from None
+
+
+# A class index: ASCII digits (a leading '-' is read, then refused by the range check); int() would also take
+# other scripts' digits, '_' separators and '+', which the competition's reader does not.
+_INTEGER = re.compile(rb"-?[0-9]+")
+_MAX_DIGITS = 18  # fits int64; far beyond any class index
+
+
+def parse_prediction(text: str | bytes, where: str) -> np.ndarray:
+    """A PredictionString (space-separated ASCII integers) -> 256x256 int64 label map; errors say `where`."""
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    codes = np.frombuffer(raw, dtype=np.uint8)
+    digits = (codes >= ord("0")) & (codes <= ord("9"))
+    if not (digits | (codes == ord(" ")) | (codes == ord("\t")) | (codes == ord("-"))).all():
+        _raise_for_first_bad_value(raw.split(), where)
+    values = raw.split()  # bytes.split: ASCII whitespace only
     expected = SUBMISSION_SIZE * SUBMISSION_SIZE
     if len(values) != expected:
         raise SubmissionError(f"{where}: PredictionString has {len(values)} values, expected {expected}")
-    try:
-        array = np.array(values, dtype=np.int64)
-    except ValueError:
-        bad = next(v for v in values if not v.lstrip("-").isdigit())
-        raise SubmissionError(f"{where}: PredictionString holds a non-integer value {bad!r}") from None
+    if b"-" in raw or max(map(len, values)) > _MAX_DIGITS:
+        _check_each_value(values, where)
+    array = np.fromstring(raw, dtype=np.int64, sep=" ")  # text mode; every value checked above
     return array.reshape(SUBMISSION_SIZE, SUBMISSION_SIZE)
+
+
+def _check_each_value(values: list[bytes], where: str) -> None:
+    for value in values:
+        if not _INTEGER.fullmatch(value) or len(value) > _MAX_DIGITS:
+            _raise_for_first_bad_value([value], where)
+
+
+def _raise_for_first_bad_value(values: list[bytes], where: str) -> None:
+    for value in values:
+        if not _INTEGER.fullmatch(value):
+            try:
+                shown = repr(value.decode("utf-8")[:40])
+            except UnicodeDecodeError:
+                raise SubmissionError(
+                    f"{where}: PredictionString holds {value[:40]!r}, which is not UTF-8 text; save the CSV as UTF-8"
+                ) from None
+            raise SubmissionError(
+                f"{where}: PredictionString holds a non-integer value {shown} (values are ASCII digits 0-9)"
+            )
+        if len(value) > _MAX_DIGITS:
+            raise SubmissionError(
+                f"{where}: PredictionString holds the value {value[:40].decode()}..., far too large for a class index"
+            )
+    raise SubmissionError(f"{where}: PredictionString holds values that are not ASCII integers")
 
 
 def read_submission(path: str | Path) -> dict[str, np.ndarray]:
@@ -115,7 +161,9 @@ def check_submission(path: str | Path, test_json: str | Path, num_classes: int |
     One row per test image, no unknown or repeated ids, 65536 values per row, each in [0, num_classes).
     num_classes defaults to the json's categories plus background.
     """
-    test = json.loads(Path(test_json).read_text())
+    from .data.io import read_coco_json  # here: the data package imports torch, the CSV reader need not
+
+    test = read_coco_json(test_json)
     expected_ids = [image["file_name"] for image in test["images"]]
     if num_classes is None:
         num_classes = len(test["categories"]) + 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mask2former.data.copy_paste import CopyPaste, build_object_bank, paste_obje
 from mask2former.data.dataset import MapDataset
 from mask2former.data.mapper import SemanticSegMapper
 from mask2former.data.trash import TRASH_CLASSES, register_datasets_from_config
+from mask2former.pipeline import copy_paste_preview
 
 BATTERY, CLOTHING = TRASH_CLASSES.index("Battery"), TRASH_CLASSES.index("Clothing")
 DRAWS = 200
@@ -243,31 +243,13 @@ def test_from_config_uses_the_registered_training_sets(sample_root: Path, tmp_pa
     assert (copy_paste.prob, copy_paste.max_objects, copy_paste.rotation) == (0.5, 3, 30.0)
 
 
-def load_preview_tool():
-    spec = importlib.util.spec_from_file_location("tool_copy_paste_preview", REPO / "tools" / "copy_paste_preview.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_preview_tool_writes_n_pictures(sample_root: Path, tmp_path: Path, capsys) -> None:
-    preview = load_preview_tool()
     out = tmp_path / "preview"
-    written = preview.main(
-        [
-            "--config-file",
-            str(REPO / "configs" / "quickstart.yaml"),
-            "--out",
-            str(out),
-            "--num",
-            "3",
-            "DATASETS.ROOT",
-            str(sample_root),
-            "DATASETS.LABEL_CACHE_DIR",
-            str(tmp_path / "cache"),
-            "INPUT.COPY_PASTE.PROB",
-            "1.0",
-        ]
+    opts = ["DATASETS.ROOT", str(sample_root), "DATASETS.LABEL_CACHE_DIR", str(tmp_path / "cache")]
+    written = copy_paste_preview.run(
+        copy_paste_preview.PreviewOptions(
+            str(REPO / "configs" / "quickstart.yaml"), str(out), num=3, opts=opts + ["INPUT.COPY_PASTE.PROB", "1.0"]
+        )
     )
     assert sorted(out.glob("*.png")) == sorted(written) and len(written) == 3
     picture = cv2.imread(str(written[0]))

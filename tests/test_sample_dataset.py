@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from pycocotools import mask as mask_utils
 
-from mask2former.data.sample_dataset import TRASH_CATEGORY_NAMES, make_sample_dataset, render_sample_scene
+from mask2former.data.sample_dataset import (
+    MARKER,
+    TRASH_CATEGORY_NAMES,
+    OutputFolderNotEmpty,
+    make_sample_dataset,
+    render_sample_scene,
+)
 
 
 def test_layout(sample_root: Path) -> None:
@@ -39,7 +47,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     make_sample_dataset(tmp_path / "b", 4, 2, seed=3)
     make_sample_dataset(tmp_path / "c", 4, 2, seed=4)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 10
+    assert len(files) == 11 and Path(MARKER) in files  # 4 jsons, 6 images and the marker
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a" / "batch_01_vt/0000.jpg").read_bytes() != (
@@ -80,3 +88,39 @@ def test_every_class_present_and_imbalanced(tmp_path: Path) -> None:
         for obj in render_sample_scene(rng, 128)[1]:
             counts[obj["category_id"]] += 1
     assert counts[2] > 3 * counts[9]
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    files = (p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_refuses_a_folder_that_holds_files(tmp_path: Path) -> None:
+    """Today's bug: --out over a user's data replaced their train.json and images, exit 0."""
+    user = tmp_path / "mine"
+    (user / "batch_01_vt").mkdir(parents=True)
+    (user / "train.json").write_text('{"my": "annotations"}')
+    (user / "batch_01_vt" / "0000.jpg").write_bytes(b"my photo")
+    before = _hashes(user)
+    with pytest.raises(OutputFolderNotEmpty) as error:
+        make_sample_dataset(user, 4, 2)
+    assert str(error.value) == (
+        f"--out {user} already holds files (e.g. batch_01_vt): give a new or empty folder, or pass --overwrite "
+        "to write the sample dataset over the files of the same names there"
+    )
+    assert _hashes(user) == before
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputFolderNotEmpty, match="is a file, not a folder"):
+        make_sample_dataset(tmp_path / "a_file", 4, 2)
+    make_sample_dataset(user, 4, 2, overwrite=True)  # asked for: written over
+    assert json.loads((user / "train.json").read_text())["images"]
+
+
+def test_writes_again_into_a_folder_it_made(tmp_path: Path) -> None:
+    """`make demo` regenerates when train_all.json is missing, e.g. after an interrupted run."""
+    (tmp_path / "empty").mkdir()
+    make_sample_dataset(tmp_path / "empty", 4, 2)  # an empty folder is fine
+    first = _hashes(tmp_path / "empty")
+    (tmp_path / "empty" / "train_all.json").unlink()
+    make_sample_dataset(tmp_path / "empty", 4, 2)
+    assert _hashes(tmp_path / "empty") == first

@@ -116,3 +116,57 @@ def test_checker_rejects_bad_csv_naming_the_row(tmp_path: Path, case: str) -> No
     csv = _write_raw(tmp_path / "bad.csv", lines)
     with pytest.raises(SubmissionError, match=message):
         check_submission(csv, _test_json(tmp_path, 2))
+
+
+def _line_with(index: int, value: str) -> str:
+    return f"batch_01_vt/{index:04d}.jpg," + " ".join(["1"] * 65535 + [value])
+
+
+ROW = r"bad.csv: line 3 \(batch_01_vt/0001.jpg\): PredictionString"
+# Python's int() (and numpy with it) takes all of these; the competition's reader does not.
+NOT_ASCII_INTEGERS = {
+    "Arabic-Indic digit": ("\u0663", r"holds a non-integer value '\u0663' \(values are ASCII digits 0-9\)"),
+    "Devanagari digit": ("\u0967", r"holds a non-integer value '\u0967'"),
+    "fullwidth digit": ("\uff11", r"holds a non-integer value '\uff11'"),
+    "underscore": ("1_0", r"holds a non-integer value '1_0'"),
+    "plus sign": ("+1", r"holds a non-integer value '\+1'"),
+    "no-break space": ("1\u00a01", r"holds a non-integer value '1\\xa01'"),
+    "huge integer": ("9" * 30, r"holds the value 9{30}\.\.\., far too large for a class index"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_ASCII_INTEGERS))
+def test_only_ascii_integers_are_values(tmp_path: Path, case: str) -> None:
+    value, message = NOT_ASCII_INTEGERS[case]
+    csv = tmp_path / "bad.csv"
+    csv.write_text("\n".join([HEADER, _good_line(0), _line_with(1, value)]) + "\n", encoding="utf-8")
+    before = csv.read_bytes()
+    for reader in (lambda: check_submission(csv, _test_json(tmp_path, 2)), lambda: read_submission(csv)):
+        with pytest.raises(SubmissionError, match=f"{ROW} {message}"):
+            reader()
+    assert csv.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["image_id", "values"])
+def test_non_utf8_bytes_name_the_row(tmp_path: Path, where: str) -> None:
+    csv = tmp_path / "latin1.csv"
+    bad = (
+        "batch_01_vt/0001\xe9.jpg,".encode("latin-1") + " ".join(["1"] * 65536).encode()
+        if where == "image_id"
+        else b"batch_01_vt/0001.jpg," + b"1 " * 100 + b"\xff " + b"1 " * 65435
+    )
+    csv.write_bytes(HEADER.encode() + b"\n" + _good_line(0).encode() + b"\n" + bad + b"\n")
+    message = (
+        r"latin1.csv: line 3: not UTF-8 text \(byte 0xe9 at column 17\); save the CSV as UTF-8"
+        if where == "image_id"
+        else ROW.replace("bad", "latin1") + r" holds b'\\xff', which is not UTF-8 text; save the CSV as UTF-8"
+    )
+    with pytest.raises(SubmissionError, match=message):
+        check_submission(csv, _test_json(tmp_path, 2))
+
+
+def test_negative_value_is_refused_by_the_range_check(tmp_path: Path) -> None:
+    csv = _write_raw(tmp_path / "neg.csv", [HEADER, _good_line(0), _line_with(1, "-1")])
+    range_error = r"line 3 \(batch_01_vt/0001.jpg\): values must lie in \[0, 10\], found -1\.\.1"
+    with pytest.raises(SubmissionError, match=range_error):
+        check_submission(csv, _test_json(tmp_path, 2))

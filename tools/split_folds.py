@@ -6,14 +6,15 @@
 Writes train_fold{k}.json and val_fold{k}.json (file_name stays relative to the data root, so the
 image root is unchanged) and prints, per fold, the validation images and annotations per class.
 Register a fold with DATASETS.REGISTER [["fold0_train", ".../train_fold0.json", DATA], ...].
+An annotation of an unknown category or image is one line naming it, exit status 2 (--debug for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from mask2former.data.coco_semantic import read_coco_json
-from mask2former.data.folds import SPLIT_METHODS, fold_assignment, fold_class_counts, write_folds
+from mask2former.data.folds import SPLIT_METHODS, format_fold_table, split_json
+from mask2former.utils.cli import run_tool, strip_debug
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,19 +29,14 @@ def main(argv: list[str] | None = None) -> None:
         help="group: StratifiedGroupKFold on annotations; multilabel: on per-image class sets",
     )
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(strip_debug(argv))
 
-    data = read_coco_json(args.json)
-    assignment = fold_assignment(data, args.folds, args.seed, args.method)
-    paths = write_folds(data, assignment, args.folds, args.out)
-    table = fold_class_counts(data, assignment, args.folds)
-    names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-    width = max(len(n) for n in names + ["images"]) + 2
-    print(f"{'validation':<{width}}" + "".join(f"{f'fold{k}':>8}" for k in range(args.folds)) + f"{'total':>8}")
-    for column, name in enumerate(["images"] + names):
-        counts = table[:, column]
-        print(f"{name:<{width}}" + "".join(f"{c:>8}" for c in counts) + f"{counts.sum():>8}")
-    print(f"wrote {len(paths)} files to {args.out}")
+    def split() -> None:
+        result = split_json(args.json, args.folds, args.out, args.method, args.seed)
+        print(format_fold_table(result))
+        print(f"wrote {len(result.paths)} files to {args.out}")
+
+    run_tool("split_folds.py", split, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import UserError
+
+
+class DatasetNameError(UserError, KeyError):
+    """A dataset name registered twice, or asked for but not registered; the message lists what exists."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
 
 class _DatasetCatalog:
     def __init__(self) -> None:
@@ -20,12 +29,14 @@ class _DatasetCatalog:
         if not callable(loader):
             raise TypeError(f"dataset '{name}': the loader must be a function returning a list of dicts")
         if name in self._loaders:
-            raise KeyError(f"dataset '{name}' is already registered")
+            raise DatasetNameError(f"dataset '{name}' is already registered")
         self._loaders[name] = loader
 
     def get(self, name: str) -> list[dict]:
         if name not in self._loaders:
-            raise KeyError(f"dataset '{name}' is not registered. Registered: {', '.join(self.list()) or 'none'}")
+            raise DatasetNameError(
+                f"dataset '{name}' is not registered. Registered: {', '.join(self.list()) or 'none'}"
+            )
         dicts = self._loaders[name]()
         if not isinstance(dicts, list):
             raise TypeError(f"dataset '{name}': the loader returned {type(dicts).__name__}, expected a list")

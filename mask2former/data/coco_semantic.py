@@ -38,7 +38,7 @@ from pycocotools import mask as mask_utils
 
 from ..utils.io import UnsafePathError, atomic_write_bytes, atomic_write_json, output_path, safe_relative_name
 from ..utils.progress import progress as with_progress
-from .catalog import DatasetCatalog, MetadataCatalog
+from .catalog import DatasetCatalog, DatasetNameError, MetadataCatalog
 from .io import (  # noqa: F401  (read_coco_json: re-exported for old importers)
     DataError,
     LabelMapError,
@@ -536,7 +536,7 @@ def register_coco_semantic(
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
             return
-        raise KeyError(
+        raise DatasetNameError(
             f"dataset '{name}' is already registered with {meta.get('json_file')} (images under "
             f"{meta.get('image_root')}); refusing to re-register it with {json_file}"
         )

@@ -4,30 +4,98 @@
 teams' split; images without annotations take part as one row of class 0. "multilabel":
 MultilabelStratifiedKFold over images, each described by the set of classes it contains.
 Fold jsons keep the original image and annotation ids, so every row traces back to train_all.
+An annotation of a category or an image the json does not list is an error naming the json and the annotation;
+the fold jsons are never written over the json being split.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from ..utils.io import atomic_write_json
+from .io import DataError, read_coco_json
 
 SPLIT_METHODS = ("group", "multilabel")
+
+
+class FoldError(UserError, ValueError):
+    """Folds that cannot be made as asked (a fold count, a method, an output over the input)."""
+
+
+@dataclass
+class FoldSplit:
+    """What `split_json` did: the files written and the per-fold counts (`fold_class_counts`)."""
+
+    paths: list[Path]
+    table: np.ndarray
+    class_names: list[str]
+
+
+def split_json(
+    json_file: str | Path, folds: int, out_dir: str | Path, method: str = "group", seed: int = 0
+) -> FoldSplit:
+    """Read, check and split `json_file` into train_fold{k}.json / val_fold{k}.json under `out_dir`."""
+    json_file = Path(json_file)
+    data = read_coco_json(json_file)
+    check_fold_input(data, json_file)
+    targets = {(Path(out_dir) / name).resolve() for name in fold_file_names(folds)}
+    if json_file.resolve() in targets:
+        raise FoldError(f"--out {out_dir}: the fold jsons would replace {json_file}, the json being split")
+    assignment = fold_assignment(data, folds, seed, method)
+    paths = write_folds(data, assignment, folds, out_dir)
+    names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    return FoldSplit(paths, fold_class_counts(data, assignment, folds), names)
+
+
+def format_fold_table(split: FoldSplit) -> str:
+    """Validation images and annotations per class, one column per fold and a total."""
+    folds = split.table.shape[0]
+    width = max(len(n) for n in split.class_names + ["images"]) + 2
+    lines = [f"{'validation':<{width}}" + "".join(f"{f'fold{k}':>8}" for k in range(folds)) + f"{'total':>8}"]
+    for column, name in enumerate(["images"] + split.class_names):
+        counts = split.table[:, column]
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>8}" for c in counts) + f"{counts.sum():>8}")
+    return "\n".join(lines)
+
+
+def check_fold_input(data: dict[str, Any], json_file: str | Path) -> None:
+    """Every image has an id, every annotation an id-listed image and a listed category (DataError otherwise)."""
+    image_ids = set()
+    for index, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image:
+            raise DataError(f"{json_file}: image entry {index} has no 'id'")
+        image_ids.add(image["id"])
+    known = {c["id"] for c in data["categories"]}
+    for ann in data["annotations"]:
+        where = f"{json_file}: annotation {ann.get('id')!r} (image {ann.get('image_id')!r})"
+        if ann.get("image_id") not in image_ids:
+            raise DataError(f"{where} refers to an image id that is not in 'images'")
+        if ann.get("category_id") not in known:
+            listed = ", ".join(str(c) for c in sorted(known)) or "none"
+            raise DataError(
+                f"{where} has category_id {ann.get('category_id')!r}, which is not in 'categories' (listed: {listed})"
+            )
+
+
+def fold_file_names(folds: int) -> list[str]:
+    return [name for fold in range(folds) for name in (f"train_fold{fold}.json", f"val_fold{fold}.json")]
 
 
 def fold_assignment(data: dict[str, Any], folds: int, seed: int = 0, method: str = "group") -> dict[int, int]:
     """image id -> the fold (0..folds-1) where it is a validation image."""
     image_ids = [image["id"] for image in data["images"]]
     if folds < 2 or folds > len(image_ids):
-        raise ValueError(f"--folds must be between 2 and the number of images ({len(image_ids)}), got {folds}")
+        raise FoldError(f"--folds must be between 2 and the number of images ({len(image_ids)}), got {folds}")
     if method == "group":
         return _group_folds(data, image_ids, folds, seed)
     if method == "multilabel":
         return _multilabel_folds(data, image_ids, folds, seed)
-    raise ValueError(f"unknown split method {method!r}; use one of {SPLIT_METHODS}")
+    raise FoldError(f"unknown split method {method!r}; use one of {SPLIT_METHODS}")
 
 
 def _group_folds(data: dict[str, Any], image_ids: list[int], folds: int, seed: int) -> dict[int, int]:

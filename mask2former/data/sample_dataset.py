@@ -5,20 +5,24 @@ class has its own shape, texture and colour family with per-instance variation; 
 classes overlap so shape and texture matter. Objects are drawn in turn, so later ones occlude
 earlier ones; annotations are polygons of each object's visible part (several when it is split).
 Classes are drawn with probability proportional to the square root of the real counts, so Battery
-and Clothing stay rare but present. Same seed, same bytes.
+and Clothing stay rare but present. Same seed, same bytes. The output folder must be new or empty unless
+`overwrite=True`, so the generator never replaces a user's files by accident; a folder it made itself (it
+holds the `MARKER` file, written first) is written again without asking, interrupted runs included.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..utils.progress import Progress
 from .trash import TRASH_CLASSES
 
 TRASH_CATEGORY_NAMES: tuple[str, ...] = TRASH_CLASSES[1:]
@@ -41,6 +45,27 @@ SIZE_RANGE = {
 FOLDERS = ("batch_01_vt", "batch_02_vt", "batch_03")
 MIN_VISIBLE_AREA = 30
 MIN_FRAGMENT_AREA = 16
+
+
+MARKER = ".sample_dataset"
+
+
+class OutputFolderNotEmpty(UserError, FileExistsError):
+    """The output folder already holds files and overwriting was not asked for."""
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder that holds anything and is not a sample dataset folder, unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise OutputFolderNotEmpty(f"--out {out} is a file, not a folder: give a new or empty folder")
+    if overwrite or not out.is_dir() or (out / MARKER).is_file():
+        return
+    first = next(iter(sorted(out.iterdir())), None)
+    if first is not None:
+        raise OutputFolderNotEmpty(
+            f"--out {out} already holds files (e.g. {first.name}): give a new or empty folder, or pass --overwrite "
+            "to write the sample dataset over the files of the same names there"
+        )
 
 
 def _blob(rng: np.random.Generator, vertices: int, roughness: float, smooth: int) -> np.ndarray:
@@ -329,34 +354,33 @@ def make_sample_dataset(
     seed: int = 0,
     val_fraction: float = 0.2,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict:
-    """Write train_all/train/val/test json and the JPEGs under `out_dir`; returns a summary."""
+    """Write train_all/train/val/test json and the JPEGs under `out_dir` (new or empty unless `overwrite`);
+    returns a summary."""
     out = Path(out_dir)
+    check_output_folder(out, overwrite)
+    atomic_write_text(out / MARKER, "written by mask2former.data.sample_dataset; it may write here again\n")
     rng = np.random.default_rng(seed)
     per_folder = [0, 0, 0]
     labelled: list[tuple[dict, list[dict]]] = []
     unlabelled: list[tuple[dict, list[dict]]] = []
-    start = time.perf_counter()
     total = num_train + num_test
-    for index in range(total):
-        forced = (index % 10) + 1 if index < 20 and index < num_train else None
-        image, objects, _ = render_sample_scene(rng, 512, forced)
-        folder = index % len(FOLDERS)
-        file_name = f"{FOLDERS[folder]}/{per_folder[folder]:04d}.jpg"
-        per_folder[folder] += 1
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise OSError(f"could not encode {file_name}")
-        atomic_write_bytes(out / file_name, encoded.tobytes())
-        entry = {"file_name": file_name, "height": 512, "width": 512}
-        (labelled if index < num_train else unlabelled).append((entry, objects))
-        if progress and ((index + 1) % 50 == 0 or index + 1 == total):
-            rate = (index + 1) / (time.perf_counter() - start)
-            print(
-                f"  {index + 1}/{total} images, {rate:.1f} img/s, eta {(total - index - 1) / rate:.0f} s",
-                flush=True,
-            )
-
+    with Progress(total, "sample images", "img") if progress else nullcontext() as meter:
+        for index in range(total):
+            forced = (index % 10) + 1 if index < 20 and index < num_train else None
+            image, objects, _ = render_sample_scene(rng, 512, forced)
+            folder = index % len(FOLDERS)
+            file_name = f"{FOLDERS[folder]}/{per_folder[folder]:04d}.jpg"
+            per_folder[folder] += 1
+            ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            if not ok:
+                raise OSError(f"could not encode {file_name}")
+            atomic_write_bytes(out / file_name, encoded.tobytes())
+            entry = {"file_name": file_name, "height": 512, "width": 512}
+            (labelled if index < num_train else unlabelled).append((entry, objects))
+            if meter is not None:
+                meter.update(1)
     order = rng.permutation(len(labelled))
     num_val = int(round(len(labelled) * val_fraction))
     val_ids = set(order[:num_val].tolist())

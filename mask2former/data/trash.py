@@ -7,7 +7,8 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode
 
-from .catalog import DatasetCatalog
+from ..config import ConfigError
+from .catalog import DatasetCatalog, DatasetNameError
 from .coco_semantic import register_coco_semantic
 
 # Label 0 is background (not in the json); labels 1..10 are the json's category ids 1..10.
@@ -112,14 +113,14 @@ def register_datasets_from_config(cfg: CfgNode) -> list[str]:
         names += register_trash_datasets(root, **options)
     for entry in data.REGISTER:
         if len(entry) != 3:
-            raise ValueError(f"DATASETS.REGISTER entries are [name, json_file, image_root]; got {entry!r}")
+            raise ConfigError(f"DATASETS.REGISTER entries are [name, json_file, image_root]; got {entry!r}")
         name, json_file, image_root = entry
         register_coco_semantic(name, json_file, image_root, **options)
         names.append(name)
     for name in list(data.TRAIN) + list(data.TEST):
         if name not in DatasetCatalog:
             hint = "" if root is not None else " Set DATASETS.ROOT or $TRASH_DATA to the competition data root."
-            raise KeyError(
+            raise DatasetNameError(
                 f"dataset '{name}' is named in the config but not registered. "
                 f"Registered: {', '.join(DatasetCatalog.list()) or 'none'}.{hint}"
             )

@@ -8,6 +8,7 @@ skipped. All metrics are fractions in [0, 1].
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +112,10 @@ def plot_confusion_matrix(hist: np.ndarray, class_names: list[str], path: str | 
                 )
     ax.set_title("confusion matrix (row-normalised)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    encoded = io.BytesIO()
+    fig.savefig(encoded, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, encoded.getvalue())
 
 
 class SemSegEvaluator:
@@ -145,7 +144,7 @@ class SemSegEvaluator:
         self.num_images = 0
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        from ..data.mapper import read_label  # evaluation reads labels exactly as training does
+        from ..data.io import read_label  # the one label reader, as training uses
 
         for item, output in zip(inputs, outputs, strict=True):
             pred = output["sem_seg"]
