@@ -500,6 +500,7 @@ def test_output_folder_is_never_an_input(case: dict, tmp_path: Path) -> None:
     refused(folders, folders[1], rf"--out {folders[1]} is the input folder {folders[1]}: its predictions would")
     refused(folders, folders[0] / "probs", rf"--out {folders[0] / 'probs'} lies inside the input folder {folders[0]}")
     refused(folders, case["json"].parent, r"is the image folder .*give another --out")
+    refused(folders, case["json"], r"is a file: give a folder")
     # a CSV input where OUT/submission.csv goes: a rerun on the previous ensemble's own output
     previous = tmp_path / "prev"
     ensemble_crf.run(options(case, previous, folders))

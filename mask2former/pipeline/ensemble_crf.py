@@ -127,6 +127,8 @@ def refuse_unsafe_out(options: EnsembleOptions, kind: str) -> None:
     """OUT is never an input prediction folder (its npz files, meta.json and submission.csv would be replaced) nor
     inside one (its outputs would become predictions of that folder), nor the image folder (OUT/labels could be
     the dataset's label PNGs), and no input file lies where the run writes."""
+    if Path(options.out).exists() and not Path(options.out).is_dir():
+        raise EnsembleError(f"--out {options.out} is a file: give a folder for the outputs")
     out = Path(options.out).resolve()
     written = {out / name for name in OUTPUT_FILES}
     folders = [out / name for name in OUTPUT_FOLDERS]
