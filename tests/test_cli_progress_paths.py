@@ -94,3 +94,16 @@ def test_load_config_errors_name_the_file_and_key(tmp_path):
         load_config(None, ["SOLVER.BASE_LRR", "1"])
     cfg = load_config(None, ["SOLVER.BASE_LR", "0.5"])
     assert cfg.SOLVER.BASE_LR == 0.5 and cfg.is_frozen()
+
+
+def test_a_user_error_inside_a_run_reaches_its_log_once(tmp_path, capsys):
+    from mask2former.utils.logger import logging_to
+
+    def fail():
+        with logging_to(tmp_path / "out"):
+            raise UserError("images/x.jpg: unreadable; fix or remove it")
+
+    with pytest.raises(SystemExit):
+        run_tool("tool.py", fail, argv=[])
+    assert (tmp_path / "out" / "log.txt").read_text().count("images/x.jpg: unreadable") == 1
+    assert capsys.readouterr().err.count("images/x.jpg: unreadable") == 1

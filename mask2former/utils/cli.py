@@ -42,7 +42,9 @@ def run_tool(name: str, call: Callable[[], T], argv: list[str] | None = None) ->
         if debug_requested(argv):
             raise
         message = str(error) or type(error).__name__
-        if any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
+        if getattr(error, "logged", False):  # logged already, to stderr and the run's log.txt
+            pass
+        elif any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
             logging.getLogger(name).error("%s", message)
         else:  # no project handler yet: logging would print it bare (lastResort) beside this line
             print(f"{name}: {message}", file=sys.stderr)

@@ -8,6 +8,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import UserError
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (a test's capture, a replaced stream), never to
+    a stream that was closed after the handler was made."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
 
 def setup_logging(output_dir: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     """Log to stderr (and to OUTPUT_DIR/log.txt when given) with timestamps; returns the root logger."""
@@ -15,7 +33,7 @@ def setup_logging(output_dir: str | Path | None = None, level: int = logging.INF
     root.setLevel(level)
     formatter = logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%m/%d %H:%M:%S")
     if not any(getattr(h, "_trashseg", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(formatter)
         handler._trashseg = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -37,6 +55,10 @@ def logging_to(output_dir: str | Path) -> Iterator[logging.Logger]:
     log_file = str((Path(output_dir) / "log.txt").resolve())
     try:
         yield root
+    except UserError as error:  # into log.txt too, while it is open; run_tool then prints nothing more
+        root.error("%s", str(error) or type(error).__name__)
+        error.logged = True  # type: ignore[attr-defined]
+        raise
     finally:
         for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_file]:
             root.removeHandler(handler)
