@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode
 
-from ..config import ConfigError
+from ..errors import UserError
 from .catalog import DatasetCatalog, DatasetNameError
 from .coco_semantic import register_coco_semantic
 
@@ -47,6 +47,10 @@ TRASH_SPLITS: dict[str, str] = {
     "trash_val": "val.json",
     "trash_test": "test.json",
 }
+
+
+class DatasetEntryError(UserError, ValueError):
+    """A DATASETS.REGISTER entry that is not [name, json_file, image_root]."""
 
 
 def palette_for(class_names: list[str] | tuple[str, ...]) -> list[tuple[int, int, int]]:
@@ -113,7 +117,7 @@ def register_datasets_from_config(cfg: CfgNode) -> list[str]:
         names += register_trash_datasets(root, **options)
     for entry in data.REGISTER:
         if len(entry) != 3:
-            raise ConfigError(f"DATASETS.REGISTER entries are [name, json_file, image_root]; got {entry!r}")
+            raise DatasetEntryError(f"DATASETS.REGISTER entries are [name, json_file, image_root]; got {entry!r}")
         name, json_file, image_root = entry
         register_coco_semantic(name, json_file, image_root, **options)
         names.append(name)

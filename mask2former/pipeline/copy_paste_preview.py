@@ -23,7 +23,6 @@ from ..data.mapper import SemanticSegMapper
 from ..data.trash import palette_for, register_datasets_from_config
 from ..errors import UserError
 from ..utils.io import atomic_write_bytes, output_path
-from ..utils.progress import progress
 from ..utils.visualize import legend, overlay, with_legend
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def run(options: PreviewOptions) -> list[Path]:
     out = Path(options.out)
     picks = np.random.default_rng(options.seed).choice(len(dicts), options.num, replace=options.num > len(dicts))
     written = []
-    for number, index in enumerate(progress(picks, desc="copy-paste preview", unit="picture")):
+    for number, index in enumerate(picks):  # one line per picture: its own progress
         record = dicts[int(index)]
         sample = mapper(record, np.random.default_rng([options.seed, number]))
         base = plain(record, np.random.default_rng([options.seed, number]))
