@@ -1,21 +1,32 @@
-"""Datasets: registration, COCO -> label maps, the training/test mapper."""
+"""Datasets: registration, COCO -> label maps, the training/test mapper.
 
-from .catalog import DatasetCatalog, MetadataCatalog
-from .coco_semantic import DataError, load_sem_seg_dataset, register_coco_semantic
-from .dataset import MapDataset
-from .mapper import SemanticSegMapper
-from .trash import TRASH_CLASSES, TRASH_PALETTE, register_datasets_from_config, register_trash_datasets
+The names below are imported on first use, so that `import mask2former.data.io` (every tool's reader) does not
+pull in torch through the mapper and the dataset.
+"""
 
-__all__ = [
-    "DataError",
-    "DatasetCatalog",
-    "MapDataset",
-    "MetadataCatalog",
-    "SemanticSegMapper",
-    "TRASH_CLASSES",
-    "TRASH_PALETTE",
-    "load_sem_seg_dataset",
-    "register_coco_semantic",
-    "register_datasets_from_config",
-    "register_trash_datasets",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "DatasetCatalog": ".catalog",
+    "MetadataCatalog": ".catalog",
+    "DataError": ".coco_semantic",
+    "load_sem_seg_dataset": ".coco_semantic",
+    "register_coco_semantic": ".coco_semantic",
+    "MapDataset": ".dataset",
+    "SemanticSegMapper": ".mapper",
+    "TRASH_CLASSES": ".trash",
+    "TRASH_PALETTE": ".trash",
+    "register_datasets_from_config": ".trash",
+    "register_trash_datasets": ".trash",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)
