@@ -1,12 +1,16 @@
 """Pseudo-labels: class probabilities of unlabelled images -> label maps with uncertain pixels ignored -> a dataset.
 
 A pixel's pseudo-label is the class of highest probability when that probability reaches the threshold, else 255
-(ignored by the losses). Probabilities stored at another size than the image (256x256 by default, see
-mask2former/prediction_io.py) are resized bilinearly to the image first, as predict.py does for its CSV's source.
+(ignored by the losses). Label maps are made at the image's size: probabilities stored at any other size (256x256
+by default in what tools/predict.py and tools/ensemble_crf.py write, see mask2former/prediction_io.py) are first
+resized bilinearly to the image and renormalised over the classes (`mask2former.ensemble.resize_probabilities`, the
+resize of ensemble_crf.py --size), then thresholded.
 
 The pseudo-labelled dataset is a COCO-layout json whose images name their label PNGs (`sem_seg_file_name`,
 relative to the json's folder) and which has no annotations; `register_coco_semantic` (and DATASETS.REGISTER)
-load such a json as they load any other (mask2former/data/coco_semantic.py). tools/pseudo_label.py runs the rounds.
+load such a json as they load any other (mask2former/data/coco_semantic.py). Label PNG names come from the images'
+file_names through `mask2former.utils.io.output_path`, so an absolute or climbing name is refused, never written
+outside the dataset folder. The rounds themselves: mask2former/pipeline/pseudo_label.py (tools/pseudo_label.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from .data.coco_semantic import IGNORE_LABEL
 from .ensemble import resize_probabilities
-from .utils.io import atomic_write_json
+from .utils.io import atomic_write_json, output_path, safe_relative_name
 
 
 def pseudo_label_map(probs: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
@@ -42,8 +46,14 @@ def ignored_share(label: np.ndarray) -> float:
 
 
 def label_png_name(file_name: str) -> str:
-    """Where an image's pseudo-label lives, relative to the dataset folder: labels/<file_name>.png."""
-    return str(Path("labels") / Path(file_name).with_suffix(".png"))
+    """Where an image's pseudo-label lives, relative to the dataset folder: labels/<file_name>.png (POSIX); a
+    file_name that is absolute or climbs out with '..' is refused (UnsafePathError)."""
+    return str("labels" / safe_relative_name(file_name, "image file_name").with_suffix(".png"))
+
+
+def label_png_path(folder: str | Path, file_name: str) -> Path:
+    """FOLDER/labels/<file_name>.png, guaranteed to lie under FOLDER (UnsafePathError otherwise)."""
+    return output_path(folder, label_png_name(file_name))
 
 
 def write_pseudo_dataset(folder: str | Path, images: Sequence[dict], categories: Sequence[dict]) -> Path:
@@ -53,7 +63,7 @@ def write_pseudo_dataset(folder: str | Path, images: Sequence[dict], categories:
     entries = []
     for image in images:
         name = label_png_name(image["file_name"])
-        if not (folder / name).is_file():
+        if not label_png_path(folder, image["file_name"]).is_file():
             raise FileNotFoundError(
                 f"pseudo-label of image {image['id']} ({image['file_name']}) missing: {folder / name}"
             )

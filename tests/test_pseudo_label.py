@@ -1,10 +1,15 @@
-"""Pseudo-labels: label maps from probabilities, the label-map dataset json, and tools/pseudo_label.py end to end
-(tiny model, sample data, real child processes), including a run killed inside a round and resumed."""
+"""Pseudo-labels: label maps from probabilities, the label-map dataset json, the loop of
+mask2former/pipeline/pseudo_label.py (stages faked where only the loop is under test) and tools/pseudo_label.py end
+to end (tiny model, sample data, real child processes), including a run killed inside a round and resumed; bad
+inputs are refused with one line, before anything is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,21 +20,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, load_tool, tiny_training_opts
+from conftest import REPO, TINY_MODEL, tiny_training_opts
 
-from mask2former.config import get_cfg
+from mask2former.config import load_config
 from mask2former.data.catalog import DatasetCatalog
-from mask2former.data.coco_semantic import DataError, register_coco_semantic
+from mask2former.data.coco_semantic import DataError, class_names_from_categories, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
 from mask2former.ensemble import write_label_png
 from mask2former.modeling.meta_arch import build_model
-from mask2former.prediction_io import probability_path
+from mask2former.pipeline import pseudo_label as loop
+from mask2former.pipeline.pseudo_label import LoopOptions, PseudoLabelError
+from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities
 from mask2former.pseudo_label import (
     keeps_round,
     label_png_name,
     pseudo_label_map,
     write_pseudo_dataset,
 )
+from mask2former.utils.io import UnsafePathError
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
 CATEGORIES = [{"id": 1, "name": "Paper"}, {"id": 2, "name": "Metal"}]
@@ -118,7 +126,7 @@ def test_label_map_json_errors_name_the_file_and_the_image(tmp_path: Path) -> No
     missing = tmp_path / "pseudo" / "missing.json"
     missing.write_text(json.dumps(data))
     register_coco_semantic("missing", missing, tmp_path, cache_dir=tmp_path / "cache")
-    with pytest.raises(DataError, match=r"id 0\): label map .*nowhere\.png is missing"):
+    with pytest.raises(DataError, match=r"id 0\): .*label map .*nowhere\.png.*(is missing|no such file)"):
         DatasetCatalog.get("missing")
 
 
@@ -131,9 +139,7 @@ def tiny_opts(sample_root: Path, cache: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def start_weights(tmp_path_factory) -> Path:
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY_MODEL)
+    cfg = load_config(CONFIG, TINY_MODEL)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("start") / "start.pth"
     torch.save({"model": build_model(cfg).state_dict()}, path)
@@ -194,8 +200,6 @@ def test_two_rounds_killed_inside_a_round_resume_to_the_end(sample_root: Path, s
     # the labels follow the stored probabilities and the threshold
     pseudo = json.loads((out / "round_2" / "pseudo.json").read_text())
     assert len(pseudo["images"]) == len(test_images) and pseudo["annotations"] == []
-    from mask2former.prediction_io import load_probabilities
-
     first = pseudo["images"][0]
     label = cv2.imread(str(out / "round_2" / first["sem_seg_file_name"]), cv2.IMREAD_UNCHANGED)
     probs = load_probabilities(probability_path(out / "round_2" / "predict", first["file_name"]))["probs"]
@@ -215,26 +219,75 @@ def test_two_rounds_killed_inside_a_round_resume_to_the_end(sample_root: Path, s
     assert refused.returncode != 0 and "threshold: 0.3 before, 0.5 now" in refused.stderr
 
 
-def test_a_round_that_does_not_help_is_dropped_and_ends_the_loop(sample_root, start_weights, tmp_path, monkeypatch):
-    tool = load_tool("pseudo_label")
-    out = tmp_path / "pseudo"
-    scores = iter([0.40, 0.35, 0.38])  # the baseline, round 1, round 1's control
+# ---- the loop with its stages faked, and bad inputs -----------------------------------------------------------------
+
+
+def loop_options(sample_root: Path, weights: Path, out: Path, **changes) -> LoopOptions:
+    base = dict(config_file=CONFIG, weights=str(weights), unlabeled=str(sample_root / "test.json"), out=str(out))
+    base.update(overlays=2, opts=tuple(tiny_opts(sample_root, out.parent / "cache")))
+    return LoopOptions(**{**base, **changes})
+
+
+def fake_stages(monkeypatch, scores: list[float], predict=None) -> dict[str, list[str]]:
+    """Replace the child processes: evaluate/train write the next of `scores` (and an empty model_final.pth);
+    predict runs tools/predict.py for real, or calls `predict(out_folder)`. Returns {stage: its command}."""
     commands: dict[str, list[str]] = {}
+    remaining = iter(scores)
 
     def fake_run(stage: str, argv: list[str], log: Path) -> None:
         commands[stage] = argv
         if stage == "predict":
-            subprocess.run(argv, cwd=REPO, check=True, capture_output=True)  # real predictions, for real labels
+            if predict is None:
+                subprocess.run(argv, cwd=REPO, check=True, capture_output=True)  # real predictions, for real labels
+            else:
+                predict(Path(argv[argv.index("--out") + 1]))
             return
         folder = Path(argv[argv.index("OUTPUT_DIR") + 1])
         folder.mkdir(parents=True, exist_ok=True)
         name = "eval_metrics.json" if stage == "evaluate" else "final_metrics.json"
-        (folder / name).write_text(json.dumps({"iteration": 1, "results": {"trash_val": {"mIoU": next(scores)}}}))
+        (folder / name).write_text(json.dumps({"iteration": 1, "results": {"trash_val": {"mIoU": next(remaining)}}}))
         (folder / "model_final.pth").write_bytes(b"")
 
-    monkeypatch.setattr(tool, "run_command", fake_run)
-    argv = command(sample_root, start_weights, out, "--rounds", "3", "--threshold", "0.3", "--control")[2:]
-    state = tool.main(argv)
+    monkeypatch.setattr(loop, "run_command", fake_run)
+    return commands
+
+
+def unlabeled_test_images(sample_root: Path) -> tuple[list[dict], list[str]]:
+    data = json.loads((sample_root / "test.json").read_text())
+    return data["images"], class_names_from_categories(data["categories"])
+
+
+def write_npz(folder: Path, image: dict, probs: np.ndarray, class_names: list[str]) -> Path:
+    """A prediction file in prediction_io's layout, written raw (so that it may hold what the writer refuses)."""
+    path = probability_path(folder, image["file_name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = dict(file_name=np.array(image["file_name"]), image_id=np.array(image["id"]))
+    fields.update(height=np.array(image["height"]), width=np.array(image["width"]), class_names=np.array(class_names))
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, probs=probs.astype(np.float16), **fields)
+    return path
+
+
+def random_probabilities(rng: np.random.Generator, classes: int, size: int) -> np.ndarray:
+    logits = rng.normal(0, 3, (classes, size, size)).astype(np.float32)
+    exp = np.exp(logits - logits.max(axis=0))
+    return exp / exp.sum(axis=0)
+
+
+def digest(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """sha256 of every file under root (except under `skip`)."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and (skip is None or not path.is_relative_to(skip))
+    }
+
+
+def test_a_round_that_does_not_help_is_dropped_and_ends_the_loop(sample_root, start_weights, tmp_path, monkeypatch):
+    out = tmp_path / "pseudo"
+    commands = fake_stages(monkeypatch, [0.40, 0.35, 0.38])  # the baseline, round 1, round 1's control
+    options = loop_options(sample_root, start_weights, out, rounds=3, threshold=0.3, control=True)
+    state = loop.run_loop(options)
     assert state["stopped"] and len(state["rounds"]) == 1 and state["rounds"][0]["kept"] is False
     assert state["best"] == {"round": 0, "weights": str(start_weights.resolve()), "mIoU": 0.40}
     assert state["rounds"][0]["control_mIoU"] == 0.38
@@ -248,20 +301,131 @@ def test_a_round_that_does_not_help_is_dropped_and_ends_the_loop(sample_root, st
     assert commands["train"][start] == commands["control"][commands["control"].index("MODEL.WEIGHTS") + 1]
 
 
-def test_init_probs_and_input_errors(sample_root: Path, start_weights: Path, tmp_path: Path, capsys) -> None:
-    tool = load_tool("pseudo_label")
-    base = command(sample_root, start_weights, tmp_path / "out")[2:]
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        tool.main([arg if arg != str(start_weights) else str(tmp_path / "none.pth") for arg in base])
-    with pytest.raises(SystemExit, match="is not a folder"):
-        tool.main(base[:4] + ["--init-probs", str(tmp_path / "nowhere")] + base[4:])
+def test_init_probs_of_any_size_are_resized_to_the_image(sample_root, start_weights, tmp_path, monkeypatch) -> None:
+    """README step 3: --init-probs takes the 256x256 (here 32x32) maps predict.py and ensemble_crf.py write."""
+    images, class_names = unlabeled_test_images(sample_root)
+    rng = np.random.default_rng(0)
+    init = tmp_path / "ens"
+    stored = {}
+    for image in images:
+        stored[image["file_name"]] = random_probabilities(rng, len(class_names), 32)
+        save_probabilities(init, image["file_name"], image["id"], stored[image["file_name"]], 512, 512, class_names)
+    out = tmp_path / "pseudo"
+
+    def no_predict(folder: Path) -> None:
+        raise AssertionError("round 1 must take --init-probs, not predict")
+
+    fake_stages(monkeypatch, [0.40, 0.45], predict=no_predict)
+    state = loop.run_loop(loop_options(sample_root, start_weights, out, rounds=1, threshold=0.3, init_probs=str(init)))
+    assert state["rounds"][0]["kept"] and state["rounds"][0]["images"] == len(images)
+    for image in images:
+        label = cv2.imread(str(out / "round_1" / label_png_name(image["file_name"])), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (image["height"], image["width"]) == (512, 512)
+        stored_probs = load_probabilities(probability_path(init, image["file_name"]))["probs"]
+        np.testing.assert_array_equal(label, pseudo_label_map(stored_probs, 512, 512, 0.3))
+    assert 0.0 < state["rounds"][0]["ignored_share"] < 1.0
+    assert len(list((out / "round_1" / "overlays").rglob("*.png"))) == 2
+
+
+def test_nan_in_init_probs_is_one_line_exit_2_and_writes_nothing(sample_root, start_weights, tmp_path) -> None:
+    images, class_names = unlabeled_test_images(sample_root)
+    rng = np.random.default_rng(1)
+    init = tmp_path / "ens"
+    for image in images:
+        write_npz(init, image, random_probabilities(rng, len(class_names), 16), class_names)
+    bad = random_probabilities(rng, len(class_names), 16)
+    bad[:, 3, 5] = np.nan
+    bad_file = write_npz(init, images[2], bad, class_names)
+    out = tmp_path / "pseudo"
+    before, inputs_before = digest(tmp_path), digest(sample_root)
+    argv = command(sample_root, start_weights, out, "--init-probs", str(init))
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(bad_file) in lines[0] and images[2]["file_name"] in lines[0]
+    assert "NaN" in lines[0] or "non-finite" in lines[0]
+    assert digest(tmp_path) == before and digest(sample_root) == inputs_before  # nothing written, not even OUT
+    assert not out.exists()
+
+
+def test_nan_in_the_loops_own_predictions_is_refused(sample_root, start_weights, tmp_path, monkeypatch) -> None:
+    images, class_names = unlabeled_test_images(sample_root)
+
+    def nan_predict(folder: Path) -> None:
+        for image in images:
+            write_npz(folder, image, np.full((len(class_names), 16, 16), np.nan, np.float32), class_names)
+
+    fake_stages(monkeypatch, [0.40], predict=nan_predict)
+    out = tmp_path / "pseudo"
+    first = probability_path(out / "round_1" / "predict", images[0]["file_name"])
+    with pytest.raises(PseudoLabelError, match=re.escape(str(first))):
+        loop.run_loop(loop_options(sample_root, start_weights, out, rounds=1))
+    assert not (out / "round_1" / "labels").exists() and not (out / "round_1" / "pseudo.json").exists()
+
+
+def test_input_errors_name_the_file_and_write_nothing(sample_root, start_weights, tmp_path, monkeypatch) -> None:
+    fake_stages(monkeypatch, [0.1] * 4, predict=lambda folder: None)
+    out = tmp_path / "out"
+    base = loop_options(sample_root, start_weights, out)
+
+    def refused(pattern: str, error=PseudoLabelError, **changes) -> None:
+        snapshot = digest(tmp_path)
+        with pytest.raises(error, match=pattern):
+            loop.run_loop(LoopOptions(**{**base.__dict__, **changes}))
+        assert digest(tmp_path) == snapshot
+
+    refused("checkpoint not found", weights=str(tmp_path / "none.pth"))
+    refused("is not a folder", init_probs=str(tmp_path / "nowhere"))
     empty = tmp_path / "empty_probs"
     empty.mkdir()
-    monkey_eval = tmp_path / "out" / "round_0"
-    monkey_eval.mkdir(parents=True)
-    (monkey_eval / "eval_metrics.json").write_text(json.dumps({"results": {"trash_val": {"mIoU": 0.1}}}))
-    with pytest.raises(SystemExit, match=r"no usable prediction for image \d+ \(batch_\d+/\d+\.jpg\)"):
-        tool.main(base[:4] + ["--init-probs", str(empty)] + base[4:])
-    with pytest.raises(SystemExit):
-        tool.main(base[:-1])  # an odd number of overrides
-    assert "config overrides come in KEY VALUE pairs" in capsys.readouterr().err
+    refused(r"no usable prediction for image \d+ \(batch_\d+/\d+\.jpg\): .*is missing", init_probs=str(empty))
+    images, class_names = unlabeled_test_images(sample_root)
+    other = tmp_path / "other_classes"
+    rng = np.random.default_rng(2)
+    for image in images:
+        write_npz(other, image, random_probabilities(rng, 3, 8), ["Background", "Paper", "Metal"])
+    refused(r"has the classes \['Background', 'Paper', 'Metal'\], the training data", init_probs=str(other))
+    with pytest.raises(PseudoLabelError, match="KEY VALUE pairs"):
+        LoopOptions(**{**base.__dict__, "opts": ("MODEL.DEVICE",)})
+
+    # image names that would leave OUT, or two images sharing a label PNG, are refused before anything is written
+    data = json.loads((sample_root / "test.json").read_text())
+    for name, pattern in [("../outside.jpg", "climbs out"), ("/abs/photo.png", "absolute")]:
+        unsafe = tmp_path / f"unsafe_{len(name)}.json"
+        unsafe.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": name}]}))
+        errors = (PseudoLabelError, UnsafePathError, DataError)
+        refused(rf"{re.escape(str(unsafe))}.*{re.escape(name)}.*{pattern}", errors, unlabeled=str(unsafe),
+                image_root=str(sample_root))  # fmt: skip
+    twin = {**data["images"][1], "file_name": str(Path(data["images"][0]["file_name"]).with_suffix(".png"))}
+    twins = [data["images"][0], twin]
+    twin_json = tmp_path / "twins.json"
+    twin_json.write_text(json.dumps({**data, "images": twins}))
+    refused(r"would share the pseudo-label labels/.*\.png: rename one", unlabeled=str(twin_json),
+            image_root=str(sample_root))  # fmt: skip
+
+    # OUT: a folder of someone else's files; --overwrite deleting the weights it starts from
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    refused(r"holds files that are not a pseudo-label run's \(notes\.txt\)", out=str(foreign))
+    refused(r"holds files that are not a pseudo-label run's", out=str(foreign), overwrite=True)
+    kept = out / "round_2" / "train"
+    kept.mkdir(parents=True)
+    (out / "state.json").write_text(json.dumps({"settings": {}, "rounds": []}))
+    shutil.copy(start_weights, kept / "model_final.pth")
+    refused(r"--overwrite would delete --weights .*round_2.*copy it out", weights=str(kept / "model_final.pth"),
+            overwrite=True)  # fmt: skip
+    (out / "state.json").unlink()
+    refused(r"holds rounds but no state\.json", weights=str(kept / "model_final.pth"))
+
+
+def test_cli_user_errors_are_one_line_with_status_2(sample_root: Path, start_weights: Path, tmp_path: Path) -> None:
+    argv = command(sample_root, tmp_path / "none.pth", tmp_path / "out")
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"pseudo_label.py: checkpoint not found: {tmp_path / 'none.pth'}"]
+    debug = subprocess.run(argv + ["--debug"], cwd=REPO, capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "PseudoLabelError" in debug.stderr
+    odd = subprocess.run(argv[:-1], cwd=REPO, capture_output=True, text=True)  # an odd number of overrides
+    assert odd.returncode == 2 and "config overrides come in KEY VALUE pairs" in odd.stderr
