@@ -287,7 +287,11 @@ def test_clear_errors(sample_root, checkpoints, tmp_path) -> None:
         run(sample_root, tmp_path / "e4", [checkpoints["a"]], "--weights-scale", "1", "2")
     with pytest.raises(UserError, match=r"unknown device 'gpu7' \(cpu, cuda or cuda:N\)"):
         run(sample_root, tmp_path / "e4", [checkpoints["a"]], "--device", "gpu7")
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(UserError, match=r"--out .*a_file is a file: give a folder"):
+        run(sample_root, tmp_path / "a_file", [checkpoints["a"]])
     assert not (tmp_path / "e3").exists() and not (tmp_path / "e4").exists()  # refused before writing anything
+    assert (tmp_path / "a_file").read_text() == "mine"
 
     root = _json_with_bad_image(sample_root, tmp_path / "data")
     with pytest.raises(UserError, match=r"image id 999 \(broken/0000\.jpg\): cannot read image .*broken/0000\.jpg"):
@@ -415,7 +419,14 @@ def test_out_that_would_replace_an_input_is_refused(sample_root, checkpoints, tm
 
 def test_non_finite_probabilities_are_an_error(sample_root, checkpoints, tmp_path, monkeypatch) -> None:
     """A model whose weights turn NaN after loading (the checkpoint itself was fine): an error naming the image;
-    no npz, no CSV, meta.json not complete; no input changed."""
+    no npz, no CSV, meta.json not complete; no input changed. A checkpoint holding NaN is refused at load."""
+    state = torch.load(checkpoints["a"], weights_only=True)["model"]
+    state["sem_seg_head.predictor.class_embed.bias"][0] = float("nan")
+    torch.save({"model": state}, tmp_path / "nan.pth")
+    with pytest.raises(UserError, match=r"nan\.pth: tensor sem_seg_head\.predictor\.class_embed\.bias holds NaN"):
+        run(sample_root, tmp_path / "nan_ckpt", [tmp_path / "nan.pth"])
+    assert npz_files(tmp_path / "nan_ckpt") == [] and not (tmp_path / "nan_ckpt" / "submission.csv").exists()
+
     real_load = inference.load_prediction_model
 
     def nan_model(*args, **kwargs):

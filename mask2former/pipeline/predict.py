@@ -436,6 +436,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     image_root = Path(args.image_root) if args.image_root else json_path.parent
     images, class_names = read_image_list(json_path, image_root, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file: give a folder (it is created if missing)")
     others = {args.config_file: "the --config-file", **{path: "a --weights checkpoint" for path in weights}}
     check_outputs_spare_inputs(out, images, args.overlays, json_path, others)
     return Plan(args, cfg, weights, scale, devices, json_path, image_root, images, class_names, out)
