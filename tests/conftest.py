@@ -12,7 +12,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -189,14 +188,6 @@ def clean_catalog():
         DatasetCatalog.remove(name)
     for name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
-
-
-def load_tool(name: str):
-    """tools/<name>.py as a module (the tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_training_opts(sample_root: Path, cache: Path) -> list[str]:
