@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mask2former.config import get_cfg
+from mask2former.config import load_config
 from mask2former.data.coco_semantic import load_sem_seg_dataset
 from mask2former.data.dataset import MapDataset
 from mask2former.data.mapper import SemanticSegMapper
@@ -66,8 +66,7 @@ def main() -> None:
         if not args.data:
             make_sample_dataset(root, num_train=args.images, num_test=0, seed=0)
         dicts = load_sem_seg_dataset(root / "train.json", root, cache_dir=Path(tmp) / "cache", progress=False)
-        cfg = get_cfg()
-        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = args.single_category_max_area
+        cfg = load_config(None, ["INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", str(args.single_category_max_area)])
         dataset = MapDataset(dicts, SemanticSegMapper.from_config(cfg, is_train=True), seed=0)
         rate = time_single_worker(dataset, args.repeats)
         print(

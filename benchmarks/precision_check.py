@@ -22,7 +22,7 @@ import platform
 import torch
 from train_step import random_batch
 
-from mask2former.config import get_cfg
+from mask2former.config import load_config
 from mask2former.modeling.meta_arch import build_model
 
 PARTS = ("backbone", "sem_seg_head.pixel_decoder", "sem_seg_head.predictor")
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = args.device
+    cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", args.device])
     torch.manual_seed(args.seed)
     model = build_model(cfg).to(args.device).train()
     batch = random_batch(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, args.device)

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from mask2former.config import get_cfg
+from mask2former.config import load_config
 from mask2former.modeling.meta_arch import build_model
 
 
@@ -155,9 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    cfg = load_config(args.config_file, args.opts or [], freeze=False)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.config_file}, batch {args.batch}, {args.size}x{args.size}, {device_name}")
     amp = args.precision == "bf16" or (args.precision == "config" and args.device == "cuda" and cfg.SOLVER.AMP.ENABLED)
