@@ -26,6 +26,7 @@ from mask2former.config import load_config
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, class_names_from_categories, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
+from mask2former.engine.run_lock import OutputDirInUseError, OutputDirLock
 from mask2former.ensemble import write_label_png
 from mask2former.modeling.meta_arch import build_model
 from mask2former.pipeline import pseudo_label as loop
@@ -429,3 +430,12 @@ def test_cli_user_errors_are_one_line_with_status_2(sample_root: Path, start_wei
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "PseudoLabelError" in debug.stderr
     odd = subprocess.run(argv[:-1], cwd=REPO, capture_output=True, text=True)  # an odd number of overrides
     assert odd.returncode == 2 and "config overrides come in KEY VALUE pairs" in odd.stderr
+
+
+def test_a_second_run_on_the_same_out_is_refused(sample_root, start_weights, tmp_path, monkeypatch) -> None:
+    fake_stages(monkeypatch, [0.1, 0.2])
+    out = tmp_path / "pseudo"
+    with OutputDirLock(out):  # a live run holding OUT
+        with pytest.raises(OutputDirInUseError, match=rf"{re.escape(str(out))} is in use by another run \(pid"):
+            loop.run_loop(loop_options(sample_root, start_weights, out))
+        assert [path.name for path in out.iterdir()] == [".lock"]  # nothing written beside the holder's lock

@@ -30,8 +30,8 @@ The logic lives in mask2former/pipeline/pseudo_label.py.
 Resuming: OUT/state.json records every finished stage. Rerunning the same command after an interruption, between
 or inside a round, goes on from there: prediction skips images already written, labelling skips maps already
 written, training resumes from its last checkpoint (train_net.py --resume). A rerun with other settings is refused
-unless --overwrite. At the end a table of the rounds is printed and written to OUT/rounds.md; OUT/state.json names
-the best weights.
+unless --overwrite; a second run on an OUT that a live run holds stops at once (OUT/.lock). At the end a table of
+the rounds is printed and written to OUT/rounds.md; OUT/state.json names the best weights.
 
 Refused before anything is computed (one line, exit status 2; --debug shows the traceback): a prediction file of
 --init-probs that is missing, of other classes, or holds NaN/Inf/negative values (named); an image file_name that

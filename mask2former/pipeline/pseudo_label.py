@@ -15,7 +15,8 @@ Round r (1..rounds), starting from the best model so far (round 0: the given wei
 Each stage is one of the project's own commands in a child process, run in the caller's working folder (so
 relative paths mean what they mean to the caller), with its output logged under OUT/round_r. OUT/state.json
 records every finished stage: rerunning the same command resumes (prediction and training resume by themselves);
-other settings are refused unless `overwrite`. OUT/rounds.md holds the table of rounds.
+other settings are refused unless `overwrite`. OUT/rounds.md holds the table of rounds. OUT/.lock keeps a second
+run off OUT while one is live (mask2former/engine/run_lock.py; a dead run's lock is taken over).
 
 Inputs are checked before anything is computed: the prediction folder of `init_probs` (every image present, its
 classes, finite non-negative probabilities: a file with NaN is refused naming it), the unlabelled images' file
@@ -43,9 +44,10 @@ from PIL import Image
 
 from ..config import CfgNode, load_config
 from ..data.catalog import MetadataCatalog
-from ..data.coco_semantic import class_names_from_categories, read_coco_json
-from ..data.mapper import read_image, read_label
+from ..data.coco_semantic import class_names_from_categories
+from ..data.io import read_coco_json, read_image, read_label
 from ..data.trash import palette_for, register_datasets_from_config
+from ..engine.run_lock import LOCK_NAME, OutputDirLock
 from ..ensemble import write_label_png
 from ..errors import UserError
 from ..prediction_io import load_probabilities, probability_path
@@ -57,7 +59,7 @@ from ..pseudo_label import (
     pseudo_label_map,
     write_pseudo_dataset,
 )
-from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, output_path, safe_relative_name
+from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, output_path
 from ..utils.logger import logging_to
 from ..utils.progress import progress
 from ..utils.resume import changed_settings
@@ -73,7 +75,7 @@ SETTINGS = (
     "config_file", "opts", "weights", "unlabeled", "image_root", "threshold", "tta", "iters", "init_probs", "control"
 )  # fmt: skip
 # what a pseudo-label run puts in OUT (anything else there belongs to someone else)
-_OWN_FILES = {"state.json", "rounds.md", "unlabeled.json", "log.txt"}
+_OWN_FILES = {"state.json", "rounds.md", "unlabeled.json", "log.txt", LOCK_NAME}
 _OWN_FOLDER = re.compile(r"^round_\d+$")
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # left by the atomic writer when a run was killed mid-write
 
@@ -192,14 +194,13 @@ def image_folder_images(folder: Path) -> list[dict]:
 
 
 def check_images(json_path: Path, images: list[dict]) -> None:
-    """Every image has id, file_name, height, width; its file_name stays inside any folder it is joined to; no two
-    images share a label PNG (a.jpg and a.png would)."""
+    """Every image has id, file_name, height, width and its own label PNG (a.jpg and a.png would share one);
+    read_coco_json has refused file_names that are absolute or climb out with '..'."""
     owners: dict[str, dict] = {}
     for image in images:
         missing = [key for key in ("id", "file_name", "height", "width") if key not in image]
         if missing:
             raise PseudoLabelError(f"{json_path}: image {image} lacks {', '.join(missing)}")
-        safe_relative_name(image["file_name"], f"{json_path}: image {image['id']}: file_name")
         name = label_png_name(image["file_name"])
         if name in owners:
             first = owners[name]
@@ -474,11 +475,9 @@ def run_loop(options: LoopOptions) -> dict:
     labelled = state is not None and any("ignored_share" in entry for entry in state["rounds"])
     if options.init_probs and not labelled:  # before anything is computed, written or deleted
         check_prediction_folder(_resolved(options.init_probs), images, class_names)
-    out.mkdir(parents=True, exist_ok=True)
-    with logging_to(out):
+    with OutputDirLock(out), logging_to(out):  # a second run on OUT stops here, naming the first
         began = time.perf_counter()
-        if state is None:
-            state = fresh_state(out, settings, options.overwrite)
+        state = existing_state(out, settings, options.overwrite) or fresh_state(out, settings, options.overwrite)
         save_state(out, state)
         if json_path is None:
             json_path = out / "unlabeled.json"
