@@ -1,33 +1,45 @@
-"""Training callbacks: an iteration progress bar with ETA, periodic log lines, the loss-curve picture."""
+"""Training callbacks: iteration progress (a bar on a terminal, log lines with rate and ETA), the loss-curve picture."""
 
 from __future__ import annotations
 
-import csv
 import logging
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import IO, Any
 
 import lightning as L
 from tqdm import tqdm
+
+from ..utils.io import atomic_open
+from .metrics_log import read_metrics
 
 logger = logging.getLogger(__name__)
 
 
 class IterationProgress(L.Callback):
-    """A tqdm bar over SOLVER.MAX_ITER (it/s and ETA) and a log line every `log_period` iterations."""
+    """A log line every `log_period` iterations (loss, lr, it/s, ETA) and, when stderr is a terminal, a tqdm bar
+    over SOLVER.MAX_ITER; into a pipe or a log file only the lines go (no carriage-return updates)."""
 
-    def __init__(self, max_iter: int, log_period: int = 20) -> None:
+    def __init__(self, max_iter: int, log_period: int = 20, stream: IO | None = None) -> None:
         self.max_iter = max_iter
         self.log_period = max(1, log_period)
+        self.stream = stream
         self.bar: tqdm | None = None
         self.window_start = 0.0
         self.window_iter = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        stream = self.stream or sys.stderr
+        if trainer.is_global_zero and _is_terminal(stream):
             self.bar = tqdm(
-                total=self.max_iter, initial=trainer.global_step, desc="train", unit="it", dynamic_ncols=True
+                total=self.max_iter,
+                initial=trainer.global_step,
+                desc="train",
+                unit="it",
+                dynamic_ncols=True,
+                file=stream,
             )
         self.window_start, self.window_iter = time.perf_counter(), trainer.global_step
 
@@ -67,10 +79,7 @@ class IterationProgress(L.Callback):
 
 def plot_loss_curve(metrics_csv: str | Path, path: str | Path) -> bool:
     """total_loss (and mIoU when present) against iteration, from Lightning's metrics.csv; False if no data."""
-    rows = []
-    if Path(metrics_csv).is_file():
-        with Path(metrics_csv).open() as handle:
-            rows = list(csv.DictReader(handle))
+    rows = read_metrics(metrics_csv)
     losses = [(int(r["step"]), float(r["total_loss"])) for r in rows if r.get("total_loss")]
     mious = [(int(r["step"]), float(r["sem_seg/mIoU"])) for r in rows if r.get("sem_seg/mIoU")]
     if not losses:
@@ -91,8 +100,16 @@ def plot_loss_curve(metrics_csv: str | Path, path: str | Path) -> bool:
         other.set_ylim(0, 1)
     ax.set_title("training")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return True
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

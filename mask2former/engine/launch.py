@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import random
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,16 +16,30 @@ import lightning as L
 import torch
 from fvcore.common.config import CfgNode
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..config import get_cfg
+from ..config import ConfigError, load_config
 from ..data.trash import register_datasets_from_config
-from ..utils.io import atomic_write_json, atomic_write_text
-from ..utils.logger import setup_logging
+from ..utils.cli import run_tool, strip_debug
+from ..utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from ..utils.logger import logging_to, setup_logging
 from .callbacks import IterationProgress, plot_loss_curve
 from .checkpoint import load_checkpoint_into
+from .checkpoint_io import AtomicCheckpointIO, ResumePoint, find_resume_point, save_atomic
+from .metrics_log import MetricsCSVLogger
+from .run_lock import OutputDirLock
 
 logger = logging.getLogger(__name__)
+
+# What a run writes into OUTPUT_DIR through the atomic writer (besides checkpoints/).
+_RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "model_final.pth",
+    "final_metrics.json",
+    "eval_metrics.json",
+    "loss_curve.png",
+)
 
 
 def default_argument_parser() -> argparse.ArgumentParser:
@@ -56,15 +72,33 @@ def default_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """Merged config (file, then overrides), frozen; logging, seed and datasets set up; config.yaml written."""
-    cfg = get_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+def build_config(args: argparse.Namespace) -> CfgNode:
+    """The merged config (file, then overrides), seed drawn if negative, checked, frozen; writes nothing."""
+    cfg = load_config(args.config_file or None, args.opts or [], freeze=False)
     if cfg.SEED < 0:
         cfg.SEED = random.randrange(2**31)
     cfg.freeze()
+    check_config(cfg, args)
+    return cfg
+
+
+def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """The user errors that can be seen before anything is built or written (ConfigError naming the key)."""
+    for key, path in (("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS), ("MODEL.BACKBONE.WEIGHTS", cfg.MODEL.BACKBONE.WEIGHTS)):
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{key} {path}: no such file; give the path of a checkpoint (.pth, .ckpt, .safetensors)")
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
+    _world_size(cfg, args)
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE not in ("full_model", "norm", "value"):
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use full_model, norm or value")
+    if cfg.SOLVER.MAX_ITER < 1:
+        raise ConfigError(f"SOLVER.MAX_ITER is {cfg.SOLVER.MAX_ITER}: give the number of iterations (>= 1)")
+
+
+def prepare_output_dir(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """Logging to OUTPUT_DIR/log.txt, config.yaml written (main process), datasets registered."""
     output_dir = Path(cfg.OUTPUT_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir)
@@ -73,6 +107,12 @@ def setup(args: argparse.Namespace) -> CfgNode:
         atomic_write_text(output_dir / "config.yaml", cfg.dump())
     logger.info("config written to %s (seed %d)", output_dir / "config.yaml", cfg.SEED)
     register_datasets_from_config(cfg)
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """`build_config` + `prepare_output_dir` (without the output-folder lock `run` holds)."""
+    cfg = build_config(args)
+    prepare_output_dir(cfg, args)
     return cfg
 
 
@@ -83,18 +123,35 @@ def _is_main_process(args: argparse.Namespace) -> bool:
 def _accelerator(cfg: CfgNode, args: argparse.Namespace) -> tuple[str, int]:
     wants_gpu = cfg.MODEL.DEVICE in ("auto", "cuda") and args.num_gpus > 0
     if wants_gpu and torch.cuda.is_available():
+        if torch.cuda.device_count() < args.num_gpus:
+            raise ConfigError(f"--num-gpus {args.num_gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
         return "gpu", args.num_gpus
     if cfg.MODEL.DEVICE == "cuda":
-        raise RuntimeError("MODEL.DEVICE is 'cuda' but no GPU is available")
+        if args.num_gpus < 1:
+            raise ConfigError("MODEL.DEVICE is 'cuda' but --num-gpus is 0: give --num-gpus 1 or MODEL.DEVICE cpu")
+        raise ConfigError("MODEL.DEVICE is 'cuda' but no GPU is available: set MODEL.DEVICE cpu (or auto)")
     return "cpu", 1
 
 
-def build_trainer(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None) -> tuple[L.Trainer, int]:
-    """A Lightning Trainer for the config; returns it with the per-device batch size."""
-    accelerator, devices = _accelerator(cfg, args)
+def _world_size(cfg: CfgNode, args: argparse.Namespace) -> int:
+    _, devices = _accelerator(cfg, args)
     world = devices * args.num_machines
     if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes "
+            f"({devices} per machine x {args.num_machines} machines): give a multiple of {world}"
+        )
+    return world
+
+
+def build_trainer(
+    cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None, resume: ResumePoint | None = None
+) -> tuple[L.Trainer, int]:
+    """A Lightning Trainer for the config; returns it with the per-device batch size. `resume`: the checkpoint a
+    resumed run continues from (metrics.csv keeps the rows before its iteration, TensorBoard drops the events from
+    it on)."""
+    accelerator, devices = _accelerator(cfg, args)
+    world = _world_size(cfg, args)
     if args.dist_url != "auto":
         url = urlparse(args.dist_url)
         os.environ.setdefault("MASTER_ADDR", url.hostname or "127.0.0.1")
@@ -124,7 +181,8 @@ def build_trainer(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None
     )
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE not in ("full_model", "norm", "value"):
-        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use full_model, norm or value")
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use full_model, norm or value")
+    resume_step = resume.step if resume else None
     eval_period = cfg.TEST.EVAL_PERIOD if 0 < cfg.TEST.EVAL_PERIOD <= cfg.SOLVER.MAX_ITER else cfg.SOLVER.MAX_ITER
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -141,9 +199,10 @@ def build_trainer(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None
         gradient_clip_val=clip.CLIP_VALUE if clip.ENABLED else None,
         gradient_clip_algorithm="value" if clip.CLIP_TYPE == "value" else "norm",
         logger=[
-            CSVLogger(cfg.OUTPUT_DIR, name="", version=""),
-            TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version=""),
+            MetricsCSVLogger(cfg.OUTPUT_DIR, resume_step, resume.metrics_row if resume else None),
+            TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version="", purge_step=resume_step),
         ],
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.SOLVER.LOG_PERIOD,
         callbacks=[
             periodic,
@@ -174,20 +233,20 @@ def load_backbone_weights(model: torch.nn.Module, path: str) -> None:
     """ImageNet / timm backbone weights through the backbone's key conversion."""
     loader = getattr(type(model.backbone), "load_pretrained", None)
     if loader is None:
-        raise ValueError(f"backbone {type(model.backbone).__name__} cannot load MODEL.BACKBONE.WEIGHTS")
+        raise ConfigError(f"backbone {type(model.backbone).__name__} cannot load MODEL.BACKBONE.WEIGHTS")
     report = loader(model.backbone, path)
     logger.info("backbone weights from %s: %s", path, report)
 
 
 def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None) -> dict:
     """Train (or resume) for SOLVER.MAX_ITER iterations; evaluates at the end; returns the final results."""
-    trainer, batch_size = build_trainer(cfg, args, callbacks)
+    resume = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints") if args.resume else None
+    trainer, batch_size = build_trainer(cfg, args, callbacks, resume)
     module = build_module(cfg, batch_size)
-    last = Path(cfg.OUTPUT_DIR) / "checkpoints" / "last.ckpt"
     ckpt_path = None
-    if args.resume and last.is_file():
-        ckpt_path = str(last)
-        logger.info("resuming from %s", last)
+    if resume is not None:
+        ckpt_path = str(resume.path)
+        logger.info("resuming from %s (iteration %d)", resume.path, resume.step)
     elif cfg.MODEL.WEIGHTS:
         load_checkpoint_into(module.model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
     trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
@@ -196,12 +255,9 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None)
     output_dir = Path(cfg.OUTPUT_DIR)
     if trainer.is_global_zero:
         final = output_dir / "model_final.pth"
-        tmp = final.with_name(".model_final.pth.tmp")
-        torch.save(
-            {"model": module.model.state_dict(), "iteration": trainer.global_step, "config_yaml": cfg.dump()},
-            tmp,
+        save_atomic(
+            {"model": module.model.state_dict(), "iteration": trainer.global_step, "config_yaml": cfg.dump()}, final
         )
-        tmp.replace(final)
         atomic_write_json(
             output_dir / "final_metrics.json",
             {"iteration": trainer.global_step, "results": module.last_results},
@@ -216,7 +272,7 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None)
 def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
     """Evaluate MODEL.WEIGHTS on DATASETS.TEST."""
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     trainer, batch_size = build_trainer(cfg, args)
     module = build_module(cfg, batch_size)
     load_checkpoint_into(module.model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
@@ -232,7 +288,21 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
     return module.last_results
 
 
+def run(args: argparse.Namespace) -> dict:
+    """Config, then, holding OUTPUT_DIR's lock (one run per folder), train or evaluate."""
+    cfg = build_config(args)
+    main_process = _is_main_process(args)
+    with OutputDirLock(cfg.OUTPUT_DIR) if main_process else nullcontext(), logging_to(cfg.OUTPUT_DIR):
+        if main_process:  # half-written files of a killed run (the lock says no other run is writing)
+            remove_stale_temporaries(Path(cfg.OUTPUT_DIR) / "checkpoints")
+            for name in _RUN_FILES:
+                remove_stale_temporaries(cfg.OUTPUT_DIR, name)
+        prepare_output_dir(cfg, args)
+        return evaluate_only(cfg, args) if args.eval_only else train(cfg, args)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = default_argument_parser().parse_args(argv)
-    cfg = setup(args)
-    return evaluate_only(cfg, args) if args.eval_only else train(cfg, args)
+    """train_net.py: a user error (bad config, missing file, folder in use, diverged run) is one line on stderr
+    and exit status 2; `--debug` shows its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_tool("train_net.py", lambda: run(default_argument_parser().parse_args(strip_debug(argv))), argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -16,16 +17,24 @@ import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader
 
+from ..config import ConfigError
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.coco_semantic import set_class_metadata
 from ..data.dataset import MapDataset
 from ..data.mapper import SemanticSegMapper
 from ..data.samplers import InfiniteSampler
+from ..errors import UserError
 from ..evaluation.sem_seg import SemSegEvaluator
 from ..modeling.meta_arch import build_model
+from .checkpoint import first_non_finite
 from .optimizer import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """Training diverged: a loss, the model's outputs or its weights became NaN or Inf; the message names the
+    iteration, the losses and the last good checkpoint."""
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -48,12 +57,15 @@ def check_dataset_classes(cfg: CfgNode, names: list[str]) -> list[str]:
     for name in names:
         classes = set_class_metadata(name)
         if class_names is not None and classes != class_names:
-            raise ValueError(f"datasets disagree on their classes: {names[0]} has {class_names}, {name} has {classes}")
+            raise ConfigError(
+                f"datasets disagree on their classes: {names[0]} has {class_names}, {name} has {classes}: "
+                "list datasets of one class set together"
+            )
         class_names = classes
     if class_names is not None and len(class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
-        raise ValueError(
+        raise ConfigError(
             f"dataset {names[0]} has {len(class_names)} classes (background included: {class_names}) but "
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}: set it to {len(class_names)}"
         )
     return class_names or []
 
@@ -67,6 +79,11 @@ class MaskFormerModule(L.LightningModule):
         self.evaluators: list[SemSegEvaluator] = []
         self.last_results: dict[str, dict] = {}
         self.last_eval_step = -1
+        self._last_losses: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._last_logged: tuple[int, dict[str, torch.Tensor]] | None = None
+        # Diverged outputs are caught before the matcher sees them (its assignment solver refuses NaN costs with
+        # a bare ValueError that names nothing).
+        self.model.criterion.register_forward_pre_hook(self._check_outputs_finite)
 
     # ---- data ----------------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -101,7 +118,7 @@ class MaskFormerModule(L.LightningModule):
         for name in cfg.DATASETS.TEST:
             dicts = DatasetCatalog.get(name)
             if any("sem_seg_file_name" not in d for d in dicts):
-                raise ValueError(f"dataset {name} in DATASETS.TEST has no ground truth; evaluate on a labelled split")
+                raise ConfigError(f"dataset {name} in DATASETS.TEST has no ground truth; evaluate on a labelled split")
             loaders.append(
                 DataLoader(
                     MapDataset(dicts, mapper),
@@ -125,19 +142,52 @@ class MaskFormerModule(L.LightningModule):
 
     # ---- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
-        losses = self.model(batch)
+        try:
+            losses = self.model(batch)
+        except ValueError as error:
+            if "invalid numeric entries" not in str(error):  # scipy's refusal of a NaN/Inf cost matrix
+                raise
+            raise self._diverged("the matcher's costs hold NaN or Inf") from None
         total = self.model.criterion.weighted_total(losses)
         if not torch.isfinite(total):
-            readable = {key: round(float(value), 4) for key, value in losses.items()}
-            raise FloatingPointError(
-                f"loss became {float(total)} at iteration {self.global_step}; losses: {readable}. "
-                f"The last good checkpoint stays in {self.cfg.OUTPUT_DIR}/checkpoints"
+            readable = {key: round(float(value.detach()), 4) for key, value in losses.items()}
+            raise NonFiniteLossError(
+                f"loss became {float(total.detach())} at iteration {self.global_step}; losses: {readable}. "
+                f"{self._checkpoint_left()} {_ADVICE}"
             )
+        self._last_losses = (self.global_step, {key: value.detach() for key, value in losses.items()})
         logged = {key: value.detach() for key, value in losses.items() if key in ("loss_ce", "loss_mask", "loss_dice")}
         logged["total_loss"] = total.detach()
         logged["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"]) if self._trainer else torch.tensor(0.0)
         self.log_dict(logged, batch_size=len(batch))
+        self._last_logged = (self.global_step, logged)
         return total
+
+    def _check_outputs_finite(self, criterion: torch.nn.Module, args: tuple) -> None:
+        outputs = args[0]
+        tensors = [outputs["pred_logits"], outputs["pred_masks"]]
+        for aux in outputs.get("aux_outputs", []):
+            tensors += [aux["pred_logits"], aux["pred_masks"]]
+        if not bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all()):
+            raise self._diverged("the model's outputs hold NaN or Inf")
+
+    def _diverged(self, what: str) -> NonFiniteLossError:
+        if self._last_losses is not None:
+            step, values = self._last_losses
+            readable = {key: round(float(value), 4) for key, value in values.items()}
+            before = f"losses at iteration {step}: {readable}"
+        else:
+            before = "no finite loss before it in this run"
+        return NonFiniteLossError(
+            f"loss became non-finite at iteration {self.global_step} ({what}, so no loss can be computed); "
+            f"{before}. {self._checkpoint_left()} {_ADVICE}"
+        )
+
+    def _checkpoint_left(self) -> str:
+        last = Path(self.cfg.OUTPUT_DIR) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return f"The last good checkpoint stays: {last}."
+        return f"No checkpoint was saved before it (none in {last.parent})."
 
     def on_validation_epoch_start(self) -> None:
         for evaluator in self.evaluators:
@@ -168,12 +218,33 @@ class MaskFormerModule(L.LightningModule):
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = first_non_finite(checkpoint["state_dict"])
+        if bad:  # never replace a good checkpoint with a diverged one
+            raise NonFiniteLossError(
+                f"the weights became non-finite after iteration {self.global_step} ({bad}); not saved. "
+                f"{self._checkpoint_left()} {_ADVICE}"
+            )
         checkpoint["config_yaml"] = self.cfg.dump()
+        row = self._pending_metrics_row()
+        if row is not None:
+            checkpoint["metrics_row"] = row
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": _python_state_to_plain(random.getstate()),
         }
+
+    def _pending_metrics_row(self) -> dict | None:
+        """The metrics.csv row of the iteration this checkpoint ends, when that iteration logs one: Lightning hands
+        it to the loggers only after the checkpoint is saved, so a kill in between would lose it; `--resume` writes
+        it from here."""
+        trainer = self._trainer
+        if trainer is None or self._last_logged is None or self._last_logged[0] != self.global_step - 1:
+            return None
+        if self.global_step % max(1, trainer.log_every_n_steps):
+            return None
+        step, logged = self._last_logged
+        return {"epoch": self.current_epoch, "step": step, **{key: float(value) for key, value in logged.items()}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
@@ -181,6 +252,9 @@ class MaskFormerModule(L.LightningModule):
             torch.set_rng_state(states["torch"])
             np.random.set_state(_numpy_state_from_plain(states["numpy"]))
             random.setstate(_python_state_from_plain(states["python"]))
+
+
+_ADVICE = "Lower SOLVER.BASE_LR (or enable SOLVER.CLIP_GRADIENTS) and train again."
 
 
 def _loader_generator(seed: int) -> torch.Generator:

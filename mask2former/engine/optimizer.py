@@ -8,6 +8,8 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ..config import ConfigError
+
 _NORM_TYPES = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -66,7 +68,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=solver.BASE_LR, betas=tuple(solver.BETAS))
     if solver.OPTIMIZER == "SGD":
         return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM)
-    raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
+    raise ConfigError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
 
 
 def poly_lr_factor(
@@ -87,7 +89,7 @@ def poly_lr_factor(
         elif warmup_method == "constant":
             warmup = warmup_factor
         else:
-            raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
+            raise ConfigError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
     decay = math.pow(max(0.0, 1.0 - iteration / max_iter), power)
     if constant_ending > 0 and warmup == 1.0 and decay < constant_ending:
         return constant_ending
@@ -97,7 +99,7 @@ def poly_lr_factor(
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     solver = cfg.SOLVER
     if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
-        raise ValueError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; use WarmupPolyLR")
+        raise ConfigError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; use WarmupPolyLR")
 
     def factor(iteration: int) -> float:
         return poly_lr_factor(

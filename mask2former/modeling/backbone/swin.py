@@ -15,7 +15,6 @@ window size (or pre-training grid) differs.
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch.utils.checkpoint
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ...engine.checkpoint import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
 
 logger = logging.getLogger(__name__)
@@ -523,18 +523,8 @@ def checkpoint_filter_fn(state_dict: dict, model: D2SwinTransformer) -> dict[str
 
 
 def read_weights(path: Path) -> dict:
-    """A .safetensors file or a torch checkpoint read with weights_only=True."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds more than tensors (e.g. a pickled config), which is not loaded for safety. "
-            "Re-save its state dict alone: torch.save(torch.load(p, weights_only=False)['model'], out)"
-        ) from error
+    """The tensors of a .safetensors / .pth file, through the project's one checkpoint reader."""
+    return read_checkpoint(path)
 
 
 def load_swin_pretrained(model: D2SwinTransformer, path: str | Path) -> dict[str, list[str]]:
