@@ -150,7 +150,10 @@ def test_eval_only_refuses_a_nan_checkpoint(sample_root: Path, tmp_path: Path) -
 
 def test_a_diverging_run_stops_with_the_non_finite_message(sample_root: Path, tmp_path: Path, capsys, caplog) -> None:
     out = tmp_path / "diverge"
+    inputs = digest(REPO / "configs", sample_root)
     report = user_error(cli(sample_root, out, 6, 1, 3, "SOLVER.BASE_LR", "1e12"), capsys, caplog)
+    assert digest(REPO / "configs", sample_root) == inputs
+    assert {p.name for p in tmp_path.iterdir()} <= {"diverge", "cache"}  # only the output folder and label cache
     match = re.search(r"loss became \S+ at iteration (\d+)", report)
     assert match, report
     assert "invalid numeric entries" not in report and "Traceback" not in report
@@ -226,6 +229,7 @@ def test_a_second_run_on_a_busy_output_folder_is_refused(sample_root: Path, tmp_
     first finishes with its own config. The second has imported the package already and starts when the first is
     training, so the test does not depend on import times. The first's stderr is a pipe: lines, no '\\r'."""
     out = tmp_path / "run"
+    inputs = digest(REPO / "configs", sample_root)
     first = subprocess.Popen(
         [sys.executable, TRAIN_NET, *cli(sample_root, out, 40, 20, 1)],
         stdout=subprocess.PIPE,
@@ -260,7 +264,10 @@ def test_a_second_run_on_a_busy_output_folder_is_refused(sample_root: Path, tmp_
     assert first.returncode == 0, first_err
     assert load_config(str(out / "config.yaml"), freeze=False).SEED == 1  # the first run's, not the second's
     assert (out / "model_final.pth").is_file() and not (out / ".lock").exists()
+    assert not list(out.rglob(".*.tmp"))  # no temporary file of the killed run left behind
     assert log.read_text().count("command line:") == 1  # the second run wrote nothing into the folder
+    assert digest(REPO / "configs", sample_root) == inputs
+    assert {p.name for p in tmp_path.iterdir()} <= {"run", "cache", "go", "ready"}
     assert "\r" not in first_err
     assert re.search(r"iter 20/40 +loss \d+\.\d+ +lr \S+ +\d+\.\d+ it/s +eta \d+:\d\d:\d\d", first_err), first_err
 
@@ -271,7 +278,8 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path: Path, caplo
     lock_file = tmp_path / ".lock"
     stale = f'{{"pid": {dead.pid}, "host": "this-host", "started": "2026-01-01 00:00:00 +0000"}}\n'
     lock_file.write_text(stale)
-    with caplog.at_level("WARNING"), OutputDirLock(tmp_path):
+    with caplog.at_level("WARNING"), OutputDirLock(tmp_path) as lock:
+        lock.log_takeover()
         assert f"taking over the stale lock {lock_file} of a run that has ended (pid {dead.pid}" in caplog.text
         assert f'"pid": {os.getpid()}' in lock_file.read_text()
         in_use = rf"OUTPUT_DIR {re.escape(str(tmp_path))} is in use by another run \(pid {os.getpid()} on host"
@@ -286,6 +294,7 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
     iteration (verbatim) and holds each iteration once."""
     out = tmp_path / "run"
     argv = cli(sample_root, out, 30, 4)
+    inputs = digest(REPO / "configs", sample_root)
     killed = subprocess.Popen([sys.executable, TRAIN_NET, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: (out / "checkpoints" / "model_0000008.ckpt").is_file(), "checkpoint 8", process=killed)
@@ -307,6 +316,7 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
     with caplog.at_level("INFO"):
         main(["--resume", *argv])
     assert f"taking over the stale lock {out / '.lock'}" in caplog.text
+    assert "taking over the stale lock" in (out / "log.txt").read_text()  # in the run's own log
     assert f"cannot use {last} is a truncated or damaged PyTorch checkpoint" in caplog.text
     assert f"continuing from {periodic[-1]} (iteration {resume_step})" in caplog.text
     rows = read_metrics(out / "metrics.csv")
@@ -314,4 +324,7 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
     train_steps = [int(row["step"]) for row in rows if row["total_loss"]]
     assert train_steps == list(range(30))  # the rows before the resume point kept, none of the killed run doubled
     assert events_before and events_before < set((out / "tensorboard").glob("events.*"))  # old events kept
+    assert digest(REPO / "configs", sample_root) == inputs
+    assert {p.name for p in tmp_path.iterdir()} <= {"run", "cache"}
     assert (out / "model_final.pth").is_file() and not (out / ".lock").exists()
+    assert not list(out.rglob(".*.tmp"))  # no temporary file of the killed run left behind

@@ -106,7 +106,23 @@ def prepare_output_dir(cfg: CfgNode, args: argparse.Namespace) -> None:
     if _is_main_process(args):
         atomic_write_text(output_dir / "config.yaml", cfg.dump())
     logger.info("config written to %s (seed %d)", output_dir / "config.yaml", cfg.SEED)
+    logger.info(cpu_numerics())
     register_datasets_from_config(cfg)
+
+
+# The settings a CPU run's numbers depend on besides the seed, as `make demo` pins them (see the Makefile).
+CPU_NUMERICS_ENV = ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+
+
+def cpu_numerics() -> str:
+    """One log line: torch's thread count and kernel instruction set, and the environment that sets them."""
+    # Same seed, other machine: sums split over another number of threads, or AVX2 kernels where AVX-512 ran
+    # (torch, oneDNN, MKL), round differently, and a long training drifts apart (README: make demo).
+    settings = " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in CPU_NUMERICS_ENV)
+    return (
+        f"CPU numerics: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{torch.backends.cpu.get_cpu_capability()} kernels ({settings})"
+    )
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -292,8 +308,10 @@ def run(args: argparse.Namespace) -> dict:
     """Config, then, holding OUTPUT_DIR's lock (one run per folder), train or evaluate."""
     cfg = build_config(args)
     main_process = _is_main_process(args)
-    with OutputDirLock(cfg.OUTPUT_DIR) if main_process else nullcontext(), logging_to(cfg.OUTPUT_DIR):
-        if main_process:  # half-written files of a killed run (the lock says no other run is writing)
+    with OutputDirLock(cfg.OUTPUT_DIR) if main_process else nullcontext() as lock, logging_to(cfg.OUTPUT_DIR):
+        if lock is not None:
+            lock.log_takeover()
+            # half-written files of a killed run (the lock says no other run is writing)
             remove_stale_temporaries(Path(cfg.OUTPUT_DIR) / "checkpoints")
             for name in _RUN_FILES:
                 remove_stale_temporaries(cfg.OUTPUT_DIR, name)

@@ -35,6 +35,7 @@ class OutputDirLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
+        self.stale_holder: dict | None = None  # what a dead run's lock file recorded, when this run took it over
 
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -54,14 +55,19 @@ class OutputDirLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
-        previous = _read_holder(fd)
-        if previous:
-            logger.warning("taking over the stale lock %s of a run that has ended (%s)", self.path, _describe(previous))
+        self.stale_holder = _read_holder(fd) or None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
         self._fd = fd
+
+    def log_takeover(self) -> None:
+        """The log line for a stale lock taken over (called once the run's log is set up)."""
+        if self.stale_holder:
+            logger.warning(
+                "taking over the stale lock %s of a run that has ended (%s)", self.path, _describe(self.stale_holder)
+            )
 
     def _in_use(self, holder: dict) -> OutputDirInUseError:
         return OutputDirInUseError(
