@@ -317,7 +317,7 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
         main(["--resume", *argv])
     assert f"taking over the stale lock {out / '.lock'}" in caplog.text
     assert "taking over the stale lock" in (out / "log.txt").read_text()  # in the run's own log
-    assert f"cannot use {last} is a truncated or damaged PyTorch checkpoint" in caplog.text
+    assert f"skipped a damaged checkpoint: {last} is a truncated or damaged PyTorch checkpoint" in caplog.text
     assert f"continuing from {periodic[-1]} (iteration {resume_step})" in caplog.text
     rows = read_metrics(out / "metrics.csv")
     assert [{k: v for k, v in row.items() if k in kept[0]} for row in rows[: len(kept)]] == kept

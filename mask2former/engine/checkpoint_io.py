@@ -100,7 +100,7 @@ def find_resume_point(checkpoint_dir: str | Path) -> ResumePoint | None:
                 raise CheckpointReadError(f"{path} is not a Lightning training checkpoint (no global_step/state_dict)")
         except (CheckpointReadError, PermissionError) as error:
             problems.append(str(error))
-            logger.warning("--resume: cannot use %s", error)
+            logger.warning("--resume: skipped a damaged checkpoint: %s", error)
             continue
         row = data.get("metrics_row")
         intact.append(ResumePoint(path, step, row if isinstance(row, dict) else None))
