@@ -107,3 +107,13 @@ def test_a_user_error_inside_a_run_reaches_its_log_once(tmp_path, capsys):
         run_tool("tool.py", fail, argv=[])
     assert (tmp_path / "out" / "log.txt").read_text().count("images/x.jpg: unreadable") == 1
     assert capsys.readouterr().err.count("images/x.jpg: unreadable") == 1
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    import os
+
+    from mask2former.utils.io import atomic_write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert os.stat(tmp_path / "atomic.txt").st_mode == os.stat(tmp_path / "plain.txt").st_mode

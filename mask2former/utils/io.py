@@ -52,11 +52,19 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), _new_file_mode())  # mkstemp's 0600 -> what open() would have given
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode a plain open(path, "w") gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
