@@ -60,11 +60,18 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         raise
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; done once, at import, before any writer thread exists
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _new_file_mode() -> int:
     """0666 less the process umask: the mode a plain open(path, "w") gives a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_UMASK
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
