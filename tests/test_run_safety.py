@@ -328,3 +328,14 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
     assert {p.name for p in tmp_path.iterdir()} <= {"run", "cache"}
     assert (out / "model_final.pth").is_file() and not (out / ".lock").exists()
     assert not list(out.rglob(".*.tmp"))  # no temporary file of the killed run left behind
+
+
+def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(sample_root: Path, tmp_path: Path, capsys, caplog):
+    out = tmp_path / "run"
+    main(cli(sample_root, out, 2, 1))
+    earlier = {path: sha for path, sha in digest(out).items() if not path.endswith("log.txt")}
+    assert any(path.endswith("model_final.pth") for path in earlier)
+    report = user_error(cli(sample_root, out, 2, 1), capsys, caplog)
+    assert f"OUTPUT_DIR {out} holds an earlier run (model_final.pth, checkpoints/" in report
+    assert "--resume" in report and "Traceback" not in report
+    assert {path: sha for path, sha in digest(out).items() if not path.endswith("log.txt")} == earlier

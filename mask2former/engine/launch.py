@@ -97,6 +97,26 @@ def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
         raise ConfigError(f"SOLVER.MAX_ITER is {cfg.SOLVER.MAX_ITER}: give the number of iterations (>= 1)")
 
 
+class EarlierRunError(ConfigError):
+    """OUTPUT_DIR holds the checkpoints of an earlier run and the command did not say --resume."""
+
+
+def refuse_earlier_run(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """A new training run never replaces an earlier run's checkpoints or final model: --resume continues that
+    run; starting over takes another OUTPUT_DIR (or removing the earlier files by hand)."""
+    if args.resume or args.eval_only:
+        return
+    output_dir = Path(cfg.OUTPUT_DIR)
+    found = [output_dir / "model_final.pth"] if (output_dir / "model_final.pth").is_file() else []
+    found += sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    if found:
+        shown = ", ".join(str(path.relative_to(output_dir)) for path in found[:3])
+        raise EarlierRunError(
+            f"OUTPUT_DIR {output_dir} holds an earlier run ({shown}{', ...' if len(found) > 3 else ''}): add --resume "
+            "to continue it, or give another OUTPUT_DIR to start a new one (its files are never replaced)"
+        )
+
+
 def prepare_output_dir(cfg: CfgNode, args: argparse.Namespace) -> None:
     """Logging to OUTPUT_DIR/log.txt, config.yaml written (main process), datasets registered."""
     output_dir = Path(cfg.OUTPUT_DIR)
@@ -315,6 +335,7 @@ def run(args: argparse.Namespace) -> dict:
             remove_stale_temporaries(Path(cfg.OUTPUT_DIR) / "checkpoints")
             for name in _RUN_FILES:
                 remove_stale_temporaries(cfg.OUTPUT_DIR, name)
+        refuse_earlier_run(cfg, args)
         prepare_output_dir(cfg, args)
         return evaluate_only(cfg, args) if args.eval_only else train(cfg, args)
 
