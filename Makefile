@@ -7,8 +7,22 @@ REQ_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | s
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 SAMPLE ?= datasets/sample
 DEMO_OUT ?= output/demo
+# The same seed gives other numbers on another machine when torch's thread count differs (sums are split per
+# thread) or the instruction set its kernels are chosen for (torch, oneDNN, MKL: AVX-512 and AVX2 round
+# differently). The demo pins the thread count to that of the README's figure; DEMO_AVX2=1 also pins the kernels
+# to AVX2, so AVX-512 and AVX2 machines agree too, at about a quarter more training time (README: make demo).
+DEMO_THREADS ?= 2
+DEMO_AVX2 ?=
+DEMO_ENV = OMP_NUM_THREADS=$(DEMO_THREADS)$(if $(DEMO_AVX2), ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2)
+DEMO_OPTS ?=
+SAMPLE_ARGS ?= --num-train 240 --num-test 60 --seed 0
+# What the sample data is made from, and what the demo's run is made from (code, configs, data, settings):
+# the data is generated again when its key changes; a run folder of another key is never resumed.
+SAMPLE_KEY = $(shell cat mask2former/data/sample_dataset.py requirements.txt | sha1sum | cut -c1-12) $(SAMPLE_ARGS)
+DEMO_KEY = $(shell { find mask2former semask tools configs train_net.py -type f \( -name '*.py' -o -name '*.yaml' \) \
+	| LC_ALL=C sort | xargs cat; cat requirements.txt; } | sha1sum | cut -c1-12) $(SAMPLE_KEY) $(DEMO_ENV) $(DEMO_OPTS)
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo demo-data demo-outdir bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,15 +40,15 @@ lint: install
 	$(PY) -m ruff check .
 
 demo: install
-	@test -f $(SAMPLE)/train_all.json || $(PY) tools/make_sample_dataset.py --out $(SAMPLE) --num-train 240 --num-test 60 --seed 0
+	@$(MAKE) --no-print-directory demo-data demo-outdir
 	$(PY) tools/split_folds.py --json $(SAMPLE)/train_all.json --folds 5 --out $(SAMPLE)/folds
 	$(PY) tools/inspect_dataset.py --json $(SAMPLE)/train.json --out $(DEMO_OUT)/inspect
-	$(PY) train_net.py --config-file configs/quickstart.yaml --resume OUTPUT_DIR $(DEMO_OUT)/quickstart
-	$(PY) tools/predict.py --config-file configs/quickstart.yaml --weights $(DEMO_OUT)/quickstart/model_final.pth \
-		--json $(SAMPLE)/val.json --out $(DEMO_OUT)/predict_val --overlays 8
+	$(DEMO_ENV) $(PY) train_net.py --config-file configs/quickstart.yaml --resume OUTPUT_DIR $(DEMO_OUT)/quickstart $(DEMO_OPTS)
+	$(DEMO_ENV) $(PY) tools/predict.py --config-file configs/quickstart.yaml --weights $(DEMO_OUT)/quickstart/model_final.pth \
+		--json $(SAMPLE)/val.json --out $(DEMO_OUT)/predict_val --overlays 8 --threads $(DEMO_THREADS)
 	$(PY) tools/evaluate.py --gt $(SAMPLE)/val.json --pred $(DEMO_OUT)/predict_val/submission.csv --out $(DEMO_OUT)/eval_val
-	$(PY) tools/predict.py --config-file configs/quickstart.yaml --weights $(DEMO_OUT)/quickstart/model_final.pth \
-		--json $(SAMPLE)/test.json --out $(DEMO_OUT)/predict_test --overlays 16
+	$(DEMO_ENV) $(PY) tools/predict.py --config-file configs/quickstart.yaml --weights $(DEMO_OUT)/quickstart/model_final.pth \
+		--json $(SAMPLE)/test.json --out $(DEMO_OUT)/predict_test --overlays 16 --threads $(DEMO_THREADS)
 	$(PY) tools/check_submission.py $(DEMO_OUT)/predict_test/submission.csv --test-json $(SAMPLE)/test.json
 	@echo
 	@echo "demo outputs:"
@@ -42,6 +56,27 @@ demo: install
 	@echo "  training run (config, log, metrics.csv, loss_curve.png, checkpoints, model_final.pth): $(DEMO_OUT)/quickstart/"
 	@echo "  val evaluation (confusion_matrix.png, sem_seg_metrics.json): $(DEMO_OUT)/eval_val/"
 	@echo "  test submission (validated) and overlays: $(DEMO_OUT)/predict_test/"
+
+# demo's steps: the sample data, generated unless SAMPLE holds what this generator makes with SAMPLE_ARGS
+# (SAMPLE/.demo-key, written once it is complete); then DEMO_OUT, refused if it holds a run of another key.
+demo-data:
+	@if [ ! -f $(SAMPLE)/train_all.json ] || [ "$$(cat $(SAMPLE)/.demo-key 2>/dev/null)" != "$(SAMPLE_KEY)" ]; then \
+		rm -f $(SAMPLE)/.demo-key; \
+		echo "$(PY) tools/make_sample_dataset.py --out $(SAMPLE) $(SAMPLE_ARGS)"; \
+		$(PY) tools/make_sample_dataset.py --out $(SAMPLE) $(SAMPLE_ARGS) || { \
+			echo "make demo: could not generate $(SAMPLE): move it away, or give another folder (make demo SAMPLE=...)" >&2; \
+			exit 2; }; \
+		echo "$(SAMPLE_KEY)" > $(SAMPLE)/.demo-key; \
+	fi
+
+demo-outdir:
+	@key="$(DEMO_KEY)"; \
+	if [ -n "$$(ls -A $(DEMO_OUT) 2>/dev/null)" ] && [ "$$(cat $(DEMO_OUT)/.demo-key 2>/dev/null)" != "$$key" ]; then \
+		echo "make demo: $(DEMO_OUT) holds a demo run made by other code, data or settings, which would be resumed:" \
+			"remove it (rm -r $(DEMO_OUT)) or give another folder (make demo DEMO_OUT=...)" >&2; \
+		exit 2; \
+	fi; \
+	mkdir -p $(DEMO_OUT) && echo "$$key" > $(DEMO_OUT)/.demo-key
 
 bench: install
 	$(PY) benchmarks/data_loader.py
