@@ -34,6 +34,9 @@ class CfgNode(_FvCfgNode):
             raise _unknown_key_error(self, error, source=cfg_filename) from None
 
     def merge_from_list(self, cfg_list: list) -> None:
+        flags = [item for item in cfg_list if isinstance(item, str) and item.startswith("--")]
+        if flags:
+            raise ValueError(f"{flags[0]} stands among the KEY VALUE overrides: put options before them")
         if len(cfg_list) % 2 != 0:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {cfg_list}")
         known = set(flatten_keys(self))

@@ -31,6 +31,7 @@ from mask2former.engine.inference import (
     predict_batch,
     predict_probabilities,
 )
+from mask2former.engine.run_lock import OutputDirInUseError, OutputDirLock
 from mask2former.errors import UserError
 from mask2former.modeling.meta_arch import build_model
 from mask2former.pipeline import predict as pipeline
@@ -487,3 +488,11 @@ def test_benchmark_smoke_run(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| cpu |")]
     assert len(rows) == 4 and "| yes | 4 | 2 | fp32 |" in rows[-1]
+
+
+def test_a_second_run_on_the_same_out_is_refused(sample_root, checkpoints, tmp_path) -> None:
+    """One run per --out: while another live run holds OUT/.lock, predict stops before writing anything."""
+    out = tmp_path / "busy"
+    with OutputDirLock(out, "--out"), pytest.raises(OutputDirInUseError, match=r"--out .* is in use by another run"):
+        run(sample_root, out, [checkpoints["a"]])
+    assert list(out.iterdir()) == []  # nothing written; the holder's lock file went with it

@@ -339,3 +339,14 @@ def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(sample_root: Path,
     assert f"OUTPUT_DIR {out} holds an earlier run (model_final.pth, checkpoints/" in report
     assert "--resume" in report and "Traceback" not in report
     assert {path: sha for path, sha in digest(out).items() if not path.endswith("log.txt")} == earlier
+
+
+def test_resume_with_another_model_is_refused_and_config_yaml_kept(sample_root: Path, tmp_path: Path, capsys, caplog):
+    out = tmp_path / "run"
+    main(cli(sample_root, out, 2, 1))
+    saved = (out / "config.yaml").read_text()
+    report = user_error(["--resume", *cli(sample_root, out, 4, 1), "MODEL.SWIN.EMBED_DIM", "32"], capsys, caplog)
+    assert "holds a run of another model (MODEL.SWIN.EMBED_DIM 16 -> 32" in report and "Traceback" not in report
+    assert (out / "config.yaml").read_text() == saved
+    main(["--resume", *cli(sample_root, out, 3, 1)])  # a longer run of the same model resumes
+    assert "MAX_ITER: 3" in (out / "config.yaml").read_text()

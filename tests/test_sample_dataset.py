@@ -124,3 +124,14 @@ def test_writes_again_into_a_folder_it_made(tmp_path: Path) -> None:
     (tmp_path / "empty" / "train_all.json").unlink()
     make_sample_dataset(tmp_path / "empty", 4, 2)
     assert _hashes(tmp_path / "empty") == first
+
+
+def test_a_folder_it_made_that_holds_a_users_files_is_refused(tmp_path: Path) -> None:
+    """Predictions kept beside the generated data would describe images that a new generation replaces."""
+    data = tmp_path / "data"
+    make_sample_dataset(data, 4, 2, seed=0)
+    (data / "submission.csv").write_text("image_id,PredictionString\n")
+    before = _hashes(data)
+    with pytest.raises(OutputFolderNotEmpty, match=r"already holds files \(e.g. submission.csv\)"):
+        make_sample_dataset(data, 4, 2, seed=1)
+    assert _hashes(data) == before

@@ -7,7 +7,8 @@ earlier ones; annotations are polygons of each object's visible part (several wh
 Classes are drawn with probability proportional to the square root of the real counts, so Battery
 and Clothing stay rare but present. Same seed, same bytes. The output folder must be new or empty unless
 `overwrite=True`, so the generator never replaces a user's files by accident; a folder it made itself (it
-holds the `MARKER` file, written first) is written again without asking, interrupted runs included.
+holds the `MARKER` file, written first) is written again without asking, interrupted runs included, as long as it
+holds nothing else (predictions or notes a user put there make it refuse too).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ MIN_FRAGMENT_AREA = 16
 
 
 MARKER = ".sample_dataset"
+# What a sample dataset folder holds: the generator's files, and what `make demo` adds (its key, the fold jsons).
+_OWN_NAMES = {MARKER, "train_all.json", "train.json", "val.json", "test.json", *FOLDERS, "folds", ".demo-key"}
 
 
 class OutputFolderNotEmpty(UserError, FileExistsError):
@@ -58,9 +61,12 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse a file, or a folder that holds anything and is not a sample dataset folder, unless `overwrite`."""
     if out.exists() and not out.is_dir():
         raise OutputFolderNotEmpty(f"--out {out} is a file, not a folder: give a new or empty folder")
-    if overwrite or not out.is_dir() or (out / MARKER).is_file():
+    if overwrite or not out.is_dir():
         return
-    first = next(iter(sorted(out.iterdir())), None)
+    present = sorted(out.iterdir())
+    if (out / MARKER).is_file():  # a folder it made: written again only while it holds nothing but its own files
+        present = [path for path in present if path.name not in _OWN_NAMES]
+    first = next(iter(present), None)
     if first is not None:
         raise OutputFolderNotEmpty(
             f"--out {out} already holds files (e.g. {first.name}): give a new or empty folder, or pass --overwrite "

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import lightning as L
 import torch
+import yaml
 from fvcore.common.config import CfgNode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -115,6 +116,51 @@ def refuse_earlier_run(cfg: CfgNode, args: argparse.Namespace) -> None:
             f"OUTPUT_DIR {output_dir} holds an earlier run ({shown}{', ...' if len(found) > 3 else ''}): add --resume "
             "to continue it, or give another OUTPUT_DIR to start a new one (its files are never replaced)"
         )
+
+
+def refuse_other_model_on_resume(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """--resume continues the run OUTPUT_DIR/config.yaml describes: a MODEL.* value that differs from it would
+    load checkpoints into another architecture (and config.yaml would no longer describe them), so it is refused;
+    other keys (a longer SOLVER.MAX_ITER, another TEST.EVAL_PERIOD) may change."""
+    saved_file = Path(cfg.OUTPUT_DIR) / "config.yaml"
+    if not args.resume or args.eval_only or not saved_file.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # unreadable: the checkpoint load decides
+    changed = [
+        f"MODEL.{key} {_plain(old)} -> {_plain(new)}"
+        for key, old, new in _leaf_differences(saved.get("MODEL", {}), cfg.MODEL)
+        if key not in _MODEL_KEYS_FREE_ON_RESUME
+    ]
+    if changed:
+        raise EarlierRunError(
+            f"--resume: OUTPUT_DIR {cfg.OUTPUT_DIR} holds a run of another model ({'; '.join(changed[:4])}"
+            f"{'; ...' if len(changed) > 4 else ''}, against its config.yaml): resume with the run's own config "
+            f"(--config-file {saved_file}), or give another OUTPUT_DIR for the new model"
+        )
+
+
+# MODEL keys that say where weights come from or how to run, not what the model is.
+_MODEL_KEYS_FREE_ON_RESUME = {"WEIGHTS", "BACKBONE.WEIGHTS", "DEVICE", "ALLOW_PICKLE", "LOAD_STRICT"}
+
+
+def _leaf_differences(saved: dict, current: CfgNode, prefix: str = "") -> list[tuple[str, object, object]]:
+    differences = []
+    for key, value in current.items():
+        if key not in saved:
+            continue
+        if isinstance(value, CfgNode):
+            if isinstance(saved[key], dict):
+                differences += _leaf_differences(saved[key], value, f"{prefix}{key}.")
+        elif _plain(saved[key]) != _plain(value):
+            differences.append((f"{prefix}{key}", saved[key], value))
+    return differences
+
+
+def _plain(value: object) -> object:
+    return [_plain(item) for item in value] if isinstance(value, list | tuple) else value
 
 
 def prepare_output_dir(cfg: CfgNode, args: argparse.Namespace) -> None:
@@ -277,6 +323,8 @@ def load_backbone_weights(model: torch.nn.Module, path: str) -> None:
 def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None) -> dict:
     """Train (or resume) for SOLVER.MAX_ITER iterations; evaluates at the end; returns the final results."""
     resume = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints") if args.resume else None
+    if args.resume and resume is None:
+        logger.warning("--resume: no checkpoint in %s: starting a new run", Path(cfg.OUTPUT_DIR) / "checkpoints")
     trainer, batch_size = build_trainer(cfg, args, callbacks, resume)
     module = build_module(cfg, batch_size)
     ckpt_path = None
@@ -336,6 +384,7 @@ def run(args: argparse.Namespace) -> dict:
             for name in _RUN_FILES:
                 remove_stale_temporaries(cfg.OUTPUT_DIR, name)
         refuse_earlier_run(cfg, args)
+        refuse_other_model_on_resume(cfg, args)
         prepare_output_dir(cfg, args)
         return evaluate_only(cfg, args) if args.eval_only else train(cfg, args)
 

@@ -31,8 +31,9 @@ class OutputDirInUseError(UserError):
 class OutputDirLock:
     """`with OutputDirLock(folder):` the run owns `folder` (OutputDirInUseError if another live run does)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, what: str = "OUTPUT_DIR") -> None:
         self.folder = Path(folder)
+        self.what = what  # how the command names the folder (OUTPUT_DIR, --out)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
         self.stale_holder: dict | None = None  # what a dead run's lock file recorded, when this run took it over
@@ -71,8 +72,8 @@ class OutputDirLock:
 
     def _in_use(self, holder: dict) -> OutputDirInUseError:
         return OutputDirInUseError(
-            f"OUTPUT_DIR {self.folder} is in use by another run ({_describe(holder)}; lock file {self.path}): wait "
-            "for it to finish, or give this run another OUTPUT_DIR"
+            f"{self.what} {self.folder} is in use by another run ({_describe(holder)}; lock file {self.path}): wait "
+            f"for it to finish, or give this run another {self.what}"
         )
 
     def release(self) -> None:

@@ -340,12 +340,13 @@ def run(options: EnsembleOptions) -> dict:
     """The whole command. Returns {submission, labels, images, [probabilities], [eval, mIoU], processed, skipped,
     report}; user errors raise (EnsembleError and the readers' errors, all UserError), before anything is written
     when they concern the options or the inputs."""
+    from ..engine.run_lock import OutputDirLock
     from ..utils.logger import logging_to
 
     check_options(options)
     kind = input_kind(options.inputs)
     refuse_unsafe_out(options, kind)  # before OUT/log.txt is opened
-    with logging_to(options.out):
+    with OutputDirLock(options.out, "--out"), logging_to(options.out):  # one run per OUT: a second one stops here
         return ensemble(options, kind)
 
 

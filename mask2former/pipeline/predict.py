@@ -55,6 +55,7 @@ from ..data.coco_semantic import class_names_from_categories
 from ..data.io import read_coco_json, read_image
 from ..data.trash import palette_for
 from ..engine.inference import PredictionJob, inference_max_size, inference_views, run_job, run_worker
+from ..engine.run_lock import OutputDirLock
 from ..ensemble import EnsembleError, normalize_weights
 from ..errors import UserError
 from ..prediction_io import check_probabilities, load_label_map, probability_path
@@ -448,7 +449,7 @@ def predict(args: argparse.Namespace) -> Path:
     OUT/submission.csv."""
     start = time.perf_counter()
     checked = prepare(args)
-    with logging_to(checked.out):
+    with OutputDirLock(checked.out, "--out"), logging_to(checked.out):  # one run per OUT: a second one stops here
         try:
             return run(checked, start)
         except (UserError, OSError) as error:

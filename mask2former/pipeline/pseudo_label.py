@@ -475,7 +475,7 @@ def run_loop(options: LoopOptions) -> dict:
     labelled = state is not None and any("ignored_share" in entry for entry in state["rounds"])
     if options.init_probs and not labelled:  # before anything is computed, written or deleted
         check_prediction_folder(_resolved(options.init_probs), images, class_names)
-    with OutputDirLock(out), logging_to(out):  # a second run on OUT stops here, naming the first
+    with OutputDirLock(out, "--out"), logging_to(out):  # a second run on OUT stops here, naming the first
         began = time.perf_counter()
         state = existing_state(out, settings, options.overwrite) or fresh_state(out, settings, options.overwrite)
         save_state(out, state)

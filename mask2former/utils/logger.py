@@ -56,7 +56,7 @@ def logging_to(output_dir: str | Path) -> Iterator[logging.Logger]:
     try:
         yield root
     except UserError as error:  # into log.txt too, while it is open; run_tool then prints nothing more
-        root.error("%s", str(error) or type(error).__name__)
+        logging.getLogger(Path(sys.argv[0]).name or "trashseg").error("%s", str(error) or type(error).__name__)
         error.logged = True  # type: ignore[attr-defined]
         raise
     finally:
