@@ -197,3 +197,33 @@ def tiny_training_opts(sample_root: Path, cache: Path) -> list[str]:
     sizes = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TRAIN", "(64, 96)", "INPUT.MIN_SIZE_TEST", "64"]
     solver = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0"]
     return TINY_MODEL + data + sizes + solver
+
+
+def tiny_run_argv(
+    sample_root: Path,
+    output: Path,
+    *extra: str,
+    max_iter: int = 4,
+    period: int = 2,
+    seed: int = 3,
+    config: str = "quickstart.yaml",
+) -> list[str]:
+    """train_net.py's command line for a tiny CPU run into `output`: a checkpoint every `period` iterations, an
+    evaluation at the end, a log line every iteration; `extra` KEY VALUE pairs last."""
+    opts = tiny_training_opts(sample_root, output.parent / "cache") + [
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(period),
+        "TEST.EVAL_PERIOD",
+        str(max_iter),
+        "SOLVER.LOG_PERIOD",
+        "1",
+        "OUTPUT_DIR",
+        str(output),
+        "SEED",
+        str(seed),
+        *extra,
+    ]
+    return ["--config-file", str(REPO / "configs" / config), "--num-gpus", "0", *opts]
+

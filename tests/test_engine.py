@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_training_opts
+from conftest import REPO, TINY_MODEL, tiny_run_argv
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
@@ -59,23 +59,8 @@ def test_every_config_builds_tiny_and_trains_a_step(name: str) -> None:
 
 
 def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4, config: str = "quickstart.yaml"):
-    opts = tiny_training_opts(sample_root, output.parent / "cache") + [
-        "SOLVER.MAX_ITER",
-        str(max_iter),
-        "SOLVER.CHECKPOINT_PERIOD",
-        "2",
-        "TEST.EVAL_PERIOD",
-        str(max_iter),
-        "SOLVER.LOG_PERIOD",
-        "1",
-        "OUTPUT_DIR",
-        str(output),
-        "SEED",
-        "3",
-        *extra,
-    ]
     return default_argument_parser().parse_args(
-        ["--config-file", str(REPO / "configs" / config), "--num-gpus", "0", *opts]
+        tiny_run_argv(sample_root, output, *extra, max_iter=max_iter, config=config)
     )
 
 

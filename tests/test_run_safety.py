@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_training_opts
+from conftest import REPO, TINY_MODEL, tiny_run_argv
 
 from mask2former.config import load_config
 from mask2former.engine import checkpoint_io
@@ -33,25 +33,10 @@ TRAIN_NET = str(REPO / "train_net.py")
 
 
 def cli(sample_root: Path, output: Path, max_iter: int = 4, period: int = 2, seed: int = 3, *extra: str) -> list[str]:
-    """train_net.py's command line for a tiny CPU run into `output`."""
-    opts = tiny_training_opts(sample_root, output.parent / "cache") + [
-        "SOLVER.MAX_ITER",
-        str(max_iter),
-        "SOLVER.CHECKPOINT_PERIOD",
-        str(period),
-        "SOLVER.CHECKPOINT_KEEP",
-        "-1",
-        "TEST.EVAL_PERIOD",
-        str(max_iter),
-        "SOLVER.LOG_PERIOD",
-        "1",
-        "OUTPUT_DIR",
-        str(output),
-        "SEED",
-        str(seed),
-        *extra,
-    ]
-    return ["--config-file", CONFIG, "--num-gpus", "0", *opts]
+    """train_net.py's command line for a tiny CPU run into `output`, every checkpoint kept."""
+    return tiny_run_argv(
+        sample_root, output, "SOLVER.CHECKPOINT_KEEP", "-1", *extra, max_iter=max_iter, period=period, seed=seed
+    )
 
 
 def digest(*paths: Path) -> dict[str, str]:
