@@ -10,3 +10,7 @@ from __future__ import annotations
 class UserError(Exception):
     """A problem with what the user gave (a file, an item in it, an option); the message names it and says what
     to do."""
+
+
+# Raised by the standard library for a user's path; a tool's own code raises UserError for everything else.
+USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)

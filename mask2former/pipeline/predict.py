@@ -390,15 +390,6 @@ def write_outputs(
     return csv, count, missing
 
 
-def _log_to_file(out: Path, message: str) -> None:
-    """`message` as an error line in OUT/log.txt only (the tool's runner prints it once on stderr)."""
-    log_file = str((out / "log.txt").resolve())
-    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (message,), None)
-    for handler in logging.getLogger().handlers:
-        if getattr(handler, "baseFilename", None) == log_file:
-            handler.handle(record)
-
-
 @dataclass
 class Plan:
     """A checked command: what `run` needs, found before anything is written."""
@@ -450,11 +441,7 @@ def predict(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
     checked = prepare(args)
     with OutputDirLock(checked.out, "--out"), logging_to(checked.out):  # one run per OUT: a second one stops here
-        try:
-            return run(checked, start)
-        except (UserError, OSError) as error:
-            _log_to_file(checked.out, str(error))
-            raise
+        return run(checked, start)
 
 
 def run(plan: Plan, start: float | None = None) -> Path:

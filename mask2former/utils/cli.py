@@ -14,12 +14,10 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import UserError
+from ..errors import USER_OS_ERRORS, UserError
 
 T = TypeVar("T")
 
-# Raised by the standard library for a user's path; a tool's own code raises UserError for everything else.
-_USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 EXIT_USER_ERROR = 2
 
 
@@ -38,7 +36,7 @@ def run_tool(name: str, call: Callable[[], T], argv: list[str] | None = None) ->
     """Run `call()`; a UserError (or a missing/forbidden path) exits with `name: message` and status 2."""
     try:
         return call()
-    except (UserError, *_USER_OS_ERRORS) as error:
+    except (UserError, *USER_OS_ERRORS) as error:
         if debug_requested(argv):
             raise
         message = str(error) or type(error).__name__

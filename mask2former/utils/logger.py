@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import USER_OS_ERRORS, UserError
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -55,7 +55,7 @@ def logging_to(output_dir: str | Path) -> Iterator[logging.Logger]:
     log_file = str((Path(output_dir) / "log.txt").resolve())
     try:
         yield root
-    except UserError as error:  # into log.txt too, while it is open; run_tool then prints nothing more
+    except (UserError, *USER_OS_ERRORS) as error:  # into log.txt too, while open; run_tool prints nothing more
         logging.getLogger(Path(sys.argv[0]).name or "trashseg").error("%s", str(error) or type(error).__name__)
         error.logged = True  # type: ignore[attr-defined]
         raise
