@@ -1,8 +1,10 @@
 """Configuration: fvcore/yacs CfgNode with Mask2Former's key names and `_BASE_` inheritance.
 
-`get_cfg()` returns the defaults every part of the project reads. Each package adds its own keys
-through one `add_<feature>_config(cfg)` function; this module holds the keys shared by all
-(INPUT, DATASETS, DATALOADER, SEED, OUTPUT_DIR).
+`get_cfg()` returns the defaults every part of the project reads. This module holds the keys shared by all
+(INPUT, DATASETS, DATALOADER, SOLVER, TEST, the meta architecture and heads); each backbone or plug-in keeps
+its own keys beside its code in an `add_<part>_config(cfg)` function registered in CONFIG_ADDERS
+(`add_swin_config` in modeling/backbone/swin.py, `add_dinat_config`, `add_resnet_config`, `add_semask_config`),
+and `get_cfg()` applies every registered one.
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ from pathlib import Path
 
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
+from fvcore.common.registry import Registry
 
 from .errors import UserError
+
+CONFIG_ADDERS = Registry("CONFIG_ADDERS")
+CONFIG_ADDERS.__doc__ = "Functions `add_<part>_config(cfg)` that add one backbone's or plug-in's keys to get_cfg()."
+
+# Keys this project once had under another name: a file that still uses one is told the name to use.
+RENAMED_KEYS = {
+    "MODEL.SEMASK.NUM_SEM_BLOCKS": "MODEL.SWIN.NUM_SEM_BLOCKS",
+    "MODEL.SEMASK.SEM_WINDOW_SIZE": "MODEL.SWIN.SEM_WINDOW_SIZE",
+    "MODEL.SEMASK.CATE_WEIGHT": "MODEL.MASK_FORMER.CATE_WEIGHT",
+}
 
 
 class ConfigError(UserError, KeyError):
@@ -83,6 +96,8 @@ def flatten_keys(cfg: _FvCfgNode, prefix: str = "") -> Iterator[str]:
 
 
 def _unknown_key_message(key: str, known: set[str], source: str) -> str:
+    if key in RENAMED_KEYS:
+        return f"config key '{key}' (from {source}) is now '{RENAMED_KEYS[key]}', the official name: rename it"
     close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return f"unknown config key '{key}' (from {source}).{hint}"
@@ -159,11 +174,16 @@ def get_cfg() -> CfgNode:
     add_model_config(_C)
     add_solver_config(_C)
     add_test_config(_C)
+    from .modeling import register_all  # noqa: F401  (each backbone and plug-in registers its add_*_config)
+
+    for _name, add_part_config in CONFIG_ADDERS:
+        add_part_config(_C)
     return _C
 
 
 def add_model_config(cfg: CfgNode) -> None:
-    """MODEL.*: Mask2Former's keys (meta architecture, Swin, pixel decoder, transformer decoder)."""
+    """MODEL.*: Mask2Former's keys (meta architecture, heads, pixel decoder, transformer decoder); the backbones'
+    keys are added by their own add_*_config."""
     cfg.MODEL = CfgNode()
     cfg.MODEL.META_ARCHITECTURE = "MaskFormer"  # registered meta architecture
     cfg.MODEL.WEIGHTS = ""  # checkpoint to start from (.pth, .safetensors, .ckpt; .pkl with MODEL.ALLOW_PICKLE)
@@ -180,55 +200,6 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.BACKBONE.WEIGHTS = (
         ""  # backbone-only checkpoint (ImageNet Swin / timm / DiNAT) loaded before MODEL.WEIGHTS
     )
-
-    cfg.MODEL.SWIN = CfgNode()
-    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224  # image size of the pre-training (sets nothing else; recorded)
-    cfg.MODEL.SWIN.PATCH_SIZE = 4  # patch embedding stride (px)
-    cfg.MODEL.SWIN.EMBED_DIM = 96  # channels of stage 1 (doubles per stage)
-    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage
-    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
-    cfg.MODEL.SWIN.WINDOW_SIZE = 7  # attention window (tokens)
-    cfg.MODEL.SWIN.MLP_RATIO = 4.0  # MLP hidden size / channels
-    cfg.MODEL.SWIN.QKV_BIAS = True  # bias in the qkv projection
-    cfg.MODEL.SWIN.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
-    cfg.MODEL.SWIN.DROP_RATE = 0.0  # dropout after projections
-    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0  # dropout on attention weights
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth, linearly increasing to this rate
-    cfg.MODEL.SWIN.APE = False  # absolute position embedding
-    cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
-    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
-    cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
-
-    # DiNAT backbone (mask2former/modeling/backbone/dinat.py); defaults are DiNAT-L as in Mask2Former
-    cfg.MODEL.DINAT = CfgNode()
-    cfg.MODEL.DINAT.EMBED_DIM = 192  # channels of level 1 (doubles per level)
-    cfg.MODEL.DINAT.DEPTHS = [3, 4, 18, 5]  # blocks per level
-    cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24, 48]  # attention heads per level
-    cfg.MODEL.DINAT.KERNEL_SIZE = 11  # neighborhood size (odd)
-    # per level, per block; fitted per axis to small maps (ops/neighborhood_attention.py)
-    cfg.MODEL.DINAT.DILATIONS = [
-        [1, 14, 1],
-        [1, 4, 1, 7],
-        [1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 3],
-        [1, 1, 1, 1, 1],
-    ]
-    cfg.MODEL.DINAT.MLP_RATIO = 2.0  # MLP hidden size / channels
-    cfg.MODEL.DINAT.QKV_BIAS = True  # bias in the qkv projection
-    cfg.MODEL.DINAT.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
-    cfg.MODEL.DINAT.DROP_RATE = 0.0  # dropout after projections
-    cfg.MODEL.DINAT.ATTN_DROP_RATE = 0.0  # must stay 0 (not supported by the fused path)
-    cfg.MODEL.DINAT.DROP_PATH_RATE = 0.3  # stochastic depth, linearly increasing to this rate
-    cfg.MODEL.DINAT.LAYER_SCALE = None  # initial layer-scale gain; None = no layer scale (DiNAT-L has none)
-    cfg.MODEL.DINAT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned levels
-    cfg.MODEL.DINAT.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
-    cfg.MODEL.DINAT.ATTENTION_IMPL = "auto"  # "auto" (flex on CUDA, reference on CPU), "reference" or "flex"
-
-    # SeMask (semask/): a semantic layer after every backbone stage, its class maps supervised as a prior.
-    # Official names in brackets (Picsart-AI-Research/SeMask-Segmentation, SeMask-Mask2Former/mask2former/config.py)
-    cfg.MODEL.SEMASK = CfgNode()
-    cfg.MODEL.SEMASK.NUM_SEM_BLOCKS = 1  # semantic-attention blocks per stage [MODEL.SWIN.NUM_SEM_BLOCKS]
-    cfg.MODEL.SEMASK.SEM_WINDOW_SIZE = 12  # their attention window, 12 for Swin-L [MODEL.SWIN.SEM_WINDOW_SIZE]
-    cfg.MODEL.SEMASK.CATE_WEIGHT = 0.4  # weight of the prior's cross-entropy [MODEL.MASK_FORMER.CATE_WEIGHT]
 
     cfg.MODEL.SEM_SEG_HEAD = CfgNode()
     cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # the head holding pixel decoder + predictor

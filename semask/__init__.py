@@ -4,6 +4,7 @@ Importing this package registers `D2SeMaskSwinTransformer` (backbone) and `SeMas
 architecture); `mask2former.modeling.register_all` imports it, so configs can name them.
 """
 
+from . import config  # noqa: F401  (registers add_semask_config)
 from .backbone import SEMANTIC_PRIOR, D2SeMaskSwinTransformer, load_semask_pretrained, semask_checkpoint_filter_fn
 from .meta_arch import PRIOR_LOSS, SeMaskMaskFormer, semantic_prior_loss
 

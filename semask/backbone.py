@@ -48,12 +48,11 @@ class D2SeMaskSwinTransformer(D2SwinTransformer):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> D2SeMaskSwinTransformer:
-        """MODEL.SWIN.* for the Swin part, MODEL.SEMASK.* for the semantic layers, NUM_CLASSES for their maps."""
-        semask = cfg.MODEL.SEMASK
+        """MODEL.SWIN.* (with SEM_WINDOW_SIZE, NUM_SEM_BLOCKS for the semantic layers), NUM_CLASSES for their maps."""
         return cls(
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            sem_window_size=semask.SEM_WINDOW_SIZE,
-            num_sem_blocks=semask.NUM_SEM_BLOCKS,
+            sem_window_size=cfg.MODEL.SWIN.SEM_WINDOW_SIZE,
+            num_sem_blocks=cfg.MODEL.SWIN.NUM_SEM_BLOCKS,
             **swin_options(cfg),
         )
 

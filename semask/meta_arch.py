@@ -2,7 +2,7 @@
 
 Registered as `SeMaskMaskFormer` (MODEL.META_ARCHITECTURE, the official name). Training: the prior
 (B x K x H/4 x W/4) is upsampled to the padded image and scored against the label map (IGNORE_VALUE
-ignored) as `loss_cate`, weighted by MODEL.SEMASK.CATE_WEIGHT (0.4, as published), next to the
+ignored) as `loss_cate`, weighted by MODEL.MASK_FORMER.CATE_WEIGHT (0.4, as published), next to the
 Mask2Former losses. Inference ignores the prior: predict, ensemble and evaluation see an ordinary model.
 """
 
@@ -38,7 +38,7 @@ class SeMaskMaskFormer(MaskFormer):
             raise ValueError(
                 f"SeMaskMaskFormer needs a SeMask backbone (D2SeMaskSwinTransformer), got {cfg.MODEL.BACKBONE.NAME}"
             )
-        model.criterion.weight_dict[PRIOR_LOSS] = cfg.MODEL.SEMASK.CATE_WEIGHT
+        model.criterion.weight_dict[PRIOR_LOSS] = cfg.MODEL.MASK_FORMER.CATE_WEIGHT
         return model
 
     def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:

@@ -45,7 +45,7 @@ TINY_MODEL = [
     "3",
     "MODEL.DINAT.DILATIONS",
     "[[2], [1], [1, 2], [1]]",
-    "MODEL.SEMASK.SEM_WINDOW_SIZE",
+    "MODEL.SWIN.SEM_WINDOW_SIZE",
     "4",
     "MODEL.SEM_SEG_HEAD.CONVS_DIM",
     "32",

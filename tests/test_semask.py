@@ -38,7 +38,7 @@ def tiny_model():
     cfg = get_cfg()
     cfg.merge_from_file(str(REPO / "configs" / "quickstart_semask.yaml"))
     cfg.merge_from_list(
-        ["MODEL.SWIN.EMBED_DIM", "16", "MODEL.SEMASK.SEM_WINDOW_SIZE", "4", "MODEL.MASK_FORMER.DEC_LAYERS", "2"]
+        ["MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.SEM_WINDOW_SIZE", "4", "MODEL.MASK_FORMER.DEC_LAYERS", "2"]
     )
     torch.manual_seed(0)
     return build_model(cfg), cfg

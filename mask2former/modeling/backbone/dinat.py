@@ -31,6 +31,8 @@ import torch.utils.checkpoint
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ...config import CONFIG_ADDERS
+from ...config import CfgNode as ConfigNode
 from ..ops.neighborhood_attention import IMPLEMENTATIONS, neighborhood_attention
 from .base import BACKBONE_REGISTRY, Backbone
 from .swin import DropPath, Mlp, init_transformer_weights, read_weights, unwrap_state_dict
@@ -50,6 +52,29 @@ DINAT_L_M2F_DILATIONS: tuple[tuple[int, ...], ...] = (
 )
 # ImageNet models (classification/dinat.py of the same repository), kernel 7 at 224 px.
 _IMAGENET_DILATIONS: tuple[tuple[int, ...], ...] = ((1, 8, 1), (1, 4, 1, 4), (1, 2) * 9, (1, 1, 1, 1, 1))
+
+
+@CONFIG_ADDERS.register()
+def add_dinat_config(cfg: CfgNode) -> None:
+    """MODEL.DINAT.*: D2DiNAT's keys, the official names; the defaults are DiNAT-L as in NAT's Mask2Former."""
+    # DiNAT backbone (mask2former/modeling/backbone/dinat.py); defaults are DiNAT-L as in Mask2Former
+    cfg.MODEL.DINAT = ConfigNode()
+    cfg.MODEL.DINAT.EMBED_DIM = 192  # channels of level 1 (doubles per level)
+    cfg.MODEL.DINAT.DEPTHS = [3, 4, 18, 5]  # blocks per level
+    cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24, 48]  # attention heads per level
+    cfg.MODEL.DINAT.KERNEL_SIZE = 11  # neighborhood size (odd)
+    # per level, per block; fitted per axis to small maps (ops/neighborhood_attention.py)
+    cfg.MODEL.DINAT.DILATIONS = [list(level) for level in DINAT_L_M2F_DILATIONS]
+    cfg.MODEL.DINAT.MLP_RATIO = 2.0  # MLP hidden size / channels
+    cfg.MODEL.DINAT.QKV_BIAS = True  # bias in the qkv projection
+    cfg.MODEL.DINAT.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
+    cfg.MODEL.DINAT.DROP_RATE = 0.0  # dropout after projections
+    cfg.MODEL.DINAT.ATTN_DROP_RATE = 0.0  # must stay 0 (not supported by the fused path)
+    cfg.MODEL.DINAT.DROP_PATH_RATE = 0.3  # stochastic depth, linearly increasing to this rate
+    cfg.MODEL.DINAT.LAYER_SCALE = None  # initial layer-scale gain; None = no layer scale (DiNAT-L has none)
+    cfg.MODEL.DINAT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned levels
+    cfg.MODEL.DINAT.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+    cfg.MODEL.DINAT.ATTENTION_IMPL = "auto"  # "auto" (flex on CUDA, reference on CPU), "reference" or "flex"
 
 
 class ConvTokenizer(nn.Module):

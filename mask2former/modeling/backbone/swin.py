@@ -25,6 +25,8 @@ import torch.utils.checkpoint
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ...config import CONFIG_ADDERS
+from ...config import CfgNode as ConfigNode
 from ...engine.checkpoint import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
 
@@ -419,6 +421,28 @@ class D2SwinTransformer(Backbone):
     def load_pretrained(model: D2SwinTransformer, path: str | Path) -> dict[str, list[str]]:
         """`load_swin_pretrained` (the hook `MODEL.BACKBONE.WEIGHTS` uses)."""
         return load_swin_pretrained(model, path)
+
+
+@CONFIG_ADDERS.register()
+def add_swin_config(cfg: CfgNode) -> None:
+    """MODEL.SWIN.*: D2SwinTransformer's keys, Mask2Former's names and defaults (Swin-T)."""
+    cfg.MODEL.SWIN = ConfigNode()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224  # image size of the pre-training (sets nothing else; recorded)
+    cfg.MODEL.SWIN.PATCH_SIZE = 4  # patch embedding stride (px)
+    cfg.MODEL.SWIN.EMBED_DIM = 96  # channels of stage 1 (doubles per stage)
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7  # attention window (tokens)
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0  # MLP hidden size / channels
+    cfg.MODEL.SWIN.QKV_BIAS = True  # bias in the qkv projection
+    cfg.MODEL.SWIN.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
+    cfg.MODEL.SWIN.DROP_RATE = 0.0  # dropout after projections
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0  # dropout on attention weights
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth, linearly increasing to this rate
+    cfg.MODEL.SWIN.APE = False  # absolute position embedding
+    cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
 
 
 def swin_options(cfg: CfgNode) -> dict[str, Any]:
