@@ -202,7 +202,7 @@ def add_model_config(cfg: CfgNode) -> None:
     )
 
     cfg.MODEL.SEM_SEG_HEAD = CfgNode()
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # the head holding pixel decoder + predictor
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # registered head (SEM_SEG_HEADS_REGISTRY)
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps the head reads
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # label ignored by the losses
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 11  # classes including background

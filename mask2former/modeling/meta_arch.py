@@ -21,8 +21,11 @@ from .transformer_decoder.base import build_transformer_decoder
 
 META_ARCH_REGISTRY = Registry("META_ARCH")
 META_ARCH_REGISTRY.__doc__ = __doc__
+SEM_SEG_HEADS_REGISTRY = Registry("SEM_SEG_HEADS")
+SEM_SEG_HEADS_REGISTRY.__doc__ = "Heads named by MODEL.SEM_SEG_HEAD.NAME: classes with from_config(cfg, input_shape)."
 
 
+@SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
     """The `sem_seg_head`: pixel decoder (`pixel_decoder.*`) + transformer decoder (`predictor.*`)."""
 
@@ -55,6 +58,15 @@ class MaskFormerHead(nn.Module):
             {name: features[name] for name in self.in_features}
         )
         return self.predictor(multi_scale_features, mask_features)
+
+
+def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+    """The head named by MODEL.SEM_SEG_HEAD.NAME, built for the backbone's `input_shape`."""
+    name = cfg.MODEL.SEM_SEG_HEAD.NAME
+    if name not in SEM_SEG_HEADS_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY))
+        raise KeyError(f"MODEL.SEM_SEG_HEAD.NAME {name!r} is not a registered head. Registered: {known}")
+    return SEM_SEG_HEADS_REGISTRY.get(name).from_config(cfg, input_shape)
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
@@ -99,7 +111,7 @@ class MaskFormer(nn.Module):
         self,
         *,
         backbone: Backbone,
-        sem_seg_head: MaskFormerHead,
+        sem_seg_head: nn.Module,
         criterion: SetCriterion,
         num_classes: int,
         pixel_mean: list[float],
@@ -128,7 +140,7 @@ class MaskFormer(nn.Module):
             mean, std = mean[::-1], std[::-1]
         return cls(
             backbone=backbone,
-            sem_seg_head=MaskFormerHead.from_config(cfg, backbone.output_shape()),
+            sem_seg_head=build_sem_seg_head(cfg, backbone.output_shape()),
             criterion=build_criterion(cfg),
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             pixel_mean=mean,
