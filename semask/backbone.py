@@ -79,6 +79,11 @@ class D2SeMaskSwinTransformer(D2SwinTransformer):
         return outputs
 
     @staticmethod
+    def convert_pretrained(state_dict: dict, model: D2SeMaskSwinTransformer) -> dict[str, torch.Tensor]:
+        """`semask_checkpoint_filter_fn`: a backbone checkpoint's tensors in this backbone's key layout."""
+        return semask_checkpoint_filter_fn(state_dict, model)
+
+    @staticmethod
     def load_pretrained(model: D2SeMaskSwinTransformer, path: str | Path) -> dict[str, list[str]]:
         """`load_semask_pretrained` (the hook `MODEL.BACKBONE.WEIGHTS` uses)."""
         return load_semask_pretrained(model, path)

@@ -327,6 +327,11 @@ class D2DiNAT(Backbone):
         return outputs
 
     @staticmethod
+    def convert_pretrained(state_dict: dict, model: D2DiNAT) -> dict[str, torch.Tensor]:
+        """`checkpoint_filter_fn`: a backbone checkpoint's tensors in this backbone's key layout."""
+        return checkpoint_filter_fn(state_dict, model)
+
+    @staticmethod
     def load_pretrained(model: D2DiNAT, path: str | Path) -> dict[str, list[str]]:
         """`load_dinat_pretrained` (the hook `MODEL.BACKBONE.WEIGHTS` uses)."""
         return load_dinat_pretrained(model, path)

@@ -418,6 +418,11 @@ class D2SwinTransformer(Backbone):
         return self.pos_drop(x.flatten(2).transpose(1, 2)), h, w
 
     @staticmethod
+    def convert_pretrained(state_dict: dict, model: D2SwinTransformer) -> dict[str, torch.Tensor]:
+        """`checkpoint_filter_fn`: a backbone checkpoint's tensors in this backbone's key layout."""
+        return checkpoint_filter_fn(state_dict, model)
+
+    @staticmethod
     def load_pretrained(model: D2SwinTransformer, path: str | Path) -> dict[str, list[str]]:
         """`load_swin_pretrained` (the hook `MODEL.BACKBONE.WEIGHTS` uses)."""
         return load_swin_pretrained(model, path)
