@@ -119,6 +119,7 @@ class MaskFormer(nn.Module):
         size_divisibility: int = 32,
         ignore_value: int = 255,
         image_format: str = "RGB",
+        postprocess_before_inference: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -128,6 +129,7 @@ class MaskFormer(nn.Module):
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
         self.ignore_value = ignore_value
         self.image_format = image_format
+        self.postprocess_before_inference = postprocess_before_inference
         # not persistent: official checkpoints do not carry them
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
@@ -148,6 +150,7 @@ class MaskFormer(nn.Module):
             size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             image_format=cfg.INPUT.FORMAT,
+            postprocess_before_inference=cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
         )
 
     @property
@@ -170,15 +173,20 @@ class MaskFormer(nn.Module):
         return self.inference(batched_inputs, outputs, images.shape[-2:])
 
     def inference(self, batched_inputs: list[dict], outputs: dict, padded_hw: tuple[int, int]) -> list[dict]:
+        """Mask logits upsampled to the padded batch and cropped to each image; then, as in Mask2Former, either the
+        class scores are combined and resized to the output size, or (SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE)
+        the mask logits are resized first and combined at the output size."""
         mask_logits = F.interpolate(outputs["pred_masks"], size=padded_hw, mode="bilinear", align_corners=False)
         results = []
         for index, item in enumerate(batched_inputs):
             image_h, image_w = item["image"].shape[-2:]
             height, width = item.get("height", image_h), item.get("width", image_w)
-            scores = semantic_inference(
-                outputs["pred_logits"][index].float(), mask_logits[index, :, :image_h, :image_w].float()
-            )
-            if (height, width) != (image_h, image_w):
+            masks = mask_logits[index, :, :image_h, :image_w].float()
+            resize = (height, width) != (image_h, image_w)
+            if resize and self.postprocess_before_inference:
+                masks = F.interpolate(masks[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            scores = semantic_inference(outputs["pred_logits"][index].float(), masks)
+            if resize and not self.postprocess_before_inference:
                 scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             results.append({"sem_seg": scores})
         return results
