@@ -1,10 +1,11 @@
 """Swin Transformer backbone (Liu et al., 2021) for dense prediction, with the official key layout.
 
-Feature maps of any size work: each stage pads its map (after `norm1`) to a multiple of the window,
-cyclically shifts every second block by half a window, attends within windows (with the shifted-
-window mask) and crops back, as the official detection/segmentation code does. When the whole map
-fits in one window (H <= window and W <= window) the shift is skipped, as in the official
-classification code and timm: shifting would only split that single window into masked regions.
+Feature maps of any size work: each block pads its map (after `norm1`) with zeros to Hp x Wp, the
+next multiples of the window; every second block cyclically shifts that padded map by half a window
+(window // 2) and attends within windows under the shifted-window mask built on Hp x Wp, then rolls
+back and crops. This is the rule of the official detection/segmentation code and of Mask2Former's
+D2SwinTransformer at every map size, also when the map fits inside one window (the classification
+code and timm skip the shift there; official detection/segmentation checkpoints were trained with it).
 Every output stage has its own LayerNorm (`norm0`..`norm3`), as in Mask2Former's D2SwinTransformer.
 
 `checkpoint_filter_fn` maps official Swin checkpoints (ImageNet-1K/22K) and timm Swin weights to
@@ -185,17 +186,18 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
-        """x: B x (H W) x C. The block shifts only when it is a shifted block and `shift_mask` is given."""
+    def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: B x (H W) x C. A shifted block uses `shift_mask` (built here when None) for the padded map."""
         batch, _, channels = x.shape
-        window = self.window
-        shift = self.shift if shift_mask is not None else 0
+        window, shift = self.window, self.shift
         y = self.norm1(x).view(batch, h, w, channels)
         # Official order: zero-pad to window multiples, then roll (the mask is built on the padded size).
         pad_h, pad_w = (-h) % window, (-w) % window
         if pad_h or pad_w:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = h + pad_h, w + pad_w
+        if shift and shift_mask is None:
+            shift_mask = shifted_window_mask(hp, wp, window, shift, device=x.device, dtype=x.dtype)
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         y = self.attn(window_partition(y, window), shift_mask if shift else None)
@@ -272,7 +274,7 @@ class SwinStage(nn.Module):
         """The stage's blocks on B x (H W) x C tokens."""
         window, shift = self.window, self.window // 2
         mask = None
-        if shift and max(h, w) > window and any(block.shift for block in self.blocks):
+        if shift and any(block.shift for block in self.blocks):  # at every map size, as the official code
             hp, wp = h + (-h) % window, w + (-w) % window
             mask = shifted_window_mask(hp, wp, window, shift, device=x.device, dtype=x.dtype)
         for block in self.blocks:
