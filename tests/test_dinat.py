@@ -1,5 +1,6 @@
-"""DiNAT backbone: shapes at the data's sizes, the small-input rule end to end, both attention paths,
-official checkpoint keys, configuration errors."""
+"""DiNAT backbone: shapes at the data's sizes, the small-map rules (NATTEN 0.14's padding against a
+brute-force definition, the dilation-shrinking option), both attention paths, official checkpoint keys,
+the DiNAT-L Mask2Former size, configuration errors."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.attention.flex_attention as flex_module
+from conftest import REPO
 
+from mask2former.config import get_cfg, load_config
 from mask2former.modeling.backbone.dinat import (
     DINAT_L_M2F_DILATIONS,
     D2DiNAT,
+    NeighborhoodAttention2D,
     checkpoint_filter_fn,
     dinat_large,
     load_dinat_pretrained,
 )
+from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.ops.neighborhood_attention import neighborhood_attention_reference
 
 OFFICIAL_DEPTHS = (3, 4, 18, 5)
 
@@ -129,9 +136,10 @@ def test_official_dilations_run_at_the_data_sizes(size: int) -> None:
 
 
 def test_reference_and_flex_paths_give_the_same_features_at_256() -> None:
+    # shrink_dilation: eager flex on the CPU scores all pairs, too many at "pad"'s 154 x 154 stage-1 maps
     torch.manual_seed(0)
-    reference = tiny_official(attention_implementation="reference").eval()
-    flex = tiny_official(attention_implementation="flex").eval()
+    reference = tiny_official(attention_implementation="reference", small_map="shrink_dilation").eval()
+    flex = tiny_official(attention_implementation="flex", small_map="shrink_dilation").eval()
     flex.load_state_dict(reference.state_dict())
     images = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
@@ -178,3 +186,162 @@ def test_training_on_cpu_needs_the_reference_path() -> None:
     auto = D2DiNAT(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), kernel_size=3)
     auto(torch.randn(1, 3, 64, 64))["res5"].sum().backward()
     assert auto.levels[0].blocks[0].attn.rpb.grad is not None
+
+
+# --- maps shorter than kernel x dilation ------------------------------------------------------------------
+
+
+def natten014_axis(index: int, length: int, kernel: int, dilation: int) -> tuple[list[int], list[int]]:
+    """One axis of NATTEN 0.14's kernels (get_window_start / get_pb_start) for a length >= kernel x dilation:
+    the kernel key positions of the query at `index` and their rows (columns) in the position-bias table.
+
+    Away from the borders the window is centred on the query, taking every dilation-th position; where that
+    would run off the start it begins at the query's first same-remainder position, off the end it finishes
+    at the last one. The bias row is the key's offset from the query in dilation steps, plus kernel - 1.
+    (NATTEN's separate dilation-1 branch gives the same.)
+    """
+    half = kernel // 2
+    if index - half * dilation < 0:
+        start = index % dilation
+    elif index + half * dilation >= length:
+        last = index + (length - 1 - index) // dilation * dilation
+        start = last - (kernel - 1) * dilation
+    else:
+        start = index - half * dilation
+    keys = [start + step * dilation for step in range(kernel)]
+    return keys, [(key - index) // dilation + kernel - 1 for key in keys]
+
+
+def natten014_module(x: torch.Tensor, module: NeighborhoodAttention2D) -> torch.Tensor:
+    """NATTEN 0.14's NeighborhoodAttention2D.forward written out: zero-pad the input to kernel x dilation,
+    qkv, per-query neighbourhood gather with the dilation unchanged, position bias, softmax, crop, proj."""
+    kernel, dilation, heads = module.kernel_size, module.dilation, module.num_heads
+    batch, height, width, channels = x.shape
+    span = kernel * dilation
+    padded = x.new_zeros(batch, max(height, span), max(width, span), channels)
+    padded[:, :height, :width] = x
+    qkv = padded @ module.qkv.weight.T + module.qkv.bias
+    query, key, value = qkv.unflatten(-1, (3, heads, channels // heads)).unbind(-3)  # B x H' x W' x heads x d
+    rows_out = []
+    for i in range(height):
+        rows, bias_rows = natten014_axis(i, padded.shape[1], kernel, dilation)
+        cols_out = []
+        for j in range(width):
+            cols, bias_cols = natten014_axis(j, padded.shape[2], kernel, dilation)
+            keys = key[:, rows][:, :, cols]  # B x k x k x heads x d
+            scores = torch.einsum("bhd,bxyhd->bhxy", query[:, i, j] * module.scale, keys)
+            scores = scores + module.rpb[:, bias_rows][:, :, bias_cols]
+            weights = scores.flatten(2).softmax(-1).unflatten(-1, (kernel, kernel))
+            cols_out.append(torch.einsum("bhxy,bxyhd->bhd", weights, value[:, rows][:, :, cols]).flatten(1))
+        rows_out.append(torch.stack(cols_out, dim=1))
+    out = torch.stack(rows_out, dim=1)  # B x H x W x C: only the unpadded queries
+    return out @ module.proj.weight.T + module.proj.bias
+
+
+def random_attention(kernel: int, dilation: int, small_map: str = "pad", implementation: str = "reference"):
+    torch.manual_seed(0)
+    module = NeighborhoodAttention2D(
+        8, 2, kernel, dilation, implementation=implementation, small_map=small_map
+    ).double()
+    with torch.no_grad():
+        for parameter in module.parameters():  # nonzero biases: the padded tokens' keys and values
+            parameter.normal_()
+    return module
+
+
+@pytest.fixture
+def flex_backward_on_cpu(monkeypatch):
+    """flex_attention refuses autograd on the CPU by a device guard; its eager math supports it."""
+    monkeypatch.setattr(flex_module, "_validate_device", lambda *args: None)
+
+
+# maps smaller than, equal to and larger than kernel x dilation (6 for kernel 3 dilation 2, 15 for 5 x 3)
+SMALL_MAP_CASES = [
+    ((4, 5), 3, 2),
+    ((6, 6), 3, 2),
+    ((9, 7), 3, 2),
+    ((4, 9), 3, 2),  # short rows only
+    ((7, 16), 5, 3),
+    ((15, 15), 5, 3),
+    ((17, 20), 5, 3),
+    ((2, 3), 3, 1),  # shorter than the kernel itself
+]
+
+
+@pytest.mark.parametrize("size,kernel,dilation", SMALL_MAP_CASES)
+@pytest.mark.parametrize("implementation", ["reference", "flex"])
+def test_pad_rule_is_natten_0_14(size, kernel, dilation, implementation, flex_backward_on_cpu) -> None:
+    module = random_attention(kernel, dilation, "pad", implementation)
+    x = torch.randn(2, *size, 8, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, *size, 8, dtype=torch.float64)
+    inputs = (x, *module.parameters())
+    results = []
+    for run in (module, lambda t: natten014_module(t, module)):
+        out = run(x)
+        results.append((out, torch.autograd.grad(out, inputs, grad_out)))
+    (ours, our_grads), (expected, expected_grads) = results
+    assert ours.shape == x.shape and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, expected)
+    names = ["input"] + [name for name, _ in module.named_parameters()]
+    for name, grad, expected_grad in zip(names, our_grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, msg=lambda text, name=name: f"grad of {name}: {text}")
+
+
+def shrink_forward(x: torch.Tensor, module: NeighborhoodAttention2D) -> torch.Tensor:
+    """The project's forward before the pad rule: qkv on the map as it is, the operator fits the dilation."""
+    batch, height, width, channels = x.shape
+    qkv = module.qkv(x).view(batch, height, width, 3, module.num_heads, channels // module.num_heads)
+    query, key, value = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    out = neighborhood_attention_reference(query, key, value, module.kernel_size, module.dilation, module.rpb)
+    return module.proj(out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, channels))
+
+
+@pytest.mark.parametrize("size,kernel,dilation", SMALL_MAP_CASES)
+def test_shrink_dilation_keeps_the_previous_behaviour(size, kernel, dilation) -> None:
+    shrink = random_attention(kernel, dilation, "shrink_dilation")
+    pad = random_attention(kernel, dilation, "pad")
+    x = torch.randn(2, *size, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ours, padded = shrink(x), pad(x)
+        torch.testing.assert_close(ours, shrink_forward(x, shrink))
+    fits = min(size) >= kernel * dilation
+    assert torch.allclose(ours, padded) == fits  # the two rules differ exactly where the map is too small
+
+
+def test_small_map_rule_through_the_config_and_a_whole_backbone(flex_backward_on_cpu) -> None:
+    cfg = get_cfg()
+    assert cfg.MODEL.DINAT.SMALL_MAP == "pad"
+    tiny = [
+        "MODEL.DINAT.EMBED_DIM", 8, "MODEL.DINAT.DEPTHS", [2, 2, 2, 2], "MODEL.DINAT.NUM_HEADS", [1, 1, 2, 2],
+        "MODEL.DINAT.KERNEL_SIZE", 3, "MODEL.DINAT.DILATIONS", [[1, 8], [1, 4], [1, 2], [1, 1]],
+        "MODEL.DINAT.DROP_PATH_RATE", 0.0,
+    ]  # fmt: skip
+    cfg.merge_from_list(tiny + ["MODEL.DINAT.SMALL_MAP", "shrink_dilation"])
+    assert {m.small_map for m in D2DiNAT.from_config(cfg).modules() if hasattr(m, "small_map")} == {"shrink_dilation"}
+    images = torch.randn(1, 3, 64, 64)  # maps 16, 8, 4, 2: every level shorter than 3 x its dilation
+    features = {}
+    for implementation in ("reference", "flex"):
+        cfg = get_cfg()
+        cfg.merge_from_list(tiny + ["MODEL.DINAT.ATTENTION_IMPL", implementation])
+        torch.manual_seed(0)
+        model = D2DiNAT.from_config(cfg).eval()
+        with torch.no_grad():
+            features[implementation] = model(images)
+    for name, expected in features["reference"].items():
+        assert torch.isfinite(expected).all()
+        torch.testing.assert_close(features["flex"][name], expected, rtol=1e-4, atol=1e-4)
+    cfg.merge_from_list(["MODEL.DINAT.SMALL_MAP", "crop"])
+    with pytest.raises(ValueError, match="MODEL.DINAT.SMALL_MAP must be one of"):
+        D2DiNAT.from_config(cfg)
+
+
+def test_dinat_large_mask2former_has_220m_parameters_at_150_classes() -> None:
+    """The published size of DiNAT-L Mask2Former on ADE20K (NAT repository's model zoo: 220M)."""
+    cfg = load_config(str(REPO / "configs" / "m2f_dinat_l.yaml"), ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "150"])
+    assert cfg.MODEL.DINAT.SMALL_MAP == "pad"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert 219.5e6 < sum(p.numel() for p in model.parameters()) < 220.5e6
+    blocks = [block.attn for level in model.backbone.levels for block in level.blocks]
+    assert [b.dilation for b in blocks] == [d for level in DINAT_L_M2F_DILATIONS for d in level]
+    assert {b.small_map for b in blocks} == {"pad"} and {b.kernel_size for b in blocks} == {11}

@@ -1,5 +1,6 @@
 """Neighborhood attention: reference against masked full attention built position by position, the
-small-input rule, chunking, and the flex_attention path against the reference."""
+operator's small-map rule (shrink_dilation; the pad rule is the module's, tests/test_dinat.py), chunking,
+and the flex_attention path against the reference."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def test_chunked_reference_equals_one_chunk_in_values_and_gradients(monkeypatch)
 
 
 def test_small_input_rule() -> None:
-    # DiNAT-L in Mask2Former, stage 1 (stride 4): 640 px keeps dilation 14; 512 px fits 11; 256 px fits 5
+    # MODEL.DINAT.SMALL_MAP "shrink_dilation" (the default "pad" hands the operator maps that fit), DiNAT-L
+    # stage 1 (stride 4): 640 px keeps dilation 14; 512 px fits 11; 256 px fits 5
     assert fit_window(160, 11, 14) == (11, 14)
     assert fit_window(128, 11, 14) == (11, 11)
     assert fit_window(64, 11, 14) == (11, 5)

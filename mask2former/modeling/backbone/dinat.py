@@ -13,8 +13,11 @@ Module names follow the official NAT/DiNAT code (`patch_embed.proj.{0,1}`, `patc
 `levels.{i}.downsample.{reduction, norm}`), so official ImageNet checkpoints load through
 `checkpoint_filter_fn` (drops the classifier and the final norm, resizes `rpb` to the kernel).
 
-Inputs of any size divisible by 32 work: where a level's map is too small for a block's kernel x
-dilation, the neighborhood attention operator fits the dilation to the map (see
+Inputs of any size divisible by 32 work. Where a level's map is shorter than a block's kernel x dilation
+(DiNAT-L: every input under 616 px, the 512 crops included), `small_map` (MODEL.DINAT.SMALL_MAP) decides:
+"pad" (default) zero-pads the block's input to kernel x dilation before the qkv projection, attends with
+the dilation unchanged and crops the output, as NATTEN 0.14's module did when the official checkpoints
+were trained; "shrink_dilation" fits the dilation to the map instead (the rules in full:
 `mask2former.modeling.ops.neighborhood_attention`).
 """
 
@@ -40,6 +43,7 @@ from .swin import DropPath, Mlp, init_transformer_weights, read_weights, unwrap_
 logger = logging.getLogger(__name__)
 
 _STAGE_NAMES = ("res2", "res3", "res4", "res5")
+SMALL_MAP_RULES = ("pad", "shrink_dilation")
 
 # Official DiNAT-L in Mask2Former (SHI-Labs/Neighborhood-Attention-Transformer, mask2former/configs/
 # ade20k/semantic-segmentation/dinat/maskformer2_dinat_large_IN21k_384_bs16_160k.yaml; MLP ratio 2.0 from
@@ -63,7 +67,7 @@ def add_dinat_config(cfg: CfgNode) -> None:
     cfg.MODEL.DINAT.DEPTHS = [3, 4, 18, 5]  # blocks per level
     cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24, 48]  # attention heads per level
     cfg.MODEL.DINAT.KERNEL_SIZE = 11  # neighborhood size (odd)
-    # per level, per block; fitted per axis to small maps (ops/neighborhood_attention.py)
+    # per level, per block; maps shorter than kernel x dilation follow SMALL_MAP
     cfg.MODEL.DINAT.DILATIONS = [list(level) for level in DINAT_L_M2F_DILATIONS]
     cfg.MODEL.DINAT.MLP_RATIO = 2.0  # MLP hidden size / channels
     cfg.MODEL.DINAT.QKV_BIAS = True  # bias in the qkv projection
@@ -75,6 +79,9 @@ def add_dinat_config(cfg: CfgNode) -> None:
     cfg.MODEL.DINAT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned levels
     cfg.MODEL.DINAT.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
     cfg.MODEL.DINAT.ATTENTION_IMPL = "auto"  # "auto" (flex on CUDA, reference on CPU), "reference" or "flex"
+    # maps shorter than kernel x dilation: "pad" (zero-pad the block input, as NATTEN 0.14, which trained the
+    # official checkpoints) or "shrink_dilation" (fit the dilation to the map; no padded tokens)
+    cfg.MODEL.DINAT.SMALL_MAP = "pad"
 
 
 class ConvTokenizer(nn.Module):
@@ -105,7 +112,13 @@ class ConvDownsampler(nn.Module):
 
 
 class NeighborhoodAttention2D(nn.Module):
-    """qkv projection -> neighborhood attention with relative position bias -> output projection."""
+    """qkv projection -> neighborhood attention with relative position bias -> output projection.
+
+    small_map "pad" (NATTEN 0.14's module): a B x H x W x C input with H or W below kernel x dilation is
+    zero-padded at the bottom/right to max(H, kernel x dilation) x max(W, kernel x dilation) before the
+    qkv projection (padded tokens: key and value = the qkv bias), attended with the dilation unchanged,
+    cropped back to H x W and projected. "shrink_dilation": no padding; the operator fits the dilation.
+    """
 
     def __init__(
         self,
@@ -118,8 +131,11 @@ class NeighborhoodAttention2D(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         implementation: str = "auto",
+        small_map: str = "pad",
     ) -> None:
         super().__init__()
+        if small_map not in SMALL_MAP_RULES:
+            raise ValueError(f"MODEL.DINAT.SMALL_MAP must be one of {SMALL_MAP_RULES}, got {small_map!r}")
         if dim % num_heads:
             raise ValueError(f"{dim} channels do not split into {num_heads} heads")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -130,7 +146,7 @@ class NeighborhoodAttention2D(nn.Module):
             raise ValueError("attention dropout is not supported by the fused path; DiNAT uses ATTN_DROP_RATE 0")
         self.num_heads, self.kernel_size, self.dilation = num_heads, kernel_size, dilation
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.implementation = implementation
+        self.implementation, self.small_map = implementation, small_map
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         nn.init.trunc_normal_(self.rpb, std=0.02)
@@ -140,7 +156,11 @@ class NeighborhoodAttention2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x H x W x C -> B x H x W x C."""
         batch, height, width, channels = x.shape
-        qkv = self.qkv(x).view(batch, height, width, 3, self.num_heads, channels // self.num_heads)
+        span = self.kernel_size * self.dilation
+        if self.small_map == "pad" and (height < span or width < span):
+            x = F.pad(x, (0, 0, 0, max(0, span - width), 0, max(0, span - height)))  # zeros, bottom and right
+        padded_height, padded_width = x.shape[1:3]
+        qkv = self.qkv(x).view(batch, padded_height, padded_width, 3, self.num_heads, channels // self.num_heads)
         query, key, value = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # each B x heads x H x W x d
         out = neighborhood_attention(
             query.contiguous(),
@@ -152,11 +172,13 @@ class NeighborhoodAttention2D(nn.Module):
             self.scale,
             implementation=self.implementation,
         )
-        out = out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, channels)
-        return self.proj_drop(self.proj(out))
+        out = out.permute(0, 2, 3, 1, 4).reshape(batch, padded_height, padded_width, channels)
+        return self.proj_drop(self.proj(out[:, :height, :width]))
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, kernel={self.kernel_size}, dilation={self.dilation}"
+        return (
+            f"heads={self.num_heads}, kernel={self.kernel_size}, dilation={self.dilation}, small_map={self.small_map}"
+        )
 
 
 class NATBlock(nn.Module):
@@ -176,11 +198,12 @@ class NATBlock(nn.Module):
         drop_path: float,
         layer_scale: float | None,
         implementation: str,
+        small_map: str,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = NeighborhoodAttention2D(
-            dim, num_heads, kernel_size, dilation, qkv_bias, qk_scale, attn_drop, drop, implementation
+            dim, num_heads, kernel_size, dilation, qkv_bias, qk_scale, attn_drop, drop, implementation, small_map
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
@@ -244,6 +267,7 @@ class D2DiNAT(Backbone):
         out_features: Sequence[str] = _STAGE_NAMES,
         use_checkpoint: bool = False,
         attention_implementation: str = "auto",
+        small_map: str = "pad",
         in_chans: int = 3,
     ) -> None:
         super().__init__()
@@ -279,6 +303,7 @@ class D2DiNAT(Backbone):
                     drop_paths=rates[start : start + depth],
                     layer_scale=layer_scale,
                     implementation=attention_implementation,
+                    small_map=small_map,
                 )
             )
         self._out_features = [name for name in _STAGE_NAMES if name in out_features]
@@ -309,6 +334,7 @@ class D2DiNAT(Backbone):
             out_features=tuple(dinat.OUT_FEATURES),
             use_checkpoint=dinat.USE_CHECKPOINT,
             attention_implementation=dinat.ATTENTION_IMPL,
+            small_map=dinat.SMALL_MAP,
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

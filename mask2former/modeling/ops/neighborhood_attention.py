@@ -6,14 +6,27 @@ inwards so that it always holds kernel x kernel keys. An optional relative posit
 (heads x (2 kernel - 1) x (2 kernel - 1)) is added to the scores, indexed by the key's offset from the
 query in sub-grid steps.
 
-Small inputs. A dilated neighborhood needs kernel x dilation positions per axis (DiNAT-L in Mask2Former:
+Small maps. A dilated neighborhood needs kernel x dilation positions per axis (DiNAT-L in Mask2Former:
 kernel 11, dilation 14 on the stride-4 map, i.e. inputs of 616 px), while this data trains on 512 crops
-and is tested at 256..640. Old NATTEN zero-padded such inputs before the qkv projection (so the padding
-became real keys); NATTEN >= 0.15 refuses them. Here, per axis, `fit_window` shrinks the dilation to
-the largest that fits (length // kernel), as DiNAT itself sizes dilations to the map (ImageNet 224:
-stage-1 map 56, kernel 7, dilation 8), and an axis shorter than the kernel attends to all its
-positions. No fake tokens are added; both implementations apply the same rule, and the position bias
-keeps its meaning (offset in sub-grid steps).
+and is tested at 256..640. Two rules exist; the backbone chooses (MODEL.DINAT.SMALL_MAP, backbone/dinat.py):
+- "pad" (the default): what NATTEN 0.14 and 0.15's NeighborhoodAttention2D module does, and so what the
+  official DiNAT checkpoints were trained with (NATTEN 0.14). In the attention module, before the qkv
+  projection, the B x H x W x C input is zero-padded at the bottom and the right to
+  max(H, kernel x dilation) x max(W, kernel x dilation) (only when an axis is short; nothing otherwise);
+  the padded tokens therefore carry the qkv bias as their key and value and are real keys for the
+  queries near the bottom and right. Attention runs on the padded map with the dilation unchanged, the
+  output is cropped back to H x W, then projected (the crop before the projection; the projection is per
+  token, so the order does not matter). The padding is done by the module (dinat.NeighborhoodAttention2D),
+  so both implementations here see a map that fits and never shrink anything. NATTEN >= 0.17 dropped
+  the padding from its module and refuses such maps ("Input axes must be greater than or equal to the
+  product of kernel size and dilation").
+- "shrink_dilation": this operator's own rule, `fit_window`, applied when it is handed a map that does
+  not fit: per axis the dilation shrinks to the largest that fits (length // kernel), as DiNAT itself
+  sizes dilations to the map (ImageNet 224: stage-1 map 56, kernel 7, dilation 8), and an axis shorter
+  than the kernel attends to all its positions. No fake tokens, but a neighborhood the checkpoints never
+  saw: at a 512 input every query of DiNAT-L's dilation-14, -7 and -3 blocks attends elsewhere.
+Once the map fits, NATTEN 0.14's kernels place windows and position biases exactly as here (their
+get_window_start / get_pb_start: clamped on the query's sub-grid, bias indexed by sub-grid offset).
 
 Implementations behind `neighborhood_attention`:
 - "reference": pure PyTorch, trainable anywhere. Keys and values are gathered per query in chunks of
@@ -38,7 +51,10 @@ _CHUNK_ELEMENTS = 1 << 25
 
 
 def fit_window(length: int, kernel: int, dilation: int) -> tuple[int, int]:
-    """(window, dilation) used along an axis of `length` for a `kernel` and a requested `dilation`."""
+    """(window, dilation) used along an axis of `length` for a `kernel` and a requested `dilation`.
+
+    The "shrink_dilation" rule; a length of at least kernel x dilation (always so under "pad") keeps both.
+    """
     if kernel < 1 or dilation < 1 or length < 1:
         raise ValueError(f"length, kernel and dilation must be >= 1, got {length}, {kernel} and {dilation}")
     window = min(kernel, length)
