@@ -5,19 +5,28 @@
 its own keys beside its code in an `add_<part>_config(cfg)` function registered in CONFIG_ADDERS
 (`add_swin_config` in modeling/backbone/swin.py, `add_dinat_config`, `add_resnet_config`, `add_semask_config`),
 and `get_cfg()` applies every registered one.
+
+Config files are read with a YAML safe loader, for every file of a `_BASE_` chain: the one Python tag official
+configs carry, `!!python/object/apply:eval ["<expression>"]`, is evaluated by `utils/safe_eval.py` (arithmetic,
+range, int, list comprehensions; never Python's eval); any other Python tag is refused.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
+from fvcore.common.config import BASE_KEY
 from fvcore.common.config import CfgNode as _FvCfgNode
 from fvcore.common.registry import Registry
 
 from .errors import UserError
+from .utils.safe_eval import ALLOWED as _EVAL_ALLOWED
+from .utils.safe_eval import SafeEvalError, safe_eval
 
 CONFIG_ADDERS = Registry("CONFIG_ADDERS")
 CONFIG_ADDERS.__doc__ = "Functions `add_<part>_config(cfg)` that add one backbone's or plug-in's keys to get_cfg()."
@@ -30,6 +39,15 @@ RENAMED_KEYS = {
 }
 
 
+# Keys with one possible value in this project (read by nothing else): load_config refuses any other value.
+ONLY_DEFAULT: dict[str, tuple[object, str]] = {
+    "VERSION": (2, "detectron2's version-1 configs, with older key names, are not supported"),
+    "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": (True, "semantic inference is the only inference this project has"),
+    "MODEL.MASK_FORMER.TEST.INSTANCE_ON": (False, "this project has no instance inference"),
+    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": (False, "this project has no panoptic inference"),
+}
+
+
 class ConfigError(UserError, KeyError):
     """A config file or override the project cannot use; the message names the file or key."""
 
@@ -37,12 +55,124 @@ class ConfigError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml's SafeLoader plus the official configs' eval tag (through safe_eval); other Python tags refused."""
+
+    config_file = "<config>"
+
+
+def _where(loader: _ConfigLoader, node: yaml.Node) -> str:
+    return f"{loader.config_file}, line {node.start_mark.line + 1}"
+
+
+def _construct_eval(loader: _ConfigLoader, node: yaml.Node) -> Any:
+    example = '!!python/object/apply:eval ["[int(x * 0.1 * 512) for x in range(5, 21)]"]'
+    if not isinstance(node, yaml.SequenceNode) or len(node.value) != 1:
+        raise ConfigError(f"{_where(loader, node)}: the eval tag takes one quoted expression in brackets: {example}")
+    expression = loader.construct_object(node.value[0])
+    if not isinstance(expression, str):
+        raise ConfigError(f"{_where(loader, node)}: the eval tag takes a quoted expression, got {expression!r}")
+    try:
+        return safe_eval(expression)
+    except SafeEvalError as error:
+        raise ConfigError(
+            f"{_where(loader, node)}: !!python/object/apply:eval {expression!r}: {error}. Config files are read "
+            f"without running code: only {_EVAL_ALLOWED} are evaluated; write the value itself instead"
+        ) from None
+
+
+def _refuse_python_tag(loader: _ConfigLoader, suffix: str, node: yaml.Node) -> Any:
+    raise ConfigError(
+        f"{_where(loader, node)}: the YAML tag !!python/{suffix} is not allowed: config files are read without "
+        "running code (only !!python/object/apply:eval with arithmetic is accepted); write the value itself"
+    )
+
+
+_ConfigLoader.add_constructor(EVAL_TAG, _construct_eval)
+_ConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_python_tag)
+
+
+def read_config_yaml(filename: str) -> dict:
+    """One config file (no `_BASE_` resolution) as a dict, read with the safe loader; ConfigError naming the file
+    and line for a YAML error or a refused tag."""
+    try:
+        with open(filename, encoding="utf-8") as stream:
+            loader = _ConfigLoader(stream)
+            loader.config_file = str(filename)
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{filename}{line}: not valid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{filename}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{filename}: not a UTF-8 text file ({error.reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}: a config file holds KEY: value lines, got a {type(data).__name__}")
+    return data
+
+
+def load_yaml_chain(filename: str, _chain: tuple[str, ...] = ()) -> dict:
+    """`filename` merged over its `_BASE_` file(s), as fvcore does (a base path is relative to the file naming it;
+    a list of bases is merged in order), every file read by `read_config_yaml`."""
+    resolved = os.path.realpath(filename)
+    if resolved in _chain:
+        raise ConfigError(f"{filename}: its _BASE_ chain comes back to itself; remove the loop")
+    if not os.path.isfile(filename):
+        named_by = f" (the _BASE_ of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {filename}{named_by}")
+    data = read_config_yaml(filename)
+    if BASE_KEY not in data:
+        return data
+    bases = data.pop(BASE_KEY)
+    merged: dict = {}
+    for base in bases if isinstance(bases, list) else [bases]:
+        if not isinstance(base, str):
+            raise ConfigError(f"{filename}: _BASE_ must be a file name or a list of them, got {base!r}")
+        if base.startswith(("http://", "https://")):
+            raise ConfigError(f"{filename}: _BASE_ {base}: nothing is downloaded; give a local file")
+        path = os.path.expanduser(base)
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(filename), path)
+        _merge_into(load_yaml_chain(path, (*_chain, resolved)), merged, path)
+    _merge_into(data, merged, filename)
+    return merged
+
+
+def _merge_into(source: dict, target: dict, source_file: str, prefix: str = "") -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and key in target:
+            if not isinstance(target[key], dict):
+                raise ConfigError(f"{source_file}: {prefix}{key} is a group of keys here but a value in its _BASE_")
+            _merge_into(value, target[key], source_file, f"{prefix}{key}.")
+        else:
+            target[key] = value
+
+
 class CfgNode(_FvCfgNode):
-    """fvcore's CfgNode whose unknown-key errors name the closest existing keys."""
+    """fvcore's CfgNode whose unknown-key errors name the closest existing keys, and whose files (and their
+    `_BASE_` chain) are read with the safe loader."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
+        """fvcore's `_BASE_` inheritance through `load_yaml_chain`. `allow_unsafe` is accepted for fvcore's
+        signature and changes nothing: no file is read with yaml.unsafe_load."""
+        return load_yaml_chain(str(filename))
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         try:
             super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
+        except ConfigError:
+            raise
         except KeyError as error:
             raise _unknown_key_error(self, error, source=cfg_filename) from None
 
@@ -80,9 +210,25 @@ def load_config(config_file: str | None, opts: list[str] | tuple[str, ...] = (),
         raise ConfigError(str(error.args[0]) if error.args else str(error)) from None
     except (ValueError, TypeError, AssertionError) as error:
         raise ConfigError(f"command-line overrides: {error}") from None
+    check_config_values(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def check_config_values(cfg: _FvCfgNode) -> None:
+    """ConfigError for a key of ONLY_DEFAULT set to another value (the message names the key and why)."""
+    for key, (allowed, reason) in ONLY_DEFAULT.items():
+        value = _lookup(cfg, key)
+        if value != allowed or type(value) is not type(allowed):
+            raise ConfigError(f"{key} is {value!r}: only {allowed!r} is supported ({reason})")
+
+
+def _lookup(cfg: _FvCfgNode, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def flatten_keys(cfg: _FvCfgNode, prefix: str = "") -> Iterator[str]:
@@ -120,21 +266,23 @@ def _default_train_sizes(crop: int) -> tuple[int, ...]:
 def get_cfg() -> CfgNode:
     """A fresh copy of the project's defaults (every package's keys included)."""
     _C = CfgNode()
-    _C.VERSION = 2
+    _C.VERSION = 2  # detectron2's config version; only 2 (older files used other key names)
     _C.SEED = 42  # global seed for sampling, augmentation and initialisation; < 0 draws one and logs it
     _C.OUTPUT_DIR = "./output"  # run folder: merged config, logs, metrics, checkpoints
 
     _C.INPUT = CfgNode()
     _C.INPUT.FORMAT = "RGB"  # channel order handed to the model: RGB or BGR
-    _C.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # the only mapper this project has
+    _C.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # Mask2Former's mapper choice: only its semantic mapper
     _C.INPUT.MIN_SIZE_TRAIN = _default_train_sizes(512)  # candidate short-side lengths (px) for jitter
     _C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # "choice": pick one of the list; "range": uniform in [min, max]
     _C.INPUT.MAX_SIZE_TRAIN = 4096  # cap on the long side after the short-side resize (px)
     _C.INPUT.MIN_SIZE_TEST = 512  # short side at test time (px); 0 keeps the image size
     _C.INPUT.MAX_SIZE_TEST = 2048  # cap on the long side at test time (px)
-    _C.INPUT.SIZE_DIVISIBILITY = -1  # pad batches to a multiple of this (px); -1 = no padding
+    # Training only, as Mask2Former's semantic mapper: every sample padded bottom/right to SIZE x SIZE (px; a size,
+    # not a multiple), image with INPUT.PAD_VALUE, label with the ignore value; -1: samples keep the crop's size.
+    _C.INPUT.SIZE_DIVISIBILITY = -1
     _C.INPUT.RANDOM_FLIP = "horizontal"  # "horizontal" or "none"
-    _C.INPUT.PAD_VALUE = 128  # image fill where a crop runs past the resized image (grey, 0..255)
+    _C.INPUT.PAD_VALUE = 128  # image fill of the INPUT.SIZE_DIVISIBILITY padding (0..255; Mask2Former: 128)
     _C.INPUT.CROP = CfgNode()
     _C.INPUT.CROP.ENABLED = True  # random crop after the resize
     _C.INPUT.CROP.TYPE = "absolute"  # only absolute crops (CROP.SIZE in px) are supported
@@ -170,6 +318,10 @@ def get_cfg() -> CfgNode:
 
     _C.DATALOADER = CfgNode()
     _C.DATALOADER.NUM_WORKERS = 4  # data-loading processes per GPU
+    # detectron2 drops training images without (non-crowd) instance annotations; it filters only datasets whose
+    # dicts hold "annotations", never semantic ones (sem_seg_file_name), so for these datasets it changes nothing,
+    # there or here: any value is accepted. Training images whose label map is all ignore are kept, as there.
+    _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
     add_model_config(_C)
     add_solver_config(_C)
@@ -196,7 +348,7 @@ def add_model_config(cfg: CfgNode) -> None:
 
     cfg.MODEL.BACKBONE = CfgNode()
     cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"  # registered backbone
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # unused by Swin; kept for detectron2 compatibility
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # ResNet: stages frozen from the stem (detectron2); Swin/DiNAT ignore it
     cfg.MODEL.BACKBONE.WEIGHTS = (
         ""  # backbone-only checkpoint (ImageNet Swin / timm / DiNAT) loaded before MODEL.WEIGHTS
     )
@@ -206,7 +358,7 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps the head reads
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # label ignored by the losses
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 11  # classes including background
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # unused by MaskFormer (kept for detectron2 compatibility)
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # Mask2Former's MaskFormerHead stores it and never uses it: any value
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # pixel-decoder channels
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256  # mask-feature channels
     cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"  # norm of the pixel decoder's convs: "GN" or ""
@@ -235,7 +387,7 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.NHEADS = 8  # decoder attention heads
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.0  # decoder dropout
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048  # decoder FFN width
-    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # unused (MaskFormer v1 key)
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # read only by MaskFormer v1's StandardTransformerDecoder: any value
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10  # decoder layers + 1 (the prediction from the query features alone)
     cfg.MODEL.MASK_FORMER.PRE_NORM = False  # pre-norm decoder layers
     cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False  # 1x1 projection of features even when widths match
@@ -244,12 +396,14 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # candidate points per sampled point
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken where the mask is uncertain
     cfg.MODEL.MASK_FORMER.TEST = CfgNode()
-    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # semantic inference (the only one this project uses)
-    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # unused here
-    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # unused here
-    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8  # unused by semantic inference
-    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8  # unused by semantic inference
-    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks before combining
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # semantic inference: only True (the only inference here)
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # instance inference: only False (not in this project)
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # panoptic inference: only False (not in this project)
+    # read by Mask2Former's instance/panoptic inference only (both off here): any value
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8
+    # True: resize the mask logits to the output size, then combine them with the class scores (Mask2Former)
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
 
 def add_solver_config(cfg: CfgNode) -> None:
@@ -275,10 +429,13 @@ def add_solver_config(cfg: CfgNode) -> None:
     cfg.SOLVER.CHECKPOINT_KEEP = 3  # periodic checkpoints kept (plus last and best)
     cfg.SOLVER.LOG_PERIOD = 20  # iterations between log lines and logged metrics
     cfg.SOLVER.CLIP_GRADIENTS = CfgNode()
-    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True  # clip gradients
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # "full_model" (one norm over all) or "norm" / "value"
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01  # max norm (or value)
-    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the norm
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True  # clip gradients before each optimizer step
+    # "full_model": one norm over all parameters (Mask2Former; a CLIP_VALUE <= 0 turns it off, as there);
+    # "norm": each parameter's gradient clipped to its own norm (detectron2); "value": every entry to +-CLIP_VALUE
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01  # max norm ("full_model", "norm") or max absolute value ("value")
+    # p of the norm ("full_model", "norm"; inf = max norm); Mask2Former's full_model always uses 2.0
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
     cfg.SOLVER.AMP = CfgNode()
     cfg.SOLVER.AMP.ENABLED = True  # bf16 autocast on GPU (the deformable encoder stays fp32)
     cfg.SOLVER.AMP.ON_CPU = False  # with ENABLED, bf16 autocast on the CPU too (fast on CPUs with AMX / AVX512-BF16)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mask2former.config import get_cfg
+from mask2former.config import ConfigError, get_cfg
 from mask2former.data import transforms as T
 from mask2former.data.dataset import MapDataset
 from mask2former.data.mapper import SemanticSegMapper
@@ -132,16 +132,60 @@ def test_image_and_label_stay_aligned_through_augmentation(tmp_path: Path) -> No
     assert flipped_or_scaled > 0
 
 
-def test_training_output_and_padding(tmp_path: Path) -> None:
+def test_training_output_and_size_divisibility_padding(tmp_path: Path) -> None:
+    # Mask2Former's semantic mapper: with SIZE_DIVISIBILITY the sample is padded bottom/right to SIZE x SIZE (image
+    # 128 after the colour jitter, label ignore); without it, the crop keeps its own size when the image is smaller
     record = write_block_sample(tmp_path, size=(256, 256))
-    mapper = train_mapper(min_size=(128,), crop_size=(200, 160), image_format="RGB", pad_value=128)
-    sample = mapper(record, np.random.default_rng(0))
-    assert sample["image"].shape == (3, 200, 160) and sample["image"].dtype == torch.uint8
-    assert sample["sem_seg"].shape == (200, 160) and sample["sem_seg"].dtype == torch.int64
-    assert (sample["sem_seg"][128:] == 255).all() and (sample["sem_seg"][:, 128:] == 255).all()
-    assert (sample["sem_seg"][:128, :128] != 255).all()
-    assert (sample["image"][:, 128:] == 128).all()
-    assert sample["image_id"] == 7 and sample["height"] == 256
+    jitter = dict(prob=1.0, brightness_delta=60.0, contrast_range=(0.5, 0.6))
+    unpadded = train_mapper(min_size=(128,), crop_size=(200, 160), color_jitter=jitter, image_format="RGB")
+    sample = unpadded(record, np.random.default_rng(0))
+    assert sample["image"].shape == (3, 128, 128) and sample["sem_seg"].shape == (128, 128)
+    assert (sample["sem_seg"] != 255).all()
+
+    mapper = train_mapper(
+        min_size=(128,), crop_size=(200, 160), color_jitter=jitter, image_format="RGB", size_divisibility=200
+    )
+    padded = mapper(record, np.random.default_rng(0))
+    assert padded["image"].shape == (3, 200, 200) and padded["image"].dtype == torch.uint8
+    assert padded["sem_seg"].shape == (200, 200) and padded["sem_seg"].dtype == torch.int64
+    assert torch.equal(padded["image"][:, :128, :128], sample["image"])  # the same draws, then padding
+    assert torch.equal(padded["sem_seg"][:128, :128], sample["sem_seg"])
+    assert (padded["sem_seg"][128:] == 255).all() and (padded["sem_seg"][:, 128:] == 255).all()
+    assert (padded["image"][:, 128:] == 128).all() and (padded["image"][:, :, 128:] == 128).all()
+    assert padded["image_id"] == 7 and padded["height"] == 256
+
+    test_mapper = SemanticSegMapper(
+        is_train=False, min_size=(128,), max_size=4096, crop_size=None, size_divisibility=200
+    )
+    assert test_mapper(record)["image"].shape == (3, 128, 128)  # training only, as in Mask2Former
+
+
+def test_size_divisibility_from_config_and_refusals(tmp_path: Path) -> None:
+    record = write_block_sample(tmp_path, size=(256, 256))
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.CROP.SIZE", "(160, 160)", "INPUT.COLOR_AUG_SSD", "False"]
+    )
+    shapes = {}
+    for divisibility, pad in ((-1, 128), (192, 128), (192, 7)):
+        cfg.merge_from_list(["INPUT.SIZE_DIVISIBILITY", str(divisibility), "INPUT.PAD_VALUE", str(pad)])
+        sample = SemanticSegMapper.from_config(cfg, is_train=True)(record, np.random.default_rng(0))
+        shapes[divisibility] = tuple(sample["image"].shape)
+        if divisibility > 0:
+            assert (sample["image"][:, 128:] == pad).all() and (sample["sem_seg"][128:] == 255).all()
+    assert shapes == {-1: (3, 128, 128), 192: (3, 192, 192)}
+    cfg.merge_from_list(["INPUT.SIZE_DIVISIBILITY", "32"])  # read as a multiple, it would cut every crop
+    with pytest.raises(
+        ConfigError, match=r"INPUT.SIZE_DIVISIBILITY 32 with INPUT.CROP.SIZE \(160, 160\).*not a multiple"
+    ):
+        SemanticSegMapper.from_config(cfg, is_train=True)
+    cfg.merge_from_list(["INPUT.SIZE_DIVISIBILITY", "512", "INPUT.CROP.ENABLED", "False"])
+    with pytest.raises(ConfigError, match=r"INPUT.SIZE_DIVISIBILITY 512 with no crop"):
+        SemanticSegMapper.from_config(cfg, is_train=True)
+    assert SemanticSegMapper.from_config(cfg, is_train=False).size_divisibility == -1
+    cfg.merge_from_list(["INPUT.DATASET_MAPPER_NAME", "mask_former_panoptic"])
+    with pytest.raises(ConfigError, match="INPUT.DATASET_MAPPER_NAME 'mask_former_panoptic'"):
+        SemanticSegMapper.from_config(cfg, is_train=True)
 
 
 def test_reproducible_for_a_seed(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Dataset dict -> model input: {"image": uint8 CxHxW, "sem_seg": int64 HxW, ...}.
 
-Training: short-side jitter (INPUT.MIN_SIZE_TRAIN) capped by INPUT.MAX_SIZE_TRAIN, a random crop of
-INPUT.CROP.SIZE that retries while one class covers more than SINGLE_CATEGORY_MAX_AREA of it,
-horizontal flip, photometric jitter, and padding (image: INPUT.PAD_VALUE, label: ignore) where the
-resized image is smaller than the crop; optionally copy-paste of rare-class objects onto the final crop
-(INPUT.COPY_PASTE, `copy_paste.py`). Test: short-side resize only.
+Training: short-side jitter (INPUT.MIN_SIZE_TRAIN) capped by INPUT.MAX_SIZE_TRAIN, a random crop of at most
+INPUT.CROP.SIZE (smaller where the resized image is) that retries while one class covers more than
+SINGLE_CATEGORY_MAX_AREA of it, horizontal flip, photometric jitter, optionally copy-paste of rare-class objects
+onto the crop (INPUT.COPY_PASTE, `copy_paste.py`), then, with INPUT.SIZE_DIVISIBILITY > 0, padding bottom/right to
+SIZE_DIVISIBILITY x SIZE_DIVISIBILITY (image: INPUT.PAD_VALUE, label: ignore) after the photometric jitter, as
+Mask2Former's MaskFormerSemanticDatasetMapper does. Test: short-side resize only.
 
 Every random draw comes from the `rng` handed to `__call__`, so a sample is a pure function of
 (dataset dict, rng state): `MapDataset` derives that state from (seed, epoch, index).
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 
+from ..config import ConfigError
 from . import transforms as T
 from .io import read_image, read_label, read_label_at  # noqa: F401  (read_label_at: re-exported for old importers)
 
@@ -47,10 +49,19 @@ class SemanticSegMapper:
         image_format: str = "RGB",
         pad_value: int = 128,
         ignore_label: int = 255,
+        size_divisibility: int = -1,
         copy_paste: CopyPaste | None = None,
     ) -> None:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
+        if is_train and size_divisibility > 0 and (crop_size is None or max(crop_size) > size_divisibility):
+            # Mask2Former pads to SIZE x SIZE with F.pad, which cuts a larger sample instead: refused here
+            crop = f"INPUT.CROP.SIZE {tuple(crop_size)}" if crop_size else "no crop (INPUT.CROP.ENABLED False)"
+            raise ConfigError(
+                f"INPUT.SIZE_DIVISIBILITY {size_divisibility} with {crop}: training samples are padded to "
+                f"{size_divisibility} x {size_divisibility} (a size, not a multiple), so they must not be larger; "
+                "set it to the crop size (Mask2Former's configs do) or -1"
+            )
         self.is_train = is_train
         self.min_size = tuple(min_size)
         self.max_size = max_size
@@ -63,6 +74,7 @@ class SemanticSegMapper:
         self.image_format = image_format
         self.pad_value = pad_value
         self.ignore_label = ignore_label
+        self.size_divisibility = size_divisibility if is_train else -1
         self.copy_paste = copy_paste if is_train else None
 
     @classmethod
@@ -80,6 +92,10 @@ class SemanticSegMapper:
             raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
         jitter = cfg.INPUT.COLOR_AUG
         common = dict(image_format=cfg.INPUT.FORMAT, pad_value=cfg.INPUT.PAD_VALUE)
+        if cfg.INPUT.DATASET_MAPPER_NAME != "mask_former_semantic":
+            raise ConfigError(
+                f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r}: only 'mask_former_semantic' exists here"
+            )
         if not is_train:
             return cls(
                 is_train=False,
@@ -114,6 +130,7 @@ class SemanticSegMapper:
             )
             if cfg.INPUT.COLOR_AUG_SSD
             else None,
+            size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
             copy_paste=copy_paste,
             **common,
         )
@@ -131,6 +148,11 @@ class SemanticSegMapper:
             image, label = self._resize(image, label)
             transform = None
         image = T.apply_color_transform(image, transform, self.image_format)
+        if self.size_divisibility > 0:
+            size = (self.size_divisibility, self.size_divisibility)
+            image = T.pad_bottom_right(image, size, self.pad_value)
+            if label is not None:
+                label = T.pad_bottom_right(label, size, self.ignore_label)
         out = {key: dataset_dict[key] for key in _PASSED_THROUGH if key in dataset_dict}
         out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if label is not None:
@@ -153,7 +175,6 @@ class SemanticSegMapper:
         resized_h, resized_w = T.resized_shape(height, width, scale)
         if self.crop_size is None:
             top, left, crop_h, crop_w = 0, 0, resized_h, resized_w
-            out_hw = (resized_h, resized_w)
         else:
             top, left, crop_h, crop_w = T.sample_crop(
                 rng,
@@ -165,12 +186,11 @@ class SemanticSegMapper:
                 self.ignore_label,
                 self.crop_max_tries,
             )
-            out_hw = self.crop_size
         flip = self.flip and rng.random() < 0.5
         matrix = T.crop_flip_matrix(scale, top, left, crop_w, flip)
-        image = T.warp_crop(image, matrix, out_hw, (crop_h, crop_w), cv2.INTER_LINEAR, self.pad_value)
+        image = T.warp_crop(image, matrix, (crop_h, crop_w), (crop_h, crop_w), cv2.INTER_LINEAR, self.pad_value)
         if label is not None:
-            label = T.warp_crop(label, matrix, out_hw, (crop_h, crop_w), cv2.INTER_NEAREST, self.ignore_label)
+            label = T.warp_crop(label, matrix, (crop_h, crop_w), (crop_h, crop_w), cv2.INTER_NEAREST, self.ignore_label)
         transform = T.color_jitter_matrix(rng, **self.color_jitter) if self.color_jitter else None
         if self.copy_paste is not None and label is not None:
             # drawn last: the crop and jitter of a sample are the same with and without copy-paste;

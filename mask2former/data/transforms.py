@@ -115,6 +115,18 @@ def warp_crop(
     return out
 
 
+def pad_bottom_right(array: np.ndarray, size_hw: tuple[int, int], value: int) -> np.ndarray:
+    """`array` (H x W or H x W x C) padded below and to the right to `size_hw` with `value`; never smaller than
+    it was (the array itself when it already has that size)."""
+    height, width = array.shape[:2]
+    out_h, out_w = max(height, size_hw[0]), max(width, size_hw[1])
+    if (out_h, out_w) == (height, width):
+        return array
+    out = np.full((out_h, out_w, *array.shape[2:]), value, dtype=array.dtype)
+    out[:height, :width] = array
+    return out
+
+
 def color_jitter_matrix(
     rng: np.random.Generator,
     prob: float = 0.5,

@@ -28,6 +28,7 @@ from .callbacks import IterationProgress, plot_loss_curve
 from .checkpoint import load_checkpoint_into
 from .checkpoint_io import AtomicCheckpointIO, ResumePoint, find_resume_point, save_atomic
 from .metrics_log import MetricsCSVLogger
+from .optimizer import build_gradient_clipper
 from .run_lock import OutputDirLock
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,7 @@ def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     _world_size(cfg, args)
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE not in ("full_model", "norm", "value"):
-        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use full_model, norm or value")
+    build_gradient_clipper(cfg)  # refuses bad SOLVER.CLIP_GRADIENTS settings
     if cfg.SOLVER.MAX_ITER < 1:
         raise ConfigError(f"SOLVER.MAX_ITER is {cfg.SOLVER.MAX_ITER}: give the number of iterations (>= 1)")
 
@@ -261,9 +260,6 @@ def build_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE not in ("full_model", "norm", "value"):
-        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use full_model, norm or value")
     resume_step = resume.step if resume else None
     eval_period = cfg.TEST.EVAL_PERIOD if 0 < cfg.TEST.EVAL_PERIOD <= cfg.SOLVER.MAX_ITER else cfg.SOLVER.MAX_ITER
     trainer = L.Trainer(
@@ -278,8 +274,6 @@ def build_trainer(
         val_check_interval=eval_period,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        gradient_clip_val=clip.CLIP_VALUE if clip.ENABLED else None,
-        gradient_clip_algorithm="value" if clip.CLIP_TYPE == "value" else "norm",
         logger=[
             MetricsCSVLogger(cfg.OUTPUT_DIR, resume_step, resume.metrics_row if resume else None),
             TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version="", purge_step=resume_step),

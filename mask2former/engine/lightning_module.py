@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..evaluation.sem_seg import SemSegEvaluator
 from ..modeling.meta_arch import build_model
 from .checkpoint import first_non_finite
-from .optimizer import build_lr_scheduler, build_optimizer
+from .optimizer import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class MaskFormerModule(L.LightningModule):
         self.cfg = cfg.clone()
         self.batch_size_per_device = batch_size_per_device
         self.model = build_model(cfg)
+        self.gradient_clipper = build_gradient_clipper(cfg)
         self.evaluators: list[SemSegEvaluator] = []
         self.last_results: dict[str, dict] = {}
         self.last_eval_step = -1
@@ -215,6 +216,14 @@ class MaskFormerModule(L.LightningModule):
         optimizer = build_optimizer(self.cfg, self.model)
         scheduler = build_lr_scheduler(self.cfg, optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        # SOLVER.CLIP_GRADIENTS (Lightning's own clipping knows neither NORM_TYPE nor per-parameter norms); Lightning
+        # calls this after the backward pass (gradients all-reduced, unscaled) and before optimizer.step
+        if self.gradient_clipper is not None:
+            self.gradient_clipper(param for group in optimizer.param_groups for param in group["params"])
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,8 +1,10 @@
-"""Optimizer and LR schedule builders (Mask2Former's recipe: AdamW, poly LR, no decay on norms/embeddings)."""
+"""Optimizer, gradient clipping and LR schedule builders (Mask2Former's recipe: AdamW, poly LR, no decay on
+norms/embeddings, the full model's gradient norm clipped)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 from fvcore.common.config import CfgNode
@@ -69,6 +71,54 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     if solver.OPTIMIZER == "SGD":
         return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM)
     raise ConfigError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
+
+
+CLIP_TYPES = ("full_model", "norm", "value")
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], clip_type: str, clip_value: float, norm_type: float) -> None:
+    """SOLVER.CLIP_GRADIENTS on the gradients of `parameters`, in place.
+
+    "full_model" (Mask2Former's train_net): the gradients of all parameters scaled together so that their joint
+    `norm_type`-norm is at most `clip_value`; a `clip_value` <= 0 clips nothing, as there. "norm" (detectron2): the
+    same rule for each parameter on its own. "value" (detectron2): every gradient entry clamped to
+    [-clip_value, clip_value].
+    """
+    grads = [param for param in parameters if param.grad is not None]
+    if clip_type == "full_model":
+        if clip_value > 0 and grads:
+            torch.nn.utils.clip_grad_norm_(grads, clip_value, norm_type)
+    elif clip_type == "norm":
+        for param in grads:
+            torch.nn.utils.clip_grad_norm_(param, clip_value, norm_type)
+    elif clip_type == "value":
+        torch.nn.utils.clip_grad_value_(grads, clip_value)
+    else:
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip_type!r}: use {', '.join(CLIP_TYPES)}")
+
+
+def build_gradient_clipper(cfg: CfgNode) -> Callable[[Iterable[nn.Parameter]], None] | None:
+    """The clipping SOLVER.CLIP_GRADIENTS asks for, as a function of the parameters (None when disabled); the
+    settings are checked here, so a bad one is refused before training starts."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return None
+    if clip.CLIP_TYPE not in CLIP_TYPES:
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use {', '.join(CLIP_TYPES)}")
+    norm_type = float(clip.NORM_TYPE)
+    if clip.CLIP_TYPE != "value" and not norm_type > 0:
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.NORM_TYPE {clip.NORM_TYPE}: give the p of the norm (> 0, or inf)")
+    if clip.CLIP_TYPE != "full_model" and not clip.CLIP_VALUE > 0:
+        raise ConfigError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE {clip.CLIP_VALUE} with CLIP_TYPE {clip.CLIP_TYPE!r} would zero every "
+            "gradient: give a value > 0 (or ENABLED False)"
+        )
+    clip_type, clip_value = clip.CLIP_TYPE, float(clip.CLIP_VALUE)
+
+    def clipper(parameters: Iterable[nn.Parameter]) -> None:
+        clip_gradients(parameters, clip_type, clip_value, norm_type)
+
+    return clipper
 
 
 def poly_lr_factor(
