@@ -1,18 +1,24 @@
 """Reading checkpoints safely and loading them into a model with a clear report.
 
 Accepted: this project's Lightning checkpoints (.ckpt) and model files (.pth), official Mask2Former
-.pth files, safetensors, and detectron2 .pkl files (pickled numpy arrays) only when the user opts
-in with `allow_pickle`, because unpickling runs code. Keys follow the official layout (backbone.*,
-sem_seg_head.pixel_decoder.*, sem_seg_head.predictor.*, criterion.empty_weight). When only the
-class count differs, the class head is re-initialised; any other mismatch is an error that lists
-the keys, unless `strict=False`.
+.pth files, safetensors, and detectron2 .pkl files (pickled numpy arrays: the model zoo's, the ImageNet
+`R-50.pkl`, converted Swin weights). A .pkl is read by a restricted unpickler that admits only numpy's array
+reconstruction and plain containers, so no code from the file runs; any other global is refused, naming it
+(`MODEL.ALLOW_PICKLE` opts in to a full unpickling, as it does for full-pickle torch checkpoints). Keys follow
+the official layout (backbone.*, sem_seg_head.pixel_decoder.*, sem_seg_head.predictor.*, criterion.empty_weight);
+files that say `matching_heuristics` (detectron2's flag) are matched by name suffix, as detectron2 does. When only
+the class count differs, the class head is re-initialised; any other mismatch is an error that lists the keys,
+unless `strict=False`.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import pickle
+import struct
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,26 +45,54 @@ class CheckpointMismatchError(UserError, RuntimeError):
     """The checkpoint does not fit the model; the message lists the mismatched keys."""
 
 
+BACKBONE_PREFIX = "backbone."
+
+
 @dataclass
 class LoadReport:
+    """What a checkpoint gave a model. `missing` / `unexpected` / `shape_mismatch` / `reinitialised` list keys;
+    `renamed` counts the checkpoint keys loaded under another name (detectron2's matching heuristics, or a
+    backbone saved alone getting `backbone.`). `backbone_only`: every tensor it gave lies under `backbone.` and
+    it holds nothing of the rest of the model, whose keys are then `head_fresh`, not `missing`; `backbone_init`:
+    it was loaded as such (a start for training: the head keeps its initialisation, extra keys are ignored)."""
+
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
     loaded: int = 0
+    renamed: int = 0
+    heuristics: bool = False
+    backbone_only: bool = False
+    backbone_init: bool = False
+    head_fresh: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"loaded {self.loaded} tensors"]
+        if self.renamed:
+            how = "by name suffix (detectron2's matching heuristics)" if self.heuristics else "under backbone."
+            parts.append(f"{self.renamed} of the file's keys matched {how}")
+        if self.backbone_only:
+            head = f"a backbone checkpoint: the rest of the model ({len(self.head_fresh)} tensors) is not in it"
+            parts.append(head + (", it keeps its initialisation (expected)" if self.backbone_init else ""))
         if self.reinitialised:
             parts.append(f"re-initialised the class head ({', '.join(self.reinitialised)}): the class count differs")
+        ignored = " (ignored)" if self.backbone_init else ""
         for title, keys in (
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
+            ("missing" + (" (start fresh)" if self.backbone_init else ""), self.missing),
+            ("unexpected" + ignored, self.unexpected),
             ("shape-mismatched", self.shape_mismatch),
         ):
             if keys:
                 parts.append(f"{len(keys)} {title}: {_short_list(keys)}")
         return "; ".join(parts)
+
+    def fits(self) -> bool:
+        """Whether a strict load accepts it: nothing missing, unexpected or mis-shaped, except that a backbone
+        initialisation may leave keys fresh and ignore extras (classifier, final norm)."""
+        if self.backbone_init:
+            return not self.shape_mismatch
+        return not (self.missing or self.head_fresh or self.unexpected or self.shape_mismatch)
 
 
 def _short_list(keys: list[str], limit: int = 12) -> str:
@@ -80,21 +114,58 @@ _PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol 2 or later (torch
 _REDO = "an interrupted save or copy? Copy the file again or use another checkpoint"
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file's tensors (official key names, finite) and what the file says about them."""
+
+    tensors: dict[str, torch.Tensor]
+    matching_heuristics: bool = False  # detectron2's flag: match the keys to the model's by name suffix
+    author: str | None = None  # detectron2's `__author__` (e.g. "torchvision", "third_party"), if any
+
+
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The model state dict inside a weights file (official key names), every tensor finite.
 
     The one reader of .pth / .ckpt / .safetensors / .pkl weights, for whole models and backbones alike: a file
     it cannot read raises CheckpointReadError naming the file and what it is not; NaN or Inf values raise
-    NonFiniteCheckpointError naming the first such key."""
+    NonFiniteCheckpointError naming the first such key. `read_checkpoint_with_metadata` adds detectron2's
+    `matching_heuristics` and `__author__`."""
+    return read_checkpoint_with_metadata(path, allow_pickle).tensors
+
+
+def read_checkpoint_with_metadata(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
+    """`read_checkpoint`'s tensors with the file's `matching_heuristics` and `__author__`: the top-level keys of a
+    .pkl / .pth dict, or the metadata of a .safetensors file (as tools/convert_checkpoint.py writes them).
+
+    A detectron2 .pkl follows detectron2's rule: a model-zoo dict (`model` and `__author__`) says itself whether to
+    match by name; a .pkl without `model` is an older Caffe2-style file (`blobs`), always matched by name (its
+    Caffe2 names are not translated: such a file fits only a model with the same names)."""
     path = Path(path).expanduser()
-    tensors = _model_state(read_checkpoint_file(path, allow_pickle), path)
+    data = read_checkpoint_file(path, allow_pickle)
+    heuristics, author = False, None
+    if path.suffix == ".safetensors":
+        metadata = _safetensors_metadata(path)
+        heuristics = metadata.get("matching_heuristics") == "True"
+        author = metadata.get("__author__")
+    elif isinstance(data, dict):
+        if path.suffix == ".pkl" and "model" not in data:
+            blobs = data.get("blobs", data)
+            if isinstance(blobs, dict):
+                data = {"model": {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}}
+            heuristics, author = True, "Caffe2"
+        else:
+            heuristics = data.get("matching_heuristics") is True
+            author = data["__author__"] if isinstance(data.get("__author__"), str) else None
+    tensors = _model_state(data, path)
     check_finite(tensors, path)
-    return tensors
+    return Checkpoint(tensors, heuristics, author)
 
 
 def read_checkpoint_file(path: str | Path, allow_pickle: bool = False, mmap: bool = False) -> object:
-    """What a weights file holds, as loaded (a dict of tensors and plain containers), or CheckpointReadError.
-    `mmap=True` maps a torch zip file instead of reading it (cheap: `--resume` checks candidates with it)."""
+    """What a weights file holds, as loaded (a dict of tensors / numpy arrays and plain containers), or
+    CheckpointReadError. `mmap=True` maps a torch zip file instead of reading it (cheap: `--resume` checks
+    candidates with it). A .pkl is read by `read_pickle` (numpy arrays only, no code runs) unless
+    `allow_pickle`, which falls back to a full unpickling for what it refuses."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -104,19 +175,20 @@ def read_checkpoint_file(path: str | Path, allow_pickle: bool = False, mmap: boo
         return _read_safetensors(path)
     head = _head(path)
     if path.suffix == ".pkl":
-        if not allow_pickle:
-            raise PermissionError(
-                f"{path} is a pickle (detectron2 format); unpickling runs code from the file. If you trust it, "
-                "set MODEL.ALLOW_PICKLE True (tools/predict.py: --allow-pickle)."
-            )
         if not head or head[0] != _PICKLE_PROTO:
             raise CheckpointReadError(f"{path} is {_describe(head)}, not a pickle (detectron2 .pkl weights)")
         try:
+            return read_pickle(path)
+        except UnsafePickleError:
+            if not allow_pickle:
+                raise
+        try:
             with path.open("rb") as handle:
-                return pickle.load(handle, encoding="latin1")  # noqa: S301 (explicit opt-in above)
-        except (EOFError, pickle.UnpicklingError, ValueError, IndexError) as error:
-            problem = f"a truncated or damaged pickle ({_first_line(error)})"
-            raise CheckpointReadError(f"{path} is {problem}: {_REDO}") from None
+                return pickle.load(handle, encoding="latin1")  # noqa: S301 (MODEL.ALLOW_PICKLE: the user trusts it)
+        except _PICKLE_DAMAGE as error:
+            raise CheckpointReadError(
+                f"{path} is a truncated or damaged pickle ({_first_line(error)}): {_REDO}"
+            ) from None
     if not head.startswith(_ZIP_MAGIC) and head[:1] != bytes([_PICKLE_PROTO]):
         raise CheckpointReadError(
             f"{path} is {_describe(head)}, not a PyTorch checkpoint (torch.save writes a zip archive): "
@@ -138,6 +210,128 @@ def read_checkpoint_file(path: str | Path, allow_pickle: bool = False, mmap: boo
         raise CheckpointReadError(
             f"{path} is a truncated or damaged PyTorch checkpoint ({size} bytes; {why or _first_line(error)}): {_REDO}"
         ) from None
+
+
+# ---- detectron2 .pkl files: pickled numpy arrays, read without running code from the file -------------------------
+
+
+class UnsafePickleError(CheckpointReadError, PermissionError):
+    """A .pkl that names a global other than numpy's array reconstruction: loading it would run code from the
+    file; the message names the file and the global."""
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # Python 3 pickles of protocol <= 2 spell a bytes object as _codecs.encode(text, "latin1"); nothing else.
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1" or errors != "strict":
+        raise pickle.UnpicklingError(f"_codecs.encode called with {encoding!r}: only latin1 text is bytes")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    # ... and an empty one as bytes().
+    if args:
+        raise pickle.UnpicklingError("builtins.bytes called with arguments: only bytes() is admitted")
+    return b""
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The globals numpy's pickles of arrays, dtypes and scalars name, at protocols 0..5, written by numpy 1
+    (`numpy.core`) or numpy 2 (`numpy._core`), checked with pickletools: nothing else is needed to rebuild them."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover (numpy 1)
+        from numpy.core import multiarray, numeric
+    admitted: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        admitted[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        admitted[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        admitted[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    admitted[("collections", "OrderedDict")] = collections.OrderedDict
+    admitted[("_codecs", "encode")] = _latin1_bytes
+    admitted[("builtins", "bytes")] = admitted[("__builtin__", "bytes")] = _empty_bytes
+    return admitted
+
+
+_ADMITTED_GLOBALS = _numpy_globals()
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _PersistentId(pickle.UnpicklingError):
+    pass
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Resolves only `_ADMITTED_GLOBALS` (find_class runs before anything a global could call is called)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _ADMITTED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+    def persistent_load(self, pid: object) -> object:
+        raise _PersistentId(repr(pid)[:60])
+
+
+_PICKLE_DAMAGE = (
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    struct.error,
+    OverflowError,
+    MemoryError,
+)
+
+
+def read_pickle(path: str | Path) -> object:
+    """A .pkl file's content, rebuilt with only numpy's array reconstruction and plain containers (dict, list,
+    tuple, str, numbers, OrderedDict); Python 2 pickles (detectron2's model zoo: protocol 2, byte strings) are
+    read as latin1. Any other global is refused before it can run: UnsafePickleError naming it."""
+    path = Path(path).expanduser()
+    legacy = CheckpointReadError(
+        f"{path} is a PyTorch file of torch's legacy format, not a detectron2 .pkl: rename it to .pth, which "
+        "torch's weights-only reader loads"
+    )
+    try:
+        with path.open("rb") as handle:
+            data = _NumpyUnpickler(handle, encoding="latin1").load()
+    except _RefusedGlobal as refused:
+        raise UnsafePickleError(_refused_global_message(path, refused.name)) from None
+    except _PersistentId:
+        raise legacy from None
+    except _PICKLE_DAMAGE as error:
+        raise CheckpointReadError(f"{path} is a truncated or damaged pickle ({_first_line(error)}): {_REDO}") from None
+    if isinstance(data, int) and data == _TORCH_LEGACY_MAGIC:  # the first of the pickles torch's legacy format holds
+        raise legacy
+    return data
+
+
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _refused_global_message(path: Path, name: str) -> str:
+    trusted = (
+        "If you trust the file, convert it once with tools/convert_checkpoint.py IN OUT.safetensors --allow-pickle "
+        "and use OUT.safetensors, or set MODEL.ALLOW_PICKLE True (tools/predict.py: --allow-pickle)"
+    )
+    if name.split(".")[0] == "torch":
+        return (
+            f"{path} holds PyTorch objects pickled with pickle (it names {name}), not the numpy arrays of a "
+            f"detectron2 .pkl, and reading them means unpickling, which runs code from the file; not loaded. {trusted}"
+        )
+    return (
+        f"{path}: refused to unpickle {name}: a detectron2 .pkl holds only numpy arrays, and loading anything else "
+        f"would run code from the file; not loaded. {trusted}"
+    )
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -169,6 +363,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         return load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointReadError(f"{path}: {_safetensors_problem(path, error)}") from None
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors header ({} when it has none)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
     except SafetensorError as error:
         raise CheckpointReadError(f"{path}: {_safetensors_problem(path, error)}") from None
 
@@ -239,9 +444,9 @@ def _model_state(data: object, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointMismatchError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     tensors = {}
     for key, value in state.items():
-        key = key.removeprefix("module.")
+        key = str(key).removeprefix("module.")
         if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
+            value = _array_to_tensor(value, key, path)
         if isinstance(value, torch.Tensor):
             tensors[key] = value
     if not tensors:
@@ -249,14 +454,87 @@ def _model_state(data: object, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_model_weights(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
-) -> LoadReport:
-    """Load what fits; re-initialise the class head on a class-count change; fail on other mismatches if strict."""
-    own = model.state_dict()
-    report = LoadReport()
+def _array_to_tensor(array: np.ndarray, key: str, path: Path) -> torch.Tensor:
+    """A numpy array of a .pkl as a tensor of its own memory (native byte order, contiguous, writable)."""
+    if array.dtype.kind not in "biufc":
+        raise CheckpointReadError(f"{path}: {key} is a numpy array of {array.dtype}, not numbers: not a weights file?")
+    array = np.require(array.astype(array.dtype.newbyteorder("="), copy=False), requirements=("C", "W"))
+    try:
+        return torch.from_numpy(array)
+    except TypeError as error:  # a dtype torch has no tensor for
+        raise CheckpointReadError(f"{path}: {key}: {_first_line(error)}") from None
+
+
+# ---- matching a checkpoint's keys to the model's ---------------------------------------------------------------------
+
+
+def align_checkpoint_keys(
+    model_shapes: Mapping[str, Sequence[int]],
+    checkpoint_shapes: Mapping[str, Sequence[int]],
+    matching_heuristics: bool = False,
+    source: str = "checkpoint",
+) -> dict[str, str]:
+    """{checkpoint key: model key} for the checkpoint keys that load under another name (the others keep theirs).
+
+    With `matching_heuristics` (detectron2's flag, which its ImageNet `R-50.pkl` and converted Swin .pkl files
+    set), detectron2's rule: each model key takes the longest checkpoint key it ends with, in whole dot-separated
+    parts (`backbone.res2.0.conv1.weight` takes `res2.0.conv1.weight` over `conv1.weight`); a suffix match of
+    another shape is skipped (the final `norm.weight` of a Swin classifier is no pixel-decoder norm), an exact
+    name always matches (a class-count change is the loader's to report); one checkpoint key taken by two model
+    keys is ambiguous: CheckpointMismatchError naming the three. Without the flag, a file whose every key is a
+    model key less `backbone.` (a backbone saved alone) gets that prefix; any other file keeps its names."""
+    if not matching_heuristics:
+        keys = [key for key in checkpoint_shapes if not key.endswith(_DERIVED_SUFFIXES)]
+        if keys and all(key not in model_shapes and BACKBONE_PREFIX + key in model_shapes for key in keys):
+            return {key: BACKBONE_PREFIX + key for key in checkpoint_shapes if BACKBONE_PREFIX + key in model_shapes}
+        return {}
+    taken: dict[str, str] = {}
+    for model_key in sorted(model_shapes):
+        parts = model_key.split(".")
+        match = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in checkpoint_shapes), None)
+        if match is None:
+            continue
+        if match != model_key and tuple(checkpoint_shapes[match]) != tuple(model_shapes[model_key]):
+            continue
+        if match in taken:
+            raise CheckpointMismatchError(
+                f"{source}: its key {match} matches two model keys by name suffix ({taken[match]} and {model_key}), "
+                "so which one it is meant for is ambiguous: rename it to the full model key (e.g. with "
+                "tools/convert_checkpoint.py and a dict of renames) or save the file without matching_heuristics"
+            )
+        taken[match] = model_key
+    return {key: model_key for key, model_key in taken.items() if key != model_key}
+
+
+@dataclass
+class WeightsPlan:
+    """How a state dict goes into a model: `mapped` is the state dict under the model's key names, `to_load` the
+    part that fits (same names and shapes), `report` what was loaded, missing, renamed, re-initialised."""
+
+    mapped: dict[str, torch.Tensor]
+    to_load: dict[str, torch.Tensor]
+    report: LoadReport
+
+
+def plan_weights(
+    own: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+    matching_heuristics: bool = False,
+    fresh_head_ok: bool = False,
+    source: str = "checkpoint",
+) -> WeightsPlan:
+    """`load_model_weights` without the loading: `own` is the model's state dict. `fresh_head_ok`: a backbone-only
+    checkpoint is a start for training (`LoadReport.backbone_init`)."""
+    renames = align_checkpoint_keys(
+        {k: tuple(v.shape) for k, v in own.items()},
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+        matching_heuristics,
+        source,
+    )
+    mapped = {renames.get(key, key): value for key, value in state_dict.items()}
+    report = LoadReport(renamed=len(renames), heuristics=matching_heuristics)
     to_load = {}
-    for key, value in state_dict.items():
+    for key, value in mapped.items():
         if key not in own:
             if not key.endswith(_DERIVED_SUFFIXES):
                 report.unexpected.append(key)
@@ -267,20 +545,68 @@ def load_model_weights(
             )
         else:
             to_load[key] = value
-    report.missing = [key for key in own if key not in state_dict and not key.endswith(_DERIVED_SUFFIXES)]
-    if strict and (report.missing or report.unexpected or report.shape_mismatch):
-        raise CheckpointMismatchError(
-            f"{source} does not fit this model (a checkpoint of another architecture or size?). "
-            f"{report.summary()}. Load with strict=False (MODEL.LOAD_STRICT False) to take what fits."
-        )
-    model.load_state_dict(to_load, strict=False)
+    report.missing = [key for key in own if key not in mapped and not key.endswith(_DERIVED_SUFFIXES)]
+    modules = {key.split(".", 1)[0] for key in own} - {BACKBONE_PREFIX.rstrip(".")}
+    report.backbone_only = (
+        bool(to_load)
+        and bool(modules)
+        and all(key.startswith(BACKBONE_PREFIX) for key in to_load)
+        and not any(key.split(".", 1)[0] in modules for key in mapped)
+    )
+    if report.backbone_only:
+        report.head_fresh = [key for key in report.missing if not key.startswith(BACKBONE_PREFIX)]
+        report.missing = [key for key in report.missing if key.startswith(BACKBONE_PREFIX)]
+        report.backbone_init = fresh_head_ok
     report.loaded = len(to_load)
-    logger.info("%s: %s", source, report.summary())
-    return report
+    return WeightsPlan(mapped, to_load, report)
+
+
+def check_fits(report: LoadReport, source: str = "checkpoint") -> None:
+    """CheckpointMismatchError (listing the keys) unless a strict load accepts `report`."""
+    if report.fits():
+        return
+    if report.backbone_only and not report.backbone_init:
+        raise CheckpointMismatchError(
+            f"{source} holds backbone weights only (the model's other {len(report.head_fresh)} tensors are not in "
+            f"it): a start for training, not a trained model. {report.summary()}"
+        )
+    raise CheckpointMismatchError(
+        f"{source} does not fit this model (a checkpoint of another architecture or size?). "
+        f"{report.summary()}. Load with strict=False (MODEL.LOAD_STRICT False) to take what fits."
+    )
+
+
+def load_model_weights(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    strict: bool = True,
+    source: str = "checkpoint",
+    matching_heuristics: bool = False,
+    fresh_head_ok: bool = False,
+) -> LoadReport:
+    """Load what fits; re-initialise the class head on a class-count change; fail on other mismatches if strict.
+
+    Keys are matched as `align_checkpoint_keys` says (by name suffix when the file says `matching_heuristics`).
+    A checkpoint holding only backbone weights is refused when strict unless `fresh_head_ok` (training from it:
+    the head keeps its initialisation, keys the file lacks or has in excess are listed, not fatal)."""
+    plan = plan_weights(model.state_dict(), state_dict, matching_heuristics, fresh_head_ok, source)
+    if strict:
+        check_fits(plan.report, source)
+    model.load_state_dict(plan.to_load, strict=False)
+    logger.info("%s: %s", source, plan.report.summary())
+    return plan.report
 
 
 def load_checkpoint_into(
-    model: nn.Module, path: str | Path, allow_pickle: bool = False, strict: bool = True
+    model: nn.Module, path: str | Path, allow_pickle: bool = False, strict: bool = True, fresh_head_ok: bool = False
 ) -> LoadReport:
-    """`read_checkpoint` + `load_model_weights`."""
-    return load_model_weights(model, read_checkpoint(path, allow_pickle), strict=strict, source=str(path))
+    """`read_checkpoint_with_metadata` + `load_model_weights` (with the file's `matching_heuristics`)."""
+    checkpoint = read_checkpoint_with_metadata(path, allow_pickle)
+    return load_model_weights(
+        model,
+        checkpoint.tensors,
+        strict=strict,
+        source=str(path),
+        matching_heuristics=checkpoint.matching_heuristics,
+        fresh_head_ok=fresh_head_ok,
+    )
