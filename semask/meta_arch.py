@@ -1,9 +1,11 @@
-"""SeMask + Mask2Former: the Mask2Former losses plus a cross-entropy on the backbone's semantic prior.
+"""SeMask + Mask2Former: the Mask2Former losses plus a cross-entropy on the semantic prior.
 
-Registered as `SeMaskMaskFormer` (MODEL.META_ARCHITECTURE, the official name). Training: the prior
-(B x K x H/4 x W/4) is upsampled to the padded image and scored against the label map (IGNORE_VALUE
-ignored) as `loss_cate`, weighted by MODEL.MASK_FORMER.CATE_WEIGHT (0.4, as published), next to the
-Mask2Former losses. Inference ignores the prior: predict, ensemble and evaluation see an ordinary model.
+Registered as `SeMaskMaskFormer` (MODEL.META_ARCHITECTURE, the official name), with a SeMask backbone
+(D2SeMaskSwinTransformer) and the official head `BranchMaskFormerHead` (MODEL.SEM_SEG_HEAD.NAME), which sums the
+backbone's class maps into the prior at the padded image size. Training: the prior is scored against the label
+maps (padded with IGNORE_VALUE, which is ignored) as `loss_cate`, weighted by MODEL.MASK_FORMER.CATE_WEIGHT (0.4,
+as published), next to the Mask2Former losses. Inference ignores the prior: predict, ensemble and evaluation see
+an ordinary model.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import torch
 import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 
+from mask2former.config import ConfigError
 from mask2former.modeling.meta_arch import META_ARCH_REGISTRY, MaskFormer, semantic_targets
 
-from .backbone import SEMANTIC_PRIOR
+from .backbone import D2SeMaskSwinTransformer
 
 PRIOR_LOSS = "loss_cate"
 
 
 def semantic_prior_loss(prior: torch.Tensor, labels: torch.Tensor, ignore_value: int) -> torch.Tensor:
-    """Per-pixel cross-entropy of B x K x h x w prior logits, upsampled to the B x H x W label maps."""
-    logits = F.interpolate(prior.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    """Per-pixel cross-entropy of B x K x H x W prior logits against B x H x W label maps of the same size."""
+    if prior.shape[-2:] != labels.shape[-2:]:
+        raise ValueError(f"semantic prior {tuple(prior.shape[-2:])} and labels {tuple(labels.shape[-2:])} differ")
+    logits = prior.float()
     if bool((labels == ignore_value).all()):
         return logits.sum() * 0.0  # nothing labelled: zero, but keep the graph
     return F.cross_entropy(logits, labels, ignore_index=ignore_value)
@@ -29,23 +34,27 @@ def semantic_prior_loss(prior: torch.Tensor, labels: torch.Tensor, ignore_value:
 
 @META_ARCH_REGISTRY.register()
 class SeMaskMaskFormer(MaskFormer):
-    """MaskFormer whose backbone also returns a semantic prior; adds `loss_cate` in training."""
+    """MaskFormer with a SeMask backbone and BranchMaskFormerHead; adds `loss_cate` in training."""
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> SeMaskMaskFormer:
+        if cfg.MODEL.SEM_SEG_HEAD.NAME != "BranchMaskFormerHead":
+            raise ConfigError(
+                f"MODEL.META_ARCHITECTURE SeMaskMaskFormer needs MODEL.SEM_SEG_HEAD.NAME BranchMaskFormerHead (the "
+                f"official SeMask head, which makes the semantic prior), got {cfg.MODEL.SEM_SEG_HEAD.NAME!r}"
+            )
         model = super().from_config(cfg)
-        if not hasattr(model.backbone, "num_classes"):
-            raise ValueError(
-                f"SeMaskMaskFormer needs a SeMask backbone (D2SeMaskSwinTransformer), got {cfg.MODEL.BACKBONE.NAME}"
+        if not isinstance(model.backbone, D2SeMaskSwinTransformer):
+            raise ConfigError(
+                "MODEL.META_ARCHITECTURE SeMaskMaskFormer needs a SeMask backbone (MODEL.BACKBONE.NAME "
+                f"D2SeMaskSwinTransformer), got {cfg.MODEL.BACKBONE.NAME!r}"
             )
         model.criterion.weight_dict[PRIOR_LOSS] = cfg.MODEL.MASK_FORMER.CATE_WEIGHT
         return model
 
     def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
         images = self.preprocess(batched_inputs)
-        features = self.backbone(images)
-        prior = features.pop(SEMANTIC_PRIOR)
-        outputs = self.sem_seg_head(features)
+        outputs, prior = self.sem_seg_head(self.backbone(images))
         if not self.training:
             return self.inference(batched_inputs, outputs, images.shape[-2:])
         labels = [item["sem_seg"].to(self.device) for item in batched_inputs]
