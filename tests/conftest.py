@@ -69,6 +69,12 @@ TINY_MODEL = [
     "64",
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
     "256",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "16",
+    "MODEL.RESNETS.WIDTH_PER_GROUP",
+    "4",
 ]
 
 # A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two
