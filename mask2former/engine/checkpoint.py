@@ -499,8 +499,9 @@ def align_checkpoint_keys(
         if match in taken:
             raise CheckpointMismatchError(
                 f"{source}: its key {match} matches two model keys by name suffix ({taken[match]} and {model_key}), "
-                "so which one it is meant for is ambiguous: rename it to the full model key (e.g. with "
-                "tools/convert_checkpoint.py and a dict of renames) or save the file without matching_heuristics"
+                "so which one it is for is ambiguous. A backbone checkpoint: give it as MODEL.BACKBONE.WEIGHTS, or "
+                "convert it with tools/convert_checkpoint.py IN OUT.safetensors --config-file CFG (both use the "
+                "backbone's own key conversion)"
             )
         taken[match] = model_key
     return {key: model_key for key, model_key in taken.items() if key != model_key}
