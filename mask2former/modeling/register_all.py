@@ -3,5 +3,5 @@
 import semask  # noqa: F401  (SeMask backbone and meta architecture, a sibling package)
 
 from .backbone import dinat, resnet, swin  # noqa: F401
-from .pixel_decoder import fapn, msdeformattn  # noqa: F401
+from .pixel_decoder import fapn, msdeformattn, msdeformattn_fapn  # noqa: F401
 from .transformer_decoder import masked_attention  # noqa: F401
