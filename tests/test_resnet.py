@@ -16,14 +16,19 @@ from conftest import REPO, TINY_MODEL
 from torch import nn
 
 from mask2former.config import ConfigError, get_cfg, load_config
-from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
+from mask2former.engine.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint_into,
+    plan_weights,
+    read_checkpoint,
+    read_checkpoint_with_metadata,
+)
 from mask2former.modeling.backbone.base import build_backbone
 from mask2former.modeling.backbone.resnet import (
     BottleneckBlock,
     DeepLabStem,
     FrozenBatchNorm2d,
     ResNet,
-    backbone_checkpoint_as_model_state,
     checkpoint_filter_fn,
     checkpoint_layout,
     load_resnet_pretrained,
@@ -187,7 +192,7 @@ def test_torchvision_weights_convert_exactly(torchvision_r50) -> None:
         torch.testing.assert_close(ours[name], expected[name], rtol=1e-5, atol=1e-5)
 
 
-def test_timm_layout_and_resnet18_convert_exactly() -> None:
+def test_timm_layout_and_resnet18_convert_exactly(tmp_path: Path) -> None:
     with torch.device("meta"):
         timm_r50, torchvision_r50_keys = timm.create_model("resnet50"), torchvision.models.resnet50().state_dict()
         assert list(timm_r50.state_dict()) == list(torchvision_r50_keys)  # timm's ResNet-50 has torchvision's names
@@ -198,7 +203,8 @@ def test_timm_layout_and_resnet18_convert_exactly() -> None:
         randomise_norms(source, seed=1)
         source.eval()
         model = ResNet(depth=18, stride_in_1x1=False, res2_out_channels=64).eval()
-        model.load_state_dict(checkpoint_filter_fn(source.state_dict(), model), strict=True)
+        torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+        assert ResNet.load_pretrained(model, tmp_path / "resnet18.pth")["layout"] == "torchvision"
         x = torch.randn(1, 3, 64, 96)
         with torch.no_grad():
             ours_out, theirs = model(x), torchvision_features(source, x)
@@ -206,10 +212,10 @@ def test_timm_layout_and_resnet18_convert_exactly() -> None:
             torch.testing.assert_close(ours_out[name], theirs[name], rtol=1e-5, atol=1e-5)
 
 
-def test_detectron2_r50_pkl_and_torchvision_pth_load_with_zero_missing_keys(torchvision_r50, tmp_path: Path) -> None:
+def test_detectron2_r50_pkl_loads_with_zero_missing_keys(torchvision_r50, tmp_path: Path) -> None:
     source, expected = torchvision_r50
     path = write_r50_pkl(tmp_path / "R-50.pkl", source.state_dict())
-    raw = read_checkpoint(path, allow_pickle=True)
+    raw = read_checkpoint(path)  # detectron2's pickled numpy arrays, read without running code
     assert "stem.fc.weight" in raw and "res2.0.conv1.norm.weight" in raw and checkpoint_layout(raw) == "detectron2"
     model = meta_resnet50()
     model.load_state_dict(ResNet.convert_pretrained(raw, model), strict=True, assign=True)
@@ -218,19 +224,28 @@ def test_detectron2_r50_pkl_and_torchvision_pth_load_with_zero_missing_keys(torc
     # the same file as the BN variant: its counters are the model's own
     bn_model = meta_resnet50(norm="BN")
     assert set(ResNet.convert_pretrained(raw, bn_model)) == set(bn_model.state_dict())
-    # through MODEL.BACKBONE.WEIGHTS' hook, from a .pth
-    torch.save(source.state_dict(), tmp_path / "resnet50.pth")
+    # MODEL.BACKBONE.WEIGHTS' hook
     fresh = resnet50().eval()
-    report = ResNet.load_pretrained(fresh, tmp_path / "resnet50.pth")
-    assert report["missing"] == [] and report["unexpected"] == [] and report["layout"] == "torchvision"
+    report = ResNet.load_pretrained(fresh, path)
+    assert report["missing"] == [] and report["unexpected"] == [] and report["layout"] == "detectron2"
     with torch.no_grad():
         torch.testing.assert_close(fresh(X)["res5"], expected["res5"], rtol=1e-5, atol=1e-5)
     with pytest.raises(CheckpointMismatchError, match="does not fit this ResNet.*shape-mismatched"):
-        load_resnet_pretrained(narrow(), tmp_path / "resnet50.pth")
+        load_resnet_pretrained(narrow(), path)
     with pytest.raises(CheckpointMismatchError, match="depth 101.*missing: res4.6"):
-        load_resnet_pretrained(ResNet(depth=101, **NARROW), tmp_path / "resnet50.pth")
+        load_resnet_pretrained(ResNet(depth=101, **NARROW), path)
     with pytest.raises(FileNotFoundError, match="ResNet weights not found"):
         load_resnet_pretrained(narrow(), tmp_path / "nothing.pkl")
+    # MODEL.WEIGHTS R-50.pkl, as the official config gives it: detectron2's matching heuristics put every tensor of
+    # the backbone in place (the head starts fresh)
+    checkpoint = read_checkpoint_with_metadata(path)
+    assert checkpoint.matching_heuristics
+    with torch.device("meta"):
+        whole = build_model(load_config(str(REPO / "configs" / "m2f_r50.yaml")))
+    plan = plan_weights(whole.state_dict(), checkpoint.tensors, matching_heuristics=True, fresh_head_ok=True)
+    assert plan.report.backbone_only and plan.report.missing == [] and plan.report.shape_mismatch == []
+    assert plan.report.loaded == len(whole.backbone.state_dict()) and plan.report.fits()
+    assert plan.mapped["backbone.res3.1.conv2.norm.running_var"] is checkpoint.tensors["res3.1.conv2.norm.running_var"]
 
 
 def test_msra_caffe2_names_convert() -> None:
@@ -279,13 +294,9 @@ def test_whole_mask2former_checkpoint_keys_match_the_model(tmp_path: Path) -> No
     report = load_checkpoint_into(other, tmp_path / "m2f_r50.pth", strict=True)
     assert report.missing == [] and report.unexpected == []
     assert torch.equal(other.backbone.res4[1].conv2.weight, model.backbone.res4[1].conv2.weight)
-    # a whole model's backbone part is what convert_pretrained keeps; it is left alone by the MODEL.WEIGHTS helper
+    # a whole model's backbone part is what convert_pretrained keeps
     backbone_only = ResNet.convert_pretrained({"model": model.state_dict()}, other.backbone)
     assert set(backbone_only) == set(other.backbone.state_dict())
-    assert backbone_checkpoint_as_model_state(model.state_dict(), other) is None
-    # a backbone-only file (R-50.pkl's names) as MODEL.WEIGHTS: under backbone.*, nothing of the head
-    placed = backbone_checkpoint_as_model_state(model.backbone.state_dict(), other)
-    assert set(placed) == {k for k in other.state_dict() if k.startswith("backbone.")}
 
 
 def test_stride_in_1x1_moves_the_stride() -> None:

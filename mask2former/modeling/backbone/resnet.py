@@ -9,8 +9,9 @@ are built, as in detectron2.
 Two keys plain detectron2 leaves to its DeepLab project are read here, as `build_resnet_deeplab_backbone`
 reads them: MODEL.RESNETS.STEM_TYPE ("deeplab": three 3x3 convs `stem.conv1..3` instead of one 7x7) and
 MODEL.RESNETS.RES5_MULTI_GRID (res5 block i dilates by RES5_DILATION x MULTI_GRID[i]). Their defaults here
-("basic", [1, 1, 1]) build exactly detectron2's `build_resnet_backbone`; the official Mask2Former configs set
-those values (their "# not used" comments).
+("basic", [1, 1, 1]) build exactly detectron2's `build_resnet_backbone`, the values the official Mask2Former
+configs set (their "# not used" comments); DeepLab's own defaults ("deeplab", [1, 2, 4]) would change every
+config that leaves the keys out.
 
 `convert_pretrained` maps detectron2 (`R-50.pkl`), torchvision / timm (`conv1`, `bn1`, `layer1.0.downsample.0`)
 and MSRA/Caffe2 (`res2_0_branch2a_w`) weights to these names.
@@ -447,11 +448,14 @@ def resnet_options(cfg: CfgNode) -> dict[str, Any]:
 # --- checkpoint conversion -------------------------------------------------------------------------------------
 
 _TORCHVISION = re.compile(r"layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(.+)")
-_MSRA_BLOCK = re.compile(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|b|bn_s|bn_b|bn_rm|bn_riv)")
+_MSRA_BLOCK = re.compile(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|b|bn_s|bn_b)")
 _MSRA_CONV = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
 _MSRA_PARAM = {"w": "weight", "b": "bias", "bn_s": "norm.weight", "bn_b": "norm.bias"}
-_MSRA_STEM = {"conv1_w": "stem.conv1.weight", "res_conv1_bn_s": "stem.conv1.norm.weight"}
-_MSRA_STEM["res_conv1_bn_b"] = "stem.conv1.norm.bias"
+_MSRA_STEM = {
+    "conv1_w": "stem.conv1.weight",
+    "res_conv1_bn_s": "stem.conv1.norm.weight",
+    "res_conv1_bn_b": "stem.conv1.norm.bias",
+}
 
 
 def unwrap_resnet_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
@@ -472,7 +476,7 @@ def unwrap_resnet_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_layout(state_dict: dict[str, torch.Tensor]) -> str:
-    """ "torchvision" (also timm's ResNets), "msra" (Caffe2 names) or "detectron2"."""
+    """The file's naming: "torchvision" (also timm's ResNets), "msra" (Caffe2 names) or "detectron2"."""
     if "conv1.weight" in state_dict or any(k.startswith("layer1.") for k in state_dict):
         return "torchvision"
     if "conv1_w" in state_dict or any(_MSRA_BLOCK.fullmatch(k) for k in state_dict):
@@ -507,8 +511,6 @@ def _msra_name(key: str) -> str | None:
     if match is None:
         return key
     stage, block, branch, param = match.groups()
-    if param in ("bn_rm", "bn_riv"):  # statistics of unfolded Caffe2 BN (rare): mean and 1/sqrt(var)
-        return None
     return f"res{stage}.{block}.{_MSRA_CONV[branch]}.{_MSRA_PARAM[param]}"
 
 
@@ -567,26 +569,6 @@ def load_resnet_pretrained(model: ResNet, path: str | Path) -> dict[str, Any]:
         "loaded": report.loaded,
         "layout": checkpoint_layout(unwrap_resnet_state_dict(raw)),
     }
-
-
-def backbone_checkpoint_as_model_state(state_dict: dict, model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """A backbone-only file given as MODEL.WEIGHTS (the official R50 config puts `R-50.pkl` there) in the whole
-    model's keys: `backbone.*`, converted by the backbone's `convert_pretrained`. None when the file holds
-    whole-model keys (`backbone.*`, `sem_seg_head.*`, `criterion.*`) and loads as it is, or when the backbone has
-    no `convert_pretrained`.
-
-    detectron2 gets the same effect with its suffix-matching heuristics (`stem.conv1.weight` matching
-    `backbone.stem.conv1.weight`). The caller loads the result with the model's other keys expected missing."""
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
-    keys = [k.removeprefix("module.") for k in state_dict]
-    if any(k.startswith(("backbone.", "sem_seg_head.", "criterion.")) for k in keys):
-        return None
-    convert = getattr(type(model.backbone), "convert_pretrained", None)
-    if convert is None:
-        return None
-    return {f"backbone.{k}": v for k, v in convert(state_dict, model.backbone).items()}
 
 
 def resnet50(**kwargs: Any) -> ResNet:
