@@ -238,5 +238,5 @@ def test_from_config_and_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(OSError, match=r"cannot read image .*missing.jpg"):
         mapper({"file_name": str(tmp_path / "missing.jpg")}, np.random.default_rng(0))
     cfg.merge_from_list(["INPUT.CROP.TYPE", "relative"])
-    with pytest.raises(ValueError, match="CROP.TYPE 'relative' is not supported"):
+    with pytest.raises(ConfigError, match="CROP.TYPE 'relative' is not supported"):
         SemanticSegMapper.from_config(cfg, is_train=True)

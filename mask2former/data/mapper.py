@@ -87,11 +87,15 @@ class SemanticSegMapper:
         or, by default, from the registered DATASETS.TRAIN.
         """
         if cfg.INPUT.CROP.TYPE != "absolute":
-            raise ValueError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
+            raise ConfigError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
         if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
-            raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
+            raise ConfigError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
         jitter = cfg.INPUT.COLOR_AUG
-        common = dict(image_format=cfg.INPUT.FORMAT, pad_value=cfg.INPUT.PAD_VALUE)
+        common = dict(
+            image_format=cfg.INPUT.FORMAT,
+            pad_value=cfg.INPUT.PAD_VALUE,
+            ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,  # the label the model ignores pads and crops
+        )
         if cfg.INPUT.DATASET_MAPPER_NAME != "mask_former_semantic":
             raise ConfigError(
                 f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r}: only 'mask_former_semantic' exists here"

@@ -25,7 +25,7 @@ from ..utils.cli import run_tool, strip_debug
 from ..utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..utils.logger import logging_to, setup_logging
 from .callbacks import IterationProgress, plot_loss_curve
-from .checkpoint import load_checkpoint_into
+from .checkpoint import LoadReport, load_checkpoint_into
 from .checkpoint_io import AtomicCheckpointIO, ResumePoint, find_resume_point, save_atomic
 from .metrics_log import MetricsCSVLogger
 from .optimizer import build_gradient_clipper
@@ -314,6 +314,11 @@ def load_backbone_weights(model: torch.nn.Module, path: str) -> None:
     logger.info("backbone weights from %s: %s", path, report)
 
 
+def load_weights(model: torch.nn.Module, cfg: CfgNode) -> LoadReport:
+    """MODEL.WEIGHTS into the whole model, read as MODEL.ALLOW_PICKLE and matched as MODEL.LOAD_STRICT say."""
+    return load_checkpoint_into(model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
+
+
 def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None) -> dict:
     """Train (or resume) for SOLVER.MAX_ITER iterations; evaluates at the end; returns the final results."""
     resume = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints") if args.resume else None
@@ -326,7 +331,7 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None)
         ckpt_path = str(resume.path)
         logger.info("resuming from %s (iteration %d)", resume.path, resume.step)
     elif cfg.MODEL.WEIGHTS:
-        load_checkpoint_into(module.model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
+        load_weights(module.model, cfg)
     trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
     if module.last_eval_step != trainer.global_step:
         trainer.validate(module, verbose=False)
@@ -353,7 +358,7 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     trainer, batch_size = build_trainer(cfg, args)
     module = build_module(cfg, batch_size)
-    load_checkpoint_into(module.model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
+    load_weights(module.model, cfg)
     trainer.validate(module, verbose=False)
     if trainer.is_global_zero:
         atomic_write_json(
