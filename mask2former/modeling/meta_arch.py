@@ -137,16 +137,13 @@ class MaskFormer(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> MaskFormer:
         backbone = build_backbone(cfg)
-        mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
-        if cfg.INPUT.FORMAT == "BGR":  # the statistics are given in RGB order
-            mean, std = mean[::-1], std[::-1]
         return cls(
             backbone=backbone,
             sem_seg_head=build_sem_seg_head(cfg, backbone.output_shape()),
             criterion=build_criterion(cfg),
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            pixel_mean=mean,
-            pixel_std=std,
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),  # in INPUT.FORMAT's channel order, as in detectron2
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
             size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             image_format=cfg.INPUT.FORMAT,
