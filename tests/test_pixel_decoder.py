@@ -134,11 +134,22 @@ def test_from_config_and_fp32_encoder_under_autocast() -> None:
     assert decoder.transformer_in_features == ["res5", "res4", "res3"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mask_features, multi_scale = decoder.forward_features(features(64, 64))
-    assert all(m.dtype == torch.float32 for m in multi_scale)  # the encoder's outputs
-    assert mask_features.shape == (2, 32, 16, 16) and torch.isfinite(mask_features.float()).all()
+    # the whole decoder runs in float32 under autocast, as the official one
+    assert all(m.dtype == torch.float32 for m in multi_scale) and mask_features.dtype == torch.float32
+    assert mask_features.shape == (2, 32, 16, 16) and torch.isfinite(mask_features).all()
     with torch.no_grad():
         reference, _ = decoder.forward_features(features(64, 64))
-    torch.testing.assert_close(mask_features.float(), reference, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(mask_features, reference)
+
+
+def test_encoder_heads_follow_the_decoder_heads_as_in_mask2former() -> None:
+    cfg = get_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
+    cfg.MODEL.MASK_FORMER.NHEADS = 4
+    assert cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS is None
+    assert build_pixel_decoder(cfg, SHAPES).transformer.encoder.layers[0].self_attn.n_heads == 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 2
+    assert build_pixel_decoder(cfg, SHAPES).transformer.encoder.layers[0].self_attn.n_heads == 2
 
 
 def test_from_config_reads_only_the_head_in_features() -> None:

@@ -212,12 +212,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MSDeformAttnPixelDecoder:
-        """Keyword arguments from MODEL.SEM_SEG_HEAD.* and MODEL.MASK_FORMER.DROPOUT."""
+        """Keyword arguments from MODEL.SEM_SEG_HEAD.* and MODEL.MASK_FORMER.DROPOUT / NHEADS."""
         head = cfg.MODEL.SEM_SEG_HEAD
+        heads = head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS
         return cls(
             input_shape={name: shape for name, shape in input_shape.items() if name in head.IN_FEATURES},
             transformer_dropout=cfg.MODEL.MASK_FORMER.DROPOUT,
-            transformer_nheads=head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
+            # Mask2Former gives the encoder the decoder's head count; the project's key may set its own
+            transformer_nheads=cfg.MODEL.MASK_FORMER.NHEADS if heads is None else heads,
             transformer_dim_feedforward=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
             transformer_enc_layers=head.TRANSFORMER_ENC_LAYERS,
             conv_dim=head.CONVS_DIM,
@@ -231,7 +233,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def forward_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Backbone maps -> (mask_features N x mask_dim x H/4 x W/4, [stride 32, 16, 8 maps of conv_dim])."""
         device_type = features[self.transformer_in_features[0]].device.type
-        # the encoder stays float32 under autocast (sampling locations need the precision), as officially
+        # all of it in float32 under autocast, as the official decoder (sampling locations need the precision)
         with torch.autocast(device_type=device_type, enabled=False):
             sources = [
                 proj(features[name].float())
@@ -239,9 +241,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             ]
             positions = [self.pe_layer(source) for source in sources]
             maps = self.transformer(sources, positions)
-        # the FPN and mask_features follow the ambient autocast
-        for index in range(len(self.fpn_features), 0, -1):
-            lateral = getattr(self, f"adapter_{index}")(features[self.fpn_features[index - 1]])
-            upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-            maps.append(getattr(self, f"layer_{index}")(lateral + upsampled.to(lateral.dtype)))
-        return self.mask_features(maps[-1]), maps[: self.maskformer_num_feature_levels]
+            for index in range(len(self.fpn_features), 0, -1):
+                lateral = getattr(self, f"adapter_{index}")(features[self.fpn_features[index - 1]].float())
+                upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+                maps.append(getattr(self, f"layer_{index}")(lateral + upsampled))
+            return self.mask_features(maps[-1]), maps[: self.maskformer_num_feature_levels]
