@@ -22,7 +22,7 @@ def test_the_official_registered_names_exist() -> None:
         BACKBONE_REGISTRY: ("D2SwinTransformer", "D2DiNAT", "D2SeMaskSwinTransformer", "build_resnet_backbone"),
         SEM_SEG_HEADS_REGISTRY: ("MaskFormerHead", "BranchMaskFormerHead"),
         META_ARCH_REGISTRY: ("MaskFormer", "SeMaskMaskFormer"),
-        PIXEL_DECODER_REGISTRY: ("MSDeformAttnPixelDecoder", "PixelFANDecoder"),
+        PIXEL_DECODER_REGISTRY: ("MSDeformAttnPixelDecoder", "PixelFANDecoder", "MSDeformAttnPixelFANDecoder"),
         TRANSFORMER_DECODER_REGISTRY: ("MultiScaleMaskedTransformerDecoder",),
     }
     for registry, names in expected.items():
@@ -49,5 +49,6 @@ def test_official_form_configs_build_at_the_published_sizes() -> None:
         "dinat/dinat_large_like.yaml",
         "semask_swin/semask_swin_large_like.yaml",
         "semask_swin/fapn_semask_swin_large_like.yaml",
+        "semask_swin/msfapn_semask_swin_large_like.yaml",
     ):
         assert "| ok (" in rows[name], rows[name]
