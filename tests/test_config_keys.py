@@ -809,3 +809,127 @@ def test_every_key_but_the_recorded_ones_is_read_in_the_package() -> None:
         if not read.search(text):
             unread.append(key)
     assert not unread, f"keys nothing in mask2former/, semask/ or train_net.py reads: {unread}"
+
+
+# ---- SOLVER.CLIP_GRADIENTS against their definitions (detectron2's solver/build.py, Mask2Former's train_net) ------
+
+
+def _clipped(*overrides: str) -> list[torch.Tensor]:
+    from mask2former.engine.optimizer import build_gradient_clipper
+
+    cfg = get_cfg()
+    cfg.merge_from_list(list(overrides))
+    return _grads_after_clipping(build_gradient_clipper(cfg))
+
+
+def _assert_grads(got: list[torch.Tensor], *expected: list) -> None:
+    for tensor, values in zip(got, expected, strict=True):
+        torch.testing.assert_close(tensor, torch.tensor(values), rtol=1e-5, atol=1e-6)
+
+
+G0, G1 = [3.0, -4.0, 0.5], [[0.2, -0.1], [0.05, 0.0]]
+
+
+def _scaled(values: list, factor: float) -> list:
+    return (torch.tensor(values) * factor).tolist()
+
+
+def test_full_model_clips_the_joint_norm_of_all_gradients() -> None:
+    joint = (9 + 16 + 0.25 + 0.04 + 0.01 + 0.0025) ** 0.5
+    got = _clipped("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0")  # CLIP_TYPE full_model, NORM_TYPE 2.0: the defaults
+    _assert_grads(got, _scaled(G0, 1 / joint), _scaled(G1, 1 / joint))
+    # Mask2Former clips nothing when CLIP_VALUE <= 0
+    _assert_grads(_clipped("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.0"), G0, G1)
+
+
+def test_norm_clips_each_parameter_on_its_own() -> None:
+    got = _clipped("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0")
+    _assert_grads(got, _scaled(G0, 1 / (25.25**0.5)), G1)  # the second's norm (0.23) is under the limit
+
+
+def test_value_clamps_every_entry() -> None:
+    got = _clipped("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "value", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.15")
+    _assert_grads(got, [0.15, -0.15, 0.15], [[0.15, -0.1], [0.05, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("norm_type", "norm"),
+    [(1.0, 7.5 + 0.35), (float("inf"), 4.0), (3.0, sum(abs(v) ** 3 for v in [*G0, *G1[0], *G1[1]]) ** (1 / 3))],
+)
+def test_norm_type_is_the_p_of_the_norm(norm_type: float, norm: float) -> None:
+    from mask2former.engine.optimizer import build_gradient_clipper
+
+    for clip_type in ("full_model", "norm"):
+        cfg = get_cfg()
+        cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0"])
+        cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = norm_type
+        got = _grads_after_clipping(build_gradient_clipper(cfg))
+        if clip_type == "full_model":
+            _assert_grads(got, _scaled(G0, 1 / norm), _scaled(G1, 1 / norm))
+        else:  # the first gradient alone: its norms are 7.5, 4 and (27 + 64 + 0.125) ** (1 / 3); the second's < 1
+            own = {1.0: 7.5, float("inf"): 4.0}.get(norm_type, (27 + 64 + 0.125) ** (1 / 3))
+            _assert_grads(got, _scaled(G0, 1 / own), G1)
+
+
+def test_clipping_settings_that_cannot_work_are_refused() -> None:
+    from mask2former.engine.optimizer import build_gradient_clipper
+
+    for overrides, message in (
+        (("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.0"), "would zero every"),
+        (("SOLVER.CLIP_GRADIENTS.NORM_TYPE", "-1.0"), "NORM_TYPE -1.0: give the p of the norm"),
+        (("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "agc"), "CLIP_TYPE 'agc': use full_model, norm, value"),
+    ):
+        cfg = get_cfg()
+        cfg.merge_from_list(list(overrides))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_gradient_clipper(cfg)
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", "False", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "agc"])
+    assert build_gradient_clipper(cfg) is None
+
+
+def test_lightning_clips_through_the_module_after_backward_before_the_step(tmp_path: Path) -> None:
+    """A Lightning step with MaskFormerModule's clipping hook: the SGD update is the clipped gradient (Lightning's
+    own clipping stays off, build_trainer gives it no gradient_clip_val)."""
+    import lightning as L
+
+    from mask2former.engine.lightning_module import MaskFormerModule
+    from mask2former.engine.optimizer import build_gradient_clipper
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0"])
+
+    class Toy(L.LightningModule):
+        configure_gradient_clipping = MaskFormerModule.configure_gradient_clipping
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(3))
+            self.gradient_clipper = build_gradient_clipper(cfg)
+
+        def training_step(self, batch, batch_idx):
+            return (self.weight * torch.tensor([3.0, -4.0, 0.0])).sum() + 0.0 * batch.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1.0)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.zeros(1, 1), batch_size=1)
+
+    toy = Toy()
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(toy)
+    torch.testing.assert_close(toy.weight.detach(), torch.tensor([-0.6, 0.8, 0.0]))  # - (3, -4, 0) / 5
+    from mask2former.engine.launch import build_trainer, default_argument_parser
+
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    built, _ = build_trainer(cfg, default_argument_parser().parse_args(["--num-gpus", "0"]))
+    assert built.gradient_clip_val is None
