@@ -45,6 +45,11 @@ ONLY_DEFAULT: dict[str, tuple[object, str]] = {
     "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": (True, "semantic inference is the only inference this project has"),
     "MODEL.MASK_FORMER.TEST.INSTANCE_ON": (False, "this project has no instance inference"),
     "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": (False, "this project has no panoptic inference"),
+    # Read by nothing in Mask2Former's semantic segmentation either: another value would change nothing.
+    "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": (1.0, "Mask2Former's MaskFormerHead stores it and never uses it"),
+    "MODEL.MASK_FORMER.ENC_LAYERS": (0, "only MaskFormer v1's decoder reads it, not Mask2Former's"),
+    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": (0.8, "only instance and panoptic inference read it"),
+    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": (0.8, "only panoptic inference reads it"),
 }
 
 
@@ -343,8 +348,8 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.LOAD_STRICT = True  # fail on missing/unexpected/mis-shaped keys (a class-count change is allowed)
     cfg.MODEL.SYNC_BN = False  # convert BatchNorm layers to SyncBatchNorm when training on several GPUs
     cfg.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]  # RGB mean on the 0..255 scale (ImageNet)
-    cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]  # RGB std on the 0..255 scale (ImageNet)
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]  # mean on the 0..255 scale in INPUT.FORMAT order (ImageNet RGB)
+    cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]  # std on the 0..255 scale in INPUT.FORMAT order (ImageNet RGB)
 
     cfg.MODEL.BACKBONE = CfgNode()
     cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"  # registered backbone
@@ -358,7 +363,7 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps the head reads
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # label ignored by the losses
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 11  # classes including background
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # Mask2Former's MaskFormerHead stores it and never uses it: any value
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # Mask2Former's MaskFormerHead stores it, never uses it: only 1.0
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # pixel-decoder channels
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256  # mask-feature channels
     cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"  # norm of the pixel decoder's convs: "GN" or ""
@@ -370,7 +375,7 @@ def add_model_config(cfg: CfgNode) -> None:
         "res5",
     ]  # encoder levels
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # encoder attention heads
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = None  # encoder heads; None = MASK_FORMER.NHEADS
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
     cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # stride of the mask features
 
@@ -387,7 +392,7 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.NHEADS = 8  # decoder attention heads
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.0  # decoder dropout
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048  # decoder FFN width
-    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # read only by MaskFormer v1's StandardTransformerDecoder: any value
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # read only by MaskFormer v1's StandardTransformerDecoder: only 0
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10  # decoder layers + 1 (the prediction from the query features alone)
     cfg.MODEL.MASK_FORMER.PRE_NORM = False  # pre-norm decoder layers
     cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False  # 1x1 projection of features even when widths match
@@ -399,7 +404,7 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # semantic inference: only True (the only inference here)
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # instance inference: only False (not in this project)
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # panoptic inference: only False (not in this project)
-    # read by Mask2Former's instance/panoptic inference only (both off here): any value
+    # read by Mask2Former's instance/panoptic inference only (both off here): only 0.8, the official value
     cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8
     cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8
     # True: resize the mask logits to the output size, then combine them with the class scores (Mask2Former)

@@ -173,9 +173,7 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     "MODEL.SEM_SEG_HEAD.IN_FEATURES": Changes("['res3', 'res4', 'res5']", "model"),
     "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": Changes("1", "losses"),
     "MODEL.SEM_SEG_HEAD.NUM_CLASSES": Changes("5", "model"),
-    "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": Recorded(
-        "Mask2Former's MaskFormerHead stores it and never uses it (mask_former_head.py): any value computes the same"
-    ),
+    "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": Refused("2.0"),
     "MODEL.SEM_SEG_HEAD.CONVS_DIM": Changes("16", "model"),
     "MODEL.SEM_SEG_HEAD.MASK_DIM": Changes("16", "model"),
     "MODEL.SEM_SEG_HEAD.NORM": Changes("''", "model"),
@@ -198,9 +196,7 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     "MODEL.MASK_FORMER.NHEADS": Changes("2", "eval"),
     "MODEL.MASK_FORMER.DROPOUT": Changes("0.5", "losses"),
     "MODEL.MASK_FORMER.DIM_FEEDFORWARD": Changes("32", "model"),
-    "MODEL.MASK_FORMER.ENC_LAYERS": Recorded(
-        "read only by MaskFormer v1's StandardTransformerDecoder; Mask2Former's decoder (the one here) ignores it"
-    ),
+    "MODEL.MASK_FORMER.ENC_LAYERS": Refused("6"),
     "MODEL.MASK_FORMER.DEC_LAYERS": Changes("2", "model"),
     "MODEL.MASK_FORMER.PRE_NORM": Changes("True", "eval"),
     "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ": Changes("True", "model"),  # CONVS_DIM == HIDDEN_DIM in TINY_MODEL
@@ -211,12 +207,8 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": Refused("False"),
     "MODEL.MASK_FORMER.TEST.INSTANCE_ON": Refused("True"),
     "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": Refused("True"),
-    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": Recorded(
-        "read by Mask2Former's instance/panoptic inference only, which INSTANCE_ON/PANOPTIC_ON keep off"
-    ),
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": Recorded(
-        "read by Mask2Former's panoptic inference only, which PANOPTIC_ON keeps off"
-    ),
+    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": Refused("0.5"),
+    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": Refused("0.5"),
     "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": Changes("True", "eval"),
     "MODEL.MASK_FORMER.CATE_WEIGHT": Changes("1.0", "losses", SEMASK_MODEL),
     # ---- backbones
