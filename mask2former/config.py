@@ -343,8 +343,10 @@ def add_model_config(cfg: CfgNode) -> None:
     keys are added by their own add_*_config."""
     cfg.MODEL = CfgNode()
     cfg.MODEL.META_ARCHITECTURE = "MaskFormer"  # registered meta architecture
-    cfg.MODEL.WEIGHTS = ""  # checkpoint to start from (.pth, .safetensors, .ckpt; .pkl with MODEL.ALLOW_PICKLE)
-    cfg.MODEL.ALLOW_PICKLE = False  # allow unpickling detectron2 .pkl / full-pickle checkpoints (runs code)
+    # checkpoint to start from: .pth, .ckpt, .safetensors, detectron2 .pkl (numpy arrays, read without running code);
+    # training also takes a backbone-only file here (the official configs' R-50.pkl), matched by key suffix
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ALLOW_PICKLE = False  # allow full-pickle checkpoints (objects besides tensors: unpickling runs code)
     cfg.MODEL.LOAD_STRICT = True  # fail on missing/unexpected/mis-shaped keys (a class-count change is allowed)
     cfg.MODEL.SYNC_BN = False  # convert BatchNorm layers to SyncBatchNorm when training on several GPUs
     cfg.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cpu" or "cuda"

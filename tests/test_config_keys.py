@@ -571,7 +571,7 @@ def observe_weights(cfg) -> Any:
 
     torch.manual_seed(0)
     model = _build_model(cfg)
-    load_weights(model, cfg)
+    load_weights(model, cfg, training=True)
     return digest(model.state_dict())
 
 

@@ -458,3 +458,36 @@ def tiny_backbone_cfg(opts: list[str]):
         + ["MODEL.RESNETS.WIDTH_PER_GROUP", "4", *opts]
     )
     return cfg
+
+
+def test_train_net_takes_a_backbone_pkl_in_model_weights_as_the_official_configs_do(
+    sample_root, tmp_path, capsys
+) -> None:
+    """MODEL.WEIGHTS <a detectron2 backbone .pkl>: training starts from it (backbone matched by suffix, head fresh);
+    --eval-only refuses it, since it holds no trained head."""
+    from conftest import tiny_run_argv
+
+    from mask2former.engine.launch import main
+
+    opts = ["MODEL.BACKBONE.FREEZE_AT", "5"]  # everything frozen: the trained backbone must equal the file's
+    cfg = load_config(str(REPO / "configs" / "quickstart_r50.yaml"), TINY_MODEL + opts)
+    torch.manual_seed(1)
+    backbone = build_model(cfg).backbone.state_dict()
+    arrays = {name: value.numpy() for name, value in backbone.items()}
+    path = tmp_path / "R-50-tiny.pkl"
+    with path.open("wb") as handle:
+        pickle.dump({"model": arrays, "__author__": "test", "matching_heuristics": True}, handle)
+
+    output = tmp_path / "run"
+    config = "quickstart_r50.yaml"
+    argv = tiny_run_argv(sample_root, output, *opts, "MODEL.WEIGHTS", str(path), max_iter=2, config=config)
+    main(argv)
+    final = torch.load(output / "model_final.pth", weights_only=True)["model"]
+    for name, value in backbone.items():
+        torch.testing.assert_close(final[f"backbone.{name}"], value, rtol=0, atol=0)
+
+    evaluation = tiny_run_argv(sample_root, tmp_path / "eval", *opts, "MODEL.WEIGHTS", str(path), config=config)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--eval-only", *evaluation])
+    assert exit_info.value.code == 2
+    assert "backbone weights only" in capsys.readouterr().err

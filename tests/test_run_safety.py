@@ -81,10 +81,14 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         ),
         (["--config-file", CONFIG, "--eval-only", *out], r"--eval-only needs MODEL.WEIGHTS"),
         (["--config-file", CONFIG, "--num-gpus", "0", "MODEL.DEVICE", "cuda", *out], r"--num-gpus is 0"),
+        (
+            ["--config-file", CONFIG, "MODEL.WEIGHTS", "detectron2://ImageNetPretrained/torchvision/R-50.pkl", *out],
+            r"MODEL.WEIGHTS detectron2://.*R-50.pkl: a URL .*nothing is downloaded here.*/path/to/R-50.pkl",
+        ),
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_user_errors_are_one_line_and_status_2(tmp_path: Path, case: int, capsys, caplog) -> None:
     argv, expected = _bad_cases(tmp_path)[case]
     before = digest(REPO / "configs")

@@ -39,7 +39,7 @@ from ..ensemble import normalize_weights
 from ..errors import UserError
 from ..modeling.meta_arch import padded_size
 from ..prediction_io import save_probabilities
-from .checkpoint import CheckpointMismatchError, load_model_weights, read_checkpoint
+from .checkpoint import CheckpointMismatchError, load_model_weights, read_checkpoint_with_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +150,12 @@ def load_prediction_model(cfg: CfgNode, path: str, device: str | torch.device, a
     checkpoint of another architecture, size or class count: at prediction time nothing may be re-initialised."""
     from ..modeling.meta_arch import build_model
 
-    state = read_checkpoint(path, allow_pickle)
+    checkpoint = read_checkpoint_with_metadata(path, allow_pickle)
+    state = checkpoint.tensors
     model = build_model(cfg)
-    report = load_model_weights(model, state, strict=True, source=str(path))
+    report = load_model_weights(
+        model, state, strict=True, source=str(path), matching_heuristics=checkpoint.matching_heuristics
+    )
     if report.reinitialised:
         bias = state.get("sem_seg_head.predictor.class_embed.bias")
         theirs = f"{bias.shape[0] - 1} classes" if bias is not None else "another class count"

@@ -87,6 +87,11 @@ def build_config(args: argparse.Namespace) -> CfgNode:
 def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
     """The user errors that can be seen before anything is built or written (ConfigError naming the key)."""
     for key, path in (("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS), ("MODEL.BACKBONE.WEIGHTS", cfg.MODEL.BACKBONE.WEIGHTS)):
+        if "://" in path:
+            raise ConfigError(
+                f"{key} {path}: a URL (detectron2 downloads these); nothing is downloaded here: fetch the file "
+                f"yourself and give its local path ({key} /path/to/{Path(path).name})"
+            )
         if path and not Path(path).expanduser().is_file():
             raise ConfigError(f"{key} {path}: no such file; give the path of a checkpoint (.pth, .ckpt, .safetensors)")
     if args.eval_only and not cfg.MODEL.WEIGHTS:
@@ -314,9 +319,13 @@ def load_backbone_weights(model: torch.nn.Module, path: str) -> None:
     logger.info("backbone weights from %s: %s", path, report)
 
 
-def load_weights(model: torch.nn.Module, cfg: CfgNode) -> LoadReport:
-    """MODEL.WEIGHTS into the whole model, read as MODEL.ALLOW_PICKLE and matched as MODEL.LOAD_STRICT say."""
-    return load_checkpoint_into(model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT)
+def load_weights(model: torch.nn.Module, cfg: CfgNode, training: bool) -> LoadReport:
+    """MODEL.WEIGHTS into the whole model, read as MODEL.ALLOW_PICKLE and matched as MODEL.LOAD_STRICT say. For
+    training, a backbone-only file (the official configs put ImageNet `R-50.pkl` or Swin weights there) loads into
+    the backbone and the head starts fresh; for evaluation the file must hold a whole model."""
+    return load_checkpoint_into(
+        model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT, fresh_head_ok=training
+    )
 
 
 def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None) -> dict:
@@ -331,7 +340,7 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None)
         ckpt_path = str(resume.path)
         logger.info("resuming from %s (iteration %d)", resume.path, resume.step)
     elif cfg.MODEL.WEIGHTS:
-        load_weights(module.model, cfg)
+        load_weights(module.model, cfg, training=True)
     trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
     if module.last_eval_step != trainer.global_step:
         trainer.validate(module, verbose=False)
@@ -358,7 +367,7 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     trainer, batch_size = build_trainer(cfg, args)
     module = build_module(cfg, batch_size)
-    load_weights(module.model, cfg)
+    load_weights(module.model, cfg, training=False)
     trainer.validate(module, verbose=False)
     if trainer.is_global_zero:
         atomic_write_json(
