@@ -52,3 +52,43 @@ def test_official_form_configs_build_at_the_published_sizes() -> None:
         "semask_swin/msfapn_semask_swin_large_like.yaml",
     ):
         assert "| ok (" in rows[name], rows[name]
+
+
+def test_the_readme_official_config_commands_run(sample_root, tmp_path) -> None:
+    """README "Official config files and checkpoints": the train_net command with the official R50 file's form (this
+    repository's copy in tests/data/official_like, which has the same _BASE_ chain and constructs), the data, a
+    detectron2-style R-50.pkl and the GPU count replaced, tiny widths and a two-iteration schedule appended; the
+    official_configs command as written."""
+    import pickle
+    import re
+    import shlex
+
+    from conftest import TINY_MODEL, tiny_run_argv
+
+    from mask2former.config import load_config
+    from mask2former.modeling.meta_arch import build_model
+
+    text = (REPO / "README.md").read_text()
+    body = text.split("### Official config files and checkpoints", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", body, re.S)
+    assert block is not None
+    commands = [shlex.split(line, comments=True) for line in block.group(1).replace("\\\n", " ").splitlines()]
+    train, report = [argv for argv in commands if argv]
+    assert train[:2] == ["python", "train_net.py"] and report[:2] == ["python", "benchmarks/official_configs.py"]
+
+    official = OFFICIAL_LIKE / "r50_like.yaml"
+    torch_model = build_model(load_config(str(official), TINY_MODEL))
+    weights = tmp_path / "R-50.pkl"
+    with weights.open("wb") as handle:
+        arrays = {name: value.numpy() for name, value in torch_model.backbone.state_dict().items()}
+        pickle.dump({"model": arrays, "matching_heuristics": True, "__author__": "test"}, handle)
+    changes = {train[train.index("--config-file") + 1]: str(official), "/data": str(sample_root)}
+    changes |= {"/weights/R-50.pkl": str(weights), train[train.index("--num-gpus") + 1]: "0"}
+    argv = [sys.executable if arg == "python" else changes.get(arg, arg) for arg in train]
+    tiny = tiny_run_argv(sample_root, tmp_path / "run", max_iter=2)[4:]  # after --config-file X --num-gpus 0
+    result = subprocess.run(argv + tiny, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model_final.pth").is_file()
+
+    result = subprocess.run([sys.executable, *report[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "0 not" in result.stdout, result.stdout + result.stderr
