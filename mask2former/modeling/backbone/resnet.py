@@ -172,17 +172,20 @@ class DeepLabStem(_Freezable):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
+def projection_shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> Conv2d | None:
+    """The 1x1 (strided) conv + norm a block adds to its input when the width changes; None when it does not."""
+    if in_channels == out_channels:
+        return None
+    return Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, norm=get_norm(norm, out_channels))
+
+
 class BasicBlock(_Freezable):
     """ResNet-18/34 block: 3x3 (stride) -> 3x3, plus a 1x1 projection shortcut when the width changes."""
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "BN") -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.shortcut = (
-            Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, norm=get_norm(norm, out_channels))
-            if in_channels != out_channels
-            else None
-        )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
         self.conv1 = Conv2d(
             in_channels, out_channels, kernel_size=3, stride=stride, padding=1, norm=get_norm(norm, out_channels)
         )
@@ -214,11 +217,7 @@ class BottleneckBlock(_Freezable):
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.shortcut = (
-            Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, norm=get_norm(norm, out_channels))
-            if in_channels != out_channels
-            else None
-        )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(
             in_channels,
