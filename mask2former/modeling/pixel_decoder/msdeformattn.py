@@ -244,5 +244,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             for index in range(len(self.fpn_features), 0, -1):
                 lateral = getattr(self, f"adapter_{index}")(features[self.fpn_features[index - 1]].float())
                 upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-                maps.append(getattr(self, f"layer_{index}")(lateral + upsampled))
+                maps.append(self.fpn_level(index, lateral, upsampled))
             return self.mask_features(maps[-1]), maps[: self.maskformer_num_feature_levels]
+
+    def fpn_level(self, index: int, lateral: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        """One FPN step: the lateral map plus the upsampled coarser one, through the output conv."""
+        return getattr(self, f"layer_{index}")(lateral + upsampled)

@@ -25,11 +25,12 @@ adapter_j.*, layer_j.*, mask_features.*) plus, as [SeMask] names them,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone.base import ShapeSpec
 from ..layers import Conv2d, c2_xavier_fill
 from .base import PIXEL_DECODER_REGISTRY
 from .fapn import ModulatedDeformConv
@@ -61,60 +62,20 @@ class MSDeformAttnPixelFANDecoder(MSDeformAttnPixelDecoder):
     Built from the same config keys (`from_config` is MSDeformAttnPixelDecoder's).
     """
 
-    def __init__(
-        self,
-        *,
-        input_shape: dict[str, ShapeSpec],
-        transformer_dropout: float = 0.0,
-        transformer_nheads: int = 8,
-        transformer_dim_feedforward: int = 1024,
-        transformer_enc_layers: int = 6,
-        conv_dim: int = 256,
-        mask_dim: int = 256,
-        norm: str = "GN",
-        transformer_in_features: tuple[str, ...] | list[str] = ("res3", "res4", "res5"),
-        common_stride: int = 4,
-        n_points: int = 4,
-        deformable_groups: int = 8,
-    ) -> None:
+    def __init__(self, *, conv_dim: int = 256, deformable_groups: int = 8, **decoder: Any) -> None:
+        """`decoder`: MSDeformAttnPixelDecoder's keyword arguments."""
         if conv_dim % deformable_groups:
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.CONVS_DIM {conv_dim} must be divisible by the {deformable_groups} deformable "
                 "groups of MSDeformAttnPixelFANDecoder's alignment convs"
             )
-        super().__init__(
-            input_shape=input_shape,
-            transformer_dropout=transformer_dropout,
-            transformer_nheads=transformer_nheads,
-            transformer_dim_feedforward=transformer_dim_feedforward,
-            transformer_enc_layers=transformer_enc_layers,
-            conv_dim=conv_dim,
-            mask_dim=mask_dim,
-            norm=norm,
-            transformer_in_features=transformer_in_features,
-            common_stride=common_stride,
-            n_points=n_points,
-        )
+        super().__init__(conv_dim=conv_dim, **decoder)
         for index in range(1, len(self.fpn_features) + 1):
             # [SeMask] FeatureAlign(conv_dim, conv_dim, norm=output_norm): the output conv's own norm module
             shared_norm = getattr(self, f"layer_{index}").norm
             self.add_module(f"align_{index}", FeatureAlignWithoutSelection(conv_dim, shared_norm, deformable_groups))
 
-    def forward_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Backbone maps -> (mask_features N x mask_dim x H/4 x W/4, [stride 32, 16, 8 maps of conv_dim]), float32."""
-        device_type = features[self.transformer_in_features[0]].device.type
-        with torch.autocast(device_type=device_type, enabled=False):
-            sources = [
-                proj(features[name].float())
-                for proj, name in zip(self.input_proj, self.transformer_in_features, strict=True)
-            ]
-            positions = [self.pe_layer(source) for source in sources]
-            maps = self.transformer(sources, positions)
-            for index in range(len(self.fpn_features), 0, -1):
-                lateral = getattr(self, f"adapter_{index}")(features[self.fpn_features[index - 1]].float())
-                summed = lateral + F.interpolate(
-                    maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
-                )
-                aligned = getattr(self, f"align_{index}")(lateral, summed)
-                maps.append(getattr(self, f"layer_{index}")(aligned))
-            return self.mask_features(maps[-1]), maps[: self.maskformer_num_feature_levels]
+    def fpn_level(self, index: int, lateral: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        """The summed map aligned to the lateral one (FaPN's deformable alignment), then the output conv."""
+        aligned = getattr(self, f"align_{index}")(lateral, lateral + upsampled)
+        return getattr(self, f"layer_{index}")(aligned)
