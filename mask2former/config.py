@@ -175,7 +175,8 @@ class CfgNode(_FvCfgNode):
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         try:
-            super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
+            loaded = _widened(self, self.load_yaml_with_base(cfg_filename))
+            self.merge_from_other_cfg(type(self)(loaded))
         except ConfigError:
             raise
         except KeyError as error:
@@ -191,7 +192,35 @@ class CfgNode(_FvCfgNode):
         for key in cfg_list[0::2]:
             if key not in known:
                 raise KeyError(_unknown_key_message(key, known, source="command line"))
-        super().merge_from_list(cfg_list)
+        widened = []
+        for key, value in zip(cfg_list[0::2], cfg_list[1::2], strict=True):
+            widened += [key, _float_value(_lookup(self, key), value)]
+        super().merge_from_list(widened)
+
+
+def _float_value(default: Any, value: Any) -> Any:
+    """For a float key, an integer (`0`, as people type it) or `inf` / `.inf` as that float; else `value` as it is."""
+    if not isinstance(default, float):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is not None and text.lstrip("+-") in ("inf", ".inf"):
+        return float(text.replace(".inf", "inf"))
+    if text is not None and text.lstrip("+-").isdigit():
+        return float(text)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _widened(defaults: _FvCfgNode, data: dict) -> dict:
+    """`data` (a loaded config file) with integers given for float keys of `defaults` made floats."""
+    for key, value in data.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if isinstance(value, dict) and isinstance(default, dict):
+            _widened(default, value)
+        elif default is not None:
+            data[key] = _float_value(default, value)
+    return data
 
 
 def load_config(config_file: str | None, opts: list[str] | tuple[str, ...] = (), freeze: bool = True) -> CfgNode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -276,3 +277,19 @@ def test_only_default_keys_name_the_key_and_why() -> None:
         load_config(None, ["VERSION", "1"])
     with pytest.raises(ConfigError, match=r"MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True: only False"):
         load_config(None, ["MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True"])
+
+
+def test_whole_numbers_and_inf_are_taken_for_float_keys(tmp_path) -> None:
+    """`CLIP_VALUE 0` as people type it (not 0.0), and `inf` for a max-norm, on the command line and in a file."""
+    cfg = load_config(
+        None, ["SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1", "SOLVER.CLIP_GRADIENTS.NORM_TYPE", "inf", "SOLVER.BASE_LR", "2"]
+    )
+    assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 1.0 and isinstance(cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE, float)
+    assert math.isinf(cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE) and cfg.SOLVER.BASE_LR == 2.0
+    path = tmp_path / "ints.yaml"
+    path.write_text("SOLVER:\n  WEIGHT_DECAY: 0\n  CLIP_GRADIENTS:\n    NORM_TYPE: .inf\n")
+    cfg = load_config(str(path))
+    assert isinstance(cfg.SOLVER.WEIGHT_DECAY, float) and cfg.SOLVER.WEIGHT_DECAY == 0.0
+    assert math.isinf(cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE)
+    with pytest.raises(ConfigError, match="SOLVER.BASE_LR"):
+        load_config(None, ["SOLVER.BASE_LR", "fast"])

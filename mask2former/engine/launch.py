@@ -93,7 +93,9 @@ def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
                 f"yourself and give its local path ({key} /path/to/{Path(path).name})"
             )
         if path and not Path(path).expanduser().is_file():
-            raise ConfigError(f"{key} {path}: no such file; give the path of a checkpoint (.pth, .ckpt, .safetensors)")
+            raise ConfigError(
+                f"{key} {path}: no such file; give the path of a checkpoint (.pth, .ckpt, .safetensors, .pkl)"
+            )
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     _world_size(cfg, args)
