@@ -175,3 +175,11 @@ def test_missing_checkpoint_file(tmp_path: Path) -> None:
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointMismatchError, match="expected a dict of tensors"):
         read_checkpoint(tmp_path / "list.pth")
+
+
+def test_a_backbone_checkpoint_given_as_a_whole_model_is_pointed_to_backbone_weights() -> None:
+    # ImageNet-style: the backbone's keys without "backbone.", plus a classifier this model has no place for
+    backbone_only = {**TinyModel().backbone.state_dict(), "head.weight": torch.zeros(10, 8)}
+    with pytest.raises(CheckpointMismatchError, match="MODEL.BACKBONE.WEIGHTS.*convert_checkpoint") as error:
+        load_model_weights(TinyModel(), backbone_only, source="imagenet.pth")
+    assert "strict=False" not in str(error.value)  # loading nothing with strict=False would not help

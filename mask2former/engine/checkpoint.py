@@ -571,9 +571,20 @@ def check_fits(report: LoadReport, source: str = "checkpoint") -> None:
             f"{source} holds backbone weights only (the model's other {len(report.head_fresh)} tensors are not in "
             f"it): a start for training, not a trained model. {report.summary()}"
         )
+    missing = set(report.missing)
+    as_backbone = sum(f"backbone.{key}" in missing for key in report.unexpected)
+    if report.loaded == 0 and report.unexpected and as_backbone * 2 >= len(report.unexpected):
+        advice = (
+            "most of its keys are this model's backbone keys without 'backbone.': a backbone checkpoint "
+            "(ImageNet weights?). "
+            "Give it as MODEL.BACKBONE.WEIGHTS (its layout is converted there), or convert it once with "
+            "tools/convert_checkpoint.py IN OUT.safetensors --config-file <this config>"
+        )
+    else:
+        advice = "Load with strict=False (MODEL.LOAD_STRICT False) to take what fits."
     raise CheckpointMismatchError(
         f"{source} does not fit this model (a checkpoint of another architecture or size?). "
-        f"{report.summary()}. Load with strict=False (MODEL.LOAD_STRICT False) to take what fits."
+        f"{report.summary()}. {advice}"
     )
 
 
