@@ -7,13 +7,23 @@ from collections.abc import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
+SAMPLE_SEED = "sample_seed"  # the key the model reads (mask2former.modeling.point_sampling.SAMPLE_SEED)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The sample's key for the model's random draws (< 2**63): a function of (seed, epoch, index) only, and a
+    stream apart from the mapper's rng (same entropy, another spawn key)."""
+    state = np.random.SeedSequence([seed, epoch, index], spawn_key=(1,)).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
+
 
 class MapDataset(Dataset):
-    """`dataset[i]` = `mapper(dicts[i], rng)` with rng seeded by (seed, epoch, i).
+    """`dataset[i]` = `mapper(dicts[i], rng)` with rng seeded by (seed, epoch, i), plus SAMPLE_SEED.
 
     The augmentation of a sample therefore depends only on the seed, the epoch and its index, not
-    on the number of workers or the order in which they ask. Index with an (epoch, i) pair (what
-    `InfiniteSampler` yields) or call `set_epoch` between epochs.
+    on the number of workers or the order in which they ask; so does `sample["sample_seed"]`, from
+    which the model seeds the random points of the sample's losses. Index with an (epoch, i) pair
+    (what `InfiniteSampler` yields) or call `set_epoch` between epochs.
     """
 
     def __init__(self, dicts: list[dict], mapper: Callable[[dict, np.random.Generator], dict], seed: int = 0) -> None:
@@ -31,4 +41,6 @@ class MapDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         rng = np.random.default_rng([self.seed, epoch, index])
-        return self.mapper(self.dicts[index], rng)
+        sample = self.mapper(self.dicts[index], rng)
+        sample[SAMPLE_SEED] = sample_seed(self.seed, epoch, index)
+        return sample

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .point_sampling import point_sample
+from .point_sampling import MATCHER_POINTS, SAMPLE_SEED, point_generator, point_sample
 
 
 def dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,11 @@ class HungarianMatcher(nn.Module):
         self.num_points = num_points
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per image: (query indices, target indices) of the minimum-cost assignment."""
+    def forward(self, outputs: dict, targets: list[dict], layer: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image: (query indices, target indices) of the minimum-cost assignment.
+
+        The points come from the image's generator for (its SAMPLE_SEED, `layer`) where the target has a sample
+        seed, else from torch's global RNG."""
         indices = []
         for index, target in enumerate(targets):
             labels = target["labels"]
@@ -50,7 +53,8 @@ class HungarianMatcher(nn.Module):
                 probs = outputs["pred_logits"][index].float().softmax(-1)
                 pred_masks = outputs["pred_masks"][index].float()[:, None]
                 target_masks = target["masks"].to(pred_masks)[:, None]
-                points = torch.rand(1, self.num_points, 2, device=device)
+                generator = point_generator(target.get(SAMPLE_SEED), layer, MATCHER_POINTS, device)
+                points = torch.rand(1, self.num_points, 2, device=device, generator=generator)
                 pred_points = point_sample(pred_masks, points.repeat(len(pred_masks), 1, 1)).squeeze(1)
                 target_points = point_sample(target_masks, points.repeat(len(target_masks), 1, 1)).squeeze(1)
                 cost = (

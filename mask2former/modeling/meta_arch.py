@@ -17,6 +17,7 @@ from torch import nn
 from .backbone.base import Backbone, ShapeSpec, build_backbone
 from .criterion import SetCriterion, build_criterion
 from .pixel_decoder.base import build_pixel_decoder
+from .point_sampling import SAMPLE_SEED
 from .transformer_decoder.base import build_transformer_decoder
 
 META_ARCH_REGISTRY = Registry("META_ARCH")
@@ -162,12 +163,19 @@ class MaskFormer(nn.Module):
         images = self.preprocess(batched_inputs)
         outputs = self.sem_seg_head(self.backbone(images))
         if self.training:
-            targets = [
-                semantic_targets(item["sem_seg"].to(self.device), images.shape[-2:], self.ignore_value)
-                for item in batched_inputs
-            ]
-            return self.criterion(outputs, targets)
+            return self.criterion(outputs, self.training_targets(batched_inputs, images.shape[-2:]))
         return self.inference(batched_inputs, outputs, images.shape[-2:])
+
+    def training_targets(self, batched_inputs: list[dict], padded_hw: tuple[int, int]) -> list[dict]:
+        """The criterion's target per input; an input's SAMPLE_SEED (from MapDataset) goes along, so that its
+        random points do not depend on the rest of the batch."""
+        targets = []
+        for item in batched_inputs:
+            target = semantic_targets(item["sem_seg"].to(self.device), padded_hw, self.ignore_value)
+            if item.get(SAMPLE_SEED) is not None:
+                target[SAMPLE_SEED] = int(item[SAMPLE_SEED])
+            targets.append(target)
+        return targets
 
     def inference(self, batched_inputs: list[dict], outputs: dict, padded_hw: tuple[int, int]) -> list[dict]:
         """Mask logits upsampled to the padded batch and cropped to each image; then, as in Mask2Former, either the
