@@ -8,9 +8,10 @@ import logging
 import os
 import random
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlparse
 
 import lightning as L
 import torch
@@ -27,6 +28,23 @@ from ..utils.logger import logging_to, setup_logging
 from .callbacks import IterationProgress, plot_loss_curve
 from .checkpoint import LoadReport, load_checkpoint_into
 from .checkpoint_io import AtomicCheckpointIO, ResumePoint, find_resume_point, save_atomic
+from .distributed import (
+    DEFAULT_TIMEOUT_S,
+    DistributedError,
+    Place,
+    check_dist_url,
+    cluster_environment,
+    destroy_process_group,
+    external_place,
+    gather,
+    init_process_group,
+    local_places,
+    log_file_name,
+    lost_peer,
+    main_address,
+    run_processes,
+    set_threads,
+)
 from .metrics_log import MetricsCSVLogger
 from .optimizer import build_gradient_clipper
 from .run_lock import OutputDirLock
@@ -57,13 +75,25 @@ def default_argument_parser() -> argparse.ArgumentParser:
         help="continue from OUTPUT_DIR/checkpoints/last.ckpt if it exists (else start anew)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST and exit")
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (0 or none present: CPU)")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes per machine, one per GPU; without GPUs (or MODEL.DEVICE cpu) N CPU processes (0: one)",
+    )
     parser.add_argument("--num-machines", type=int, default=1, help="machines taking part")
-    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine")
+    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (0 .. machines - 1)")
     parser.add_argument(
         "--dist-url",
         default="auto",
-        help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' on one machine",
+        help="tcp://HOST:PORT of machine 0 (the same on every machine) for multi-machine runs; 'auto' on one machine",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long a process waits for the others (start-up, each step) before the run stops (default %(default)s)",
     )
     parser.add_argument(
         "opts",
@@ -98,6 +128,14 @@ def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
             )
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
+    if args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
+        raise ConfigError(
+            f"--machine-rank {args.machine_rank} with --num-machines {args.num_machines}: give a rank from 0 to "
+            f"{max(args.num_machines, 1) - 1} (machine 0 is the one --dist-url names)"
+        )
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist-timeout {args.dist_timeout:g}: give the seconds to wait (> 0)")
+    check_dist_url(args.dist_url, args.num_machines)
     _world_size(cfg, args)
     build_gradient_clipper(cfg)  # refuses bad SOLVER.CLIP_GRADIENTS settings
     if cfg.SOLVER.MAX_ITER < 1:
@@ -169,15 +207,18 @@ def _plain(value: object) -> object:
     return [_plain(item) for item in value] if isinstance(value, list | tuple) else value
 
 
-def prepare_output_dir(cfg: CfgNode, args: argparse.Namespace) -> None:
-    """Logging to OUTPUT_DIR/log.txt, config.yaml written (main process), datasets registered."""
+def prepare_output_dir(
+    cfg: CfgNode, args: argparse.Namespace, write_config: bool = True, log_file: str = "log.txt"
+) -> None:
+    """Logging to OUTPUT_DIR/log.txt (`log_file`), config.yaml written (by the run's first process only), datasets
+    registered."""
     output_dir = Path(cfg.OUTPUT_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(output_dir)
+    setup_logging(output_dir, file_name=log_file)
     logger.info("command line: %s", vars(args))
-    if _is_main_process(args):
+    if write_config:
         atomic_write_text(output_dir / "config.yaml", cfg.dump())
-    logger.info("config written to %s (seed %d)", output_dir / "config.yaml", cfg.SEED)
+        logger.info("config written to %s (seed %d)", output_dir / "config.yaml", cfg.SEED)
     logger.info(cpu_numerics())
     register_datasets_from_config(cfg)
 
@@ -204,10 +245,6 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def _is_main_process(args: argparse.Namespace) -> bool:
-    return args.machine_rank == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
-
-
 def _accelerator(cfg: CfgNode, args: argparse.Namespace) -> tuple[str, int]:
     wants_gpu = cfg.MODEL.DEVICE in ("auto", "cuda") and args.num_gpus > 0
     if wants_gpu and torch.cuda.is_available():
@@ -218,7 +255,8 @@ def _accelerator(cfg: CfgNode, args: argparse.Namespace) -> tuple[str, int]:
         if args.num_gpus < 1:
             raise ConfigError("MODEL.DEVICE is 'cuda' but --num-gpus is 0: give --num-gpus 1 or MODEL.DEVICE cpu")
         raise ConfigError("MODEL.DEVICE is 'cuda' but no GPU is available: set MODEL.DEVICE cpu (or auto)")
-    return "cpu", 1
+    # no GPU (or MODEL.DEVICE cpu): --num-gpus N is N processes on the CPU, as detectron2's launcher starts them
+    return "cpu", max(1, args.num_gpus)
 
 
 def _world_size(cfg: CfgNode, args: argparse.Namespace) -> int:
@@ -232,19 +270,31 @@ def _world_size(cfg: CfgNode, args: argparse.Namespace) -> int:
     return world
 
 
+def _backend(cfg: CfgNode, args: argparse.Namespace) -> str:
+    return "nccl" if _accelerator(cfg, args)[0] == "gpu" else "gloo"
+
+
 def build_trainer(
-    cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None, resume: ResumePoint | None = None
+    cfg: CfgNode,
+    args: argparse.Namespace,
+    callbacks: list | None = None,
+    resume: ResumePoint | None = None,
+    place: Place | None = None,
 ) -> tuple[L.Trainer, int]:
     """A Lightning Trainer for the config; returns it with the per-device batch size. `resume`: the checkpoint a
     resumed run continues from (metrics.csv keeps the rows before its iteration, TensorBoard drops the events from
-    it on)."""
+    it on). `place`: this process's rank in a multi-process run (its process group is already set up)."""
     accelerator, devices = _accelerator(cfg, args)
     world = _world_size(cfg, args)
-    if args.dist_url != "auto":
-        url = urlparse(args.dist_url)
-        os.environ.setdefault("MASTER_ADDR", url.hostname or "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(url.port or 29500))
-    os.environ.setdefault("NODE_RANK", str(args.machine_rank))
+    strategy: object = "auto"
+    if world > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(
+            cluster_environment=cluster_environment(place),
+            process_group_backend=_backend(cfg, args),
+            timeout=timedelta(seconds=args.dist_timeout),
+        )
     mixed = cfg.SOLVER.AMP.ENABLED and (accelerator == "gpu" or cfg.SOLVER.AMP.ON_CPU)
     precision = "bf16-mixed" if mixed else "32-true"
     checkpoint_dir = Path(cfg.OUTPUT_DIR) / "checkpoints"
@@ -273,7 +323,7 @@ def build_trainer(
         accelerator=accelerator,
         devices=devices,
         num_nodes=args.num_machines,
-        strategy="ddp" if world > 1 else "auto",
+        strategy=strategy,
         sync_batchnorm=cfg.MODEL.SYNC_BN and world > 1,
         precision=precision,
         max_steps=cfg.SOLVER.MAX_ITER,
@@ -330,12 +380,14 @@ def load_weights(model: torch.nn.Module, cfg: CfgNode, training: bool) -> LoadRe
     )
 
 
-def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None) -> dict:
+def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None, place: Place | None = None) -> dict:
     """Train (or resume) for SOLVER.MAX_ITER iterations; evaluates at the end; returns the final results."""
     resume = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints") if args.resume else None
+    if place is not None:
+        _agree_on_resume(cfg, resume)
     if args.resume and resume is None:
         logger.warning("--resume: no checkpoint in %s: starting a new run", Path(cfg.OUTPUT_DIR) / "checkpoints")
-    trainer, batch_size = build_trainer(cfg, args, callbacks, resume)
+    trainer, batch_size = build_trainer(cfg, args, callbacks, resume, place)
     module = build_module(cfg, batch_size)
     ckpt_path = None
     if resume is not None:
@@ -363,11 +415,11 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None)
     return module.last_results
 
 
-def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
-    """Evaluate MODEL.WEIGHTS on DATASETS.TEST."""
+def evaluate_only(cfg: CfgNode, args: argparse.Namespace, place: Place | None = None) -> dict:
+    """Evaluate MODEL.WEIGHTS on DATASETS.TEST (sharded over the processes of a multi-process run)."""
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
-    trainer, batch_size = build_trainer(cfg, args)
+    trainer, batch_size = build_trainer(cfg, args, place=place)
     module = build_module(cfg, batch_size)
     load_weights(module.model, cfg, training=False)
     trainer.validate(module, verbose=False)
@@ -382,11 +434,12 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace) -> dict:
     return module.last_results
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Config, then, holding OUTPUT_DIR's lock (one run per folder), train or evaluate."""
-    cfg = build_config(args)
-    main_process = _is_main_process(args)
-    with OutputDirLock(cfg.OUTPUT_DIR) if main_process else nullcontext() as lock, logging_to(cfg.OUTPUT_DIR):
+@contextmanager
+def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool) -> Iterator[None]:
+    """The run's hold on OUTPUT_DIR: the owner (the run's first process) takes its lock (one run per folder) and
+    removes a killed run's half-written files; every process refuses what would replace an earlier run."""
+    lock = OutputDirLock(cfg.OUTPUT_DIR) if owner else None
+    with lock if lock is not None else _nothing():
         if lock is not None:
             lock.log_takeover()
             # half-written files of a killed run (the lock says no other run is writing)
@@ -395,8 +448,164 @@ def run(args: argparse.Namespace) -> dict:
                 remove_stale_temporaries(cfg.OUTPUT_DIR, name)
         refuse_earlier_run(cfg, args)
         refuse_other_model_on_resume(cfg, args)
-        prepare_output_dir(cfg, args)
-        return evaluate_only(cfg, args) if args.eval_only else train(cfg, args)
+        yield
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def processes_per_machine(cfg: CfgNode, args: argparse.Namespace) -> int:
+    return _accelerator(cfg, args)[1]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Config, then train or evaluate: in this process, or in the --num-gpus x --num-machines processes this
+    machine's share of which it starts (or torchrun / srun started)."""
+    cfg = build_config(args)
+    per_machine = processes_per_machine(cfg, args)
+    place = external_place(per_machine, args.num_machines)
+    if place is None and per_machine * args.num_machines > 1:
+        return launch_processes(cfg, args, per_machine)
+    return run_process(cfg, args, place)
+
+
+def launch_processes(cfg: CfgNode, args: argparse.Namespace, per_machine: int) -> dict:
+    """This machine's processes of a multi-process run, started and watched from here. Machine 0's launcher owns
+    OUTPUT_DIR (lock, config.yaml); the datasets are read (and their label maps cached) once, before the processes
+    start."""
+    owner = args.machine_rank == 0
+    first_rank = args.machine_rank * per_machine
+    with claimed_output_dir(cfg, args, owner), logging_to(cfg.OUTPUT_DIR, log_file_name(first_rank)):
+        host, port = main_address(args.dist_url, args.num_machines, args.machine_rank, args.dist_timeout)
+        prepare_output_dir(cfg, args, write_config=owner, log_file=log_file_name(first_rank))
+        read_datasets(cfg, args)
+        places = local_places(host, port, per_machine, args.num_machines, args.machine_rank)
+        logger.info(
+            "%d processes x %d machines (%s), rendezvous tcp://%s:%d",
+            per_machine,
+            args.num_machines,
+            _backend(cfg, args),
+            host,
+            port,
+        )
+        return run_processes(_run_started_process, (cfg, args), places, lambda: resume_hint(cfg))
+
+
+def _run_started_process(place: Place, payload: tuple[CfgNode, argparse.Namespace]) -> dict:
+    cfg, args = payload
+    return run_tool("train_net.py", lambda: run_process(cfg, args, place))
+
+
+def run_process(cfg: CfgNode, args: argparse.Namespace, place: Place | None) -> dict:
+    """Train or evaluate in this process: the whole run, or one rank of a multi-process run (`place`)."""
+    rank = place.rank if place is not None else 0
+    # the run's first process owns OUTPUT_DIR, unless a launcher here started this one (the launcher owns it then)
+    owner = place is None or (place.launcher != "train_net" and rank == 0)
+    log_file = log_file_name(rank)
+    with claimed_output_dir(cfg, args, owner), logging_to(cfg.OUTPUT_DIR, log_file):
+        try:
+            if place is not None:
+                cfg = join_run(cfg, args, place)
+            prepare_output_dir(cfg, args, write_config=owner, log_file=log_file)
+            return evaluate_only(cfg, args, place) if args.eval_only else train(cfg, args, place=place)
+        except RuntimeError as error:
+            if place is None or not lost_peer(error):
+                raise
+            raise DistributedError(
+                f"rank {rank} of {place.world_size}: another process of the run stopped answering "
+                f"({str(error).splitlines()[0][:160]}): see the other ranks' logs (log.txt.rankN) and machines. "
+                f"{resume_hint(cfg)}"
+            ) from None
+        finally:
+            destroy_process_group()
+
+
+def join_run(cfg: CfgNode, args: argparse.Namespace, place: Place) -> CfgNode:
+    """One rank's start: its share of the cores, its log (rank > 0: warnings only on the terminal, all in its own
+    log file), the process group joined, and the config agreed with rank 0."""
+    if place.rank > 0:
+        for handler in logging.getLogger().handlers:
+            if getattr(handler, "_trashseg", False):
+                handler.setLevel(logging.WARNING)
+    threads = set_threads(place.local_world_size)
+    logger.info(
+        "rank %d of %d (machine %d, local rank %d, pid %d, %d CPU threads, started by %s), rendezvous %s",
+        place.rank,
+        place.world_size,
+        place.node_rank,
+        place.local_rank,
+        os.getpid(),
+        threads,
+        place.launcher,
+        place.url,
+    )
+    if _accelerator(cfg, args)[0] == "gpu":
+        torch.cuda.set_device(place.local_rank)
+    init_process_group(place, _backend(cfg, args), args.dist_timeout)
+    return agree_on_config(cfg, place)
+
+
+# Keys that may differ between machines: where files are on each (the model and the data must be the same).
+_KEYS_LOCAL_TO_A_MACHINE = {"OUTPUT_DIR", "DATASETS.ROOT", "MODEL.WEIGHTS", "MODEL.BACKBONE.WEIGHTS", "SEED"}
+
+
+def agree_on_config(cfg: CfgNode, place: Place) -> CfgNode:
+    """Every rank runs rank 0's config: another value elsewhere is an error naming the key and the rank; the seed
+    is rank 0's (a drawn seed, SEED -1, differs between machines)."""
+    mine = yaml.safe_load(cfg.dump())
+    everyone = gather(mine)
+    for other_rank, theirs in enumerate(everyone):
+        changed = [
+            f"{key} {_plain(old)} (rank 0) vs {_plain(new)}"
+            for key, old, new in _leaf_differences(everyone[0], CfgNode(theirs))
+            if key not in _KEYS_LOCAL_TO_A_MACHINE
+        ]
+        if changed:
+            raise ConfigError(
+                f"rank {other_rank} of {place.world_size} runs another config than rank 0 ({'; '.join(changed[:3])}"
+                f"{'; ...' if len(changed) > 3 else ''}): give every machine the same --config-file and overrides"
+            )
+    seed = everyone[0]["SEED"]
+    if seed != cfg.SEED:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SEED = seed
+        cfg.freeze()
+    return cfg
+
+
+def _agree_on_resume(cfg: CfgNode, resume: ResumePoint | None) -> None:
+    """--resume under several processes: every rank must continue from the same iteration (OUTPUT_DIR is one
+    folder all machines share, or a copy of its checkpoints)."""
+    steps = gather(resume.step if resume else None)
+    if len(set(steps)) > 1:
+        shown = ", ".join(
+            f"rank {rank}: {'none' if step is None else f'iteration {step}'}" for rank, step in enumerate(steps)
+        )
+        raise ConfigError(
+            f"--resume: the processes found different checkpoints in {Path(cfg.OUTPUT_DIR) / 'checkpoints'} "
+            f"({shown}): OUTPUT_DIR must be a folder every machine shares (or holds a copy of machine 0's checkpoints)"
+        )
+
+
+def resume_hint(cfg: CfgNode) -> str:
+    """What to do after a failed multi-process run: resume from its last checkpoint, when it saved one."""
+    point = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints")
+    if point is None:
+        return "No checkpoint was saved yet: run the command again to start over."
+    return f"Continue from {point.path} (iteration {point.step}): the same command with --resume."
+
+
+def read_datasets(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """Read the datasets the run uses (rendering and caching their label maps), so that a data error is one line
+    here and the processes read the cache."""
+    from ..data.catalog import DatasetCatalog
+
+    names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    for name in dict.fromkeys(names):
+        DatasetCatalog.get(name)
 
 
 def main(argv: list[str] | None = None) -> dict:

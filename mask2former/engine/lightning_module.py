@@ -135,7 +135,7 @@ class MaskFormerModule(L.LightningModule):
                 SemSegEvaluator(
                     class_names,
                     ignore_label=meta.ignore_label,
-                    output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}",
+                    output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}" if rank == 0 else None,
                     log_table=False,
                 )
             )
@@ -160,7 +160,9 @@ class MaskFormerModule(L.LightningModule):
         logged = {key: value.detach() for key, value in losses.items() if key in ("loss_ce", "loss_mask", "loss_dice")}
         logged["total_loss"] = total.detach()
         logged["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"]) if self._trainer else torch.tensor(0.0)
-        self.log_dict(logged, batch_size=len(batch))
+        # several processes: the mean over ranks, which is the loss of the whole global batch (the criterion's
+        # normalisers are global), so metrics.csv reads the same whatever the process count
+        self.log_dict(logged, batch_size=len(batch), sync_dist=self._rank_world()[1] > 1)
         self._last_logged = (self.global_step, logged)
         return total
 
@@ -206,9 +208,11 @@ class MaskFormerModule(L.LightningModule):
                 logger.info("iteration %d, %s: mIoU %.4f\n%s", self.global_step, name, result["mIoU"], evaluator.table)
         if self.last_results:
             first = self.last_results[self.cfg.DATASETS.TEST[0]]
-            self.log("sem_seg/mIoU", first["mIoU"], sync_dist=False, rank_zero_only=False)
+            # the same on every rank (the evaluators sum their confusion matrices): the mean over ranks is exact
+            several = self._rank_world()[1] > 1
+            self.log("sem_seg/mIoU", first["mIoU"], sync_dist=several, rank_zero_only=False)
             for name, result in self.last_results.items():
-                self.log(f"{name}/mIoU", result["mIoU"], sync_dist=False)
+                self.log(f"{name}/mIoU", result["mIoU"], sync_dist=several)
         self.last_eval_step = self.global_step
 
     # ---- optimisation --------------------------------------------------------------------------

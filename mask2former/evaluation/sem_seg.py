@@ -166,26 +166,27 @@ class SemSegEvaluator:
         self.num_images += 1
 
     def evaluate(self) -> dict[str, Any]:
-        hist = self.hist.copy()
+        hist, num_images = self.hist.copy(), self.num_images
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            tensor = torch.from_numpy(hist)
+            # each rank saw its shard: the sums over ranks (integers, so exactly one process's numbers)
+            tensor = torch.from_numpy(np.append(hist.ravel(), num_images))
             torch.distributed.all_reduce(tensor)
-            hist = tensor.numpy()
+            hist, num_images = tensor[:-1].numpy().reshape(hist.shape), int(tensor[-1])
         metrics = metrics_from_confusion(hist)
         self.table = format_table(metrics, self.class_names, hist)
         if self.log_table:
-            logger.info("semantic segmentation on %d image(s):\n%s", self.num_images, self.table)
+            logger.info("semantic segmentation on %d image(s):\n%s", num_images, self.table)
         if self.output_dir is not None:
-            self.write(hist, metrics)
+            self.write(hist, metrics, num_images)
         result = {key: metrics[key] for key in ("mIoU", "fwIoU", "mACC", "pACC")}
         result.update({f"IoU-{name}": metrics["IoU"][i] for i, name in enumerate(self.class_names)})
         return {"sem_seg": result}
 
-    def write(self, hist: np.ndarray, metrics: dict[str, Any]) -> None:
+    def write(self, hist: np.ndarray, metrics: dict[str, Any], num_images: int) -> None:
         assert self.output_dir is not None
         atomic_write_json(
             self.output_dir / "sem_seg_metrics.json",
-            {"class_names": self.class_names, "num_images": self.num_images, **metrics},
+            {"class_names": self.class_names, "num_images": num_images, **metrics},
             indent=2,
         )
         atomic_write_json(

@@ -27,8 +27,10 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(output_dir: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
-    """Log to stderr (and to OUTPUT_DIR/log.txt when given) with timestamps; returns the root logger."""
+def setup_logging(
+    output_dir: str | Path | None = None, level: int = logging.INFO, file_name: str = "log.txt"
+) -> logging.Logger:
+    """Log to stderr (and to OUTPUT_DIR/`file_name` when given) with timestamps; returns the root logger."""
     root = logging.getLogger()
     root.setLevel(level)
     formatter = logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%m/%d %H:%M:%S")
@@ -38,7 +40,7 @@ def setup_logging(output_dir: str | Path | None = None, level: int = logging.INF
         handler._trashseg = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     if output_dir is not None:
-        path = Path(output_dir) / "log.txt"
+        path = Path(output_dir) / file_name
         if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
             path.parent.mkdir(parents=True, exist_ok=True)
             file_handler = logging.FileHandler(path)
@@ -48,11 +50,12 @@ def setup_logging(output_dir: str | Path | None = None, level: int = logging.INF
 
 
 @contextmanager
-def logging_to(output_dir: str | Path) -> Iterator[logging.Logger]:
-    """`setup_logging(output_dir)` for the length of a tool's run; OUTPUT_DIR/log.txt is closed afterwards, so a
-    tool called repeatedly in one process (tests, the pseudo-label loop) leaves no file handler behind."""
-    root = setup_logging(output_dir)
-    log_file = str((Path(output_dir) / "log.txt").resolve())
+def logging_to(output_dir: str | Path, file_name: str = "log.txt") -> Iterator[logging.Logger]:
+    """`setup_logging(output_dir)` for the length of a tool's run; OUTPUT_DIR/log.txt (`file_name`) is closed
+    afterwards, so a tool called repeatedly in one process (tests, the pseudo-label loop) leaves no file handler
+    behind."""
+    root = setup_logging(output_dir, file_name=file_name)
+    log_file = str((Path(output_dir) / file_name).resolve())
     try:
         yield root
     except (UserError, *USER_OS_ERRORS) as error:  # into log.txt too, while open; run_tool prints nothing more

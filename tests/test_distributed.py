@@ -1,0 +1,281 @@
+"""Several processes on the CPU (gloo), for real: train_net.py --num-gpus 2, two machines on loopback, torchrun and
+SLURM's variables, a rank killed with -9 and the run resumed, sharded evaluation; and the start-up errors.
+
+Every run here is the tiny quickstart model, a few iterations, one CPU thread per process (OMP_NUM_THREADS=1, so
+that runs of the same world size are bit-for-bit comparable whatever the machine's core count)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, tiny_run_argv
+
+from mask2former.engine import distributed
+from mask2former.engine.launch import main
+
+ITERATIONS = 6
+PERIOD = 2
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TRAIN_NET = [sys.executable, str(REPO / "train_net.py")]
+# the weights comparison of 1 vs 2 processes: SGD (AdamW turns the float-rounding difference of a near-zero gradient
+# into a whole +-lr step, which says nothing about the run)
+SGD = ["SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.01"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample data with a val split of 5 images (not divisible by 2 processes)."""
+    root = tmp_path_factory.mktemp("dist_data")
+    for entry in sample_root.iterdir():
+        if entry.is_dir():
+            (root / entry.name).symlink_to(entry)
+        else:
+            (root / entry.name).write_bytes(entry.read_bytes())
+    data = json.loads((sample_root / "train_all.json").read_text())
+    keep = {image["id"] for image in data["images"][:5]}
+    data["images"] = [image for image in data["images"] if image["id"] in keep]
+    data["annotations"] = [ann for ann in data["annotations"] if ann["image_id"] in keep]
+    (root / "val.json").write_text(json.dumps(data))
+    return root
+
+
+def run_argv(data_root: Path, out: Path, gpus: int, *extra: str) -> list[str]:
+    argv = tiny_run_argv(data_root, out, *SGD, *extra, max_iter=ITERATIONS, period=PERIOD)
+    argv[argv.index("--num-gpus") + 1] = str(gpus)
+    return argv
+
+
+def train_net(*argv: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*TRAIN_NET, *argv], env=env or ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model_final.pth", weights_only=True, map_location="cpu")["model"]
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+def first_loss(out: Path) -> float:
+    with open(out / "metrics.csv") as rows:
+        return float(next(row["total_loss"] for row in csv.DictReader(rows) if row["total_loss"]))
+
+
+def confusion(out: Path) -> list[list[int]]:
+    return json.loads((out / "eval" / "trash_val" / "confusion_matrix.json").read_text())["matrix"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "two"
+    train_net(*run_argv(data_root, out, 2))
+    return out
+
+
+def test_two_processes_train_as_one(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
+    """The same global batch (images, augmentation, loss normalisation, loss points) in 1 and 2 processes: the same
+    first loss and, after 6 SGD steps, the same weights, up to float rounding (sums split differently)."""
+    one = tmp_path / "one"
+    train_net(*run_argv(data_root, one, 0))
+    assert first_loss(two_processes) == pytest.approx(first_loss(one), rel=1e-5)
+    assert max_difference(weights(one), weights(two_processes)) < 1e-5
+    log = (two_processes / "log.txt.rank1").read_text()
+    assert "rank 1 of 2" in log and "1 CPU threads" in log
+
+
+def test_only_rank_zero_writes_and_each_rank_logs(two_processes: Path) -> None:
+    names = sorted(path.name for path in two_processes.iterdir())
+    assert names == [
+        "checkpoints",
+        "config.yaml",
+        "eval",
+        "final_metrics.json",
+        "log.txt",
+        "log.txt.rank1",
+        "loss_curve.png",
+        "metrics.csv",
+        "model_final.pth",
+        "tensorboard",
+    ]
+    assert "rank 0 of 2" in (two_processes / "log.txt").read_text()
+    with open(two_processes / "metrics.csv") as rows:
+        steps = [int(row["step"]) for row in csv.DictReader(rows) if row["total_loss"]]
+    assert steps == list(range(ITERATIONS))  # one row per iteration, written once
+    evaluation = json.loads((two_processes / "eval" / "trash_val" / "sem_seg_metrics.json").read_text())
+    assert evaluation["num_images"] == 5
+
+
+def test_sharded_evaluation_is_one_process_confusion_matrix(
+    data_root: Path, two_processes: Path, tmp_path: Path
+) -> None:
+    """5 val images over 2 processes (3 + 2): the summed confusion matrix is exactly the one process's."""
+    final = str(two_processes / "model_final.pth")
+    for gpus in (0, 2):
+        out = tmp_path / f"eval{gpus}"
+        train_net("--eval-only", *run_argv(data_root, out, gpus, "MODEL.WEIGHTS", final))
+        assert confusion(out) == confusion(two_processes)
+        assert json.loads((out / "eval_metrics.json").read_text())["results"]["trash_val"]["mIoU"] >= 0
+
+
+def test_two_machines_on_loopback(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
+    """--num-machines 2 as two independent commands (machine 1 first: it waits for machine 0): the run of
+    2 processes on one machine, bit for bit."""
+    out, url = tmp_path / "machines", f"tcp://127.0.0.1:{free_port()}"
+
+    def machine(rank: int) -> subprocess.Popen:
+        argv = ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url, *run_argv(data_root, out, 1)]
+        return subprocess.Popen([*TRAIN_NET, *argv], env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+    second = machine(1)
+    time.sleep(2)
+    first = machine(0)
+    errors = [process.communicate(timeout=240)[1] for process in (first, second)]
+    assert (first.returncode, second.returncode) == (0, 0), errors[0][-2000:] + errors[1][-2000:]
+    assert max_difference(weights(out), weights(two_processes)) == 0
+    assert (out / "log.txt.rank1").is_file() and not (out / "log.txt.rank2").exists()
+
+
+def test_torchrun(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "torchrun"
+    launcher = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    result = subprocess.run(
+        [sys.executable, *launcher, str(REPO / "train_net.py"), *run_argv(data_root, out, 2)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max_difference(weights(out), weights(two_processes)) == 0
+    assert "started by torchrun" in (out / "log.txt.rank1").read_text()
+
+
+def test_slurm_tasks(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
+    """What srun --ntasks-per-node 2 sets for each task (the processes are started here as srun would)."""
+    out, port = tmp_path / "slurm", free_port()
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "trashseg", "SLURM_NODELIST": "127.0.0.1"}
+    tasks = []
+    for rank in range(2):
+        env = {**ENV, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "MASTER_PORT": str(port)}
+        argv = run_argv(data_root, out, 2)
+        tasks.append(subprocess.Popen([*TRAIN_NET, *argv], env=env, stderr=subprocess.PIPE, text=True, cwd=REPO))
+    errors = [task.communicate(timeout=240)[1] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert max_difference(weights(out), weights(two_processes)) == 0
+    assert "started by slurm" in (out / "log.txt.rank1").read_text()
+
+
+def test_killed_rank_stops_the_run_and_resume_continues_exactly(
+    data_root: Path, two_processes: Path, tmp_path: Path
+) -> None:
+    """kill -9 of rank 1 after the first checkpoint: the launcher stops rank 0 within seconds and says how to
+    resume; --resume then ends with the uninterrupted run's weights."""
+    out = tmp_path / "killed"
+    argv = run_argv(data_root, out, 2)
+    run = subprocess.Popen([*TRAIN_NET, *argv], env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    checkpoint = out / "checkpoints" / f"model_{PERIOD:07d}.ckpt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log = (out / "log.txt.rank1").read_text()
+    rank1 = int(log.split("pid ")[1].split(",")[0])
+    os.kill(rank1, signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = run.communicate(timeout=60)
+    assert time.monotonic() - killed < 30
+    assert run.returncode == 2
+    last_line = stderr.strip().splitlines()[-1]
+    assert "rank 1 of 2" in last_line and "SIGKILL" in last_line and "--resume" in last_line
+    assert not (out / "model_final.pth").exists()
+    train_net("--resume", *argv)
+    assert max_difference(weights(out), weights(two_processes)) == 0
+
+
+# ---- start-up errors: one line, exit status 2, before any process starts ------------------------------------------
+def _refused(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_port_in_use_is_refused(data_root: Path, tmp_path: Path, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--dist-url", f"tcp://127.0.0.1:{port}", *run_argv(data_root, tmp_path / "out", 2)]
+        line = _refused(capsys, argv)
+    assert f"port {port} is in use" in line and "another port" in line
+
+
+def test_unreachable_machine_zero_is_an_error_after_the_timeout(data_root: Path, tmp_path: Path, capsys) -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    argv = ["--num-machines", "2", "--machine-rank", "1", "--dist-url", url, *run_argv(data_root, tmp_path / "out", 1)]
+    begin = time.monotonic()
+    line = _refused(capsys, ["--dist-timeout", "2", *argv])
+    assert time.monotonic() - begin < 30
+    assert f"--dist-url {url}: machine 0 did not answer within 2 s" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "opts", "expected"),
+    [
+        ([], ["SOLVER.IMS_PER_BATCH", "3"], "SOLVER.IMS_PER_BATCH 3 is not divisible by 2 processes"),
+        (["--num-machines", "2"], [], "--num-machines 2 needs --dist-url tcp://"),
+        (["--machine-rank", "1"], [], "--machine-rank 1 with --num-machines 1"),
+        (["--dist-url", "localhost:1234"], [], "give tcp://HOST:PORT"),
+        (["--dist-url", "tcp://no-such-host.invalid:1234"], [], "no machine is called 'no-such-host.invalid'"),
+    ],
+)
+def test_bad_process_settings_are_refused(data_root: Path, tmp_path: Path, capsys, flags, opts, expected) -> None:
+    argv = run_argv(data_root, tmp_path / "out", 2, *opts)
+    assert expected in _refused(capsys, [*flags, *argv])
+    assert not (tmp_path / "out" / "config.yaml").exists()  # refused before anything is written
+
+
+def test_torchrun_with_another_process_count_is_refused(data_root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    environment = {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}
+    environment |= {"LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    line = _refused(capsys, run_argv(data_root, tmp_path / "out", 2))
+    assert "torchrun started 4 processes" in line and "--num-gpus 2 x --num-machines 1 = 2" in line
+
+
+def test_threads_are_shared_out(monkeypatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(distributed, "usable_cpus", lambda: 16)
+        assert distributed.set_threads(4) == 4 and torch.get_num_threads() == 4
+        assert distributed.set_threads(32) == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert distributed.set_threads(4) == 3
+    finally:
+        torch.set_num_threads(before)
