@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_run_argv
+from test_readme_recipes import recipe
 
 from mask2former.engine import distributed
 from mask2former.engine.launch import main
@@ -30,6 +32,8 @@ TRAIN_NET = [sys.executable, str(REPO / "train_net.py")]
 # the weights comparison of 1 vs 2 processes: SGD (AdamW turns the float-rounding difference of a near-zero gradient
 # into a whole +-lr step, which says nothing about the run)
 SGD = ["SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.01"]
+SECTION = "### Several processes and machines"
+README_PORT = "29511"
 
 
 def free_port() -> int:
@@ -55,16 +59,50 @@ def data_root(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return root
 
 
+def tiny_opts(data_root: Path, *extra: str) -> list[str]:
+    """The tiny-run KEY VALUE overrides (data, sizes, SGD, 6 iterations, a checkpoint every 2), without OUTPUT_DIR."""
+    opts = tiny_run_argv(data_root, data_root / "unused", *SGD, *extra, max_iter=ITERATIONS, period=PERIOD)[4:]
+    at = opts.index("OUTPUT_DIR")
+    return opts[:at] + opts[at + 2 :]
+
+
 def run_argv(data_root: Path, out: Path, gpus: int, *extra: str) -> list[str]:
-    argv = tiny_run_argv(data_root, out, *SGD, *extra, max_iter=ITERATIONS, period=PERIOD)
-    argv[argv.index("--num-gpus") + 1] = str(gpus)
-    return argv
+    config = str(REPO / "configs" / "quickstart.yaml")
+    return ["--config-file", config, "--num-gpus", str(gpus), *tiny_opts(data_root, *extra), "OUTPUT_DIR", str(out)]
+
+
+def readme_commands() -> list[list[str]]:
+    return recipe(SECTION)
+
+
+def localised(argv: list[str], data_root: Path, output: Path, port: int) -> list[str]:
+    """A README command as run here: python -> this interpreter, torchrun -> `python -m torch.distributed.run` on a
+    free port, output/ -> a temporary folder, the README's port -> a free one; then the tiny-run overrides."""
+    out: list[str] = []
+    for arg in argv:
+        if arg == "python":
+            out.append(sys.executable)
+        elif arg == "torchrun":
+            out += [sys.executable, "-m", "torch.distributed.run", "--master-port", str(port)]
+        elif arg.startswith(("train_net.py", "configs/")):
+            out.append(str(REPO / arg))
+        elif arg.startswith("output/"):
+            out.append(str(output / arg.removeprefix("output/")))
+        else:
+            out.append(arg.replace(README_PORT, str(port)))
+    return out + tiny_opts(data_root)
+
+
+def output_of(argv: list[str]) -> Path:
+    return Path(argv[len(argv) - 1 - argv[::-1].index("OUTPUT_DIR") + 1])
 
 
 def train_net(*argv: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*TRAIN_NET, *argv], env=env or ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    return run_command([*TRAIN_NET, *argv], env=env, timeout=timeout)
+
+
+def run_command(command: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=env or ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -87,11 +125,19 @@ def confusion(out: Path) -> list[list[int]]:
     return json.loads((out / "eval" / "trash_val" / "confusion_matrix.json").read_text())["matrix"]
 
 
+def test_the_readme_commands() -> None:
+    commands = readme_commands()
+    assert [argv[0] for argv in commands] == ["python", "python", "python", "python", "torchrun"]
+    assert "--resume" in commands[1] and commands[1][:6] == commands[0][:6]
+    assert [command[command.index("--machine-rank") + 1] for command in commands[2:4]] == ["0", "1"]
+
+
 @pytest.fixture(scope="module")
 def two_processes(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "two"
-    train_net(*run_argv(data_root, out, 2))
-    return out
+    """The README's first command: 2 processes on this machine."""
+    command = localised(readme_commands()[0], data_root, tmp_path_factory.mktemp("readme"), free_port())
+    run_command(command)
+    return output_of(command)
 
 
 def test_two_processes_train_as_one(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
@@ -140,36 +186,25 @@ def test_sharded_evaluation_is_one_process_confusion_matrix(
 
 
 def test_two_machines_on_loopback(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
-    """--num-machines 2 as two independent commands (machine 1 first: it waits for machine 0): the run of
+    """The README's two machine commands, started independently (machine 1 first: it waits for machine 0): the run of
     2 processes on one machine, bit for bit."""
-    out, url = tmp_path / "machines", f"tcp://127.0.0.1:{free_port()}"
-
-    def machine(rank: int) -> subprocess.Popen:
-        argv = ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url, *run_argv(data_root, out, 1)]
-        return subprocess.Popen([*TRAIN_NET, *argv], env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
-
-    second = machine(1)
+    port = free_port()
+    commands = [localised(argv, data_root, tmp_path, port) for argv in readme_commands()[2:4]]
+    second = subprocess.Popen(commands[1], env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
     time.sleep(2)
-    first = machine(0)
+    first = subprocess.Popen(commands[0], env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
     errors = [process.communicate(timeout=240)[1] for process in (first, second)]
     assert (first.returncode, second.returncode) == (0, 0), errors[0][-2000:] + errors[1][-2000:]
+    out = output_of(commands[0])
     assert max_difference(weights(out), weights(two_processes)) == 0
     assert (out / "log.txt.rank1").is_file() and not (out / "log.txt.rank2").exists()
+    assert "waiting for machine 0" in (out / "log.txt.rank1").read_text()
 
 
 def test_torchrun(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
-    out = tmp_path / "torchrun"
-    launcher = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    result = subprocess.run(
-        [sys.executable, *launcher, str(REPO / "train_net.py"), *run_argv(data_root, out, 2)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = localised(readme_commands()[4], data_root, tmp_path, free_port())
+    run_command(command)
+    out = output_of(command)
     assert max_difference(weights(out), weights(two_processes)) == 0
     assert "started by torchrun" in (out / "log.txt.rank1").read_text()
 
@@ -194,10 +229,10 @@ def test_killed_rank_stops_the_run_and_resume_continues_exactly(
     data_root: Path, two_processes: Path, tmp_path: Path
 ) -> None:
     """kill -9 of rank 1 after the first checkpoint: the launcher stops rank 0 within seconds and says how to
-    resume; --resume then ends with the uninterrupted run's weights."""
-    out = tmp_path / "killed"
-    argv = run_argv(data_root, out, 2)
-    run = subprocess.Popen([*TRAIN_NET, *argv], env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    resume; the README's --resume command then ends with the uninterrupted run's weights."""
+    start, resume = (localised(argv, data_root, tmp_path, free_port()) for argv in readme_commands()[:2])
+    out = output_of(start)
+    run = subprocess.Popen(start, env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO)
     checkpoint = out / "checkpoints" / f"model_{PERIOD:07d}.ckpt"
     deadline = time.monotonic() + 180
     while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
@@ -212,8 +247,29 @@ def test_killed_rank_stops_the_run_and_resume_continues_exactly(
     last_line = stderr.strip().splitlines()[-1]
     assert "rank 1 of 2" in last_line and "SIGKILL" in last_line and "--resume" in last_line
     assert not (out / "model_final.pth").exists()
-    train_net("--resume", *argv)
+    run_command(resume)
     assert max_difference(weights(out), weights(two_processes)) == 0
+
+
+def test_a_machine_whose_peer_dies_stops_within_seconds(data_root: Path, tmp_path: Path) -> None:
+    """Two machines; kill -9 of machine 1's process: machine 0's rank finds its peer gone in the next collective and
+    stops with a line that says so (not a 30-minute gloo/NCCL wait); machine 1's launcher names the killed rank."""
+    port = free_port()
+    commands = [localised(argv, data_root, tmp_path, port) for argv in readme_commands()[2:4]]
+    out = output_of(commands[0])
+    machines = [subprocess.Popen(c, env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO) for c in commands]
+    checkpoint = out / "checkpoints" / f"model_{PERIOD:07d}.ckpt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and machines[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rank1 = int(re.search(r"rank 1 of 2 \(.*?pid (\d+)", (out / "log.txt.rank1").read_text()).group(1))
+    os.kill(rank1, signal.SIGKILL)
+    killed = time.monotonic()
+    errors = [machine.communicate(timeout=90)[1] for machine in machines]
+    assert time.monotonic() - killed < 60
+    assert [machine.returncode for machine in machines] == [2, 2]
+    assert "another process of the run stopped answering" in errors[0] and "--resume" in errors[0]
+    assert "rank 1 of 2" in errors[1].strip().splitlines()[-1] and "SIGKILL" in errors[1]
 
 
 # ---- start-up errors: one line, exit status 2, before any process starts ------------------------------------------

@@ -135,8 +135,8 @@ def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
         )
     if args.dist_timeout <= 0:
         raise ConfigError(f"--dist-timeout {args.dist_timeout:g}: give the seconds to wait (> 0)")
-    check_dist_url(args.dist_url, args.num_machines)
     _world_size(cfg, args)
+    check_dist_url(args.dist_url, args.num_machines)
     build_gradient_clipper(cfg)  # refuses bad SOLVER.CLIP_GRADIENTS settings
     if cfg.SOLVER.MAX_ITER < 1:
         raise ConfigError(f"SOLVER.MAX_ITER is {cfg.SOLVER.MAX_ITER}: give the number of iterations (>= 1)")
