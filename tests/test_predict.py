@@ -1,6 +1,7 @@
 """tools/predict.py (mask2former/pipeline/predict.py) and the inference engine: TTA, batching, checkpoint ensembles,
-resuming, worker processes, the shared test-time view, confinement to --out, non-finite numbers, errors. A tiny
-model on the CPU at small sizes (views of 64 and 96 px) keeps the file fast."""
+resuming, worker processes (the same bytes as one process), --num-gpus on the CPU, the shared test-time view,
+confinement to --out, non-finite numbers, errors. A tiny model on the CPU at small sizes (views of 64 and 96 px)
+keeps the file fast."""
 
 from __future__ import annotations
 
@@ -246,9 +247,10 @@ def test_interrupted_run_resumes(sample_root, checkpoints, tmp_path, monkeypatch
     assert meta(out)["predicted"] == len(images)
 
 
-def _json_with_bad_image(sample_root: Path, folder: Path) -> Path:
-    """test.json's images plus one corrupt JPEG, in a copy of the folder layout."""
+def _json_with_bad_image(sample_root: Path, folder: Path, keep: int | None = None) -> Path:
+    """test.json's images (the first `keep`) plus one corrupt JPEG third, in a copy of the folder layout."""
     data = copy_test_images(sample_root, folder)
+    data["images"] = data["images"][:keep]
     (folder / "broken").mkdir()
     (folder / "broken" / "0000.jpg").write_bytes(b"not a jpeg")
     data["images"].insert(2, {"id": 999, "file_name": "broken/0000.jpg", "height": 512, "width": 512})
@@ -256,23 +258,108 @@ def _json_with_bad_image(sample_root: Path, folder: Path) -> Path:
     return folder
 
 
-def test_worker_processes_shard_and_merge(sample_root, checkpoints, tmp_path) -> None:
-    """Two CPU worker processes (the multi-GPU code path): same files and CSV as one process; unreadable images
-    counted across workers with --skip-bad."""
-    root = _json_with_bad_image(sample_root, tmp_path / "data")
-    single, workers = tmp_path / "single", tmp_path / "workers"
-    run(root, single, [checkpoints["a"]], "--skip-bad", "--batch-size", "2")
-    run(root, workers, [checkpoints["a"]], "--skip-bad", "--batch-size", "2", "--num-workers", "2")
-    info = meta(workers)
-    assert info["devices"] == ["cpu", "cpu"] and info["predicted"] == 6 and info["csv_rows"] == 6
-    assert [entry["id"] for entry in info["bad_images"]] == [999] == [e["id"] for e in meta(single)["bad_images"]]
-    for first, second in zip(npz_files(single), npz_files(workers), strict=True):
-        assert first.relative_to(single) == second.relative_to(workers)
-        np.testing.assert_allclose(load_probabilities(first)["probs"], load_probabilities(second)["probs"], atol=2e-3)
-    rows_single, rows_workers = read_submission(single / "submission.csv"), read_submission(workers / "submission.csv")
-    assert list(rows_single) == list(rows_workers) and "broken/0000.jpg" not in rows_workers
-    agreement = np.mean([np.mean(rows_single[k] == rows_workers[k]) for k in rows_single])
-    assert agreement > 0.999
+# meta.json fields that say how a run went (its processes, its times), not what it made
+RUN_FIELDS = ("devices", "seconds", "images_per_second")
+
+
+def made_files(out: Path) -> tuple[dict[str, bytes], dict]:
+    """Every file under OUT by relative path (log.txt, whose lines carry times, left out) and meta.json without
+    RUN_FIELDS."""
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert "meta.json" in files and "log.txt" in files, sorted(files)
+    del files["log.txt"]
+    info = json.loads(files.pop("meta.json"))
+    return files, {key: value for key, value in info.items() if key not in RUN_FIELDS}
+
+
+def assert_same_files(single: Path, other: Path) -> None:
+    (files, info), (other_files, other_info) = made_files(single), made_files(other)
+    assert sorted(files) == sorted(other_files)
+    differ = [name for name in files if files[name] != other_files[name]]
+    assert not differ, f"{other} differs from {single} in {differ}"
+    assert info == other_info
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_worker_processes_give_the_same_files(sample_root, checkpoints, tmp_path, tta) -> None:
+    """Two CPU worker processes, by --num-workers 2 and by --num-gpus 2 (MODEL.DEVICE cpu: as on a machine without
+    a GPU): 5 readable images and 2 unreadable ones in batches of 2 (uneven shards; worker 0 meets the second bad
+    image, worker 1 the first). Every file under OUT equals one process's byte for byte (npz files, CSV, overlays);
+    meta.json too but for RUN_FIELDS, its unreadable images in the json's order. One torch thread per process in
+    every run: CPU float math depends on the thread count (predict's docstring)."""
+    root = _json_with_bad_image(sample_root, tmp_path / "data", keep=5)
+    data = json.loads((root / "test.json").read_text())
+    (root / "broken" / "0001.jpg").write_bytes(b"not a jpeg either")
+    data["images"].insert(5, {"id": 998, "file_name": "broken/0001.jpg", "height": 512, "width": 512})
+    (root / "test.json").write_text(json.dumps(data))  # batches: [0 1] [bad 2] [3 bad] [4]
+    flags = ["--skip-bad", "--batch-size", "2", *(["--tta"] if tta else []), "--overlays", "5", "--threads", "1"]
+    single = tmp_path / "single"
+    run(root, single, [checkpoints["a"]], *flags)
+    info = meta(single)
+    assert (info["predicted"], info["csv_rows"], info["devices"], info["tta"], info["threads"]) == (
+        5,
+        5,
+        ["cpu"],
+        tta,
+        1,
+    )
+    assert [entry["id"] for entry in info["bad_images"]] == [999, 998]
+    assert len(npz_files(single)) == 5 and len(list((single / "overlays").rglob("*.png"))) == 5
+    for name, processes in [("workers", ["--num-workers", "2"]), ("gpus", ["--num-gpus", "2"])]:
+        run(root, tmp_path / name, [checkpoints["a"]], *flags, *processes)
+        assert meta(tmp_path / name)["devices"] == ["cpu", "cpu"]
+        assert_same_files(single, tmp_path / name)
+
+
+def test_threads_per_process() -> None:
+    """--threads as given; else torch's default in one process, the cores shared out between workers."""
+    assert pipeline.threads_per_process(3, 1) == pipeline.threads_per_process(3, 4) == 3
+    assert pipeline.threads_per_process(0, 1) == torch.get_num_threads()
+    assert pipeline.threads_per_process(0, 2) == max(1, pipeline.usable_cpus() // 2)
+    assert pipeline.threads_per_process(0, 10**6) == 1
+
+
+def test_shards_are_whole_batches() -> None:
+    """Worker r gets batches r, r+N, ...: re-batched, each worker forms exactly the one-process run's batches."""
+    images = [{"file_name": str(index)} for index in range(7)]
+    shards = pipeline.shard_images(images, 2, 3)
+    assert [[image["file_name"] for image in shard] for shard in shards] == [["0", "1", "2", "6"], ["3", "4", "5"]]
+    rebatched = [batch for shard in shards for batch in pipeline.batches_of(shard, 3)]
+    assert sorted(rebatched, key=lambda batch: batch[0]["file_name"]) == pipeline.batches_of(images, 3)
+    assert pipeline.shard_images(images[:2], 3, 1) == [[images[0]], [images[1]], []]
+
+
+def _devices(monkeypatch, gpus: int, *flags: str, model_device: str = "auto") -> list[str]:
+    """resolve_devices for a command line on a machine with `gpus` GPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    args = pipeline.parse_args(["--config-file", "c", "--json", "j", "--out", "o", "--weights", "a", *flags])
+    return pipeline.resolve_devices(args, model_device)
+
+
+def test_num_gpus_means_processes_on_gpus_or_the_cpu(monkeypatch) -> None:
+    """--num-gpus N as train_net.py reads it: N GPUs when there are, N CPU processes without a GPU or with device
+    cpu; 0: the CPU in this process; too few GPUs, or cuda without one, a clear error."""
+    assert _devices(monkeypatch, 0, "--num-gpus", "2") == ["cpu", "cpu"]
+    assert _devices(monkeypatch, 0, "--num-gpus", "1") == ["cpu"]
+    assert _devices(monkeypatch, 0, "--num-gpus", "0") == _devices(monkeypatch, 2, "--num-gpus", "0") == ["cpu"]
+    assert _devices(monkeypatch, 2, "--num-gpus", "2") == ["cuda:0", "cuda:1"]
+    assert _devices(monkeypatch, 2, "--num-gpus", "2", "--device", "cpu") == ["cpu", "cpu"]
+    assert _devices(monkeypatch, 2, "--num-gpus", "3", model_device="cpu") == ["cpu"] * 3
+    assert _devices(monkeypatch, 2, "--num-gpus", "2", model_device="cuda") == ["cuda:0", "cuda:1"]
+    assert _devices(monkeypatch, 0, "--num-workers", "2", "--device", "cpu") == ["cpu", "cpu"]
+    with pytest.raises(pipeline.PredictError, match=r"^--num-gpus 4: 2 GPU\(s\) available$"):
+        _devices(monkeypatch, 2, "--num-gpus", "4")
+    with pytest.raises(pipeline.PredictError, match=r"--num-gpus 2: 0 GPU\(s\) available \(--device cpu: "):
+        _devices(monkeypatch, 0, "--num-gpus", "2", "--device", "cuda")
+    with pytest.raises(pipeline.PredictError, match=r"device 'cuda:1': --num-gpus runs on cuda:0\.\.1; .*--devices"):
+        _devices(monkeypatch, 2, "--num-gpus", "2", "--device", "cuda:1")
+    with pytest.raises(pipeline.PredictError, match=r"--num-gpus -1: give a process count >= 0"):
+        _devices(monkeypatch, 2, "--num-gpus", "-1")
+    with pytest.raises(pipeline.PredictError, match=r"unknown device 'gpu7'"):
+        _devices(monkeypatch, 0, "--num-gpus", "2", "--device", "gpu7")
+    with pytest.raises(pipeline.PredictError, match="use one of --devices, --num-gpus and --num-workers"):
+        _devices(monkeypatch, 0, "--num-gpus", "2", "--num-workers", "2")
 
 
 def test_clear_errors(sample_root, checkpoints, tmp_path) -> None:

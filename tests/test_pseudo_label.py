@@ -439,3 +439,44 @@ def test_a_second_run_on_the_same_out_is_refused(sample_root, start_weights, tmp
         with pytest.raises(OutputDirInUseError, match=rf"{re.escape(str(out))} is in use by another run \(pid"):
             loop.run_loop(loop_options(sample_root, start_weights, out))
         assert [path.name for path in out.iterdir()] == [".lock"]  # nothing written beside the holder's lock
+
+
+# ---- the process count reaches every child ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_gpus", [0, 1, 2])
+def test_every_child_command_carries_the_process_count(sample_root, start_weights, tmp_path, num_gpus) -> None:
+    """--num-gpus N goes to train_net.py --eval-only, train_net.py and predict.py alike, before the KEY VALUE
+    overrides, and each child's own parser reads N from it (predict.py: N processes, on the CPU without a GPU)."""
+    from mask2former.engine.launch import default_argument_parser
+    from mask2former.pipeline.predict import parse_args as predict_args
+
+    options = loop_options(sample_root, start_weights, tmp_path / "pseudo", num_gpus=num_gpus, tta=True)
+    cfg = loop.loop_config(options)
+    folder = tmp_path / "pseudo" / "round_1"
+    commands = {
+        "evaluate": loop.evaluate_command(options, str(start_weights), folder / "eval"),
+        "predict": loop.predict_command(options, str(start_weights), sample_root / "test.json", sample_root, folder),
+        "train": loop.train_command(options, cfg, str(start_weights), folder / "train", None),
+    }
+    for stage, argv in commands.items():
+        assert argv.count("--num-gpus") == 1 and argv[argv.index("--num-gpus") + 1] == str(num_gpus), stage
+        parsed = (predict_args if stage == "predict" else default_argument_parser().parse_args)(argv[2:])
+        assert parsed.num_gpus == num_gpus and list(parsed.opts[: len(options.opts)]) == list(options.opts), stage
+    assert default_argument_parser().parse_args(commands["evaluate"][2:]).eval_only
+    assert predict_args(commands["predict"][2:]).tta
+    with pytest.raises(PseudoLabelError, match=r"--num-gpus must be >= 0"):
+        loop_options(sample_root, start_weights, tmp_path / "pseudo", num_gpus=-1)
+
+
+def test_a_loop_with_two_processes_predicts_in_two_cpu_workers(sample_root, start_weights, tmp_path, monkeypatch):
+    """num_gpus 2 on the CPU: the predict stage (run for real) starts two CPU worker processes; evaluation and
+    training (faked) are given --num-gpus 2 too."""
+    out = tmp_path / "pseudo"
+    commands = fake_stages(monkeypatch, [0.40, 0.45])
+    state = loop.run_loop(loop_options(sample_root, start_weights, out, rounds=1, threshold=0.3, num_gpus=2))
+    assert set(commands) == {"evaluate", "predict", "train"}
+    for argv in commands.values():
+        assert argv[argv.index("--num-gpus") + 1] == "2"
+    predicted = json.loads((out / "round_1" / "predict" / "meta.json").read_text())
+    assert predicted["devices"] == ["cpu", "cpu"] and predicted["predicted"] == state["rounds"][0]["images"] == 6

@@ -3,10 +3,12 @@
 
     python tools/predict.py --config-file configs/m2f_swin_l.yaml --weights output/m2f_swin_l/model_final.pth \\
         --json DATA/test.json --out output/predict [--tta] [--batch-size 8] [--overlays 16] [KEY VALUE ...]
+    # 4 processes: on 4 GPUs, or on the CPU of a machine without a GPU (or with --device cpu)
+    python tools/predict.py ... --num-gpus 4
 
 Writes OUT/probs/*.npz, OUT/meta.json, OUT/submission.csv, OUT/overlays/*.png and OUT/log.txt, nothing outside
-OUT; resumes an interrupted run. The logic, and the full description (printed by --help), is in
-mask2former/pipeline/predict.py.
+OUT; resumes an interrupted run. The files do not depend on the number of processes. The logic, and the full
+description (printed by --help), is in mask2former/pipeline/predict.py.
 """
 
 from __future__ import annotations

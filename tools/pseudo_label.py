@@ -24,7 +24,9 @@ With --control, every round also trains the same iterations from the same model 
 (OUT/round_r/control) and the table shows its val mIoU beside the round's: what the pseudo-labels add beyond the
 extra training (a round is still kept by its own mIoU).
 Every stage is one of the project's own commands in a child process (their logs under OUT/round_r), so the loop
-adds nothing to how models are trained, predicted or scored. KEY VALUE overrides go to predict and training alike.
+adds nothing to how models are trained, predicted or scored. --num-gpus N goes to each of them (train_net.py
+--eval-only, train_net.py, predict.py): N processes, on N GPUs, or on the CPU of a machine without a GPU (or with
+MODEL.DEVICE cpu). KEY VALUE overrides go to predict and training alike.
 The logic lives in mask2former/pipeline/pseudo_label.py.
 
 Resuming: OUT/state.json records every finished stage. Rerunning the same command after an interruption, between
@@ -72,7 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--init-probs", help="round 1's probabilities: a prediction folder (predict / ensemble_crf)")
     parser.add_argument("--batch-size", type=int, default=1, help="predict.py --batch-size")
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs for training and prediction (0: CPU)")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes for evaluation, training and prediction, passed to train_net.py and predict.py as --num-gpus: "
+        "on GPUs when there are, else on the CPU (0: the CPU, one process; default %(default)s)",
+    )
     parser.add_argument("--overlays", type=int, default=8, help="pseudo-label overlay PNGs per round (0: none)")
     parser.add_argument("--overwrite", action="store_true", help="start again, discarding OUT's rounds")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (last)")

@@ -22,12 +22,24 @@ Resuming: images whose npz exists and is valid are skipped (a truncated or unrea
 rerunning an interrupted command finishes it. OUT/meta.json records the settings; a rerun with other settings
 (checkpoints, weights, views, --prob-size) is refused unless --overwrite (which predicts every image again).
 
-Devices: --device (default MODEL.DEVICE: "auto" = the GPU if there is one) runs in this process. --num-gpus N or
---devices D1 D2 ... start one worker process per device, each predicting every N-th image of what is left to do;
-the parent shows one progress bar (a log line every 30 s with rate and ETA when stderr is not a terminal) and writes
-meta.json and the CSV. --num-workers N --device cpu runs N processes on the CPU (the same code path). --threads N
-sets torch's CPU threads per process (on a busy machine 1 can be several times faster than the default). Put
-KEY VALUE config overrides last.
+Devices: --device (default MODEL.DEVICE: "auto" = the GPU if there is one) runs in this process. --num-gpus N
+means what it means to train_net.py: N processes, one per GPU cuda:0..N-1, or N on the CPU when there is no GPU or
+the device is cpu (--device cpu, MODEL.DEVICE cpu); fewer GPUs than N is an error, and --num-gpus 0 is the CPU in
+this process. --devices D1 D2 ... starts one process per device listed, --num-workers N starts N on --device.
+Each worker predicts whole batches (batches r, r+N, ... of the one-process run) of what is left to do; the parent
+shows one progress bar (a log line every 30 s with rate and ETA when stderr is not a terminal) and writes meta.json,
+the CSV and the overlays. --threads N sets torch's CPU threads per process (default: torch's default in one
+process, the cores shared out between workers; on a busy machine 1 can be several times faster). Put KEY VALUE
+config overrides last.
+
+Reproducibility: every batch holds the same images whatever the number of processes, so N workers make the files
+one process makes, byte for byte (npz files, CSV, overlays; meta.json but for "devices", "seconds" and
+"images_per_second"; log.txt has times), given the same torch thread count per process: --threads T (meta.json's
+"threads"). Without it one process takes torch's default (all cores) and N workers the cores / N each, and CPU
+float math depends on the thread count (convolutions and matrix products add up in an order that depends on it):
+probabilities may then differ in their last bits and a few argmax pixels flip (measured: 3 CSV pixels in 10^6, at
+most 1.2e-4 in a probability). Another --batch-size may change the last bits too (a forward pass's numbers depend
+on the batch it is in). On GPUs each batch runs on one GPU alike (not measured here).
 """
 
 from __future__ import annotations
@@ -113,13 +125,23 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=1, help="views per forward pass (images read together)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: MODEL.DEVICE; 'auto': the GPU if any)")
-    parser.add_argument("--num-gpus", type=int, help="one worker process per GPU cuda:0..N-1 (0: the CPU)")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        metavar="N",
+        help="N processes as in train_net.py: on GPUs cuda:0..N-1, on the CPU without a GPU or with device cpu "
+        "(0: the CPU, in this process)",
+    )
     parser.add_argument("--devices", nargs="+", metavar="DEV", help="one worker process per device listed")
     parser.add_argument(
         "--num-workers", type=int, default=0, help="worker processes on --device (0 or 1: in this process)"
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default; workers share)"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per process (0: torch's default in one process, the cores shared out between workers); "
+        "the same --threads gives the same bytes whatever the worker count",
     )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (fast on GPUs; results differ slightly)")
     parser.add_argument("--skip-bad", action="store_true", help="log and count unreadable images (no CSV row)")
@@ -161,12 +183,7 @@ def resolve_devices(args: argparse.Namespace, model_device: str) -> list[str]:
     if args.devices:
         devices = [device for entry in args.devices for device in entry.split(",") if device]
     elif args.num_gpus is not None:
-        if args.num_gpus <= 0:
-            return ["cpu"]
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if args.num_gpus > available:
-            raise PredictError(f"--num-gpus {args.num_gpus}: {available} GPU(s) available")
-        devices = [f"cuda:{index}" for index in range(args.num_gpus)]
+        devices = devices_for_num_gpus(args.num_gpus, args.device or model_device)
     else:
         device = args.device or model_device
         if device == "auto":
@@ -182,6 +199,34 @@ def resolve_devices(args: argparse.Namespace, model_device: str) -> list[str]:
         if kind not in ("cpu", "cuda"):
             raise PredictError(f"device {device!r}: only cpu and cuda are supported")
     return devices
+
+
+def devices_for_num_gpus(count: int, device: str) -> list[str]:
+    """--num-gpus N as train_net.py reads it: N processes, on the GPUs cuda:0..N-1 when `device` (--device, else
+    MODEL.DEVICE) is auto or cuda and there is a GPU, else on the CPU; 0: the CPU, in this process. Refused: fewer
+    GPUs than asked, cuda on a machine without one, a cuda:K device (name such devices with --devices)."""
+    if count < 0:
+        raise PredictError(f"--num-gpus {count}: give a process count >= 0 (0: the CPU, in this process)")
+    if count == 0:
+        return ["cpu"]
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        parsed = torch.device("cuda" if device == "auto" else device)
+    except RuntimeError:
+        raise PredictError(f"unknown device {device!r} (cpu, cuda or cuda:N)") from None
+    if parsed.type == "cpu" or (device == "auto" and not available):
+        return ["cpu"] * count
+    if parsed.type != "cuda":
+        raise PredictError(f"device {device!r}: only cpu and cuda are supported")
+    if parsed.index is not None:
+        raise PredictError(
+            f"--num-gpus {count} with device {device!r}: --num-gpus runs on cuda:0..{count - 1}; "
+            "name other GPUs with --devices"
+        )
+    if count > available:
+        hint = "" if available else " (--device cpu: that many processes on the CPU)"
+        raise PredictError(f"--num-gpus {count}: {available} GPU(s) available{hint}")
+    return [f"cuda:{index}" for index in range(count)]
 
 
 def read_image_list(json_path: Path, image_root: Path, num_classes: int) -> tuple[list[dict], list[str]]:
@@ -297,17 +342,40 @@ def find_pending(images: list[dict], out: Path, class_names: list[str], prob_siz
     return pending, done, broken
 
 
+def batches_of(images: list[dict], batch_size: int) -> list[list[dict]]:
+    """The images in consecutive groups of `batch_size` (the last one shorter): what `run_job` predicts together."""
+    step = max(1, batch_size)
+    return [images[start : start + step] for start in range(0, len(images), step)]
+
+
+def shard_images(images: list[dict], world: int, batch_size: int) -> list[list[dict]]:
+    """Worker r's images: batches r, r + world, ... of the one-process run. Every batch but the last is full, so a
+    worker re-batching its shard forms exactly those batches: each forward pass holds the same images as in one
+    process, and the outputs do not depend on the worker count (a batch's numbers depend on what it holds)."""
+    batches = batches_of(images, batch_size)
+    return [[image for batch in batches[rank::world] for image in batch] for rank in range(world)]
+
+
+def threads_per_process(requested: int, processes: int) -> int:
+    """torch's CPU threads in each process: --threads, else torch's default in one process and the cores shared out
+    between workers (no oversubscription)."""
+    if requested > 0:
+        return requested
+    return torch.get_num_threads() if processes == 1 else max(1, usable_cpus() // processes)
+
+
 def run_in_workers(job: PredictionJob, devices: list[str], meter: Progress) -> list[dict]:
-    """One spawned process per device, each running `job` on every len(devices)-th image; returns their stats.
-    The first failure stops the others and is raised (naming the worker, its device and the error)."""
+    """One spawned process per device, each running `job` (with `job.num_threads` threads, 0: the cores shared out)
+    on its `shard_images` share; returns their stats. The first failure stops the others and is raised (naming the
+    worker, its device and the error)."""
     world = len(devices)
-    # torch threads per worker: --threads, else the cores shared out (no oversubscription)
-    threads = job.num_threads or max(1, usable_cpus() // world)
+    threads = threads_per_process(job.num_threads, world)
     context = mp.get_context("spawn")
     events = context.Queue()
     processes = []
-    for rank, device in enumerate(devices):
-        shard = replace(job, images=job.images[rank::world], device=device, num_threads=threads)
+    shards = shard_images(job.images, world, job.batch_size)
+    for rank, (device, images) in enumerate(zip(devices, shards, strict=True)):
+        shard = replace(job, images=images, device=device, num_threads=threads)
         process = context.Process(target=run_worker, args=(rank, shard, events), name=f"predict-worker-{rank}")
         process.start()
         processes.append(process)
@@ -476,7 +544,7 @@ def run(plan: Plan, start: float | None = None) -> Path:
         if done + broken:  # files to reuse: only if they were made the same way
             check_resume(out / "meta.json", settings)
     atomic_write_json(out / "meta.json", meta, indent=2)
-    devices = devices[: max(1, len(pending))]  # no idle workers
+    devices = devices[: max(1, len(batches_of(pending, args.batch_size)))]  # no idle workers
     logger.info(
         "%d images: %d already predicted, %d to predict (%d with a broken npz) on %s; %d view(s) x %d checkpoint(s)",
         len(images),
@@ -501,7 +569,7 @@ def run(plan: Plan, start: float | None = None) -> Path:
         skip_bad=args.skip_bad,
         allow_pickle=args.allow_pickle or cfg.MODEL.ALLOW_PICKLE,
         amp=args.amp,
-        num_threads=max(0, args.threads),
+        num_threads=threads_per_process(args.threads, len(devices)),
     )
     began = time.perf_counter()
     with Progress(total=len(pending), desc="predict", unit="img", logger=logger) as meter:
@@ -513,7 +581,9 @@ def run(plan: Plan, start: float | None = None) -> Path:
             results = run_in_workers(job, devices, meter)
     seconds = time.perf_counter() - began
     predicted = sum(result["predicted"] for result in results)
-    bad = [entry for result in results for entry in result["bad_images"]]
+    order = {image["file_name"]: position for position, image in enumerate(images)}
+    # the json's order, whichever worker met them
+    bad = sorted((entry for result in results for entry in result["bad_images"]), key=lambda e: order[e["file_name"]])
 
     csv, rows, missing = write_outputs(out, images, class_names, args.overlays, args.skip_bad)
     rate = predicted / seconds if predicted and seconds > 0 else 0.0
@@ -526,6 +596,7 @@ def run(plan: Plan, start: float | None = None) -> Path:
         bad_images=bad,
         csv_rows=rows,
         devices=devices,
+        threads=job.num_threads,
         batch_size=args.batch_size,
         seconds=round(seconds, 3),
         images_per_second=round(rate, 4),

@@ -13,10 +13,12 @@ Round r (1..rounds), starting from the best model so far (round 0: the given wei
   4. keep the round only if val mIoU rose by more than `min_gain`; otherwise the loop stops.
 
 Each stage is one of the project's own commands in a child process, run in the caller's working folder (so
-relative paths mean what they mean to the caller), with its output logged under OUT/round_r. OUT/state.json
-records every finished stage: rerunning the same command resumes (prediction and training resume by themselves);
-other settings are refused unless `overwrite`. OUT/rounds.md holds the table of rounds. OUT/.lock keeps a second
-run off OUT while one is live (mask2former/engine/run_lock.py; a dead run's lock is taken over).
+relative paths mean what they mean to the caller), with its output logged under OUT/round_r. Every child gets
+`num_gpus` as --num-gpus (evaluation, training and prediction alike): N processes, on GPUs when there are, else on
+the CPU (0: the CPU, one process). OUT/state.json records every finished stage: rerunning the same command resumes
+(prediction and training resume by themselves); other settings are refused unless `overwrite`. OUT/rounds.md holds
+the table of rounds. OUT/.lock keeps a second run off OUT while one is live (mask2former/engine/run_lock.py; a dead
+run's lock is taken over).
 
 Inputs are checked before anything is computed: the prediction folder of `init_probs` (every image present, its
 classes, finite non-negative probabilities: a file with NaN is refused naming it), the unlabelled images' file
@@ -112,6 +114,10 @@ class LoopOptions:
             raise PseudoLabelError("--rounds must be >= 1, --threshold in [0, 1] and --iters >= 0")
         if len(self.opts) % 2:
             raise PseudoLabelError(f"config overrides come in KEY VALUE pairs, got {list(self.opts)}")
+        if self.num_gpus < 0 or self.batch_size < 1:
+            raise PseudoLabelError(
+                f"--num-gpus must be >= 0 and --batch-size >= 1, got {self.num_gpus}, {self.batch_size}"
+            )
 
 
 def _resolved(path: str | Path) -> Path:
@@ -282,8 +288,44 @@ def run_command(stage: str, command: list[str], log: Path) -> None:
         raise PseudoLabelError(f"{stage} failed (exit code {code}); its log: {log}")
 
 
+def _processes(options: LoopOptions) -> list[str]:
+    """--num-gpus for every child: train_net.py and tools/predict.py read it alike (N processes, on GPUs when there
+    are, else on the CPU; 0: the CPU), so evaluation, training and prediction run on the same processes."""
+    return ["--num-gpus", str(options.num_gpus)]
+
+
 def _train_net(options: LoopOptions) -> list[str]:
     return [sys.executable, str(REPO / "train_net.py"), "--config-file", str(_resolved(options.config_file))]
+
+
+def evaluate_command(options: LoopOptions, weights: str, folder: Path) -> list[str]:
+    """train_net.py --eval-only of `weights` into `folder`."""
+    command = _train_net(options) + ["--eval-only", *_processes(options), *options.opts]
+    return command + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(folder)]
+
+
+def predict_command(options: LoopOptions, weights: str, json_path: Path, image_root: Path, folder: Path) -> list[str]:
+    """tools/predict.py of `weights` on the unlabelled images into `folder` (no overlays: the loop draws its own)."""
+    command = [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(_resolved(options.config_file))]
+    command += ["--weights", weights, "--json", str(json_path), "--image-root", str(image_root), "--out", str(folder)]
+    command += ["--batch-size", str(options.batch_size), "--overlays", "0", *_processes(options)]
+    return command + (["--tta"] if options.tta else []) + list(options.opts)
+
+
+def train_command(
+    options: LoopOptions, cfg: CfgNode, weights: str, folder: Path, pseudo: tuple[str, Path, Path] | None
+) -> list[str]:
+    """train_net.py --resume from `weights` into `folder` on DATASETS.TRAIN plus, when given, the pseudo-labelled
+    set (name, json, image root)."""
+    command = _train_net(options) + ["--resume", *_processes(options), *options.opts]
+    command += ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(folder)]
+    if pseudo is not None:
+        name, pseudo_json, image_root = pseudo
+        register = [list(entry) for entry in cfg.DATASETS.REGISTER] + [[name, str(pseudo_json), str(image_root)]]
+        command += ["DATASETS.REGISTER", repr(register), "DATASETS.TRAIN", repr((*cfg.DATASETS.TRAIN, name))]
+    if options.iters:
+        command += ["SOLVER.MAX_ITER", str(options.iters)]
+    return command
 
 
 def val_miou(metrics_file: Path, dataset: str) -> float:
@@ -297,22 +339,14 @@ def evaluate(options: LoopOptions, cfg: CfgNode, weights: str, folder: Path) -> 
     """Val mIoU of a checkpoint (train_net.py --eval-only), cached in folder/eval_metrics.json."""
     metrics = folder / "eval_metrics.json"
     if not metrics.is_file():
-        command = _train_net(options) + ["--eval-only", "--num-gpus", str(options.num_gpus), *options.opts]
-        command += ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(folder)]
-        run_command("evaluate", command, folder / "evaluate.log")
+        run_command("evaluate", evaluate_command(options, weights, folder), folder / "evaluate.log")
     return val_miou(metrics, cfg.DATASETS.TEST[0])
 
 
 def predict(options: LoopOptions, weights: str, json_path: Path, image_root: Path, folder: Path) -> Path:
     """tools/predict.py into folder (it resumes by itself); returns the prediction folder."""
-    command = [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(_resolved(options.config_file))]
-    command += ["--weights", weights, "--json", str(json_path), "--image-root", str(image_root), "--out", str(folder)]
-    command += ["--batch-size", str(options.batch_size), "--overlays", "0"]
-    if options.num_gpus > 1:
-        command += ["--num-gpus", str(options.num_gpus)]
-    if options.tta:
-        command.append("--tta")
-    run_command("predict", command + list(options.opts), folder.parent / "predict.log")
+    command = predict_command(options, weights, json_path, image_root, folder)
+    run_command("predict", command, folder.parent / "predict.log")
     return folder
 
 
@@ -363,14 +397,7 @@ def train(
 ) -> None:
     """train_net.py from `weights` on DATASETS.TRAIN plus, when given, the pseudo-labelled set (name, json, image
     root); --resume: an interrupted round continues from its last checkpoint."""
-    command = _train_net(options) + ["--resume", "--num-gpus", str(options.num_gpus), *options.opts]
-    command += ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(folder)]
-    if pseudo is not None:
-        name, pseudo_json, image_root = pseudo
-        register = [list(entry) for entry in cfg.DATASETS.REGISTER] + [[name, str(pseudo_json), str(image_root)]]
-        command += ["DATASETS.REGISTER", repr(register), "DATASETS.TRAIN", repr((*cfg.DATASETS.TRAIN, name))]
-    if options.iters:
-        command += ["SOLVER.MAX_ITER", str(options.iters)]
+    command = train_command(options, cfg, weights, folder, pseudo)
     run_command("train" if pseudo is not None else "control", command, folder.parent / f"{folder.name}.log")
 
 
