@@ -435,11 +435,12 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace, place: Place | None = 
 
 
 @contextmanager
-def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool) -> Iterator[None]:
-    """The run's hold on OUTPUT_DIR: the owner (the run's first process) takes its lock (one run per folder) and
-    removes a killed run's half-written files; every process refuses what would replace an earlier run."""
+def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool, log_file: str) -> Iterator[None]:
+    """The run's hold on OUTPUT_DIR, logging to OUTPUT_DIR/`log_file`: the owner (the run's first process) takes its
+    lock (one run per folder, before anything is written there) and removes a killed run's half-written files;
+    every process refuses what would replace an earlier run."""
     lock = OutputDirLock(cfg.OUTPUT_DIR) if owner else None
-    with lock if lock is not None else _nothing():
+    with lock if lock is not None else _nothing(), logging_to(cfg.OUTPUT_DIR, log_file):
         if lock is not None:
             lock.log_takeover()
             # half-written files of a killed run (the lock says no other run is writing)
@@ -477,7 +478,7 @@ def launch_processes(cfg: CfgNode, args: argparse.Namespace, per_machine: int) -
     start."""
     owner = args.machine_rank == 0
     first_rank = args.machine_rank * per_machine
-    with claimed_output_dir(cfg, args, owner), logging_to(cfg.OUTPUT_DIR, log_file_name(first_rank)):
+    with claimed_output_dir(cfg, args, owner, log_file_name(first_rank)):
         host, port = main_address(args.dist_url, args.num_machines, args.machine_rank, args.dist_timeout)
         prepare_output_dir(cfg, args, write_config=owner, log_file=log_file_name(first_rank))
         read_datasets(cfg, args)
@@ -504,7 +505,7 @@ def run_process(cfg: CfgNode, args: argparse.Namespace, place: Place | None) -> 
     # the run's first process owns OUTPUT_DIR, unless a launcher here started this one (the launcher owns it then)
     owner = place is None or (place.launcher != "train_net" and rank == 0)
     log_file = log_file_name(rank)
-    with claimed_output_dir(cfg, args, owner), logging_to(cfg.OUTPUT_DIR, log_file):
+    with claimed_output_dir(cfg, args, owner, log_file):
         try:
             if place is not None:
                 cfg = join_run(cfg, args, place)
