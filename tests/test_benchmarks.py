@@ -36,3 +36,13 @@ def test_precision_check_compares_bf16_with_fp32_on_a_tiny_model() -> None:
     whole = next(line for line in out.splitlines() if line.startswith("| whole model"))
     assert 0.9 < float(whole.split("|")[2]) <= 1.0 + 1e-6  # gradient cosine similarity
     assert "all bf16 losses and gradients finite: True" in out
+
+
+def test_distributed_training_benchmark_compares_process_layouts() -> None:
+    """benchmarks/distributed_train.py runs train_net.py in 1 process and in 2 (gloo) and prints images/s of each."""
+    sizes = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TRAIN", "(64,)", "DATALOADER.NUM_WORKERS", "0"]
+    out = run("benchmarks/distributed_train.py", "--layouts", "1x1", "2x1", "--iters", "20", *TINY_MODEL, *sizes)
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"processes x threads", "1 x 1", "2 x 1"}
+    assert float(rows["1 x 1"][0]) > 0 and float(rows["2 x 1"][0]) > 0
+    assert rows["1 x 1"][1].strip() == "1.00x"
