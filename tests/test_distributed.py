@@ -272,6 +272,21 @@ def test_a_machine_whose_peer_dies_stops_within_seconds(data_root: Path, tmp_pat
     assert "rank 1 of 2" in errors[1].strip().splitlines()[-1] and "SIGKILL" in errors[1]
 
 
+def test_machines_with_other_configs_are_refused(data_root: Path, tmp_path: Path) -> None:
+    """Machine 1 given another model value: both machines stop at start-up naming the key and the rank."""
+    port = free_port()
+    commands = [localised(argv, data_root, tmp_path, port) for argv in readme_commands()[2:4]]
+    commands[1] += ["MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "7"]
+    machines = [subprocess.Popen(c, env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO) for c in commands]
+    errors = [machine.communicate(timeout=120)[1] for machine in machines]
+    assert [machine.returncode for machine in machines] == [2, 2]
+    for error in errors:
+        assert (
+            "rank 1 of 2 runs another config than rank 0 (MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 6 (rank 0) vs 7" in error
+        )
+    assert not (output_of(commands[0]) / "checkpoints").exists()
+
+
 # ---- start-up errors: one line, exit status 2, before any process starts ------------------------------------------
 def _refused(capsys, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as stop:
