@@ -63,10 +63,10 @@ from unittest import mock
 import torch
 
 # benchmarks/ modules, beside this file (the script's folder is on sys.path)
-from ms_deform_attn import check as deform_check
 from ms_deform_attn import make_inputs as deform_inputs
+from ms_deform_attn import reference_errors as deform_reference_errors
 from predict import time_setting
-from train_step import peak_memory_gib, random_batch, time_steps
+from train_step import make_step, peak_memory_gib, random_batch, time_steps
 
 from mask2former.config import load_config
 from mask2former.errors import UserError
@@ -340,19 +340,15 @@ def tensor_errors(ours: Sequence[torch.Tensor], reference: Sequence[torch.Tensor
 
 
 def deform_errors(case: DeformCase, batch: int, dtype: torch.dtype, device: str) -> dict[str, tuple[float, float]]:
-    """benchmarks/ms_deform_attn.py's check of the Triton kernel (through the models' dispatch) vs the reference."""
+    """benchmarks/ms_deform_attn.py's errors of the Triton kernel (through the models' dispatch) vs the reference."""
     from mask2former.modeling.ops.ms_deform_attn import ms_deform_attn
 
     def triton(*inputs):
         return ms_deform_attn(*inputs, implementation="triton")
 
     inputs = deform_inputs(list(case.levels), batch, case.queries, case.heads, case.points, case.dim, dtype, device)
-    _, report = deform_check(triton, inputs, dtype)
-    # its report: "out 1.2e-06 (max 3.4e+00), grad_value ... (max ...), ..."
-    found = re.findall(r"(\w+) ([0-9.e+-]+) \(max ([0-9.e+-]+)\)", report)
-    if len(found) != 4:
-        raise RuntimeError(f"unexpected report from ms_deform_attn.check: {report!r}")
-    return {name: (float(diff), float(diff) / max(float(scale), 1e-12)) for name, diff, scale in found}
+    errors = deform_reference_errors(triton, inputs, dtype)
+    return {name: (diff, diff / max(scale, 1e-12)) for name, (diff, scale) in errors.items()}
 
 
 @contextmanager
@@ -464,19 +460,9 @@ def train_rate(cfg, settings: Settings, precision: str, seconds: float) -> tuple
     device, amp = settings.device, precision == "bf16"
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = random_batch(settings.batch, settings.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
     losses: list[torch.Tensor] = []
-
-    def step() -> None:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
-            parts = model(data)
-            total = model.criterion.weighted_total(parts)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        losses.append(torch.stack([total.detach().float(), *(v.detach().float() for v in parts.values())]))
-
+    step = make_step(model, data, device, amp, losses)
     deadline = time.monotonic() + seconds
     times = time_steps(step, 1, device)  # one warm-up (compilation, autotuning), one timed step
     # each further call of time_steps costs one more warm-up step; 10% margin for the spread between steps

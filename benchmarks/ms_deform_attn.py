@@ -105,8 +105,9 @@ def time_ms(step, warmup: int, iters: int, device: str) -> tuple[float, float | 
     return statistics.median(start.elapsed_time(end) for start, end in events), peak
 
 
-def check(triton_fn, inputs, dtype: torch.dtype) -> tuple[bool, str]:
-    """Max abs differences of output and gradients to the fp32 reference on the same (rounded) inputs."""
+def reference_errors(triton_fn, inputs, dtype: torch.dtype) -> dict[str, tuple[float, float]]:
+    """{name: (max abs difference, max abs reference)} of the output and the gradients of value, locations and
+    weights, against the fp32 reference on the same (rounded) inputs."""
     value, shapes, starts, locations, weights = inputs
     grad_out = torch.randn(value.shape[0], locations.shape[1], value.shape[2] * value.shape[3], device=value.device)
     grad_out = grad_out.to(dtype)
@@ -117,14 +118,23 @@ def check(triton_fn, inputs, dtype: torch.dtype) -> tuple[bool, str]:
         grads = torch.autograd.grad(out, leaves, cast(grad_out))
         results.append([t.detach().float() for t in (out, *grads)])
         del out, grads, leaves
+    names = ("out", "grad_value", "grad_loc", "grad_weight")
+    return {
+        name: ((ours - ref).abs().max().item(), ref.abs().max().item())
+        for name, ours, ref in zip(names, *results, strict=True)
+    }
+
+
+def check(triton_fn, inputs, dtype: torch.dtype) -> tuple[bool, str, dict[str, tuple[float, float]]]:
+    """(all within tolerance, the printed report, reference_errors' dict)."""
+    errors = reference_errors(triton_fn, inputs, dtype)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # relative to the largest reference magnitude
     ok, parts = True, []
-    for name, ours, ref in zip(("out", "grad_value", "grad_loc", "grad_weight"), *results, strict=True):
-        diff = (ours - ref).abs().max().item()
-        scale = max(ref.abs().max().item(), 1e-12)
+    for name, (diff, scale) in errors.items():
+        scale = max(scale, 1e-12)
         ok &= diff <= tolerance * scale
         parts.append(f"{name} {diff:.2e} (max {scale:.2e})")
-    return ok, ", ".join(parts)
+    return ok, ", ".join(parts), errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype_name = str(dtype).removeprefix("torch.")
             inputs = make_inputs(levels, batch, queries, args.heads, args.points, args.dim, dtype, args.device)
             if args.check and triton_fn is not None:
-                ok, report = check(triton_fn, inputs, dtype)
+                ok, report, _ = check(triton_fn, inputs, dtype)
                 failed |= not ok
                 print(f"check {shape} {dtype_name}: {'ok' if ok else 'MISMATCH'}: {report}")
             for name in passes:

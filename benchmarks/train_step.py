@@ -19,6 +19,7 @@ import argparse
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -66,20 +67,32 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def ours(cfg, batch: int, size: int, steps: int, device: str, amp: bool) -> tuple[float, float]:
-    model = build_model(cfg).to(device).train()
-    print(f"  this project's model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+def make_step(
+    model: torch.nn.Module, data: list[dict], device: str, amp: bool, losses: list[torch.Tensor] | None = None
+) -> Callable[[], None]:
+    """One training iteration of this project's model on `data` per call: forward and weighted total loss (bf16
+    autocast when `amp`), backward, a step of its own AdamW (lr 1e-4). When `losses` is given, each call appends
+    [total, *each loss] (fp32, detached) to it."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
 
     def step() -> None:
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
-            losses = model(data)
-            total = model.criterion.weighted_total(losses)
+            parts = model(data)
+            total = model.criterion.weighted_total(parts)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        if losses is not None:
+            losses.append(torch.stack([total.detach().float(), *(v.detach().float() for v in parts.values())]))
 
+    return step
+
+
+def ours(cfg, batch: int, size: int, steps: int, device: str, amp: bool) -> tuple[float, float]:
+    model = build_model(cfg).to(device).train()
+    print(f"  this project's model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    data = random_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
+    step = make_step(model, data, device, amp)
     return statistics.median(time_steps(step, steps, device)), peak_memory_gib(device)
 
 

@@ -199,3 +199,24 @@ def test_training_runs_the_steps_its_time_allows(gpu_check) -> None:
     assert row.status == "pass" and "median of 1)" in row.figures
     assert row.criterion.endswith(f"1 of {gpu_check.SMOKE.steps} steps: budget")
     assert len(losses) > 2 and all(math.isfinite(value) for value in losses)  # warm-up + timed step, every loss
+
+
+def test_deform_check_returns_the_numbers_it_prints(gpu_check) -> None:
+    """gpu_check reads ms_deform_attn.check's numbers from its dict: they are the printed ones, per tensor."""
+    import torch
+
+    from mask2former.modeling.ops.ms_deform_attn import ms_deform_attn_reference
+
+    bench = sys.modules["ms_deform_attn"]  # imported by gpu_check
+    inputs = gpu_check.deform_inputs([(4, 4), (2, 2)], 1, 5, 2, 2, 4, torch.float32, "cpu")
+
+    def off_by_1e3(*args):  # every output, so every gradient, 0.1% too large
+        return ms_deform_attn_reference(*args) * 1.001
+
+    ok, report, errors = bench.check(off_by_1e3, inputs, torch.float32)
+    assert not ok and list(errors) == ["out", "grad_value", "grad_loc", "grad_weight"]
+    for name, (diff, scale) in errors.items():
+        assert diff == pytest.approx(1e-3 * scale, rel=1e-2)
+        assert f"{name} {diff:.2e} (max {scale:.2e})" in report
+    ok, _, errors = bench.check(ms_deform_attn_reference, inputs, torch.float32)
+    assert ok and all(diff == 0 and scale > 0 for diff, scale in errors.values())
