@@ -63,6 +63,7 @@ from unittest import mock
 import torch
 
 # benchmarks/ modules, beside this file (the script's folder is on sys.path)
+from ms_deform_attn import TOLERANCE
 from ms_deform_attn import make_inputs as deform_inputs
 from ms_deform_attn import reference_errors as deform_reference_errors
 from predict import time_setting
@@ -85,8 +86,6 @@ KERNEL_CONFIGS = ("configs/m2f_swin_l.yaml", "configs/m2f_dinat_l.yaml")
 # DiNAT-L last: its test-time scales compile new flex kernels, it gets the time the others leave
 PREDICT_CONFIGS = ("configs/m2f_swin_l.yaml", "configs/semask_swin_l.yaml", "configs/m2f_dinat_l.yaml")
 DDP_CONFIG = "configs/quickstart.yaml"
-# relative to max |reference|, as benchmarks/ms_deform_attn.py's check
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # relative shares of the budget (flex_attention compiles one kernel per map size and dilation: the DiNAT-L
 # cases of kernels, train and predict pay for it)

@@ -125,10 +125,14 @@ def reference_errors(triton_fn, inputs, dtype: torch.dtype) -> dict[str, tuple[f
     }
 
 
+# a kernel's error relative to the largest reference magnitude: within this it agrees with the reference
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+
+
 def check(triton_fn, inputs, dtype: torch.dtype) -> tuple[bool, str, dict[str, tuple[float, float]]]:
     """(all within tolerance, the printed report, reference_errors' dict)."""
     errors = reference_errors(triton_fn, inputs, dtype)
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # relative to the largest reference magnitude
+    tolerance = TOLERANCE.get(dtype, TOLERANCE[torch.bfloat16])
     ok, parts = True, []
     for name, (diff, scale) in errors.items():
         scale = max(scale, 1e-12)
