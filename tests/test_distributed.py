@@ -251,6 +251,28 @@ def test_killed_rank_stops_the_run_and_resume_continues_exactly(
     assert max_difference(weights(out), weights(two_processes)) == 0
 
 
+def test_ctrl_c_stops_every_process(data_root: Path, tmp_path: Path) -> None:
+    """SIGINT to the launcher's process group (Ctrl-C on a terminal): one line, exit 2, no process left behind."""
+    start = localised(readme_commands()[0], data_root, tmp_path, free_port())
+    out = output_of(start)
+    run = subprocess.Popen(start, env=ENV, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (out / "checkpoints" / f"model_{PERIOD:07d}.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pids = [
+        int(pid)
+        for pid in re.findall(r"pid (\d+),", (out / "log.txt").read_text() + (out / "log.txt.rank1").read_text())
+    ]
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 2
+    assert "interrupted (Ctrl-C): the 2 processes on this machine were stopped" in stderr.strip().splitlines()[-1]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_a_machine_whose_peer_dies_stops_within_seconds(data_root: Path, tmp_path: Path) -> None:
     """Two machines; kill -9 of machine 1's process: machine 0's rank finds its peer gone in the next collective and
     stops with a line that says so (not a 30-minute gloo/NCCL wait); machine 1's launcher names the killed rank."""

@@ -255,6 +255,11 @@ def run_processes(
                 process.join()
                 if process.exitcode != 0 and failed is None:
                     failed = (process, place)
+    except KeyboardInterrupt:  # Ctrl-C reaches the processes too; whatever they were doing, they stop here
+        _stop([process for process, _ in running.values()])
+        raise DistributedError(
+            f"interrupted (Ctrl-C): the {len(processes)} processes on this machine were stopped. {describe_failure()}"
+        ) from None
     finally:
         started = time.monotonic()
         _stop([process for process, _ in running.values()])
