@@ -340,15 +340,16 @@ def test_unreachable_machine_zero_is_an_error_after_the_timeout(data_root: Path,
     ("flags", "opts", "expected"),
     [
         ([], ["SOLVER.IMS_PER_BATCH", "3"], "SOLVER.IMS_PER_BATCH 3 is not divisible by 2 processes"),
-        (["--num-machines", "2"], [], "--num-machines 2 needs --dist-url tcp://"),
+        (["--num-gpus", "1", "--num-machines", "2"], [], "--num-machines 2 needs --dist-url tcp://"),
         (["--machine-rank", "1"], [], "--machine-rank 1 with --num-machines 1"),
+        (["--num-gpus", "-1"], [], "--num-gpus -1: give the processes per machine"),
         (["--dist-url", "localhost:1234"], [], "give tcp://HOST:PORT"),
         (["--dist-url", "tcp://no-such-host.invalid:1234"], [], "no machine is called 'no-such-host.invalid'"),
     ],
 )
 def test_bad_process_settings_are_refused(data_root: Path, tmp_path: Path, capsys, flags, opts, expected) -> None:
     argv = run_argv(data_root, tmp_path / "out", 2, *opts)
-    assert expected in _refused(capsys, [*flags, *argv])
+    assert expected in _refused(capsys, [*argv[:4], *flags, *argv[4:]])  # after the --num-gpus 2 of argv
     assert not (tmp_path / "out" / "config.yaml").exists()  # refused before anything is written
 
 

@@ -128,6 +128,10 @@ def check_config(cfg: CfgNode, args: argparse.Namespace) -> None:
             )
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
+    if args.num_gpus < 0:
+        raise ConfigError(
+            f"--num-gpus {args.num_gpus}: give the processes per machine (one per GPU; 0 or 1: one process)"
+        )
     if args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         raise ConfigError(
             f"--machine-rank {args.machine_rank} with --num-machines {args.num_machines}: give a rank from 0 to "
