@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,9 +35,16 @@ def batch_size(config_file: Path, opts: list[str]) -> int:
 
 
 def images_per_second(
-    config_file: Path, data: Path, work: Path, processes: int, threads: int, iters: int, opts: list[str]
+    config_file: Path,
+    data: Path,
+    work: Path,
+    processes: int,
+    threads: int,
+    iters: int,
+    opts: list[str],
+    name: str = "",
 ) -> float:
-    out = work / f"run_{processes}x{threads}"
+    out = work / f"run_{processes}x{threads}{name}"
     command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(config_file)]
     command += ["--num-gpus", str(processes), "DATASETS.ROOT", str(data), "OUTPUT_DIR", str(out)]
     command += ["SOLVER.MAX_ITER", str(iters), "SOLVER.LOG_PERIOD", "10", "SOLVER.CHECKPOINT_PERIOD", str(iters)]
@@ -57,6 +65,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--data", help="a dataset root in the competition layout (default: generated)")
     parser.add_argument("--layouts", nargs="+", default=["1x1", "1x2", "2x1"], help="PROCESSESxTHREADS")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run two independent 1 x 1 trainings at once: the sum of their images/s is what 2 single-thread "
+        "processes can reach on this machine without any communication",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for train_net.py")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
@@ -72,6 +86,12 @@ def main() -> None:
                 Path(args.config_file), data, Path(work), processes, threads, args.iters, args.opts
             )
             print(f"{processes} process(es) x {threads} thread(s): {results[layout]:.2f} images/s", flush=True)
+        if args.ceiling:
+            single = (Path(args.config_file), data, Path(work), 1, 1, args.iters, args.opts)
+            with ThreadPoolExecutor(2) as pool:
+                runs = [pool.submit(images_per_second, *single, f"_{i}") for i in range(2)]
+                results["2 independent 1x1 runs at once (sum)"] = sum(run.result() for run in runs)
+            print(f"2 independent 1 x 1 runs at once: {results['2 independent 1x1 runs at once (sum)']:.2f} images/s")
     base = results.get("1x1")
     print("\n| processes x threads | images/s | vs 1 x 1 |\n|---|---|---|")
     for layout, rate in results.items():

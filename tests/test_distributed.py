@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,8 @@ def localised(argv: list[str], data_root: Path, output: Path, port: int) -> list
     """A README command as run here: python -> this interpreter, torchrun -> `python -m torch.distributed.run` on a
     free port, output/ -> a temporary folder, the README's port -> a free one; then the tiny-run overrides."""
     out: list[str] = []
+    if "=" in argv[0]:  # NAME=VALUE ... as a shell reads it
+        out.append("env")
     for arg in argv:
         if arg == "python":
             out.append(sys.executable)
@@ -121,13 +124,14 @@ def first_loss(out: Path) -> float:
         return float(next(row["total_loss"] for row in csv.DictReader(rows) if row["total_loss"]))
 
 
-def confusion(out: Path) -> list[list[int]]:
-    return json.loads((out / "eval" / "trash_val" / "confusion_matrix.json").read_text())["matrix"]
+def confusion(out: Path, folder: str = "eval") -> list[list[int]]:
+    return json.loads((out / folder / "trash_val" / "confusion_matrix.json").read_text())["matrix"]
 
 
 def test_the_readme_commands() -> None:
     commands = readme_commands()
-    assert [argv[0] for argv in commands] == ["python", "python", "python", "python", "torchrun"]
+    programs = [next(arg for arg in argv if "=" not in arg) for argv in commands]
+    assert programs == ["python", "python", "python", "python", "torchrun"]
     assert "--resume" in commands[1] and commands[1][:6] == commands[0][:6]
     assert [command[command.index("--machine-rank") + 1] for command in commands[2:4]] == ["0", "1"]
 
@@ -176,12 +180,22 @@ def test_only_rank_zero_writes_and_each_rank_logs(two_processes: Path) -> None:
 def test_sharded_evaluation_is_one_process_confusion_matrix(
     data_root: Path, two_processes: Path, tmp_path: Path
 ) -> None:
-    """5 val images over 2 processes (3 + 2): the summed confusion matrix is exactly the one process's."""
-    final = str(two_processes / "model_final.pth")
-    for gpus in (0, 2):
-        out = tmp_path / f"eval{gpus}"
-        train_net("--eval-only", *run_argv(data_root, out, gpus, "MODEL.WEIGHTS", final))
-        assert confusion(out) == confusion(two_processes)
+    """5 val images over 2 processes (3 + 2): the summed confusion matrix is exactly the one process's. --eval-only
+    into the training run's own folder (what the README's evaluation command does) leaves that run's files as they
+    were and writes eval_config.yaml, eval_metrics.json and eval_only/ beside them."""
+    fresh, run = tmp_path / "fresh", tmp_path / "run"
+    train_net("--eval-only", *run_argv(data_root, fresh, 0, "MODEL.WEIGHTS", str(two_processes / "model_final.pth")))
+    shutil.copytree(two_processes, run)
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    train_net("--eval-only", *run_argv(data_root, run, 2, "MODEL.WEIGHTS", str(run / "model_final.pth")))
+    for path, data in before.items():
+        now = path.read_bytes()
+        assert now.startswith(data) if path.name.startswith("log.txt") else now == data, path
+    added = {str(path.relative_to(run)) for path in run.rglob("*") if path.is_file() and path not in before}
+    assert {"eval_config.yaml", "eval_metrics.json", "eval_only/trash_val/confusion_matrix.json"} <= added
+    assert all(name.startswith(("eval_", "eval_only/")) for name in added)
+    for out in (fresh, run):
+        assert confusion(out, "eval_only") == confusion(two_processes)
         assert json.loads((out / "eval_metrics.json").read_text())["results"]["trash_val"]["mIoU"] >= 0
 
 
@@ -334,6 +348,21 @@ def test_unreachable_machine_zero_is_an_error_after_the_timeout(data_root: Path,
     line = _refused(capsys, ["--dist-timeout", "2", *argv])
     assert time.monotonic() - begin < 30
     assert f"--dist-url {url}: machine 0 did not answer within 2 s" in line
+
+
+def test_machine_zero_elsewhere_and_a_foreign_server_are_refused(data_root: Path, tmp_path: Path, capsys) -> None:
+    """Machine 0 given an address that is not its own; another machine pointed at a port where some other program
+    listens (it accepts the connection but is no rendezvous)."""
+    argv = run_argv(data_root, tmp_path / "out", 1)
+    flags = ["--num-machines", "2", "--dist-timeout", "3"]
+    line = _refused(capsys, [*flags, "--machine-rank", "0", "--dist-url", "tcp://192.0.2.1:29600", *argv])
+    assert "192.0.2.1 is not an address of this machine" in line
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        url = f"tcp://127.0.0.1:{other_program.getsockname()[1]}"
+        line = _refused(capsys, [*flags, "--machine-rank", "1", "--dist-url", url, *argv])
+    assert f"--dist-url {url}: something answers there, but not a train_net.py run's rendezvous" in line
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -164,14 +166,23 @@ def _parse_url(dist_url: str) -> tuple[str, int]:
     try:
         port = url.port
     except ValueError:
-        port = None
+        raise ConfigError(f"--dist-url {dist_url}: the port must be a number from 1 to 65535") from None
     if url.scheme != "tcp" or not url.hostname or not port:
         raise ConfigError(f"--dist-url {dist_url}: give tcp://HOST:PORT (machine 0's address and a free port)")
     return url.hostname, port
 
 
 def check_port_free(host: str, port: int, dist_url: str) -> None:
-    """Machine 0 is about to listen on `port`: refused at once when something else already does."""
+    """Machine 0 is about to listen on `port` of `host`: refused at once when `host` is not this machine or something
+    else already listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            raise ConfigError(
+                f"--dist-url {dist_url}: {host} is not an address of this machine, but --machine-rank 0 runs where "
+                "--dist-url points: give this machine's address (the same on every machine), or run rank 0 there"
+            ) from None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the rendezvous server does
         try:
@@ -184,25 +195,54 @@ def check_port_free(host: str, port: int, dist_url: str) -> None:
 
 
 def wait_for_main(host: str, port: int, dist_url: str, timeout_s: float) -> None:
-    """A machine other than 0 waits until machine 0's rendezvous answers."""
+    """A machine other than 0 waits until machine 0's rendezvous answers: first until anything listens there (plain
+    connects, which print nothing while machine 0 is not up yet), then for the rendezvous store's handshake."""
     logger.info("waiting for machine 0 at %s (at most %g s, --dist-timeout)", dist_url, timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            # a client of the rendezvous store (what init_process_group connects to), not a bare socket
-            store = dist.TCPStore(
-                host, port, is_master=False, timeout=timedelta(seconds=max(1.0, deadline - time.monotonic()))
-            )
-            del store
-            return
-        except (RuntimeError, TimeoutError) as error:  # DistStoreError / DistNetworkError derive from RuntimeError
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                break
+        except OSError as error:
             if time.monotonic() >= deadline:
                 raise DistributedError(
-                    f"--dist-url {dist_url}: machine 0 did not answer within {timeout_s:g} s "
-                    f"(--dist-timeout; {str(error).splitlines()[0][:120]}): start machine 0's command first (the same "
-                    "--dist-url), check its address, the port and the firewall"
+                    f"--dist-url {dist_url}: machine 0 did not answer within {timeout_s:g} s (--dist-timeout; "
+                    f"{error.strerror or error}): start machine 0's command first (the same --dist-url), check its "
+                    "address, the port and the firewall"
                 ) from None
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    left = max(1.0, deadline - time.monotonic())
+    problem = _store_handshake(host, port, left)
+    if problem:
+        raise DistributedError(
+            f"--dist-url {dist_url}: something answers there, but not a train_net.py run's rendezvous ({problem}): "
+            "check the address and port (another program listens there?)"
+        )
+
+
+def _store_handshake(host: str, port: int, timeout_s: float) -> str | None:
+    """None when a rendezvous store answers at host:port as a client expects, else what went wrong. The client runs
+    in a thread: a server that accepts and never replies would hold it past its own timeout."""
+    outcome: dict[str, str | None] = {}
+
+    def connect() -> None:
+        try:
+            dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout_s))
+            outcome["problem"] = None
+        except (RuntimeError, TimeoutError) as error:  # DistStoreError / DistNetworkError derive from RuntimeError
+            outcome["problem"] = first_words(error)
+
+    client = threading.Thread(target=connect, name="rendezvous-probe", daemon=True)
+    client.start()
+    client.join(timeout_s + 1.0)
+    return outcome.get("problem", f"no answer to its handshake within {timeout_s:g} s")
+
+
+def first_words(error: BaseException, limit: int = 160) -> str:
+    """The first sentence of an error's text (torch's and gloo's run on for lines), at most `limit` characters."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def local_places(host: str, port: int, num_per_machine: int, num_machines: int, machine_rank: int) -> list[Place]:
@@ -221,24 +261,35 @@ def local_places(host: str, port: int, num_per_machine: int, num_machines: int, 
     ]
 
 
+class _Terminated(Exception):
+    """The launcher received SIGTERM (a scheduler cancelling the job, `kill`)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def run_processes(
     target: Callable[[Place, Any], dict],
     payload: Any,
     places: list[Place],
     describe_failure: Callable[[], str] = lambda: "",
+    log_dir: Path | None = None,
 ) -> dict:
     """`target(place, payload)` in one spawned process per place; returns what local rank 0 returned. The first
     process to fail (an error, a signal, kill -9) stops the others at once (SIGKILL) and is raised as a
-    DistributedError naming its rank; `describe_failure()` adds what to do next (how to resume)."""
+    DistributedError naming its rank; `describe_failure()` adds what to do next (how to resume). Ctrl-C and SIGTERM
+    stop them all the same way."""
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
     processes = []
-    for place in places:
-        process = context.Process(
-            target=_process_main, args=(target, payload, place, os.getpid(), results), name=f"rank{place.rank}"
-        )
-        process.start()
-        processes.append(process)
+    with _quiet_cpp_warnings():
+        for place in places:
+            process = context.Process(
+                target=_process_main, args=(target, payload, place, os.getpid(), results), name=f"rank{place.rank}"
+            )
+            process.start()
+            processes.append(process)
     logger.info(
         "started %d processes on this machine (ranks %s of %d, pids %s)",
         len(processes),
@@ -248,6 +299,7 @@ def run_processes(
     )
     running = {process.sentinel: (process, place) for process, place in zip(processes, places, strict=True)}
     failed: tuple[mp.Process, Place] | None = None
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         while running and failed is None:
             for sentinel in multiprocessing.connection.wait(list(running)):
@@ -255,23 +307,40 @@ def run_processes(
                 process.join()
                 if process.exitcode != 0 and failed is None:
                     failed = (process, place)
-    except KeyboardInterrupt:  # Ctrl-C reaches the processes too; whatever they were doing, they stop here
+    except (KeyboardInterrupt, _Terminated) as stop:  # whatever the processes were doing, they stop here
         _stop([process for process, _ in running.values()])
+        how = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
         raise DistributedError(
-            f"interrupted (Ctrl-C): the {len(processes)} processes on this machine were stopped. {describe_failure()}"
+            f"{how}: the {len(processes)} processes on this machine were stopped. {describe_failure()}"
         ) from None
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         started = time.monotonic()
         _stop([process for process, _ in running.values()])
         if failed is not None or running:
             logger.info("stopped the other processes in %.1f s", time.monotonic() - started)
     if failed is not None:
         process, place = failed
+        log = (log_dir or Path()) / log_file_name(place.rank)
         raise DistributedError(
             f"rank {place.rank} of {place.world_size} (pid {process.pid}) {_how_it_ended(process.exitcode)}; the "
-            f"other processes on this machine were stopped (its log: {log_file_name(place.rank)}). {describe_failure()}"
+            f"other processes on this machine were stopped (its log: {log}). {describe_failure()}"
         )
     return results.get() if not results.empty() else {}
+
+
+@contextmanager
+def _quiet_cpp_warnings() -> Iterator[None]:
+    """The spawned processes start with torch's C++ log at ERROR (unless the user set TORCH_CPP_LOG_LEVEL): c10d's
+    connection warnings come with pages of stack frames, and the errors they end in are reported in one line."""
+    given = "TORCH_CPP_LOG_LEVEL" in os.environ
+    if not given:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
+    try:
+        yield
+    finally:
+        if not given:
+            del os.environ["TORCH_CPP_LOG_LEVEL"]
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -329,6 +398,13 @@ def init_process_group(place: Place, backend: str, timeout_s: float) -> None:
     """Join the run's process group (rank 0 listens at the rendezvous, the others connect), with clear errors."""
     if dist.is_initialized():
         return
+    if place.rank == 0 and place.world_size > place.local_world_size:
+        logger.info(
+            "waiting at %s for the other machines' %d processes (at most %g s, --dist-timeout)",
+            place.url,
+            place.world_size - place.local_world_size,
+            timeout_s,
+        )
     try:
         dist.init_process_group(
             backend,
@@ -347,7 +423,7 @@ def init_process_group(place: Place, backend: str, timeout_s: float) -> None:
         waited_for = "the other processes" if place.rank == 0 else "rank 0"
         raise DistributedError(
             f"rank {place.rank}: {waited_for} did not join the run at {place.url} within {timeout_s:g} s "
-            f"(--dist-timeout; {text.splitlines()[0][:160]}): start every machine's command with the same "
+            f"(--dist-timeout; {first_words(error)}): start every machine's command with the same "
             "--dist-url and --num-machines, each with its own --machine-rank"
         ) from None
 

@@ -36,6 +36,7 @@ from .distributed import (
     cluster_environment,
     destroy_process_group,
     external_place,
+    first_words,
     gather,
     init_process_group,
     local_places,
@@ -51,9 +52,12 @@ from .run_lock import OutputDirLock
 
 logger = logging.getLogger(__name__)
 
+# Where --eval-only puts its evaluation files (a training run's own evaluations are under eval/).
+EVAL_ONLY_FOLDER = "eval_only"
 # What a run writes into OUTPUT_DIR through the atomic writer (besides checkpoints/).
 _RUN_FILES = (
     "config.yaml",
+    "eval_config.yaml",
     "metrics.csv",
     "model_final.pth",
     "final_metrics.json",
@@ -221,8 +225,10 @@ def prepare_output_dir(
     setup_logging(output_dir, file_name=log_file)
     logger.info("command line: %s", vars(args))
     if write_config:
-        atomic_write_text(output_dir / "config.yaml", cfg.dump())
-        logger.info("config written to %s (seed %d)", output_dir / "config.yaml", cfg.SEED)
+        # --eval-only keeps a training run's config.yaml (OUTPUT_DIR may be the run it evaluates)
+        config_file = output_dir / ("eval_config.yaml" if args.eval_only else "config.yaml")
+        atomic_write_text(config_file, cfg.dump())
+        logger.info("config written to %s (seed %d)", config_file, cfg.SEED)
     logger.info(cpu_numerics())
     register_datasets_from_config(cfg)
 
@@ -298,6 +304,7 @@ def build_trainer(
             cluster_environment=cluster_environment(place),
             process_group_backend=_backend(cfg, args),
             timeout=timedelta(seconds=args.dist_timeout),
+            broadcast_buffers=False,  # as Mask2Former's train_net: no buffer broadcast before every forward
         )
     mixed = cfg.SOLVER.AMP.ENABLED and (accelerator == "gpu" or cfg.SOLVER.AMP.ON_CPU)
     precision = "bf16-mixed" if mixed else "32-true"
@@ -335,7 +342,10 @@ def build_trainer(
         val_check_interval=eval_period,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        logger=[
+        # --eval-only logs no training history (OUTPUT_DIR may hold the run it evaluates: its metrics.csv stays)
+        logger=False
+        if args.eval_only
+        else [
             MetricsCSVLogger(cfg.OUTPUT_DIR, resume_step, resume.metrics_row if resume else None),
             TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version="", purge_step=resume_step),
         ],
@@ -356,11 +366,11 @@ def build_trainer(
     return trainer, cfg.SOLVER.IMS_PER_BATCH // world
 
 
-def build_module(cfg: CfgNode, batch_size: int):
+def build_module(cfg: CfgNode, batch_size: int, eval_folder: str = "eval"):
     from .lightning_module import MaskFormerModule
 
     L.seed_everything(cfg.SEED, workers=True, verbose=False)
-    module = MaskFormerModule(cfg, batch_size_per_device=batch_size)
+    module = MaskFormerModule(cfg, batch_size_per_device=batch_size, eval_folder=eval_folder)
     if cfg.MODEL.BACKBONE.WEIGHTS:
         load_backbone_weights(module.model, cfg.MODEL.BACKBONE.WEIGHTS)
     return module
@@ -424,7 +434,7 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace, place: Place | None = 
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     trainer, batch_size = build_trainer(cfg, args, place=place)
-    module = build_module(cfg, batch_size)
+    module = build_module(cfg, batch_size, eval_folder=EVAL_ONLY_FOLDER)
     load_weights(module.model, cfg, training=False)
     trainer.validate(module, verbose=False)
     if trainer.is_global_zero:
@@ -495,7 +505,7 @@ def launch_processes(cfg: CfgNode, args: argparse.Namespace, per_machine: int) -
             host,
             port,
         )
-        return run_processes(_run_started_process, (cfg, args), places, lambda: resume_hint(cfg))
+        return run_processes(_run_started_process, (cfg, args), places, lambda: resume_hint(cfg), Path(cfg.OUTPUT_DIR))
 
 
 def _run_started_process(place: Place, payload: tuple[CfgNode, argparse.Namespace]) -> dict:
@@ -520,7 +530,7 @@ def run_process(cfg: CfgNode, args: argparse.Namespace, place: Place | None) -> 
                 raise
             raise DistributedError(
                 f"rank {rank} of {place.world_size}: another process of the run stopped answering "
-                f"({str(error).splitlines()[0][:160]}): see the other ranks' logs (log.txt.rankN) and machines. "
+                f"({first_words(error)}): see the other ranks' logs (log.txt.rankN) and machines. "
                 f"{resume_hint(cfg)}"
             ) from None
         finally:

@@ -71,10 +71,11 @@ def check_dataset_classes(cfg: CfgNode, names: list[str]) -> list[str]:
 
 
 class MaskFormerModule(L.LightningModule):
-    def __init__(self, cfg: CfgNode, batch_size_per_device: int = 1) -> None:
+    def __init__(self, cfg: CfgNode, batch_size_per_device: int = 1, eval_folder: str = "eval") -> None:
         super().__init__()
         self.cfg = cfg.clone()
         self.batch_size_per_device = batch_size_per_device
+        self.eval_folder = eval_folder  # OUTPUT_DIR/<eval_folder>/<dataset>/: the evaluators' files
         self.model = build_model(cfg)
         self.gradient_clipper = build_gradient_clipper(cfg)
         self.evaluators: list[SemSegEvaluator] = []
@@ -135,7 +136,7 @@ class MaskFormerModule(L.LightningModule):
                 SemSegEvaluator(
                     class_names,
                     ignore_label=meta.ignore_label,
-                    output_dir=f"{cfg.OUTPUT_DIR}/eval/{name}" if rank == 0 else None,
+                    output_dir=f"{cfg.OUTPUT_DIR}/{self.eval_folder}/{name}" if rank == 0 else None,
                     log_table=False,
                 )
             )
