@@ -259,6 +259,8 @@ def test_a_second_run_on_a_busy_output_folder_is_refused(sample_root: Path, tmp_
     assert {p.name for p in tmp_path.iterdir()} <= {"run", "cache", "go", "ready"}
     assert "\r" not in first_err
     assert re.search(r"iter 20/40 +loss \d+\.\d+ +lr \S+ +\d+\.\d+ it/s +eta \d+:\d\d:\d\d", first_err), first_err
+    last_lr = re.search(r"iter 40/40 +loss \S+ +lr (\S+)", first_err)
+    assert last_lr and float(last_lr.group(1)) > 0  # the LR the last iteration ran with, not the next one's (0)
 
 
 def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path: Path, caplog) -> None:

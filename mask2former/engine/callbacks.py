@@ -49,7 +49,8 @@ class IterationProgress(L.Callback):
         iteration = trainer.global_step
         metrics = trainer.callback_metrics
         loss = float(metrics["total_loss"]) if "total_loss" in metrics else float("nan")
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        # the LR this iteration ran with (as metrics.csv logs it); the optimizer's is already the next iteration's
+        lr = float(metrics["lr"]) if "lr" in metrics else trainer.optimizers[0].param_groups[0]["lr"]
         if self.bar is not None:
             self.bar.update(iteration - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)

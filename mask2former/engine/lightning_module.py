@@ -206,7 +206,9 @@ class MaskFormerModule(L.LightningModule):
             result = evaluator.evaluate()["sem_seg"]
             self.last_results[name] = result
             if self.global_rank == 0:
-                logger.info("iteration %d, %s: mIoU %.4f\n%s", self.global_step, name, result["mIoU"], evaluator.table)
+                # --eval-only evaluates MODEL.WEIGHTS (its trainer never trained: global_step 0)
+                what = f"iteration {self.global_step}" if self.global_step else f"weights {self.cfg.MODEL.WEIGHTS}"
+                logger.info("%s, %s: mIoU %.4f\n%s", what, name, result["mIoU"], evaluator.table)
         if self.last_results:
             first = self.last_results[self.cfg.DATASETS.TEST[0]]
             # the same on every rank (the evaluators sum their confusion matrices): the mean over ranks is exact
