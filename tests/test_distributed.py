@@ -25,6 +25,7 @@ from test_readme_recipes import recipe
 
 from mask2former.engine import distributed
 from mask2former.engine.launch import main
+from mask2former.utils import io as io_utils
 
 ITERATIONS = 6
 PERIOD = 2
@@ -395,7 +396,7 @@ def test_threads_are_shared_out(monkeypatch) -> None:
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(distributed, "usable_cpus", lambda: 16)
+        monkeypatch.setattr(io_utils, "usable_cpus", lambda: 16)
         assert distributed.set_threads(4) == 4 and torch.get_num_threads() == 4
         assert distributed.set_threads(32) == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "3")

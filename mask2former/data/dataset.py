@@ -7,14 +7,19 @@ from collections.abc import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-SAMPLE_SEED = "sample_seed"  # the key the model reads (mask2former.modeling.point_sampling.SAMPLE_SEED)
+SAMPLE_SEED = "sample_seed"  # the key of the seed in a sample, which the model reads for its random points
+
+
+def derived_seed(entropy: list[int], spawn_key: tuple[int, ...] = ()) -> int:
+    """A seed < 2**63 made from whole numbers (numpy's SeedSequence): the same numbers, the same seed."""
+    state = np.random.SeedSequence([int(number) for number in entropy], spawn_key=spawn_key)
+    return int(state.generate_state(1, np.uint64)[0]) >> 1
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The sample's key for the model's random draws (< 2**63): a function of (seed, epoch, index) only, and a
-    stream apart from the mapper's rng (same entropy, another spawn key)."""
-    state = np.random.SeedSequence([seed, epoch, index], spawn_key=(1,)).generate_state(1, np.uint64)
-    return int(state[0]) >> 1
+    """The sample's key for the model's random draws: a function of (seed, epoch, index) only, and a stream apart
+    from the mapper's rng (same entropy, another spawn key)."""
+    return derived_seed([seed, epoch, index], spawn_key=(1,))
 
 
 class MapDataset(Dataset):

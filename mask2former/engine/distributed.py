@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..errors import UserError
-from ..utils.io import usable_cpus
+from ..utils.io import cores_per_process
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def set_threads(local_world_size: int) -> int:
     """torch's CPU threads for one of `local_world_size` processes on this machine: OMP_NUM_THREADS when the user
     (or torchrun) set it, else the usable cores shared out, so the processes do not oversubscribe the cores."""
     given = os.environ.get("OMP_NUM_THREADS", "")
-    threads = int(given) if given.isdigit() and int(given) > 0 else max(1, usable_cpus() // local_world_size)
+    threads = int(given) if given.isdigit() and int(given) > 0 else cores_per_process(local_world_size)
     torch.set_num_threads(threads)
     return threads
 

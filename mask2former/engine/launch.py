@@ -9,7 +9,7 @@ import os
 import random
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -454,7 +454,7 @@ def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool, log_
     lock (one run per folder, before anything is written there) and removes a killed run's half-written files;
     every process refuses what would replace an earlier run."""
     lock = OutputDirLock(cfg.OUTPUT_DIR) if owner else None
-    with lock if lock is not None else _nothing(), logging_to(cfg.OUTPUT_DIR, log_file):
+    with lock if lock is not None else nullcontext(), logging_to(cfg.OUTPUT_DIR, log_file):
         if lock is not None:
             lock.log_takeover()
             # half-written files of a killed run (the lock says no other run is writing)
@@ -464,11 +464,6 @@ def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool, log_
         refuse_earlier_run(cfg, args)
         refuse_other_model_on_resume(cfg, args)
         yield
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def processes_per_machine(cfg: CfgNode, args: argparse.Namespace) -> int:

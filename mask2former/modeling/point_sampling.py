@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-SAMPLE_SEED = "sample_seed"  # the key of the seed in a sample (from MapDataset) and in its target dict
+from ..data.dataset import SAMPLE_SEED as SAMPLE_SEED  # the sample's key, re-exported for the matcher and criterion
+from ..data.dataset import derived_seed
 
 # purposes: the matcher and the mask loss of one layer draw different points
 MATCHER_POINTS = 0
@@ -32,8 +32,7 @@ def stream_seed(sample_seed: int, layer: int, purpose: int) -> int:
     """A seed (< 2**63) for the points of one image, decoder layer and purpose, from the image's sample seed."""
     if sample_seed < 0 or layer < 0 or purpose < 0:
         raise ValueError(f"sample seed {sample_seed}, layer {layer} and purpose {purpose} must be >= 0")
-    state = np.random.SeedSequence([int(sample_seed), int(layer), int(purpose)]).generate_state(1, np.uint64)
-    return int(state[0]) >> 1
+    return derived_seed([sample_seed, layer, purpose])
 
 
 def point_generator(

@@ -75,6 +75,7 @@ from ..submission import SUBMISSION_SIZE, downsample_label_map, write_submission
 from ..utils.io import (
     atomic_write_bytes,
     atomic_write_json,
+    cores_per_process,
     output_path,
     remove_stale_temporaries,
     safe_relative_name,
@@ -361,7 +362,7 @@ def threads_per_process(requested: int, processes: int) -> int:
     between workers (no oversubscription)."""
     if requested > 0:
         return requested
-    return torch.get_num_threads() if processes == 1 else max(1, usable_cpus() // processes)
+    return torch.get_num_threads() if processes == 1 else cores_per_process(processes)
 
 
 def run_in_workers(job: PredictionJob, devices: list[str], meter: Progress) -> list[dict]:
