@@ -75,7 +75,34 @@ TINY_MODEL = [
     "16",
     "MODEL.RESNETS.WIDTH_PER_GROUP",
     "4",
+    "MODEL.PER_PIXEL.DECODER_CHANNELS",
+    "64",
+    "MODEL.PER_PIXEL.AUX_CHANNELS",
+    "16",
+    "MODEL.PER_PIXEL.OCR.MID_CHANNELS",
+    "32",
+    "MODEL.PER_PIXEL.OCR.KEY_CHANNELS",
+    "16",
 ]
+
+# timm backbones (MODEL.BACKBONE.NAME TimmBackbone) are shrunk by name: the smallest model of the same timm class,
+# narrowed further where the class takes widths.
+TINY_TIMM = {
+    "convnext_xlarge": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
+    "convnext_atto": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
+    "efficientnet_b6": ("efficientnet_b0", {}),
+    "efficientnet_b0": ("efficientnet_b0", {}),
+}
+
+
+def make_tiny(cfg) -> None:
+    """TINY_MODEL, and a timm backbone swapped for its TINY_TIMM sibling (ARGS other than the sizes kept)."""
+    cfg.merge_from_list(TINY_MODEL)
+    if cfg.MODEL.BACKBONE.NAME == "TimmBackbone":
+        name, sizes = TINY_TIMM[cfg.MODEL.TIMM.NAME]
+        cfg.MODEL.TIMM.NAME = name
+        for key, value in sizes.items():
+            cfg.MODEL.TIMM.ARGS[key] = value
 
 # A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two
 # polygons, and a triangle (Plastic bag). A second image holds one RLE annotation.

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_run_argv
+from conftest import REPO, TINY_MODEL, make_tiny, tiny_run_argv
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint
@@ -21,7 +21,7 @@ CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name
 def tiny_cfg(name: str = "quickstart.yaml"):
     cfg = get_cfg()
     cfg.merge_from_file(str(REPO / "configs" / name))
-    cfg.merge_from_list(TINY_MODEL)
+    make_tiny(cfg)
     return cfg
 
 
@@ -46,18 +46,27 @@ def test_every_config_builds_tiny_and_trains_a_step(name: str) -> None:
     model.train()
     losses = model(fake_batch(cfg))
     total = model.criterion.weighted_total(losses)
-    assert torch.isfinite(total) and {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"} <= set(losses)
+    per_pixel = cfg.MODEL.META_ARCHITECTURE == "PerPixelSegmentor"
+    expected = {"loss_ce", "loss_aux_ce_0"} if per_pixel else {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"}
+    if per_pixel and cfg.MODEL.PER_PIXEL.AUX_WEIGHT == 0:
+        expected = {"loss_ce"}
+    assert torch.isfinite(total) and expected <= set(losses)
+    assert all(key in model.criterion.weight_dict for key in losses)  # every term is trained on
     total.backward()
     first = next(p for p in model.backbone.parameters() if p.requires_grad)
     assert first.grad is not None and first.grad.abs().sum() > 0  # reaches the first layer
-    assert model.sem_seg_head.predictor.class_embed.weight.grad.abs().sum() > 0
+    head_keys = model.class_head_keys() if per_pixel else ["sem_seg_head.predictor.class_embed.weight"]
+    parameters = dict(model.named_parameters())
+    assert head_keys and all(parameters[key].grad.abs().sum() > 0 for key in head_keys if key in parameters)
     model.eval()
     with torch.no_grad():
         outputs = model([{**item, "height": 80, "width": 72} for item in fake_batch(cfg)])
     scores = outputs[0]["sem_seg"]
     assert scores.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 80, 72) and torch.isfinite(scores).all()
-    # per class, a sum over queries of class probability x mask probability
-    assert scores.min() >= 0 and scores.max() <= cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    if per_pixel:  # softmax probabilities
+        torch.testing.assert_close(scores.sum(0), torch.ones(80, 72))
+    else:  # per class, a sum over queries of class probability x mask probability
+        assert scores.min() >= 0 and scores.max() <= cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
 
 
 def run_args(sample_root: Path, output: Path, *extra: str, max_iter: int = 4, config: str = "quickstart.yaml"):

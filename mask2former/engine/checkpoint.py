@@ -41,6 +41,15 @@ _CLASS_DEPENDENT_SUFFIXES = (".mlp_cls_q.weight", ".mlp_cls_q.bias", ".mlp_cls_k
 _DERIVED_SUFFIXES = ("relative_position_index", "attn_mask")
 
 
+def model_class_head_keys(model: nn.Module) -> set[str]:
+    """The model's state keys that depend on the class count: what the model names (`class_head_keys()`, as
+    PerPixelSegmentor does), else Mask2Former's class head and SeMask's per-class layers."""
+    own = getattr(model, "class_head_keys", None)
+    if own is not None:
+        return set(own())
+    return {key for key in model.state_dict() if key in CLASS_HEAD_KEYS or key.endswith(_CLASS_DEPENDENT_SUFFIXES)}
+
+
 class CheckpointMismatchError(UserError, RuntimeError):
     """The checkpoint does not fit the model; the message lists the mismatched keys."""
 
@@ -523,9 +532,11 @@ def plan_weights(
     matching_heuristics: bool = False,
     fresh_head_ok: bool = False,
     source: str = "checkpoint",
+    class_keys: set[str] | frozenset[str] = frozenset(),
 ) -> WeightsPlan:
-    """`load_model_weights` without the loading: `own` is the model's state dict. `fresh_head_ok`: a backbone-only
-    checkpoint is a start for training (`LoadReport.backbone_init`)."""
+    """`load_model_weights` without the loading: `own` is the model's state dict, `class_keys` its keys that depend on
+    the class count (`model_class_head_keys`). `fresh_head_ok`: a backbone-only checkpoint is a start for training
+    (`LoadReport.backbone_init`)."""
     renames = align_checkpoint_keys(
         {k: tuple(v.shape) for k, v in own.items()},
         {k: tuple(v.shape) for k, v in state_dict.items()},
@@ -540,7 +551,7 @@ def plan_weights(
             if not key.endswith(_DERIVED_SUFFIXES):
                 report.unexpected.append(key)
         elif own[key].shape != value.shape:
-            class_dependent = key in CLASS_HEAD_KEYS or key.endswith(_CLASS_DEPENDENT_SUFFIXES)
+            class_dependent = key in class_keys
             (report.reinitialised if class_dependent else report.shape_mismatch).append(
                 key if class_dependent else f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
             )
@@ -601,7 +612,9 @@ def load_model_weights(
     Keys are matched as `align_checkpoint_keys` says (by name suffix when the file says `matching_heuristics`).
     A checkpoint holding only backbone weights is refused when strict unless `fresh_head_ok` (training from it:
     the head keeps its initialisation, keys the file lacks or has in excess are listed, not fatal)."""
-    plan = plan_weights(model.state_dict(), state_dict, matching_heuristics, fresh_head_ok, source)
+    plan = plan_weights(
+        model.state_dict(), state_dict, matching_heuristics, fresh_head_ok, source, model_class_head_keys(model)
+    )
     if strict:
         check_fits(plan.report, source)
     model.load_state_dict(plan.to_load, strict=False)

@@ -157,7 +157,7 @@ def load_prediction_model(cfg: CfgNode, path: str, device: str | torch.device, a
         model, state, strict=True, source=str(path), matching_heuristics=checkpoint.matching_heuristics
     )
     if report.reinitialised:
-        bias = state.get("sem_seg_head.predictor.class_embed.bias")
+        bias = state.get("sem_seg_head.predictor.class_embed.bias")  # Mask2Former's: K + 1 (no object)
         theirs = f"{bias.shape[0] - 1} classes" if bias is not None else "another class count"
         raise CheckpointMismatchError(
             f"{path} was trained for {theirs}, the config has {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} "

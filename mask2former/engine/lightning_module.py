@@ -158,7 +158,8 @@ class MaskFormerModule(L.LightningModule):
                 f"{self._checkpoint_left()} {_ADVICE}"
             )
         self._last_losses = (self.global_step, {key: value.detach() for key, value in losses.items()})
-        logged = {key: value.detach() for key, value in losses.items() if key in ("loss_ce", "loss_mask", "loss_dice")}
+        shown = self.model.criterion.logged_losses
+        logged = {key: value.detach() for key, value in losses.items() if key in shown}
         logged["total_loss"] = total.detach()
         logged["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"]) if self._trainer else torch.tensor(0.0)
         # several processes: the mean over ranks, which is the loss of the whole global batch (the criterion's
@@ -168,10 +169,7 @@ class MaskFormerModule(L.LightningModule):
         return total
 
     def _check_outputs_finite(self, criterion: torch.nn.Module, args: tuple) -> None:
-        outputs = args[0]
-        tensors = [outputs["pred_logits"], outputs["pred_masks"]]
-        for aux in outputs.get("aux_outputs", []):
-            tensors += [aux["pred_logits"], aux["pred_masks"]]
+        tensors = list(_tensors_in(args[0]))  # the model's outputs: MaskFormer's queries, or per-pixel logits
         if not bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all()):
             raise self._diverged("the model's outputs hold NaN or Inf")
 
@@ -268,6 +266,19 @@ class MaskFormerModule(L.LightningModule):
             torch.set_rng_state(states["torch"])
             np.random.set_state(_numpy_state_from_plain(states["numpy"]))
             random.setstate(_python_state_from_plain(states["python"]))
+
+
+def _tensors_in(value: object):
+    """Every floating-point tensor in nested dicts / lists / tuples."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors_in(item)
 
 
 _ADVICE = "Lower SOLVER.BASE_LR (or enable SOLVER.CLIP_GRADIENTS) and train again."

@@ -158,6 +158,8 @@ class SetCriterion(nn.Module):
             losses.update({f"{key}{suffix}": value for key, value in found.items()})
         return losses
 
+    logged_losses = ("loss_ce", "loss_mask", "loss_dice")  # the last layer's terms metrics.csv shows
+
     def weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of loss x weight over the losses that have a weight."""
         return sum(value * self.weight_dict[key] for key, value in losses.items() if key in self.weight_dict)

@@ -94,6 +94,16 @@ def pad_to_divisible(images: list[torch.Tensor], divisibility: int, value: float
     return batch
 
 
+def normalized_batch(
+    batched_inputs: list[dict], pixel_mean: torch.Tensor, pixel_std: torch.Tensor, divisibility: int
+) -> torch.Tensor:
+    """The inputs' uint8 images on the mean's device, normalised ((x - mean) / std) and padded with 0 bottom/right
+    to a common multiple of `divisibility`: every meta architecture's input."""
+    device = pixel_mean.device
+    images = [(item["image"].to(device).float() - pixel_mean) / pixel_std for item in batched_inputs]
+    return pad_to_divisible(images, divisibility)
+
+
 def semantic_targets(label: torch.Tensor, padded_hw: tuple[int, int], ignore_value: int) -> dict[str, torch.Tensor]:
     """One label map -> {"labels": classes present, "masks": one binary mask per class, padded with 0}."""
     classes = torch.unique(label)
@@ -156,8 +166,7 @@ class MaskFormer(nn.Module):
         return self.pixel_mean.device
 
     def preprocess(self, batched_inputs: list[dict]) -> torch.Tensor:
-        images = [(item["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for item in batched_inputs]
-        return pad_to_divisible(images, self.size_divisibility)
+        return normalized_batch(batched_inputs, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
         images = self.preprocess(batched_inputs)

@@ -30,6 +30,7 @@ from ..engine.checkpoint import (
     LoadReport,
     WeightsPlan,
     check_fits,
+    model_class_head_keys,
     plan_weights,
     read_checkpoint_with_metadata,
 )
@@ -141,7 +142,9 @@ def _convert_for_model(cfg, checkpoint: Checkpoint, source: str) -> tuple[dict[s
     own = model.state_dict()
     converter = getattr(type(getattr(model, "backbone", None)), "convert_pretrained", None)
     try:
-        plan = plan_weights(own, checkpoint.tensors, checkpoint.matching_heuristics, fresh_head_ok=True, source=source)
+        plan = plan_weights(
+            own, checkpoint.tensors, checkpoint.matching_heuristics, True, source, model_class_head_keys(model)
+        )
     except CheckpointMismatchError:  # names ambiguous by suffix: the backbone's own conversion may know them
         if converter is None:
             raise
@@ -149,7 +152,7 @@ def _convert_for_model(cfg, checkpoint: Checkpoint, source: str) -> tuple[dict[s
     if converter is not None and (plan is None or plan.report.loaded == 0 or plan.report.backbone_only):
         converted = converter(dict(checkpoint.tensors), model.backbone)
         prefixed = {BACKBONE_PREFIX + key: value for key, value in converted.items()}
-        backbone = plan_weights(own, prefixed, fresh_head_ok=True, source=source)
+        backbone = plan_weights(own, prefixed, fresh_head_ok=True, source=source, class_keys=model_class_head_keys(model))
         if plan is None or (backbone.report.loaded > 0 and backbone.report.loaded >= plan.report.loaded):
             plan = backbone
     if cfg.MODEL.LOAD_STRICT:

@@ -1,0 +1,160 @@
+"""Any timm model as a backbone: its feature maps as res1..res5 by stride (2, 4, 8, 16, 32).
+
+MODEL.BACKBONE.NAME "TimmBackbone" builds `timm.create_model(MODEL.TIMM.NAME, features_only=True, **MODEL.TIMM.ARGS)`
+without pre-trained weights (nothing is downloaded): ConvNeXt, EfficientNet, ResNet, HRNet, ... with the timm
+model's own code. Channels-last outputs (timm's Swin, for instance) are returned channels-first. MODEL.TIMM.ARGS holds
+the model's keyword arguments under timm's names (a tiny model for tests: the same class with small depths and widths).
+
+MODEL.BACKBONE.WEIGHTS: an ImageNet checkpoint of the whole timm model (timm's .safetensors / .bin, or the layout
+timm's own `checkpoint_filter_fn` for that model converts, such as the official ConvNeXt releases), read with the
+project's safe reader, converted by that filter, and loaded into the feature extractor; the classifier's tensors are
+unused.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from fvcore.common.config import CfgNode
+
+from ...config import CONFIG_ADDERS, ConfigError
+from ...config import CfgNode as ConfigNode
+from ...engine.checkpoint import read_checkpoint
+from .base import BACKBONE_REGISTRY, Backbone
+
+logger = logging.getLogger(__name__)
+
+
+def timm_kwargs(node: CfgNode) -> dict:
+    """MODEL.TIMM.ARGS as plain keyword arguments (lists become tuples, as timm's signatures expect)."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, CfgNode):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return tuple(plain(item) for item in value)
+        return value
+
+    return {key: plain(value) for key, value in node.items()}
+
+
+@BACKBONE_REGISTRY.register()
+class TimmBackbone(Backbone):
+    """timm's feature extractor for MODEL.TIMM.NAME; outputs named by stride (res1 = 2 ... res5 = 32)."""
+
+    def __init__(self, name: str, kwargs: dict | None = None, output_stride: int = 32) -> None:
+        super().__init__()
+        import timm
+
+        self.timm_name = name
+        self.timm_kwargs = dict(kwargs or {})
+        extra = {} if output_stride == 32 else {"output_stride": output_stride}
+        try:
+            self.body = timm.create_model(name, pretrained=False, features_only=True, **extra, **self.timm_kwargs)
+        except (RuntimeError, TypeError, ValueError) as error:  # unknown model, argument or output stride
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(
+                f"MODEL.TIMM.NAME {name!r} with MODEL.TIMM.ARGS {self.timm_kwargs} and OUTPUT_STRIDE {output_stride}: "
+                f"timm refused it ({first}); see timm.list_models() and the model's arguments"
+            ) from None
+        self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
+        reductions, channels = self.body.feature_info.reduction(), self.body.feature_info.channels()
+        # levels halve the resolution one after the other (a dilated level keeps its name and its real stride)
+        first = {2: 1, 4: 2}.get(reductions[0])
+        if first is None or first + len(reductions) - 1 < 5:
+            raise ConfigError(
+                f"MODEL.TIMM.NAME {name!r}: its features have strides {reductions}; a backbone needs strides 4 to 32 "
+                "(a plain ViT: MODEL.BACKBONE.NAME ViTPyramid)"
+            )
+        self._index_names = [f"res{first + index}" if first + index <= 5 else None for index in range(len(reductions))]
+        self._out_features = [name for name in self._index_names if name is not None]
+        self._out_feature_channels = {n: int(c) for n, c in zip(self._index_names, channels, strict=True) if n}
+        self._out_feature_strides = {n: int(r) for n, r in zip(self._index_names, reductions, strict=True) if n}
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> TimmBackbone:
+        return cls(cfg.MODEL.TIMM.NAME, timm_kwargs(cfg.MODEL.TIMM.ARGS), int(cfg.MODEL.TIMM.OUTPUT_STRIDE))
+
+    @property
+    def size_divisibility(self) -> int:
+        return 32
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = {}
+        for name, feature in zip(self._index_names, self.body(x), strict=True):
+            if name is not None:
+                outputs[name] = feature.permute(0, 3, 1, 2).contiguous() if self.channels_last else feature
+        return outputs
+
+    @staticmethod
+    def load_pretrained(model: TimmBackbone, path: str | Path) -> dict[str, list[str]]:
+        """MODEL.BACKBONE.WEIGHTS: a whole timm model's checkpoint into the feature extractor (see the module doc)."""
+        return load_timm_pretrained(model, path)
+
+
+def feature_key_map(feature_keys: list[str], model_keys: set[str]) -> dict[str, str]:
+    """Each feature-extractor key -> the whole model's key it is. timm's feature wrappers keep the model's modules
+    but may name a nested one by joining its path with '_' (stages.0 -> stages_0)."""
+    by_flattened: dict[str, str] = {}
+    for key in model_keys:
+        parts = key.split(".")
+        for cut in range(1, len(parts)):
+            by_flattened.setdefault("_".join(parts[:cut]) + "." + ".".join(parts[cut:]), key)
+    mapping = {}
+    for key in feature_keys:
+        if key in model_keys:
+            mapping[key] = key
+        elif key in by_flattened:
+            mapping[key] = by_flattened[key]
+    return mapping
+
+
+def load_timm_pretrained(model: TimmBackbone, path: str | Path) -> dict[str, list[str]]:
+    """Read `path` safely, convert it with timm's filter for this model, load it; returns missing / unused keys."""
+    import timm
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"MODEL.BACKBONE.WEIGHTS not found: {path}")
+    state = read_checkpoint(path)
+    whole = timm.create_model(model.timm_name, pretrained=False, **model.timm_kwargs)
+    convert = getattr(sys.modules[type(whole).__module__], "checkpoint_filter_fn", None)
+    if convert is not None:
+        state = convert(state, whole)
+    feature_state = model.body.state_dict()
+    mapping = feature_key_map(list(feature_state), set(whole.state_dict()))
+    loaded, missing, mismatched = {}, [], []
+    for key, source in mapping.items():
+        if source not in state:
+            missing.append(key)
+        elif tuple(state[source].shape) != tuple(feature_state[key].shape):
+            mismatched.append(f"{key} {tuple(state[source].shape)} vs {tuple(feature_state[key].shape)}")
+        else:
+            loaded[key] = state[source]
+    missing += [key for key in feature_state if key not in mapping]
+    if mismatched or not loaded:
+        raise ConfigError(
+            f"MODEL.BACKBONE.WEIGHTS {path} does not fit timm model {model.timm_name!r} with MODEL.TIMM.ARGS "
+            f"{model.timm_kwargs}: {len(loaded)} tensors fit, shapes differ for {mismatched[:3]}: give the checkpoint "
+            "of the model MODEL.TIMM names"
+        )
+    model.body.load_state_dict(loaded, strict=False)
+    used = set(mapping.values())
+    unused = sorted(key for key in state if key not in used)
+    if missing:
+        logger.warning("timm weights %s: %d backbone tensors missing, e.g. %s", path, len(missing), missing[:3])
+    logger.info("timm weights %s: %d tensors loaded, %d unused (the classifier)", path, len(loaded), len(unused))
+    return {"missing": missing, "unexpected": unused}
+
+
+@CONFIG_ADDERS.register()
+def add_timm_config(cfg: CfgNode) -> None:
+    """MODEL.TIMM.*: the timm model behind MODEL.BACKBONE.NAME "TimmBackbone"."""
+    cfg.MODEL.TIMM = ConfigNode()
+    cfg.MODEL.TIMM.NAME = "convnext_tiny"  # a timm model name (timm.list_models())
+    # the model's keyword arguments, timm's names (e.g. {drop_path_rate: 0.4}, or small depths/dims for a tiny one)
+    cfg.MODEL.TIMM.ARGS = ConfigNode(new_allowed=True)
+    cfg.MODEL.TIMM.OUTPUT_STRIDE = 32  # 16 or 8: dilated last stages (DeepLabV3+), where the model supports it
