@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, make_tiny, tiny_run_argv
+from conftest import REPO, make_tiny, tiny_run_argv
 
 from mask2former.config import get_cfg
 from mask2former.engine.checkpoint import CheckpointMismatchError, load_checkpoint_into, read_checkpoint

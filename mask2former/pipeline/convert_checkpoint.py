@@ -152,7 +152,9 @@ def _convert_for_model(cfg, checkpoint: Checkpoint, source: str) -> tuple[dict[s
     if converter is not None and (plan is None or plan.report.loaded == 0 or plan.report.backbone_only):
         converted = converter(dict(checkpoint.tensors), model.backbone)
         prefixed = {BACKBONE_PREFIX + key: value for key, value in converted.items()}
-        backbone = plan_weights(own, prefixed, fresh_head_ok=True, source=source, class_keys=model_class_head_keys(model))
+        backbone = plan_weights(
+            own, prefixed, fresh_head_ok=True, source=source, class_keys=model_class_head_keys(model)
+        )
         if plan is None or (backbone.report.loaded > 0 and backbone.report.loaded >= plan.report.loaded):
             plan = backbone
     if cfg.MODEL.LOAD_STRICT:

@@ -109,8 +109,8 @@ def _smp_decoder(name: str, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> 
         stride = input_shape["res5"].stride
         if stride not in (8, 16):
             raise ConfigError(
-                f"DeepLabV3Plus needs a dilated backbone (output stride 8 or 16, got {stride}): set MODEL.TIMM.OUTPUT_STRIDE "
-                "16 (timm backbones) or MODEL.RESNETS.RES5_DILATION 2"
+                f"DeepLabV3Plus needs a dilated backbone (output stride 8 or 16, got {stride}): set "
+                "MODEL.TIMM.OUTPUT_STRIDE 16 (timm backbones) or MODEL.RESNETS.RES5_DILATION 2"
             )
         decoder = DeepLabV3PlusDecoder(
             encoder_channels=channels, encoder_depth=5, out_channels=width, atrous_rates=tuple(pp.ATROUS_RATES),
