@@ -73,6 +73,9 @@ SEMASK_MODEL = (
     "MODEL.SEM_SEG_HEAD.NAME",
     "BranchMaskFormerHead",
 )
+# one 64 px image: BatchNorm in UPerNet's 1x1 pooling branch cannot train on a batch of one
+PER_PIXEL = ("MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.PER_PIXEL.DECODER_NORM", "'identity'")
+TIMM = ("MODEL.BACKBONE.NAME", "TimmBackbone", "MODEL.TIMM.NAME", "'resnet18'")
 COLOR = ("INPUT.COLOR_AUG.PROB", "1.0")  # every jitter drawn, so each of its settings shows
 WARMUP = ("SOLVER.WARMUP_ITERS", "20", "SOLVER.WARMUP_FACTOR", "0.1")
 DATASETS = (
@@ -234,6 +237,29 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     # the tiny backbone's freshly initialised semantic attention gives the same numbers with and without it
     "MODEL.SEMASK.MASK_PADDING": CoveredBy("tests/test_semask.py::test_options_reach_every_semantic_layer"),
     "MODEL.SEMASK.RES_PROJ_INIT": Changes("'kaiming'", "backbone_grads", SEMASK),
+    "MODEL.TIMM.NAME": Changes("'convnext_atto'", "backbone", TIMM),
+    "MODEL.TIMM.OUTPUT_STRIDE": Changes("16", "backbone_forward", TIMM),
+    "MODEL.PER_PIXEL.DECODER": Changes("'FPN'", "model", PER_PIXEL),
+    "MODEL.PER_PIXEL.DECODER_CHANNELS": Changes("128", "model", PER_PIXEL),
+    "MODEL.PER_PIXEL.DECODER_NORM": Changes("'batchnorm'", "model", PER_PIXEL),
+    "MODEL.PER_PIXEL.DROPOUT": Changes("0.5", "losses", PER_PIXEL),
+    "MODEL.PER_PIXEL.ATROUS_RATES": Changes(
+        "[1, 2, 3]",
+        "eval",
+        (*PER_PIXEL, *TIMM, "MODEL.TIMM.OUTPUT_STRIDE", "16", "MODEL.PER_PIXEL.DECODER", "'DeepLabV3Plus'"),
+    ),
+    "MODEL.PER_PIXEL.AUX_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
+    "MODEL.PER_PIXEL.AUX_IN_FEATURE": Changes("'res5'", "model", PER_PIXEL),
+    "MODEL.PER_PIXEL.AUX_CHANNELS": Changes("8", "model", PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.CE_WEIGHT": Changes("2.0", "losses", PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.DICE_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.FOCAL_GAMMA": Changes(
+        "0.5", "losses", (*PER_PIXEL, "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT", "1.0")
+    ),
+    "MODEL.PER_PIXEL.LOSS.LOVASZ_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
+    "MODEL.PER_PIXEL.OCR.MID_CHANNELS": Changes("64", "model", (*PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
+    "MODEL.PER_PIXEL.OCR.KEY_CHANNELS": Changes("8", "model", (*PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
     "MODEL.DINAT.EMBED_DIM": Changes("8", "backbone", DINAT),
     "MODEL.DINAT.DEPTHS": Changes(
         "[1, 1, 1, 1]", "backbone", (*DINAT, "MODEL.DINAT.DILATIONS", "[[1], [1], [1], [1]]")

@@ -17,7 +17,7 @@ def add_per_pixel_config(cfg: CfgNode) -> None:
     # OCR (object-contextual representations, this project's)
     cfg.MODEL.PER_PIXEL.DECODER = "UPerNet"
     cfg.MODEL.PER_PIXEL.DECODER_CHANNELS = 512  # UPerNet/FPN/DeepLabV3+/SegFormer width; UNet++: its first block's
-    cfg.MODEL.PER_PIXEL.DECODER_NORM = "batchnorm"  # smp's decoder norm: batchnorm, groupnorm, layernorm, instancenorm
+    cfg.MODEL.PER_PIXEL.DECODER_NORM = "batchnorm"  # smp's decoder norm: batchnorm, instancenorm, identity
     cfg.MODEL.PER_PIXEL.DROPOUT = 0.1  # before the 1x1 classifier (mmsegmentation's decode heads: 0.1)
     cfg.MODEL.PER_PIXEL.ATROUS_RATES = [12, 24, 36]  # DeepLabV3+'s ASPP at output stride 16
     # auxiliary FCN head on one backbone feature (mmsegmentation's UPerNet recipes: res4, 256 channels, weight 0.4);

@@ -27,6 +27,8 @@ PER_PIXEL_DECODERS = Registry("PER_PIXEL_DECODERS")
 PER_PIXEL_DECODERS.__doc__ = __doc__
 
 PYRAMID = ("res2", "res3", "res4", "res5")  # strides 4, 8, 16, 32
+# smp's names (FPN and SegFormer have their own norms); smp's "layernorm" is for channels-last maps, not these
+DECODER_NORMS = ("batchnorm", "instancenorm", "identity")
 
 
 def classifier(in_channels: int, num_classes: int, dropout: float, kernel_size: int = 1) -> nn.Sequential:
@@ -87,6 +89,8 @@ def _smp_decoder(name: str, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> 
     pp = cfg.MODEL.PER_PIXEL
     channels = SmpDecoder.channel_list(input_shape)
     width, norm = int(pp.DECODER_CHANNELS), pp.DECODER_NORM
+    if norm not in DECODER_NORMS:
+        raise ConfigError(f"MODEL.PER_PIXEL.DECODER_NORM {norm!r}: choose one of {', '.join(DECODER_NORMS)}")
     if name == "UPerNet":
         return (
             UPerNetDecoder(encoder_channels=channels, encoder_depth=5, decoder_channels=width, use_norm=norm),

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ...config import ConfigError
 from ..backbone.base import Backbone, build_backbone
 from ..meta_arch import META_ARCH_REGISTRY, normalized_batch, pad_to_divisible
 from .criterion import PerPixelCriterion
@@ -67,8 +68,6 @@ class PerPixelSegmentor(nn.Module):
         aux_head = None
         if pp.AUX_WEIGHT > 0 and not decoder.has_aux_output:
             if pp.AUX_IN_FEATURE not in shapes:
-                from ...config import ConfigError
-
                 raise ConfigError(
                     f"MODEL.PER_PIXEL.AUX_IN_FEATURE {pp.AUX_IN_FEATURE!r} is not a backbone output "
                     f"({sorted(shapes)}); name one of them, or set MODEL.PER_PIXEL.AUX_WEIGHT 0"
@@ -102,7 +101,16 @@ class PerPixelSegmentor(nn.Module):
     def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
         images = self.preprocess(batched_inputs)
         features = self.backbone(images)
-        outputs = self.sem_seg_head(features)
+        try:
+            outputs = self.sem_seg_head(features)
+        except ValueError as error:
+            if "Expected more than 1 value per channel when training" not in str(error):
+                raise
+            raise ConfigError(
+                f"the decoder's BatchNorm cannot train on {len(batched_inputs)} image(s) of {tuple(images.shape[-2:])} "
+                "px per process (UPerNet's pooling branch sees one value per channel): give each process 2 or more "
+                "images (SOLVER.IMS_PER_BATCH), or set MODEL.PER_PIXEL.DECODER_NORM identity (no norm)"
+            ) from None
         if not self.training:
             return self.inference(batched_inputs, outputs["logits"], images.shape[-2:])
         if self.aux_head is not None:
