@@ -79,10 +79,6 @@ TINY_MODEL = [
     "64",
     "MODEL.PER_PIXEL.AUX_CHANNELS",
     "16",
-    "MODEL.PER_PIXEL.OCR.MID_CHANNELS",
-    "32",
-    "MODEL.PER_PIXEL.OCR.KEY_CHANNELS",
-    "16",
 ]
 
 # timm backbones (MODEL.BACKBONE.NAME TimmBackbone) are shrunk by name: the smallest model of the same timm class,

@@ -258,8 +258,6 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
         "0.5", "losses", (*PER_PIXEL, "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT", "1.0")
     ),
     "MODEL.PER_PIXEL.LOSS.LOVASZ_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
-    "MODEL.PER_PIXEL.OCR.MID_CHANNELS": Changes("64", "model", (*PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
-    "MODEL.PER_PIXEL.OCR.KEY_CHANNELS": Changes("8", "model", (*PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
     "MODEL.DINAT.EMBED_DIM": Changes("8", "backbone", DINAT),
     "MODEL.DINAT.DEPTHS": Changes(
         "[1, 1, 1, 1]", "backbone", (*DINAT, "MODEL.DINAT.DILATIONS", "[[1], [1], [1], [1]]")

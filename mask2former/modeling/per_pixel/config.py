@@ -13,21 +13,17 @@ def add_per_pixel_config(cfg: CfgNode) -> None:
     """MODEL.PER_PIXEL.*, read by MODEL.META_ARCHITECTURE "PerPixelSegmentor" (classes and ignore value come from
     MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE, the input normalisation from MODEL.PIXEL_MEAN / PIXEL_STD)."""
     cfg.MODEL.PER_PIXEL = ConfigNode()
-    # PER_PIXEL_DECODERS name: UPerNet, FPN, DeepLabV3Plus, UnetPlusPlus, Segformer (segmentation-models-pytorch) or
-    # OCR (object-contextual representations, this project's)
+    # PER_PIXEL_DECODERS name: UPerNet, FPN, DeepLabV3Plus, UnetPlusPlus, Segformer (segmentation-models-pytorch)
     cfg.MODEL.PER_PIXEL.DECODER = "UPerNet"
     cfg.MODEL.PER_PIXEL.DECODER_CHANNELS = 512  # UPerNet/FPN/DeepLabV3+/SegFormer width; UNet++: its first block's
     cfg.MODEL.PER_PIXEL.DECODER_NORM = "batchnorm"  # smp's decoder norm: batchnorm, instancenorm, identity
     cfg.MODEL.PER_PIXEL.DROPOUT = 0.1  # before the 1x1 classifier (mmsegmentation's decode heads: 0.1)
     cfg.MODEL.PER_PIXEL.ATROUS_RATES = [12, 24, 36]  # DeepLabV3+'s ASPP at output stride 16
     # auxiliary FCN head on one backbone feature (mmsegmentation's UPerNet recipes: res4, 256 channels, weight 0.4);
-    # OCR's soft object regions are its auxiliary output (same weight). 0: no auxiliary head
+    # a decoder with its own auxiliary output uses the weight for it. 0: no auxiliary head
     cfg.MODEL.PER_PIXEL.AUX_WEIGHT = 0.4
     cfg.MODEL.PER_PIXEL.AUX_IN_FEATURE = "res4"
     cfg.MODEL.PER_PIXEL.AUX_CHANNELS = 256
-    cfg.MODEL.PER_PIXEL.OCR = ConfigNode()
-    cfg.MODEL.PER_PIXEL.OCR.MID_CHANNELS = 512  # pixel and object representations (HRNet-OCR: 512)
-    cfg.MODEL.PER_PIXEL.OCR.KEY_CHANNELS = 256  # query/key width of the object attention (HRNet-OCR: 256)
     cfg.MODEL.PER_PIXEL.LOSS = ConfigNode()
     # the weighted sum trained on; CE ignores MODEL.SEM_SEG_HEAD.IGNORE_VALUE and so do the others (smp's losses)
     cfg.MODEL.PER_PIXEL.LOSS.CE_WEIGHT = 1.0

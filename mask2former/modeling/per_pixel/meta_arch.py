@@ -1,5 +1,5 @@
 """PerPixelSegmentor: backbone -> per-pixel decoder -> K class logits per pixel (UPerNet, FPN, DeepLabV3+, UNet++,
-SegFormer, OCRNet), the peer teams' models, in the same pipeline as MaskFormer.
+SegFormer), the peer teams' models, in the same pipeline as MaskFormer.
 
 Inputs, normalisation (MODEL.PIXEL_MEAN / PIXEL_STD in INPUT.FORMAT's order) and padding are MaskFormer's; so is the
 output, one {"sem_seg": K x height x width} per image, here the softmax class probabilities. Evaluation, test-time

@@ -1,0 +1,161 @@
+"""PerPixelSegmentor and TimmBackbone: the loss against a direct computation, class-count changes, timm weights,
+refusals, and a tiny per-pixel model through train_net and --eval-only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, make_tiny, tiny_run_argv
+
+from mask2former.config import ConfigError, get_cfg
+from mask2former.engine.checkpoint import load_model_weights
+from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
+from mask2former.modeling.backbone.timm_backbone import TimmBackbone
+from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.per_pixel.criterion import PerPixelCriterion
+
+
+def tiny(name: str = "quickstart_upernet.yaml", *opts: str):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs" / name))
+    make_tiny(cfg)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def test_cross_entropy_is_the_mean_over_labelled_pixels_of_the_upsampled_logits() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, 4, generator=generator)
+    labels = torch.randint(0, 5, (2, 16, 16), generator=generator)
+    labels[0, :8] = 255
+    losses = PerPixelCriterion(ce_weight=1.0, aux_weight=0.4, num_aux=1)(
+        {"logits": logits, "aux_logits": [logits * 2]}, labels
+    )
+    up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+    keep = labels != 255
+    expected = -F.log_softmax(up, 1).gather(1, labels.clamp_max(4)[:, None])[:, 0][keep].mean()
+    torch.testing.assert_close(losses["loss_ce"], expected)
+    up2 = F.interpolate(logits * 2, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(losses["loss_aux_ce_0"], F.cross_entropy(up2, labels, ignore_index=255))
+    criterion = PerPixelCriterion(ce_weight=1.0, aux_weight=0.4, num_aux=1)
+    total = criterion.weighted_total(losses)
+    torch.testing.assert_close(total, losses["loss_ce"] + 0.4 * losses["loss_aux_ce_0"])
+
+
+def test_extra_losses_are_trained_only_when_weighted() -> None:
+    labels = torch.randint(0, 3, (1, 8, 8))
+    logits = torch.randn(1, 3, 8, 8, requires_grad=True)
+    plain = PerPixelCriterion()({"logits": logits}, labels)
+    assert set(plain) == {"loss_ce"}
+    weighted = PerPixelCriterion(dice_weight=1.0, focal_weight=0.5, lovasz_weight=0.25)({"logits": logits}, labels)
+    assert set(weighted) == {"loss_ce", "loss_dice", "loss_focal", "loss_lovasz"}
+    assert all(torch.isfinite(value) and value > 0 for value in weighted.values())
+
+
+def test_probabilities_are_softmax_at_the_requested_size_and_equal_batched_or_alone() -> None:
+    cfg = tiny()
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = [
+        torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+        torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+    ]
+    with torch.no_grad():
+        alone = [model([{"image": image, "height": 50, "width": 70}])[0]["sem_seg"] for image in images]
+        together = model([{"image": image, "height": 50, "width": 70} for image in images])
+    for single, batched in zip(alone, together, strict=True):
+        assert single.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 50, 70)
+        torch.testing.assert_close(single.sum(0), torch.ones(50, 70))
+        torch.testing.assert_close(batched["sem_seg"], single, atol=1e-5, rtol=1e-4)  # same padding: same numbers
+
+
+def test_a_checkpoint_of_another_class_count_reinitialises_exactly_the_classifiers() -> None:
+    torch.manual_seed(0)
+    source = build_model(tiny("quickstart_upernet.yaml", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"))
+    target = build_model(tiny())
+    report = load_model_weights(target, source.state_dict(), strict=True, fresh_head_ok=True)
+    assert sorted(report.reinitialised) == sorted(target.class_head_keys())
+    assert {key.rsplit(".", 2)[0] for key in report.reinitialised} == {
+        "sem_seg_head.classifier",
+        "aux_head.classifier",
+    }
+    assert not report.shape_mismatch and not report.missing
+    for key, value in source.state_dict().items():
+        if key not in report.reinitialised:
+            torch.testing.assert_close(target.state_dict()[key], value, msg=key)
+
+
+def test_timm_weights_load_through_timms_conversion(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    kwargs = {"dims": (16, 32, 64, 128)}
+    torch.manual_seed(1)
+    whole = timm.create_model("convnext_atto", pretrained=False, **kwargs)
+    path = tmp_path / "convnext_atto.safetensors"
+    save_file({key: value.contiguous() for key, value in whole.state_dict().items()}, str(path))
+    torch.manual_seed(2)
+    backbone = TimmBackbone("convnext_atto", kwargs)
+    report = TimmBackbone.load_pretrained(backbone, path)
+    assert not report["missing"] and all(key.startswith("head.") for key in report["unexpected"])
+    torch.testing.assert_close(backbone.body.state_dict()["stages_1.blocks.0.conv_dw.weight"],
+                               whole.state_dict()["stages.1.blocks.0.conv_dw.weight"])  # fmt: skip
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = backbone(image)
+        expected = whole.forward_intermediates(image, intermediates_only=True)
+    assert {name: tuple(f.shape[1:]) for name, f in features.items()} == {
+        "res2": (16, 16, 16),
+        "res3": (32, 8, 8),
+        "res4": (64, 4, 4),
+        "res5": (128, 2, 2),
+    }
+    torch.testing.assert_close(features["res5"], expected[-1])
+    other = TimmBackbone("convnext_atto", {"dims": (8, 16, 32, 64)})
+    with pytest.raises(ConfigError, match="does not fit timm model 'convnext_atto'"):
+        TimmBackbone.load_pretrained(other, path)
+
+
+def test_channels_last_timm_models_come_back_channels_first() -> None:
+    kwargs = {"img_size": 64, "window_size": 4, "embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2)}
+    backbone = TimmBackbone("swin_tiny_patch4_window7_224", kwargs)
+    features = backbone(torch.randn(1, 3, 64, 64))
+    assert backbone.channels_last
+    assert features["res3"].shape == (1, 32, 8, 8) and backbone.output_shape()["res3"].stride == 8
+
+
+def test_refusals_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="MODEL.TIMM.NAME 'no_such_model'"):
+        TimmBackbone("no_such_model")
+    with pytest.raises(ConfigError, match="DeepLabV3Plus needs a dilated backbone"):
+        build_model(tiny("quickstart_upernet.yaml", "MODEL.PER_PIXEL.DECODER", "DeepLabV3Plus"))
+    with pytest.raises(ConfigError, match="MODEL.PER_PIXEL.DECODER_CHANNELS 96"):
+        build_model(tiny("quickstart_fpn.yaml", "MODEL.PER_PIXEL.DECODER_CHANNELS", "96"))
+    with pytest.raises(ConfigError, match="MODEL.PER_PIXEL.DECODER 'PSP'"):
+        build_model(tiny("quickstart_upernet.yaml", "MODEL.PER_PIXEL.DECODER", "PSP"))
+    with pytest.raises(ConfigError, match="MODEL.PER_PIXEL.AUX_IN_FEATURE 'res9'"):
+        build_model(tiny("quickstart_upernet.yaml", "MODEL.PER_PIXEL.AUX_IN_FEATURE", "res9"))
+    model = build_model(tiny()).train()
+    with pytest.raises(ConfigError, match="SOLVER.IMS_PER_BATCH"):
+        model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "sem_seg": torch.zeros(64, 64, dtype=torch.long)}])
+
+
+def test_a_tiny_upernet_trains_and_evaluates_through_the_engine(sample_root: Path, tmp_path: Path) -> None:
+    argv = tiny_run_argv(sample_root, tmp_path / "run", max_iter=3, period=3, config="quickstart_upernet.yaml")
+    args = default_argument_parser().parse_args(argv)
+    train(setup(args), args)
+    run = tmp_path / "run"
+    final = json.loads((run / "final_metrics.json").read_text())["results"]["trash_val"]
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "loss_ce" in header and "loss_mask" not in header
+    eval_argv = tiny_run_argv(
+        sample_root, tmp_path / "eval", "MODEL.WEIGHTS", str(run / "model_final.pth"), config="quickstart_upernet.yaml"
+    )
+    eval_args = default_argument_parser().parse_args(eval_argv)
+    eval_args.eval_only = True
+    again = evaluate_only(setup(eval_args), eval_args)["trash_val"]
+    assert again["mIoU"] == pytest.approx(final["mIoU"], abs=1e-9)
