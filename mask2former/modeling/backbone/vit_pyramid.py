@@ -371,21 +371,20 @@ def load_vit_pyramid_pretrained(model: ViTPyramid, path: str | Path) -> dict[str
 
 # ---- config -------------------------------------------------------------------------------------------------------
 
-_SIZE_KEYS = {
-    "EMBED_DIM": "embed_dim",
-    "DEPTH": "depth",
-    "NUM_HEADS": "num_heads",
-    "PATCH_SIZE": "patch_size",
-    "IMG_SIZE": "img_size",
-    "DROP_PATH_RATE": "drop_path_rate",
-    "INIT_VALUES": "init_values",
-    "USE_REL_POS_BIAS": "use_rel_pos_bias",
-}
-
 
 def vit_kwargs(node: CfgNode) -> dict[str, Any]:
     """timm keyword arguments from MODEL.VIT_PYRAMID.* (keys left null keep the timm model's own value)."""
-    return {arg: node[key] for key, arg in _SIZE_KEYS.items() if node[key] is not None}
+    sizes = {
+        "embed_dim": node.EMBED_DIM,
+        "depth": node.DEPTH,
+        "num_heads": node.NUM_HEADS,
+        "patch_size": node.PATCH_SIZE,
+        "img_size": node.IMG_SIZE,
+        "drop_path_rate": node.DROP_PATH_RATE,
+        "init_values": node.INIT_VALUES,
+        "use_rel_pos_bias": node.USE_REL_POS_BIAS,
+    }
+    return {arg: value for arg, value in sizes.items() if value is not None}
 
 
 @CONFIG_ADDERS.register()
