@@ -79,6 +79,16 @@ TINY_MODEL = [
     "64",
     "MODEL.PER_PIXEL.AUX_CHANNELS",
     "16",
+    "MODEL.VIT_PYRAMID.EMBED_DIM",
+    "32",
+    "MODEL.VIT_PYRAMID.DEPTH",
+    "4",
+    "MODEL.VIT_PYRAMID.NUM_HEADS",
+    "2",
+    "MODEL.VIT_PYRAMID.IMG_SIZE",
+    "64",
+    "MODEL.VIT_PYRAMID.OUT_INDICES",
+    "[0, 1, 2, 3]",
 ]
 
 # timm backbones (MODEL.BACKBONE.NAME TimmBackbone) are shrunk by name: the smallest model of the same timm class,
@@ -88,6 +98,7 @@ TINY_TIMM = {
     "convnext_atto": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
     "efficientnet_b6": ("efficientnet_b0", {}),
     "efficientnet_b0": ("efficientnet_b0", {}),
+    "hrnet_w48": ("hrnet_w18_small", {}),
 }
 
 

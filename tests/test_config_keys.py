@@ -76,6 +76,11 @@ SEMASK_MODEL = (
 # one 64 px image: BatchNorm in UPerNet's 1x1 pooling branch cannot train on a batch of one
 PER_PIXEL = ("MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.PER_PIXEL.DECODER_NORM", "'identity'")
 TIMM = ("MODEL.BACKBONE.NAME", "TimmBackbone", "MODEL.TIMM.NAME", "'resnet18'")
+VIT = (
+    "MODEL.BACKBONE.NAME", "ViTPyramid", "MODEL.VIT_PYRAMID.EMBED_DIM", "32", "MODEL.VIT_PYRAMID.DEPTH", "6",
+    "MODEL.VIT_PYRAMID.NUM_HEADS", "2", "MODEL.VIT_PYRAMID.IMG_SIZE", "64", "MODEL.VIT_PYRAMID.OUT_INDICES",
+    "[1, 2, 3, 5]",
+)  # fmt: skip
 COLOR = ("INPUT.COLOR_AUG.PROB", "1.0")  # every jitter drawn, so each of its settings shows
 WARMUP = ("SOLVER.WARMUP_ITERS", "20", "SOLVER.WARMUP_FACTOR", "0.1")
 DATASETS = (
@@ -239,6 +244,17 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     "MODEL.SEMASK.RES_PROJ_INIT": Changes("'kaiming'", "backbone_grads", SEMASK),
     "MODEL.TIMM.NAME": Changes("'convnext_atto'", "backbone", TIMM),
     "MODEL.TIMM.OUTPUT_STRIDE": Changes("16", "backbone_forward", TIMM),
+    "MODEL.VIT_PYRAMID.NAME": Changes("'vit_base_patch16_224'", "backbone", VIT),
+    "MODEL.VIT_PYRAMID.EMBED_DIM": Changes("64", "backbone", VIT),
+    "MODEL.VIT_PYRAMID.DEPTH": Changes("8", "backbone", (*VIT, "MODEL.VIT_PYRAMID.OUT_INDICES", "[1, 2, 3, 7]")),
+    "MODEL.VIT_PYRAMID.NUM_HEADS": Changes("4", "backbone_forward", VIT),
+    "MODEL.VIT_PYRAMID.PATCH_SIZE": Changes("8", "backbone", VIT),
+    "MODEL.VIT_PYRAMID.IMG_SIZE": Changes("32", "backbone", VIT),
+    "MODEL.VIT_PYRAMID.DROP_PATH_RATE": Changes("0.5", "backbone_train", VIT),
+    "MODEL.VIT_PYRAMID.INIT_VALUES": Changes("0.5", "backbone_forward", VIT),
+    "MODEL.VIT_PYRAMID.USE_REL_POS_BIAS": Changes("False", "backbone", VIT),
+    "MODEL.VIT_PYRAMID.OUT_INDICES": Changes("[0, 1, 2, 3]", "backbone", VIT),
+    "MODEL.VIT_PYRAMID.NECK_NORM": Changes("'GN'", "backbone", VIT),
     "MODEL.PER_PIXEL.DECODER": Changes("'FPN'", "model", PER_PIXEL),
     "MODEL.PER_PIXEL.DECODER_CHANNELS": Changes("128", "model", PER_PIXEL),
     "MODEL.PER_PIXEL.DECODER_NORM": Changes("'batchnorm'", "model", PER_PIXEL),
@@ -248,6 +264,7 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
         "eval",
         (*PER_PIXEL, *TIMM, "MODEL.TIMM.OUTPUT_STRIDE", "16", "MODEL.PER_PIXEL.DECODER", "'DeepLabV3Plus'"),
     ),
+    "MODEL.PER_PIXEL.OCR_KEY_CHANNELS": Changes("32", "model", (*PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
     "MODEL.PER_PIXEL.AUX_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
     "MODEL.PER_PIXEL.AUX_IN_FEATURE": Changes("'res5'", "model", PER_PIXEL),
     "MODEL.PER_PIXEL.AUX_CHANNELS": Changes("8", "model", PER_PIXEL),

@@ -2,8 +2,9 @@
 
 import semask  # noqa: F401  (SeMask backbone and meta architecture, a sibling package)
 
-from .backbone import dinat, resnet, swin, timm_backbone  # noqa: F401
+from .backbone import dinat, resnet, swin, timm_backbone, vit_pyramid  # noqa: F401
 from .per_pixel import config as per_pixel_config  # noqa: F401
 from .per_pixel import meta_arch as per_pixel_meta_arch  # noqa: F401
+from .per_pixel import ocr  # noqa: F401
 from .pixel_decoder import fapn, msdeformattn, msdeformattn_fapn  # noqa: F401
 from .transformer_decoder import masked_attention  # noqa: F401

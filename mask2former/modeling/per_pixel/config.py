@@ -13,12 +13,15 @@ def add_per_pixel_config(cfg: CfgNode) -> None:
     """MODEL.PER_PIXEL.*, read by MODEL.META_ARCHITECTURE "PerPixelSegmentor" (classes and ignore value come from
     MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE, the input normalisation from MODEL.PIXEL_MEAN / PIXEL_STD)."""
     cfg.MODEL.PER_PIXEL = ConfigNode()
-    # PER_PIXEL_DECODERS name: UPerNet, FPN, DeepLabV3Plus, UnetPlusPlus, Segformer (segmentation-models-pytorch)
+    # PER_PIXEL_DECODERS name: UPerNet, FPN, DeepLabV3Plus, UnetPlusPlus, Segformer (segmentation-models-pytorch),
+    # OCR (OCRNet's object-contextual head, per_pixel/ocr.py)
     cfg.MODEL.PER_PIXEL.DECODER = "UPerNet"
-    cfg.MODEL.PER_PIXEL.DECODER_CHANNELS = 512  # UPerNet/FPN/DeepLabV3+/SegFormer width; UNet++: its first block's
+    # UPerNet/FPN/DeepLabV3+/SegFormer width, OCR's pixel representations; UNet++: its first block's
+    cfg.MODEL.PER_PIXEL.DECODER_CHANNELS = 512
     cfg.MODEL.PER_PIXEL.DECODER_NORM = "batchnorm"  # smp's decoder norm: batchnorm, instancenorm, identity
     cfg.MODEL.PER_PIXEL.DROPOUT = 0.1  # before the 1x1 classifier (mmsegmentation's decode heads: 0.1)
     cfg.MODEL.PER_PIXEL.ATROUS_RATES = [12, 24, 36]  # DeepLabV3+'s ASPP at output stride 16
+    cfg.MODEL.PER_PIXEL.OCR_KEY_CHANNELS = 256  # OCR's pixel-region relation width (the paper's 256)
     # auxiliary FCN head on one backbone feature (mmsegmentation's UPerNet recipes: res4, 256 channels, weight 0.4);
     # a decoder with its own auxiliary output uses the weight for it. 0: no auxiliary head
     cfg.MODEL.PER_PIXEL.AUX_WEIGHT = 0.4
