@@ -89,9 +89,7 @@ def test_ocrnet_on_hrnet_trains_the_soft_regions_with_their_own_weighted_ce() ->
     model.zero_grad()
     losses["loss_ce"].backward()
     assert model.sem_seg_head.region_classifier.weight.grad.abs().sum() > 0  # f_k depends on the regions
-    assert {"sem_seg_head.classifier.1.weight", "sem_seg_head.region_classifier.weight"} <= set(
-        model.class_head_keys()
-    )
+    assert {"sem_seg_head.classifier.1.weight", "sem_seg_head.region_classifier.weight"} <= set(model.class_head_keys())
 
 
 def test_ocrnet_predicts_probabilities_at_the_image_size() -> None:
