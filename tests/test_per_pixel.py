@@ -4,19 +4,27 @@ refusals, and a tiny per-pixel model through train_net and --eval-only."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, make_tiny, tiny_run_argv
+from conftest import REPO, TINY_MODEL, make_tiny, tiny_run_argv, tiny_training_opts
 
-from mask2former.config import ConfigError, get_cfg
+from mask2former.config import ConfigError, get_cfg, load_config
 from mask2former.engine.checkpoint import load_model_weights
 from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
 from mask2former.modeling.backbone.timm_backbone import TimmBackbone
 from mask2former.modeling.meta_arch import build_model
 from mask2former.modeling.per_pixel.criterion import PerPixelCriterion
+from mask2former.pipeline import ensemble_crf
+from mask2former.pipeline import predict as predict_pipeline
+from mask2former.pipeline.ensemble_crf import EnsembleOptions
+from mask2former.prediction_io import load_probabilities, probability_path
 
 
 def tiny(name: str = "quickstart_upernet.yaml", *opts: str):
@@ -144,18 +152,81 @@ def test_refusals_name_the_key() -> None:
         model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "sem_seg": torch.zeros(64, 64, dtype=torch.long)}])
 
 
-def test_a_tiny_upernet_trains_and_evaluates_through_the_engine(sample_root: Path, tmp_path: Path) -> None:
-    argv = tiny_run_argv(sample_root, tmp_path / "run", max_iter=3, period=3, config="quickstart_upernet.yaml")
+@pytest.fixture(scope="module")
+def upernet_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny UPerNet trained for 3 iterations through train_net's engine (the folder of the run)."""
+    run = tmp_path_factory.mktemp("upernet") / "run"
+    argv = tiny_run_argv(sample_root, run, max_iter=3, period=3, config="quickstart_upernet.yaml")
     args = default_argument_parser().parse_args(argv)
     train(setup(args), args)
-    run = tmp_path / "run"
-    final = json.loads((run / "final_metrics.json").read_text())["results"]["trash_val"]
-    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    return run
+
+
+def test_a_tiny_upernet_trains_and_evaluates_through_the_engine(
+    sample_root: Path, upernet_run: Path, tmp_path: Path
+) -> None:
+    final = json.loads((upernet_run / "final_metrics.json").read_text())["results"]["trash_val"]
+    header = (upernet_run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "loss_ce" in header and "loss_mask" not in header
     eval_argv = tiny_run_argv(
-        sample_root, tmp_path / "eval", "MODEL.WEIGHTS", str(run / "model_final.pth"), config="quickstart_upernet.yaml"
-    )
+        sample_root, tmp_path / "eval", "MODEL.WEIGHTS", str(upernet_run / "model_final.pth"),
+        config="quickstart_upernet.yaml",
+    )  # fmt: skip
     eval_args = default_argument_parser().parse_args(eval_argv)
     eval_args.eval_only = True
     again = evaluate_only(setup(eval_args), eval_args)["trash_val"]
     assert again["mIoU"] == pytest.approx(final["mIoU"], abs=1e-9)
+
+
+def test_a_per_pixel_model_predicts_with_tta_and_ensembles_with_a_mask2former(
+    sample_root: Path, upernet_run: Path, tmp_path: Path
+) -> None:
+    tiny_opts = [*TINY_MODEL, "INPUT.MIN_SIZE_TEST", "64", "TEST.AUG.MIN_SIZES", "(64, 96)", "MODEL.DEVICE", "cpu"]
+    val = sample_root / "val.json"
+
+    def predict(config: str, weights: Path, out: Path, *flags: str) -> None:
+        argv = ["--config-file", str(REPO / "configs" / config), "--weights", str(weights), "--json", str(val)]
+        predict_pipeline.predict(predict_pipeline.parse_args([*argv, "--out", str(out), *flags, *tiny_opts]))
+
+    predict("quickstart_upernet.yaml", upernet_run / "model_final.pth", tmp_path / "upernet", "--tta")
+    meta = json.loads((tmp_path / "upernet" / "meta.json").read_text())
+    assert meta["tta"] and len(meta["views"]) == 4  # 2 scales x flip
+    torch.manual_seed(0)
+    m2f = tmp_path / "m2f.pth"
+    torch.save(
+        {"model": build_model(load_config(str(REPO / "configs" / "quickstart.yaml"), TINY_MODEL)).state_dict()}, m2f
+    )
+    predict("quickstart.yaml", m2f, tmp_path / "m2f")
+    images = json.loads(val.read_text())["images"]
+    for image in images:
+        stored = load_probabilities(probability_path(tmp_path / "upernet", image["file_name"]))
+        assert stored["probs"].shape[0] == 11 and np.isfinite(stored["probs"]).all()
+
+    folders = [tmp_path / "upernet", tmp_path / "m2f"]
+    soft = ensemble_crf.run(EnsembleOptions(inputs=[str(f) for f in folders], out=str(tmp_path / "soft"), crf=True,
+                                            gt=str(val)))  # fmt: skip
+    assert soft["images"] == len(images)
+    stages = soft["report"]["stages"]  # each input, the vote, the CRF, the final output
+    assert len(stages) == 5 and all(0.0 <= stage["mIoU"] <= 1.0 for stage in stages)
+    assert "upernet" in stages[0]["stage"] and "m2f" in stages[1]["stage"]
+    csvs = [str(folder / "submission.csv") for folder in folders]
+    hard = ensemble_crf.run(EnsembleOptions(inputs=csvs, out=str(tmp_path / "hard"), gt=str(val)))
+    assert hard["images"] == len(images) and (tmp_path / "hard" / "submission.csv").is_file()
+
+
+def test_pseudo_label_runs_a_round_of_a_per_pixel_model(sample_root: Path, upernet_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pseudo"
+    config = str(REPO / "configs" / "quickstart_upernet.yaml")
+    argv = [sys.executable, str(REPO / "tools" / "pseudo_label.py"), "--config-file", config, "--weights",
+            str(upernet_run / "model_final.pth"), "--unlabeled", str(sample_root / "test.json"), "--out", str(out),
+            "--rounds", "1", "--threshold", "0.3", "--min-gain", "-1", "--overlays", "1",
+            *tiny_training_opts(sample_root, tmp_path / "cache"),
+            "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu"]  # fmt: skip
+    finished = subprocess.run(argv, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True)  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert [entry["round"] for entry in state["rounds"]] == [1] and state["rounds"][0]["kept"]
+    assert "PerPixelSegmentor" in (out / "round_1" / "train" / "config.yaml").read_text()
+    final = json.loads((out / "round_1" / "train" / "final_metrics.json").read_text())
+    assert final["iteration"] == 2 and final["results"]["trash_val"]["mIoU"] == state["rounds"][0]["mIoU"]
