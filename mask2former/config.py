@@ -360,6 +360,7 @@ def get_cfg() -> CfgNode:
     add_model_config(_C)
     add_solver_config(_C)
     add_test_config(_C)
+    add_tracking_config(_C)
     from .modeling import register_all  # noqa: F401  (each backbone and plug-in registers its add_*_config)
 
     for _name, add_part_config in CONFIG_ADDERS:
@@ -475,6 +476,21 @@ def add_solver_config(cfg: CfgNode) -> None:
     cfg.SOLVER.AMP = CfgNode()
     cfg.SOLVER.AMP.ENABLED = True  # bf16 autocast on GPU (the deformable encoder stays fp32)
     cfg.SOLVER.AMP.ON_CPU = False  # with ENABLED, bf16 autocast on the CPU too (fast on CPUs with AMX / AVX512-BF16)
+
+
+def add_tracking_config(cfg: CfgNode) -> None:
+    """TRACKING.*: optional experiment trackers beside metrics.csv and TensorBoard (mask2former/engine/tracking.py;
+    the packages come from requirements-tracking.txt)."""
+    cfg.TRACKING = CfgNode()
+    cfg.TRACKING.RUN_NAME = ""  # the trackers' run name; empty: OUTPUT_DIR's folder name
+    cfg.TRACKING.WANDB = CfgNode()
+    cfg.TRACKING.WANDB.ENABLED = False  # Weights & Biases
+    cfg.TRACKING.WANDB.PROJECT = "trash-seg"
+    cfg.TRACKING.WANDB.MODE = "offline"  # offline (OUTPUT_DIR/wandb, `wandb sync` later) or online (network, login)
+    cfg.TRACKING.MLFLOW = CfgNode()
+    cfg.TRACKING.MLFLOW.ENABLED = False
+    cfg.TRACKING.MLFLOW.EXPERIMENT = "trash-seg"
+    cfg.TRACKING.MLFLOW.TRACKING_URI = ""  # empty: a local file store in OUTPUT_DIR/mlruns; or a server's URI
 
 
 def add_test_config(cfg: CfgNode) -> None:

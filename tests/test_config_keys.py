@@ -76,6 +76,10 @@ SEMASK_MODEL = (
 # one 64 px image: BatchNorm in UPerNet's 1x1 pooling branch cannot train on a batch of one
 PER_PIXEL = ("MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.PER_PIXEL.DECODER_NORM", "'identity'")
 TIMM = ("MODEL.BACKBONE.NAME", "TimmBackbone", "MODEL.TIMM.NAME", "'resnet18'")
+TRACKING_RUN = (
+    "tests/test_tracking.py::test_both_trackers_get_the_name_config_and_metrics_and_a_resumed_run_continues_them"
+)
+TRACKING_ERRORS = "tests/test_tracking.py::test_a_missing_package_or_a_bad_mode_is_one_error_naming_the_key"
 VIT = (
     "MODEL.BACKBONE.NAME", "ViTPyramid", "MODEL.VIT_PYRAMID.EMBED_DIM", "32", "MODEL.VIT_PYRAMID.DEPTH", "6",
     "MODEL.VIT_PYRAMID.NUM_HEADS", "2", "MODEL.VIT_PYRAMID.IMG_SIZE", "64", "MODEL.VIT_PYRAMID.OUT_INDICES",
@@ -244,6 +248,13 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     "MODEL.SEMASK.RES_PROJ_INIT": Changes("'kaiming'", "backbone_grads", SEMASK),
     "MODEL.TIMM.NAME": Changes("'convnext_atto'", "backbone", TIMM),
     "MODEL.TIMM.OUTPUT_STRIDE": Changes("16", "backbone_forward", TIMM),
+    "TRACKING.RUN_NAME": CoveredBy(TRACKING_RUN),
+    "TRACKING.WANDB.ENABLED": CoveredBy(TRACKING_RUN),
+    "TRACKING.WANDB.PROJECT": CoveredBy(TRACKING_RUN),
+    "TRACKING.WANDB.MODE": CoveredBy(TRACKING_ERRORS),
+    "TRACKING.MLFLOW.ENABLED": CoveredBy(TRACKING_RUN),
+    "TRACKING.MLFLOW.EXPERIMENT": CoveredBy(TRACKING_RUN),
+    "TRACKING.MLFLOW.TRACKING_URI": CoveredBy(TRACKING_ERRORS),
     "MODEL.VIT_PYRAMID.NAME": Changes("'vit_base_patch16_224'", "backbone", VIT),
     "MODEL.VIT_PYRAMID.EMBED_DIM": Changes("64", "backbone", VIT),
     "MODEL.VIT_PYRAMID.DEPTH": Changes("8", "backbone", (*VIT, "MODEL.VIT_PYRAMID.OUT_INDICES", "[1, 2, 3, 7]")),

@@ -49,6 +49,7 @@ from .distributed import (
 from .metrics_log import MetricsCSVLogger
 from .optimizer import build_gradient_clipper
 from .run_lock import OutputDirLock
+from .tracking import TrackingRuns, build_tracking_loggers, finish_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +330,7 @@ def build_trainer(
         enable_version_counter=False,
     )
     resume_step = resume.step if resume else None
+    trackers = [] if args.eval_only else build_tracking_loggers(cfg, resume is not None)
     eval_period = cfg.TEST.EVAL_PERIOD if 0 < cfg.TEST.EVAL_PERIOD <= cfg.SOLVER.MAX_ITER else cfg.SOLVER.MAX_ITER
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -348,6 +350,7 @@ def build_trainer(
         else [
             MetricsCSVLogger(cfg.OUTPUT_DIR, resume_step, resume.metrics_row if resume else None),
             TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version="", purge_step=resume_step),
+            *trackers,
         ],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.SOLVER.LOG_PERIOD,
@@ -355,6 +358,7 @@ def build_trainer(
             periodic,
             best,
             IterationProgress(cfg.SOLVER.MAX_ITER, cfg.SOLVER.LOG_PERIOD),
+            *([TrackingRuns(cfg, trackers)] if trackers else []),
             *(callbacks or []),
         ],
         enable_progress_bar=False,
@@ -409,9 +413,12 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None,
         logger.info("resuming from %s (iteration %d)", resume.path, resume.step)
     elif cfg.MODEL.WEIGHTS:
         load_weights(module.model, cfg, training=True)
-    trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
-    if module.last_eval_step != trainer.global_step:
-        trainer.validate(module, verbose=False)
+    try:
+        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        if module.last_eval_step != trainer.global_step:
+            trainer.validate(module, verbose=False)
+    finally:
+        finish_tracking(trainer.loggers)
     output_dir = Path(cfg.OUTPUT_DIR)
     if trainer.is_global_zero:
         final = output_dir / "model_final.pth"
