@@ -96,8 +96,8 @@ TINY_MODEL = [
 TINY_TIMM = {
     "convnext_xlarge": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
     "convnext_atto": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
-    "efficientnet_b6": ("efficientnet_b0", {}),
-    "efficientnet_b0": ("efficientnet_b0", {}),
+    "efficientnet_b6": ("test_efficientnet", {}),  # timm's test model of the EfficientNet class (82k parameters)
+    "efficientnet_b0": ("test_efficientnet", {}),
     "hrnet_w48": ("hrnet_w18_small", {}),
 }
 
