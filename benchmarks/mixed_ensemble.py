@@ -70,15 +70,18 @@ def main() -> None:
              "OUTPUT_DIR", str(run_dir)], env)  # fmt: skip
         pred = out / f"pred_{name}"
         run([sys.executable, "tools/predict.py", "--config-file", config_path, "--weights",
-             str(run_dir / "model_final.pth"), "--json", str(val), "--out", str(pred), "--threads",
+             str(run_dir / "model_final.pth"), "--json", str(val), "--image-root", str(data), "--out", str(pred),
+             "--threads",
              str(args.threads), *tta[:1], *opts, *tta[1:]], env)  # fmt: skip
         predictions.append(str(pred))
     for label, extra in (("final", []), ("no_consensus", ["--no-consensus"])):
         run([sys.executable, "tools/ensemble_crf.py", *predictions, "--crf", *extra, "--gt", str(val),
+             "--image-root", str(data),
              "--out", str(out / f"ensemble_{label}"), "--workers", str(args.threads)], env)  # fmt: skip
     tune_out = out / "tune_crf.txt"
     if not tune_out.exists():
-        run([sys.executable, "tools/tune_crf.py", *predictions, "--gt", str(val), "--sxy", "5", "10", "20", "40",
+        run([sys.executable, "tools/tune_crf.py", *predictions, "--gt", str(val), "--image-root", str(data),
+             "--sxy", "5", "10", "20", "40",
              "--srgb", "3", "5", "13", "--compat", "3", "5", "10", "--workers", str(args.threads),
              "--out", str(tune_out)], env)  # fmt: skip
 
