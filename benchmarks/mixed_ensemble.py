@@ -9,7 +9,7 @@ soft vote, the DenseCRF and the final output (issue 15, step 5), on the sample d
 Every step is one of the project's commands (train_net.py, tools/predict.py, tools/ensemble_crf.py,
 tools/tune_crf.py), run in order and resumed where its outputs exist; the commands are printed. The last two print
 the tables that benchmarks/RESULTS.md records: ensemble_crf.py's (each input, the vote, the CRF, the final output),
-with and without the consensus write-back, and tune_crf.py's grid.
+with ensemble_crf.py's defaults and with --consensus, and tune_crf.py's grid.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
              "--threads",
              str(args.threads), *tta[:1], *opts, *tta[1:]], env)  # fmt: skip
         predictions.append(str(pred))
-    for label, extra in (("final", []), ("no_consensus", ["--no-consensus"])):
+    for label, extra in (("crf", []), ("consensus", ["--consensus"])):
         run([sys.executable, "tools/ensemble_crf.py", *predictions, "--crf", *extra, "--gt", str(val),
              "--image-root", str(data),
              "--out", str(out / f"ensemble_{label}"), "--workers", str(args.threads)], env)  # fmt: skip

@@ -28,8 +28,9 @@ from .errors import UserError
 from .prediction_io import load_probabilities, probability_path, save_probabilities
 from .utils.io import atomic_write_bytes, output_path
 
-# Chosen on the sample val set with the project's three trained tiny models (see tools/ensemble_crf.py --help).
-CRF_DEFAULTS = {"sxy": 10.0, "srgb": 5.0, "compat": 10.0, "iters": 5, "gaussian_sxy": 3.0, "gaussian_compat": 3.0}
+# Chosen with tools/tune_crf.py on the mixed ensemble (tiny Mask2Former, UPerNet, FPN) on the sample val set and
+# the real trashbag photos (see tools/ensemble_crf.py --help, benchmarks/RESULTS.md).
+CRF_DEFAULTS = {"sxy": 20.0, "srgb": 5.0, "compat": 10.0, "iters": 5, "gaussian_sxy": 3.0, "gaussian_compat": 3.0}
 # A label-map vote carries no confidence: the CRF's unary is the vote shares mixed with a uniform distribution.
 HARD_VOTE_CONFIDENCE = 0.8
 # Floor of the probabilities before -log (float16 files hold exact zeros).

@@ -299,7 +299,8 @@ def test_soft_vote_crf_consensus_gt_table_and_resume(case: dict, capsys, monkeyp
 
     def run(target: Path, **extra) -> dict:
         return ensemble_crf.run(
-            options(case, target, case["folders"], weights=[2, 1, 1], crf=True, gt=str(case["json"]), **extra)
+            options(case, target, case["folders"], weights=[2, 1, 1], crf=True, consensus=True, gt=str(case["json"]),
+                    **extra)  # fmt: skip
         )
 
     result = run(out)
@@ -542,7 +543,7 @@ def test_cli_user_error_is_one_line_and_help_documents_the_defaults(case: dict, 
     result = run_cli("ensemble_crf.py", "--help")
     assert result.returncode == 0
     text = result.stdout
-    assert "sxy 10, srgb 5, compat 10, 5 iterations" in text and "--no-consensus" in text and "--workers" in text
+    assert "sxy 20, srgb 5, compat 10, 5 iterations" in text and "--consensus" in text and "--workers" in text
 
 
 def test_tune_crf_scores_each_setting_as_ensemble_crf_does(case: dict, capsys) -> None:
@@ -550,15 +551,15 @@ def test_tune_crf_scores_each_setting_as_ensemble_crf_does(case: dict, capsys) -
     rows = tune_crf(
         TuneOptions(inputs=folders, gt=str(case["json"]), cache_dir=str(case["cache"]), sxy=[10, 30], compat=[3, 10])
     )
-    assert len(rows) == 4 and [r["final"] for r in rows] == sorted((r["final"] for r in rows), reverse=True)
+    assert len(rows) == 4 and [r["crf"] for r in rows] == sorted((r["crf"] for r in rows), reverse=True)
     table = capsys.readouterr().out
     assert "soft vote of 3 inputs" in table and table.count("\n| ") == 2 + 4  # header, rule, a row per setting
     for sxy, compat in [(10.0, 3.0), (30.0, 10.0)]:  # the same numbers as ensemble_crf's --gt table
         out = case["tmp"] / f"ens_{sxy}_{compat}"
         report = ensemble_crf.run(
-            options(case, out, folders, crf=True, sxy=sxy, compat=compat, gt=str(case["json"]))
+            options(case, out, folders, crf=True, consensus=True, sxy=sxy, compat=compat, gt=str(case["json"]))
         )["report"]
         row = next(r for r in rows if (r["sxy"], r["compat"]) == (sxy, compat))
         assert row["crf"] == pytest.approx(report["stages"][-2]["mIoU"])
-        assert row["final"] == pytest.approx(report["stages"][-1]["mIoU"])
+        assert row["consensus"] == pytest.approx(report["stages"][-1]["mIoU"])
     capsys.readouterr()

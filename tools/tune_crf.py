@@ -7,7 +7,8 @@
 The inputs are prediction folders of the --gt images (tools/predict.py outputs). Each image's soft vote
 (--weights) is made once; then every combination of the listed values runs the CRF and the consensus write-back
 exactly as ensemble_crf.py does (mask2former/ensemble.py), and is scored against the ground truth at the maps'
-size. Prints one row per setting, best final mIoU first, with the vote's mIoU above, and writes the table to
+size. Prints one row per setting, best CRF mIoU first (ensemble_crf.py's default final output; the mIoU with
+--consensus beside it), with the vote's mIoU above, and writes the table to
 --out (default: nothing written; never the --gt json nor a file inside an input folder). Settings not listed
 keep ensemble_crf.py's defaults. A bad input (a missing prediction, a probability file with NaN, another class
 list) stops the run with one line naming the file (exit status 2; --debug shows the traceback).

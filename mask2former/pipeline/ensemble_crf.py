@@ -73,7 +73,7 @@ class EnsembleOptions:
     gauss_sxy: float = CRF_DEFAULTS["gaussian_sxy"]
     gauss_compat: float = CRF_DEFAULTS["gaussian_compat"]
     iters: int = int(CRF_DEFAULTS["iters"])
-    no_consensus: bool = False
+    consensus: bool = False  # after the CRF, the inputs' class where all agree (--consensus)
     workers: int = 1
     overwrite: bool = False
 
@@ -375,7 +375,7 @@ def ensemble(options: EnsembleOptions, kind: str) -> dict:
         label_path(out, name)
     if options.crf and image_root is None:
         raise EnsembleError("--crf reads the RGB images: pass --image-root (or --json, whose folder is the default)")
-    consensus = options.crf and not options.no_consensus
+    consensus = options.crf and options.consensus
     if consensus and len(inputs) == 1:
         logger.warning("one input agrees with itself everywhere: consensus write-back would undo the CRF; off")
         consensus = False

@@ -3,7 +3,8 @@
 Each image's soft vote is made once (mask2former/ensemble.py `load_inputs` + `soft_vote`, the same reading and
 checks as ensemble_crf); every setting then runs `dense_crf` and `consensus_write_back` exactly as
 `process_image` does, and is scored against the ground truth at the maps' size with the same confusion matrices
-as ensemble_crf's --gt table. `run(TuneOptions(...))` returns one row per setting, best final mIoU first.
+as ensemble_crf's --gt table. `run(TuneOptions(...))` returns one row per setting ({..., "crf": the CRF's mIoU,
+"consensus": with --consensus}), best CRF mIoU first (ensemble_crf's default final output).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def score_all(tasks: list[tuple], workers: int, desc: str) -> np.ndarray:
 
 
 def run(options: TuneOptions) -> list[dict]:
-    """The whole command: prints the table (and writes it to --out); returns the rows, best final mIoU first."""
+    """The whole command: prints the table (and writes it to --out); returns the rows, best CRF mIoU first."""
     from ..data.coco_semantic import ground_truth_label_paths
     from ..evaluation.sem_seg import metrics_from_confusion
 
@@ -158,13 +159,13 @@ def run(options: TuneOptions) -> list[dict]:
     for index, setting in enumerate(settings):
         crf = metrics_from_confusion(total[1 + 2 * index])["mIoU"]
         final = metrics_from_confusion(total[2 + 2 * index])["mIoU"]
-        rows.append({**setting, "crf": crf, "final": final})
-    rows.sort(key=lambda row: -row["final"])
+        rows.append({**setting, "crf": crf, "consensus": final})
+    rows.sort(key=lambda row: -row["crf"])
     lines = [f"{len(names)} images of {gt_json}; soft vote of {len(options.inputs)} inputs: mIoU {vote:.4f}", ""]
-    lines.append("| " + " | ".join(GRID_KEYS) + " | CRF mIoU | final (consensus) mIoU |")
+    lines.append("| " + " | ".join(GRID_KEYS) + " | CRF mIoU (final, the default) | with --consensus |")
     lines.append("|" + " --- |" * (len(GRID_KEYS) + 2))
     for row in rows:
-        cells = [f"{row[key]:g}" for key in GRID_KEYS] + [f"{row['crf']:.4f}", f"{row['final']:.4f}"]
+        cells = [f"{row[key]:g}" for key in GRID_KEYS] + [f"{row['crf']:.4f}", f"{row['consensus']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
