@@ -88,8 +88,13 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
-def get_norm(norm: str, channels: int) -> nn.Module | None:
-    """The norm layer MODEL.RESNETS.NORM names for `channels` channels ("" = none)."""
+def get_norm(
+    norm: str, channels: int, key: str = "MODEL.RESNETS.NORM", allowed: tuple[str, ...] = NORMS
+) -> nn.Module | None:
+    """The norm layer `norm` (one of `allowed`, the value of config key `key`) for `channels` channels; None for ""
+    (no norm). A bad value raises ValueError naming the key."""
+    if norm not in allowed:
+        raise ValueError(f"norm {norm!r} ({key}): choose one of {', '.join(repr(n) for n in allowed)}")
     if norm == "":
         return None
     if norm == "FrozenBN":
@@ -101,11 +106,11 @@ def get_norm(norm: str, channels: int) -> nn.Module | None:
     if norm == "GN":
         if channels % GN_GROUPS:
             raise ValueError(
-                f"norm 'GN' (MODEL.RESNETS.NORM) has {GN_GROUPS} groups: {channels} channels do not split into them;"
+                f"norm 'GN' ({key}) has {GN_GROUPS} groups: {channels} channels do not split into them;"
                 " use widths that are multiples of 32 or another norm"
             )
         return nn.GroupNorm(GN_GROUPS, channels)
-    raise ValueError(f"norm {norm!r} (MODEL.RESNETS.NORM): choose one of {', '.join(repr(n) for n in NORMS)}")
+    raise AssertionError(norm)
 
 
 class Conv2d(nn.Conv2d):

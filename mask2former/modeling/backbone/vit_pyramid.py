@@ -41,12 +41,12 @@ from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
 from ...engine.checkpoint import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
+from .resnet import get_norm
 
 logger = logging.getLogger(__name__)
 
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 NECK_NORMS = ("BN", "SyncBN", "GN", "")
-GN_GROUPS = 32
 
 
 # ---- relative position bias at any grid -------------------------------------------------------------------------
@@ -83,20 +83,11 @@ def relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 def neck_norm(norm: str, channels: int) -> nn.Module:
     """The norm between the stride-4 level's two transposed convs (MODEL.VIT_PYRAMID.NECK_NORM)."""
-    if norm == "BN":
-        return nn.BatchNorm2d(channels)
-    if norm == "SyncBN":
-        return nn.SyncBatchNorm(channels)
-    if norm == "GN":
-        if channels % GN_GROUPS:
-            raise ConfigError(
-                f"MODEL.VIT_PYRAMID.NECK_NORM 'GN' has {GN_GROUPS} groups: {channels} channels do not split into "
-                "them; use an EMBED_DIM that is a multiple of 32 or another norm"
-            )
-        return nn.GroupNorm(GN_GROUPS, channels)
-    if norm == "":
-        return nn.Identity()
-    raise ConfigError(f"MODEL.VIT_PYRAMID.NECK_NORM {norm!r}: choose one of {', '.join(map(repr, NECK_NORMS))}")
+    try:
+        layer = get_norm(norm, channels, key="MODEL.VIT_PYRAMID.NECK_NORM", allowed=NECK_NORMS)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return nn.Identity() if layer is None else layer
 
 
 def rescale(channels: int, factor: float, norm: str) -> nn.Module:
