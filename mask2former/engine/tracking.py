@@ -22,7 +22,7 @@ from fvcore.common.config import CfgNode
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 
-from ..config import ConfigError, flatten_keys
+from ..config import ConfigError
 from ..utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -36,17 +36,17 @@ def run_name(cfg: CfgNode) -> str:
     return cfg.TRACKING.RUN_NAME or Path(cfg.OUTPUT_DIR).resolve().name
 
 
-def config_params(cfg: CfgNode) -> dict[str, Any]:
+def config_params(cfg: CfgNode, prefix: str = "") -> dict[str, Any]:
     """The config as {dotted key: value}, values JSON-safe (tuples as lists, anything else as its str)."""
-    params = {}
-    for key in flatten_keys(cfg):
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
+    params: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            params.update(config_params(value, f"{prefix}{key}."))
+            continue
         try:
-            params[key] = json.loads(json.dumps(value))
+            params[prefix + key] = json.loads(json.dumps(value))
         except TypeError:
-            params[key] = str(value)
+            params[prefix + key] = str(value)
     return params
 
 
@@ -104,6 +104,11 @@ def build_tracking_loggers(cfg: CfgNode, resume: bool) -> list[Logger]:
     return loggers
 
 
+def tracker_kind(tracker: Logger) -> str:
+    """ "wandb" or "mlflow" (by class name: neither package is imported unless its tracker is enabled)."""
+    return "wandb" if type(tracker).__name__ == "WandbLogger" else "mlflow"
+
+
 def log_mlflow_params(tracker: Logger, params: dict[str, Any]) -> None:
     """The config as MLflow parameters. MLflow never changes a run's parameter, so in a resumed run whose config
     changed (a longer SOLVER.MAX_ITER, say) the first values stay and the new ones become tags `resumed.<KEY>`."""
@@ -136,12 +141,13 @@ class TrackingRuns(Callback):
             return
         ids = {}
         for tracker in self.loggers:
-            kind = "wandb" if type(tracker).__name__ == "WandbLogger" else "mlflow"
+            kind = tracker_kind(tracker)
             if kind == "wandb":
                 tracker.log_hyperparams(self.params)  # W&B updates a resumed run's config
+                ids[kind] = str(tracker.version)
             else:
                 log_mlflow_params(tracker, self.params)
-            ids[kind] = str(tracker.version if kind == "wandb" else tracker.run_id)
+                ids[kind] = str(tracker.run_id)
         atomic_write_json(Path(self.output_dir) / RUN_IDS_FILE, ids, indent=2)
         logger.info("tracking: %s", ", ".join(f"{kind} run {run_id}" for kind, run_id in ids.items()))
 
@@ -150,5 +156,5 @@ def finish_tracking(loggers: list[Logger]) -> None:
     """Close the W&B run this process opened (wandb keeps one run per process; a later training in the same
     process would otherwise log into it). MLflow's run is closed by Lightning at the end of fit."""
     for tracker in loggers:
-        if type(tracker).__name__ == "WandbLogger" and getattr(tracker, "_experiment", None) is not None:
+        if tracker_kind(tracker) == "wandb" and getattr(tracker, "_experiment", None) is not None:
             tracker.experiment.finish()

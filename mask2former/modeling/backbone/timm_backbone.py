@@ -112,6 +112,32 @@ def feature_key_map(feature_keys: list[str], model_keys: set[str]) -> dict[str, 
     return mapping
 
 
+def timm_filtered(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`state` through the `checkpoint_filter_fn` of the timm module that defines `model`'s class (timm's own
+    conversion of official and older checkpoints: key renames, position-embedding resizing); unchanged without one."""
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    return state if convert is None else convert(state, model)
+
+
+def fit_by_shape(
+    candidates: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str | Path, model_name: str, hint: str
+) -> dict[str, torch.Tensor]:
+    """The candidates whose shape is that of the same key in `own`. Any other shape, or nothing that fits, is a
+    ConfigError: MODEL.BACKBONE.WEIGHTS `path` does not fit `model_name`, then `hint` (what to give instead)."""
+    loaded, mismatched = {}, []
+    for key, value in candidates.items():
+        if tuple(value.shape) == tuple(own[key].shape):
+            loaded[key] = value
+        else:
+            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+    if mismatched or not loaded:
+        raise ConfigError(
+            f"MODEL.BACKBONE.WEIGHTS {path} does not fit {model_name}: {len(loaded)} tensors fit, shapes differ for "
+            f"{mismatched[:3]}{hint}"
+        )
+    return loaded
+
+
 def load_timm_pretrained(model: TimmBackbone, path: str | Path) -> dict[str, list[str]]:
     """Read `path` safely, convert it with timm's filter for this model, load it; returns missing / unused keys."""
     import timm
@@ -121,26 +147,14 @@ def load_timm_pretrained(model: TimmBackbone, path: str | Path) -> dict[str, lis
         raise FileNotFoundError(f"MODEL.BACKBONE.WEIGHTS not found: {path}")
     state = read_checkpoint(path)
     whole = timm.create_model(model.timm_name, pretrained=False, **model.timm_kwargs)
-    convert = getattr(sys.modules[type(whole).__module__], "checkpoint_filter_fn", None)
-    if convert is not None:
-        state = convert(state, whole)
+    state = timm_filtered(state, whole)
     feature_state = model.body.state_dict()
     mapping = feature_key_map(list(feature_state), set(whole.state_dict()))
-    loaded, missing, mismatched = {}, [], []
-    for key, source in mapping.items():
-        if source not in state:
-            missing.append(key)
-        elif tuple(state[source].shape) != tuple(feature_state[key].shape):
-            mismatched.append(f"{key} {tuple(state[source].shape)} vs {tuple(feature_state[key].shape)}")
-        else:
-            loaded[key] = state[source]
+    candidates = {key: state[source] for key, source in mapping.items() if source in state}
+    name = f"timm model {model.timm_name!r} with MODEL.TIMM.ARGS {model.timm_kwargs}"
+    loaded = fit_by_shape(candidates, feature_state, path, name, ": give the checkpoint of the model MODEL.TIMM names")
+    missing = [key for key, source in mapping.items() if source not in state]
     missing += [key for key in feature_state if key not in mapping]
-    if mismatched or not loaded:
-        raise ConfigError(
-            f"MODEL.BACKBONE.WEIGHTS {path} does not fit timm model {model.timm_name!r} with MODEL.TIMM.ARGS "
-            f"{model.timm_kwargs}: {len(loaded)} tensors fit, shapes differ for {mismatched[:3]}: give the checkpoint "
-            "of the model MODEL.TIMM names"
-        )
     model.body.load_state_dict(loaded, strict=False)
     used = set(mapping.values())
     unused = sorted(key for key in state if key not in used)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from ...config import CfgNode as ConfigNode
 from ...engine.checkpoint import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
 from .resnet import get_norm
+from .timm_backbone import fit_by_shape, timm_filtered
 
 logger = logging.getLogger(__name__)
 
@@ -326,23 +326,11 @@ def load_vit_pyramid_pretrained(model: ViTPyramid, path: str | Path) -> dict[str
     pruned = [k for k in state if (m := re.match(r"blocks\.(\d+)\.", k)) and int(m.group(1)) >= kept]
     state = {k: v for k, v in state.items() if k not in set(pruned)}
     state = _share_table_per_block(state, model)
-    convert = getattr(sys.modules[type(model.vit).__module__], "checkpoint_filter_fn", None)
-    if convert is not None:
-        state = convert(state, model.vit)
+    state = timm_filtered(state, model.vit)
     own = model.vit.state_dict()
-    loaded, mismatched = {}, []
-    for key, value in state.items():
-        if key in own:
-            if tuple(value.shape) == tuple(own[key].shape):
-                loaded[key] = value
-            else:
-                mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
-    if mismatched or not loaded:
-        raise ConfigError(
-            f"MODEL.BACKBONE.WEIGHTS {path} does not fit MODEL.VIT_PYRAMID.NAME {model.timm_name!r} with "
-            f"{model.timm_kwargs}: {len(loaded)} tensors fit, shapes differ for {mismatched[:3]}; give a checkpoint "
-            "of that model (its EMBED_DIM / DEPTH / NUM_HEADS)"
-        )
+    name = f"MODEL.VIT_PYRAMID.NAME {model.timm_name!r} with {model.timm_kwargs}"
+    hint = "; give a checkpoint of that model (its EMBED_DIM / DEPTH / NUM_HEADS)"
+    loaded = fit_by_shape({key: value for key, value in state.items() if key in own}, own, path, name, hint)
     model.vit.load_state_dict(loaded, strict=False)
     new_neck = [f"neck.{k}" for k in model.neck.state_dict()]
     missing = [f"vit.{k}" for k in own if k not in loaded] + new_neck
