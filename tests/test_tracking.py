@@ -86,5 +86,8 @@ def test_a_missing_package_or_a_bad_mode_is_one_error_naming_the_key(tmp_path: P
     cfg.TRACKING.MLFLOW.TRACKING_URI = other  # a server's URI or another store instead of OUTPUT_DIR/mlruns
     (mlflow_logger,) = tracking.build_tracking_loggers(cfg, resume=False)
     assert mlflow_logger._tracking_uri == other
+    cfg.TRACKING.MLFLOW.TRACKING_URI = "http://127.0.0.1:9"  # nothing listens there: one line, not minutes of retries
+    with pytest.raises(ConfigError, match=r"TRACKING.MLFLOW.TRACKING_URI http://127.0.0.1:9: no MLflow server answers"):
+        tracking.build_tracking_loggers(cfg, resume=False)
     cfg.TRACKING.MLFLOW.ENABLED = False
     assert tracking.build_tracking_loggers(cfg, resume=False) == []

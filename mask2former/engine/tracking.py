@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,22 @@ def mlflow_uri(cfg: CfgNode) -> str:
     return cfg.TRACKING.MLFLOW.TRACKING_URI or (Path(cfg.OUTPUT_DIR).resolve() / "mlruns").as_uri()
 
 
+def check_mlflow_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An http(s) tracking URI must answer MLflow's /health at once: MLflow itself retries for minutes, then fails
+    inside the trainer's setup with a traceback."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(
+            f"TRACKING.MLFLOW.TRACKING_URI {uri}: no MLflow server answers ({reason}); start it (`mlflow server`), "
+            "or leave the key empty for the local file store OUTPUT_DIR/mlruns"
+        ) from None
+
+
 def build_tracking_loggers(cfg: CfgNode, resume: bool) -> list[Logger]:
     """The enabled trackers as Lightning loggers; `resume`: continue the runs recorded in OUTPUT_DIR."""
     node = cfg.TRACKING
@@ -90,6 +107,7 @@ def build_tracking_loggers(cfg: CfgNode, resume: bool) -> list[Logger]:
     if node.MLFLOW.ENABLED:
         _require("mlflow", "TRACKING.MLFLOW.ENABLED")
         uri = mlflow_uri(cfg)
+        check_mlflow_server(uri)
         if uri.startswith("file:"):
             # MLflow 3 keeps its file store in maintenance mode and refuses it unless asked: this is the local store
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
