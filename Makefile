@@ -62,8 +62,8 @@ demo: install
 demo-data:
 	@if [ ! -f $(SAMPLE)/train_all.json ] || [ "$$(cat $(SAMPLE)/.demo-key 2>/dev/null)" != "$(SAMPLE_KEY)" ]; then \
 		rm -f $(SAMPLE)/.demo-key; \
-		echo "$(PY) tools/make_sample_dataset.py --out $(SAMPLE) $(SAMPLE_ARGS)"; \
-		$(PY) tools/make_sample_dataset.py --out $(SAMPLE) $(SAMPLE_ARGS) || { \
+		echo "$(PY) tools/make_sample_dataset.py --out $(SAMPLE) $(SAMPLE_ARGS) --overwrite"; \
+		$(PY) tools/make_sample_dataset.py --out $(SAMPLE) $(SAMPLE_ARGS) --overwrite || { \
 			echo "make demo: could not generate $(SAMPLE): move it away, or give another folder (make demo SAMPLE=...)" >&2; \
 			exit 2; }; \
 		echo "$(SAMPLE_KEY)" > $(SAMPLE)/.demo-key; \

@@ -8,14 +8,17 @@ and `get_cfg()` applies every registered one.
 
 Config files are read with a YAML safe loader, for every file of a `_BASE_` chain: the one Python tag official
 configs carry, `!!python/object/apply:eval ["<expression>"]`, is evaluated by `utils/safe_eval.py` (arithmetic,
-range, int, list comprehensions; never Python's eval); any other Python tag is refused.
+range, int, list comprehensions; never Python's eval); any other Python tag is refused. A key set twice in one
+block, or aliases that expand to more than MAX_YAML_NODES values, are refused naming the file (before anything is
+expanded). `load_config` then refuses values that cannot work (VALUE_RULES): every tool gets the same checks.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +66,65 @@ class ConfigError(UserError, KeyError):
 EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
 
 
+# The most values (scalars, lists, mappings) a config file may expand to with its aliases counted at every use;
+# official configs hold a few hundred. More is refused before anything is built ("billion laughs" files).
+MAX_YAML_NODES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _ConfigLoader(yaml.SafeLoader):
-    """yaml's SafeLoader plus the official configs' eval tag (through safe_eval); other Python tags refused."""
+    """yaml's SafeLoader plus the official configs' eval tag (through safe_eval); other Python tags refused; a key
+    set twice in one mapping is refused (yaml would keep the last silently)."""
 
     config_file = "<config>"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise ConfigError(
+                    f"{_where(self, key_node)}: {key} is set a second time in the same block (first at line "
+                    f"{first}); YAML would silently drop the first: write each key once (merge the two blocks)"
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
+def _check_expanded_size(node: yaml.Node, filename: str) -> None:
+    """ConfigError when the document, with every alias expanded, holds more than MAX_YAML_NODES values, or an
+    alias inside the block it names (an endless value); counted on the composed graph, before construction."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(current: yaml.Node) -> int:
+        key = id(current)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(
+                f"{filename}, line {current.start_mark.line + 1}: an alias refers to the block that contains it "
+                "(an endless value): write the value out"
+            )
+        open_nodes.add(key)
+        total = 1
+        if isinstance(current, yaml.SequenceNode):
+            total += sum(size(child) for child in current.value)
+        elif isinstance(current, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in current.value)
+        open_nodes.discard(key)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{filename}: its aliases (*name) expand to more than {MAX_YAML_NODES} values (line "
+                f"{current.start_mark.line + 1} onwards): a config this large is a mistake or an attack; not read"
+            )
+        sizes[key] = total
+        return total
+
+    size(node)
 
 
 def _where(loader: _ConfigLoader, node: yaml.Node) -> str:
@@ -102,13 +160,18 @@ _ConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_python_
 
 def read_config_yaml(filename: str) -> dict:
     """One config file (no `_BASE_` resolution) as a dict, read with the safe loader; ConfigError naming the file
-    and line for a YAML error or a refused tag."""
+    and line for a YAML error, a refused tag, a key set twice in one block, or aliases that expand to more than
+    MAX_YAML_NODES values (refused before they are expanded). Every YAML file the project reads goes through it."""
     try:
         with open(filename, encoding="utf-8") as stream:
             loader = _ConfigLoader(stream)
             loader.config_file = str(filename)
             try:
-                data = loader.get_single_data()
+                node = loader.get_single_node()
+                if node is None:
+                    return {}
+                _check_expanded_size(node, str(filename))
+                data = loader.construct_document(node)
             finally:
                 loader.dispose()
     except yaml.MarkedYAMLError as error:
@@ -119,6 +182,8 @@ def read_config_yaml(filename: str) -> dict:
         raise ConfigError(f"{filename}: not valid YAML: {error}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{filename}: not a UTF-8 text file ({error.reason})") from None
+    except RecursionError:
+        raise ConfigError(f"{filename}: blocks nested too deeply to be a config; not read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -250,12 +315,50 @@ def load_config(config_file: str | None, opts: list[str] | tuple[str, ...] = (),
     return cfg
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _sizes(value: Any, least: int) -> bool:
+    """A non-empty list of whole numbers >= `least`."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return bool(items) and all(isinstance(v, int) and not isinstance(v, bool) and v >= least for v in items)
+
+
+# Keys whose values cannot work outside a range: (key, test, what to give). Read by load_config, so every tool
+# (train_net, predict, evaluate, ...) refuses them in one line before anything is built.
+VALUE_RULES: tuple[tuple[str, Callable[[Any, _FvCfgNode], bool], str], ...] = (
+    ("SOLVER.IMS_PER_BATCH", lambda v, c: isinstance(v, int) and v >= 1, "the images per iteration (>= 1)"),
+    ("SOLVER.BASE_LR", lambda v, c: _is_number(v) and v >= 0, "a learning rate >= 0 (Mask2Former: 0.0001)"),
+    ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", lambda v, c: isinstance(v, int) and v >= 1, "the queries (>= 1; 100)"),
+    ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", lambda v, c: isinstance(v, int) and v >= 1, "the classes with background"),
+    ("DATALOADER.NUM_WORKERS", lambda v, c: isinstance(v, int) and v >= 0, "data-loading processes (>= 0)"),
+    ("INPUT.MIN_SIZE_TRAIN", lambda v, c: _sizes(v, 1), "one or more short sides in pixels, e.g. (512,)"),
+    (
+        "INPUT.MIN_SIZE_TRAIN",
+        lambda v, c: c.INPUT.MIN_SIZE_TRAIN_SAMPLING != "range" or (isinstance(v, (list, tuple)) and len(v) == 2),
+        "two sizes [min, max] with INPUT.MIN_SIZE_TRAIN_SAMPLING range",
+    ),
+    (
+        "TEST.AUG.MIN_SIZES",
+        lambda v, c: not c.TEST.AUG.ENABLED or _sizes(v, 0),
+        "one or more short sides in pixels for test-time augmentation (TEST.AUG.ENABLED, predict.py --tta)",
+    ),
+)
+
+
 def check_config_values(cfg: _FvCfgNode) -> None:
-    """ConfigError for a key of ONLY_DEFAULT set to another value (the message names the key and why)."""
+    """ConfigError for a key of ONLY_DEFAULT set to another value, or a key of VALUE_RULES set to a value that
+    cannot work (the message names the key, its value and what to give)."""
     for key, (allowed, reason) in ONLY_DEFAULT.items():
         value = _lookup(cfg, key)
         if value != allowed or type(value) is not type(allowed):
             raise ConfigError(f"{key} is {value!r}: only {allowed!r} is supported ({reason})")
+    for key, test, wanted in VALUE_RULES:
+        value = _lookup(cfg, key)
+        if not test(value, cfg):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{key} is {shown!r}, which cannot work: give {wanted}")
 
 
 def _lookup(cfg: _FvCfgNode, key: str) -> Any:

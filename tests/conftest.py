@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -102,6 +103,16 @@ TINY_TIMM = {
 }
 
 
+def tree_hashes(*roots: Path) -> dict[str, str]:
+    """path -> sha1 of every file under `roots`: to show that a command changed no byte of them."""
+    return {
+        str(path): hashlib.sha1(path.read_bytes()).hexdigest()
+        for root in roots
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
 def make_tiny(cfg) -> None:
     """TINY_MODEL, and a timm backbone swapped for its TINY_TIMM sibling (ARGS other than the sizes kept)."""
     cfg.merge_from_list(TINY_MODEL)
@@ -110,6 +121,7 @@ def make_tiny(cfg) -> None:
         cfg.MODEL.TIMM.NAME = name
         for key, value in sizes.items():
             cfg.MODEL.TIMM.ARGS[key] = value
+
 
 # A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two
 # polygons, and a triangle (Plastic bag). A second image holds one RLE annotation.
@@ -266,4 +278,3 @@ def tiny_run_argv(
         *extra,
     ]
     return ["--config-file", str(REPO / "configs" / config), "--num-gpus", "0", *opts]
-

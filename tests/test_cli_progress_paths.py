@@ -46,9 +46,10 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs():
 
 def test_progress_into_a_pipe_writes_periodic_lines_with_rate_and_eta(caplog):
     clock, stream = _Clock(), io.StringIO()
-    with caplog.at_level(logging.INFO, logger="progress"), Progress(
-        100, "predict", "img", interval=10, stream=stream, clock=clock
-    ) as meter:
+    with (
+        caplog.at_level(logging.INFO, logger="progress"),
+        Progress(100, "predict", "img", interval=10, stream=stream, clock=clock) as meter,
+    ):
         for _ in range(100):
             clock.now += 1.0
             meter.update(1)

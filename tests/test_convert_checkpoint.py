@@ -32,6 +32,7 @@ from mask2former.engine.launch import load_backbone_weights
 from mask2former.modeling.backbone.swin import load_swin_pretrained
 from mask2former.modeling.meta_arch import build_model
 from mask2former.pipeline.convert_checkpoint import ConvertError, ConvertOptions, run
+from mask2former.utils.output_folder import OutputFolderError
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 SECTION = "## Checkpoints"
@@ -216,7 +217,15 @@ def test_output_rules(tmp_path: Path, tiny_state) -> None:
     with pytest.raises(FileExistsError, match=r"out.safetensors exists: give --overwrite"):
         run(ConvertOptions(str(source), str(target)))
     assert target.read_bytes() == b"the user's file"
-    run(ConvertOptions(str(source), str(target), overwrite=True))
+    with pytest.raises(OutputFolderError, match=r"out.safetensors exists and was not written by convert_checkpoint"):
+        run(ConvertOptions(str(source), str(target), overwrite=True))  # --overwrite replaces only its own files
+    assert target.read_bytes() == b"the user's file"
+    save_file({k: v.contiguous() for k, v in tiny_state.items()}, target)  # a safetensors file of the user's
+    with pytest.raises(OutputFolderError, match=r"was not written by convert_checkpoint.py"):
+        run(ConvertOptions(str(source), str(target), overwrite=True))
+    target.unlink()
+    run(ConvertOptions(str(source), str(target)))
+    run(ConvertOptions(str(source), str(target), overwrite=True))  # its own file: replaced
     assert read_checkpoint(target).keys() == tiny_state.keys()
     before = _digest(source)
     with pytest.raises(ConvertError, match=r"is IN: the input is never overwritten"):

@@ -75,7 +75,9 @@ def test_sample_data_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     before = tree(tmp_path)
     result = make("demo-data", f"SAMPLE={mine}", f"SAMPLE_ARGS={SMALL}")
     assert result.returncode == 2
-    assert f"--out {mine} already holds files" in result.stderr
+    assert f"--out {mine} is not a folder make_sample_dataset.py made ({mine / 'train.json'} would be replaced)" in (
+        result.stderr
+    )
     assert (
         f"make demo: could not generate {mine}: move it away, or give another folder (make demo SAMPLE=...)"
         in result.stderr

@@ -159,6 +159,7 @@ def test_two_processes_train_as_one(data_root: Path, two_processes: Path, tmp_pa
 def test_only_rank_zero_writes_and_each_rank_logs(two_processes: Path) -> None:
     names = sorted(path.name for path in two_processes.iterdir())
     assert names == [
+        ".trashseg-owner.json",
         "checkpoints",
         "config.yaml",
         "eval",
@@ -173,7 +174,7 @@ def test_only_rank_zero_writes_and_each_rank_logs(two_processes: Path) -> None:
     assert "rank 0 of 2" in (two_processes / "log.txt").read_text()
     with open(two_processes / "metrics.csv") as rows:
         steps = [int(row["step"]) for row in csv.DictReader(rows) if row["total_loss"]]
-    assert steps == list(range(ITERATIONS))  # one row per iteration, written once
+    assert steps == list(range(1, ITERATIONS + 1))  # one row per iteration, written once
     evaluation = json.loads((two_processes / "eval" / "trash_val" / "sem_seg_metrics.json").read_text())
     assert evaluation["num_images"] == 5
 

@@ -32,13 +32,14 @@ from mask2former.engine.inference import (
     predict_batch,
     predict_probabilities,
 )
-from mask2former.engine.run_lock import OutputDirInUseError, OutputDirLock
 from mask2former.errors import UserError
 from mask2former.modeling.meta_arch import build_model
 from mask2former.pipeline import predict as pipeline
 from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path
 from mask2former.submission import read_submission
+from mask2former.utils.output_folder import OWNER_FILE, OutputFolderError
 from mask2former.utils.progress import Progress
+from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 
 TINY = TINY_MODEL
 SIZES = ["INPUT.MIN_SIZE_TEST", "64", "TEST.AUG.MIN_SIZES", "(64, 96)", "MODEL.DEVICE", "cpu"]
@@ -241,7 +242,7 @@ def test_interrupted_run_resumes(sample_root, checkpoints, tmp_path, monkeypatch
     assert (out / "submission.csv").read_bytes() == (reference / "submission.csv").read_bytes()
 
     # resuming with other settings is refused; --overwrite predicts everything again
-    with pytest.raises(pipeline.PredictError, match="other settings.*prob_size"):
+    with pytest.raises(OutputFolderError, match="other settings.*prob_size: 256 before, 128 now"):
         run(sample_root, out, [checkpoints["a"]], "--prob-size", "128")
     run(sample_root, out, [checkpoints["a"]], "--prob-size", "128", "--overwrite")
     assert meta(out)["predicted"] == len(images)
@@ -263,11 +264,11 @@ RUN_FIELDS = ("devices", "seconds", "images_per_second")
 
 
 def made_files(out: Path) -> tuple[dict[str, bytes], dict]:
-    """Every file under OUT by relative path (log.txt, whose lines carry times, left out) and meta.json without
-    RUN_FIELDS."""
+    """Every file under OUT by relative path (log.txt and the owner record, whose lines carry times, left out) and
+    meta.json without RUN_FIELDS."""
     files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    assert "meta.json" in files and "log.txt" in files, sorted(files)
-    del files["log.txt"]
+    assert {"meta.json", "log.txt", OWNER_FILE} <= set(files), sorted(files)
+    del files["log.txt"], files[OWNER_FILE]
     info = json.loads(files.pop("meta.json"))
     return files, {key: value for key, value in info.items() if key not in RUN_FIELDS}
 

@@ -26,12 +26,11 @@ from mask2former.config import load_config
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, class_names_from_categories, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
-from mask2former.engine.run_lock import OutputDirInUseError, OutputDirLock
 from mask2former.ensemble import write_label_png
 from mask2former.modeling.meta_arch import build_model
 from mask2former.pipeline import pseudo_label as loop
 from mask2former.pipeline.pseudo_label import LoopOptions, PseudoLabelError
-from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities
+from mask2former.prediction_io import ProbabilityFileError, load_probabilities, probability_path, save_probabilities
 from mask2former.pseudo_label import (
     keeps_round,
     label_png_name,
@@ -39,6 +38,8 @@ from mask2former.pseudo_label import (
     write_pseudo_dataset,
 )
 from mask2former.utils.io import UnsafePathError
+from mask2former.utils.output_folder import OutputFolderError, claim_output_folder
+from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
 CATEGORIES = [{"id": 1, "name": "Paper"}, {"id": 2, "name": "Metal"}]
@@ -380,6 +381,8 @@ def test_input_errors_name_the_file_and_write_nothing(sample_root, start_weights
     refused("is not a folder", init_probs=str(tmp_path / "nowhere"))
     empty = tmp_path / "empty_probs"
     empty.mkdir()
+    refused(r"empty_probs: not a prediction folder \(no probs/ inside\)", ProbabilityFileError, init_probs=str(empty))
+    (empty / "probs").mkdir()
     refused(r"no usable prediction for image \d+ \(batch_\d+/\d+\.jpg\): .*is missing", init_probs=str(empty))
     images, class_names = unlabeled_test_images(sample_root)
     other = tmp_path / "other_classes"
@@ -409,9 +412,13 @@ def test_input_errors_name_the_file_and_write_nothing(sample_root, start_weights
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    refused(r"holds files that are not a pseudo-label run's \(notes\.txt\)", out=str(foreign))
-    refused(r"holds files that are not a pseudo-label run's", out=str(foreign), overwrite=True)
+    refused(r"is not a folder pseudo_label\.py made \(it holds notes\.txt\): give a new or empty", OutputFolderError,
+            out=str(foreign))  # fmt: skip
+    refused(r"is not a folder pseudo_label\.py made", OutputFolderError, out=str(foreign), overwrite=True)
+    # a folder a run of the tool made (its owner record) whose round keeps the weights a new run would start from
     kept = out / "round_2" / "train"
+    moved = LoopOptions(**{**base.__dict__, "weights": str(kept / "model_final.pth")})
+    claim_output_folder(out, loop.TOOL, loop.settings_of(moved)).record("round_2", "state.json")
     kept.mkdir(parents=True)
     (out / "state.json").write_text(json.dumps({"settings": {}, "rounds": []}))
     shutil.copy(start_weights, kept / "model_final.pth")

@@ -25,8 +25,8 @@ from mask2former.engine.checkpoint_io import CheckpointSaveError
 from mask2former.engine.launch import default_argument_parser, main, setup, train
 from mask2former.engine.lightning_module import NonFiniteLossError
 from mask2former.engine.metrics_log import read_metrics
-from mask2former.engine.run_lock import OutputDirInUseError, OutputDirLock
 from mask2former.modeling.meta_arch import build_model
+from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
 TRAIN_NET = str(REPO / "train_net.py")
@@ -300,7 +300,7 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
     resume_step = int(periodic[-1].stem.split("_")[1])
     last = out / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100_000])
-    kept = [row for row in read_metrics(out / "metrics.csv") if int(row["step"]) < resume_step]
+    kept = [row for row in read_metrics(out / "metrics.csv") if int(row["step"]) <= resume_step]
     assert any(row["total_loss"] for row in kept)
     events_before = set((out / "tensorboard").glob("events.*"))
 
@@ -313,7 +313,7 @@ def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path,
     rows = read_metrics(out / "metrics.csv")
     assert [{k: v for k, v in row.items() if k in kept[0]} for row in rows[: len(kept)]] == kept
     train_steps = [int(row["step"]) for row in rows if row["total_loss"]]
-    assert train_steps == list(range(30))  # the rows before the resume point kept, none of the killed run doubled
+    assert train_steps == list(range(1, 31))  # the rows up to the resume point kept, none of the killed run doubled
     assert events_before and events_before < set((out / "tensorboard").glob("events.*"))  # old events kept
     assert digest(REPO / "configs", sample_root) == inputs
     assert {p.name for p in tmp_path.iterdir()} <= {"run", "cache"}

@@ -12,12 +12,11 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from mask2former.data.sample_dataset import (
-    MARKER,
     TRASH_CATEGORY_NAMES,
-    OutputFolderNotEmpty,
     make_sample_dataset,
     render_sample_scene,
 )
+from mask2former.utils.output_folder import OWNER_FILE, OutputFolderError
 
 
 def test_layout(sample_root: Path) -> None:
@@ -47,8 +46,10 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     make_sample_dataset(tmp_path / "b", 4, 2, seed=3)
     make_sample_dataset(tmp_path / "c", 4, 2, seed=4)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 11 and Path(MARKER) in files  # 4 jsons, 6 images and the marker
+    assert len(files) == 11 and Path(OWNER_FILE) in files  # 4 jsons, 6 images and the owner record
     for rel in files:
+        if rel == Path(OWNER_FILE):  # it records when the folder was made
+            continue
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a" / "batch_01_vt/0000.jpg").read_bytes() != (
         tmp_path / "c" / "batch_01_vt/0000.jpg"
@@ -102,18 +103,17 @@ def test_refuses_a_folder_that_holds_files(tmp_path: Path) -> None:
     (user / "train.json").write_text('{"my": "annotations"}')
     (user / "batch_01_vt" / "0000.jpg").write_bytes(b"my photo")
     before = _hashes(user)
-    with pytest.raises(OutputFolderNotEmpty) as error:
-        make_sample_dataset(user, 4, 2)
-    assert str(error.value) == (
-        f"--out {user} already holds files (e.g. batch_01_vt): give a new or empty folder, or pass --overwrite "
-        "to write the sample dataset over the files of the same names there"
-    )
-    assert _hashes(user) == before
+    for overwrite in (False, True):  # --overwrite starts over only in a folder the generator made
+        with pytest.raises(OutputFolderError) as error:
+            make_sample_dataset(user, 4, 2, overwrite=overwrite)
+        assert str(error.value) == (
+            f"--out {user} is not a folder make_sample_dataset.py made ({user / 'train.json'} would be replaced): "
+            "give a new or empty folder"
+        )
+        assert _hashes(user) == before
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(OutputFolderNotEmpty, match="is a file, not a folder"):
+    with pytest.raises(OutputFolderError, match="is a file: give a folder"):
         make_sample_dataset(tmp_path / "a_file", 4, 2)
-    make_sample_dataset(user, 4, 2, overwrite=True)  # asked for: written over
-    assert json.loads((user / "train.json").read_text())["images"]
 
 
 def test_writes_again_into_a_folder_it_made(tmp_path: Path) -> None:
@@ -126,12 +126,17 @@ def test_writes_again_into_a_folder_it_made(tmp_path: Path) -> None:
     assert _hashes(tmp_path / "empty") == first
 
 
-def test_a_folder_it_made_that_holds_a_users_files_is_refused(tmp_path: Path) -> None:
-    """Predictions kept beside the generated data would describe images that a new generation replaces."""
+def test_other_arguments_need_overwrite_which_replaces_only_its_own_files(tmp_path: Path) -> None:
+    """A folder it made for other arguments is refused; --overwrite deletes what it recorded there and starts over,
+    leaving a user's file beside them as it was."""
     data = tmp_path / "data"
     make_sample_dataset(data, 4, 2, seed=0)
     (data / "submission.csv").write_text("image_id,PredictionString\n")
     before = _hashes(data)
-    with pytest.raises(OutputFolderNotEmpty, match=r"already holds files \(e.g. submission.csv\)"):
+    with pytest.raises(OutputFolderError, match=r"made with other settings \(seed: 0 before, 1 now\).*--overwrite"):
         make_sample_dataset(data, 4, 2, seed=1)
     assert _hashes(data) == before
+    make_sample_dataset(data, 3, 2, seed=1, overwrite=True)
+    assert (data / "submission.csv").read_text() == "image_id,PredictionString\n"
+    assert len(json.loads((data / "train_all.json").read_text())["images"]) == 3
+    assert _hashes(data) != before

@@ -21,6 +21,7 @@ from mask2former.pipeline.evaluate import run as evaluate
 from mask2former.pipeline.inspect_dataset import InspectOptions
 from mask2former.pipeline.inspect_dataset import run as inspect_dataset
 from mask2former.submission import SubmissionError, check_submission, downsample_label_map, write_submission
+from mask2former.utils.output_folder import OWNER_FILE, OutputFolderError
 
 
 def tree_hashes(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
@@ -88,6 +89,7 @@ def test_evaluate_csv_and_label_folder(sample_root: Path, cache_dir: Path, tmp_p
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
     assert json.loads((tmp_path / "eval" / "confusion_matrix.json").read_text())["matrix"] == hist.tolist()
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        OWNER_FILE,
         "confusion_matrix.json",
         "confusion_matrix.png",
         "sem_seg_metrics.json",
@@ -170,7 +172,10 @@ def test_evaluate_never_writes_over_its_inputs(sample_root: Path, cache_dir: Pat
     with pytest.raises(EvaluationError, match=r"writing sem_seg_metrics.json would replace an input"):
         _score(sample_root / "val.json", csv, cache_dir, out=tmp_path)
     assert tree_hashes(tmp_path) == before
-    assert _score(sample_root / "val.json", folder, cache_dir, out=folder) < 1.0  # beside the maps: nothing replaced
+    # the folder of the maps is not evaluate's: refused before scoring (its reports go into a folder of their own)
+    with pytest.raises(OutputFolderError, match=rf"--out {folder} is not a folder evaluate.py made \(it holds "):
+        _score(sample_root / "val.json", folder, cache_dir, out=folder)
+    assert tree_hashes(tmp_path) == before
 
 
 def test_check_submission_accepts_a_valid_csv_and_names_a_missing_row(sample_root: Path, tmp_path: Path) -> None:
@@ -236,8 +241,9 @@ def test_split_folds_never_writes_over_the_json_it_splits(tmp_path: Path, sample
 
 def test_inspect_dataset(sample_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     stats = inspect_dataset(
-        InspectOptions(json=str(sample_root / "train.json"), out=str(tmp_path), num=4, cache_dir=str(cache_dir))
+        InspectOptions(json=str(sample_root / "train.json"), out=str(tmp_path / "out"), num=4, cache_dir=str(cache_dir))
     )
+    tmp_path = tmp_path / "out"
     data = json.loads((sample_root / "train.json").read_text())
     assert stats["num_images"] == len(data["images"])
     assert sum(c["instances"] for c in stats["classes"]) == len(data["annotations"])

@@ -477,8 +477,9 @@ def test_viewer_without_arguments_says_how_to_start(monkeypatch, tmp_path: Path)
     assert any("--data-root" in e.value for e in app.error)
     # `streamlit run tools/viewer.py -- --data-root MISSING`: the launcher's message, on the page
     app = run_viewer(monkeypatch, "--data-root", tmp_path / "missing")
-    assert [e.value for e in app.error] == [f"Cannot start: --data-root {tmp_path / 'missing'}: not a folder "
-                                            "(give the folder that holds the COCO jsons)"]
+    assert [e.value for e in app.error] == [
+        f"Cannot start: --data-root {tmp_path / 'missing'}: not a folder (give the folder that holds the COCO jsons)"
+    ]
     assert not app.table and not app.image
 
 

@@ -5,7 +5,8 @@
 
 Writes train_all.json, train.json, val.json (80/20 by image), test.json (no annotations) and
 512x512 JPEGs under batch_01_vt/, batch_02_vt/, batch_03/. Same seed, same bytes. --out must be a new or
-empty folder; --overwrite writes over the files of the same names in a folder that holds some.
+empty folder, or one this tool made with the same arguments (written again); --overwrite starts over in one it
+made with other arguments. A folder of anyone else's is never written (docs/output_folders.md).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from mask2former.utils.logger import setup_logging
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output data root (new or empty)")
+    parser.add_argument("--out", required=True, help="output data root (new, empty, or made by this tool)")
     parser.add_argument("--num-train", type=int, default=240, help="labelled images (split into train/val)")
     parser.add_argument("--num-test", type=int, default=60, help="unlabelled test images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start over in a folder this tool made with other arguments"
+    )
     args = parser.parse_args(strip_debug(argv))
     setup_logging()
 

@@ -16,15 +16,18 @@ with '..' is refused (`read_coco_json`). Asked for ground truth (`has_gt=True`),
 carries an annotation (a test json) is refused instead of scoring against all-background maps.
 
 Rendered maps are cached under `<cache>/<json stem>-<hash of json bytes and options>/`, one PNG per
-image, written atomically; a manifest written last marks the cache complete, so later loads neither
-re-validate nor re-rasterise. An interrupted render resumes where it stopped.
+image, written atomically; a manifest written last marks the cache complete and records each label map's
+SHA-1, so later loads neither re-validate nor re-rasterise, only check the bytes: a label map edited, replaced
+or removed since is logged and rendered (a given one: checked) again. An interrupted render is finished.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +39,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..utils.io import UnsafePathError, atomic_write_bytes, atomic_write_json, output_path, safe_relative_name
+from ..errors import FileSystemError
+from ..utils.io import UnsafePathError, atomic_write_bytes, output_path, safe_relative_name
 from ..utils.progress import progress as with_progress
 from .catalog import DatasetCatalog, DatasetNameError, MetadataCatalog
 from .io import (  # noqa: F401  (read_coco_json: re-exported for old importers)
@@ -47,6 +51,7 @@ from .io import (  # noqa: F401  (read_coco_json: re-exported for old importers)
     orientation_of,
     read_coco_json,
     read_label,
+    require_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -100,9 +105,52 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TRASH_CACHE", "~/.cache/trashseg")).expanduser()
 
 
+class LabelCacheError(FileSystemError):
+    """The label cache cannot be written (a read-only file system, no permission); the message names its folder
+    and how to move it."""
+
+
+def write_cache_file(folder: Path, path: Path, data: bytes) -> None:
+    """`path` (a label map or the manifest of the cache `folder`) written atomically; a cache that cannot be
+    written is a LabelCacheError (other refusals of the file system are the writer's one line)."""
+    try:
+        atomic_write_bytes(path, data)
+    except FileSystemError as error:
+        if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        why = "read-only file system" if error.errno == errno.EROFS else "no permission to write there"
+        raise LabelCacheError(
+            f"cannot write the label cache {folder} ({why}): set DATASETS.LABEL_CACHE_DIR (or $TRASH_CACHE) to a "
+            "writable folder",
+            error.errno,
+        ) from error
+
+
 def class_names_from_categories(categories: list[dict]) -> list[str]:
     """["Background", then the category names in id order]."""
     return ["Background"] + [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+class ClassListError(DataError):
+    """Two class lists that should be one differ (in count, order or names); the message names both sources."""
+
+
+def check_class_lists(
+    names: list[str], source: str, reference: list[str], reference_source: str, advice: str = ""
+) -> None:
+    """ClassListError unless `names` (from `source`: a json, a model, a prediction folder) is `reference` (from
+    `reference_source`), name for name in label order: the same ids with swapped names would score each class
+    against another one. The one comparison of class lists, for every tool."""
+    names, reference = [str(name) for name in names], [str(name) for name in reference]
+    if names == reference:
+        return
+    if len(names) != len(reference):
+        detail = f"{len(names)} classes against {len(reference)}"
+    else:
+        index = next(i for i, (a, b) in enumerate(zip(names, reference, strict=True)) if a != b)
+        detail = f"label {index} is {names[index]!r} there and {reference[index]!r} in {reference_source}"
+    what = advice or "give files of one class list (the same categories, ids and names)"
+    raise ClassListError(f"{source}: classes {names} differ from {reference_source}'s {reference} ({detail}): {what}")
 
 
 def category_to_label(categories: list[dict]) -> dict[int, int]:
@@ -121,6 +169,16 @@ def check_annotation(ann: dict, image: dict, labels: dict[int, int], json_file: 
     if ann.get("category_id") not in labels:
         known = ", ".join(str(c) for c in sorted(labels))
         return "unknown category", f"{where}: unknown category_id {ann.get('category_id')!r} (known: {known})"
+    area = ann.get("area")
+    if area is not None and (
+        isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area) or area <= 0
+    ):
+        return (
+            "bad area",
+            f"{where}: area is {area!r}; objects are painted largest area first, so this one would be painted last, "
+            "over every object it overlaps: set area to the object's pixel count, or remove the field to have it "
+            "counted (or DATASETS.SKIP_BAD_ANNOTATIONS True to skip such annotations)",
+        )
     segmentation = ann.get("segmentation")
     height, width = image["height"], image["width"]
     if isinstance(segmentation, dict):
@@ -268,6 +326,7 @@ def load_with_manifest(
     progress: bool = True,
 ) -> tuple[list[dict], dict[str, Any]]:
     """`load_sem_seg_dataset` plus the cache manifest (class names, skip summary)."""
+    require_file(json_file, "COCO json")
     json_file, image_root = Path(json_file).resolve(), Path(image_root).resolve()
     if not json_file.is_file():
         raise FileNotFoundError(f"COCO json not found: {json_file}")
@@ -275,11 +334,22 @@ def load_with_manifest(
         json_file, json_file.read_bytes(), Path(cache_dir or default_cache_dir()), crowd_as_ignore, skip_bad
     )
     manifest = _complete_manifest(folder / MANIFEST_NAME)
+    stale: set[str] = set()  # cached label maps whose bytes differ from what the manifest recorded
     if manifest is not None and manifest.get("image_root") == str(image_root) and has_gt in (None, manifest["has_gt"]):
         if manifest["has_gt"] and not manifest["given_label_maps"] and manifest["num_annotations"] == 0:
             raise DataError(_no_ground_truth_message(json_file, len(manifest["images"])))
-        _log_oriented(json_file, manifest["oriented"])
-        return _dicts_from_manifest(manifest, image_root, folder, json_file), manifest
+        stale = set(_changed_label_maps(manifest, folder))
+        changed = sorted(stale)
+        if not changed:
+            _log_oriented(json_file, manifest["oriented"])
+            return _dicts_from_manifest(manifest, image_root, folder, json_file), manifest
+        logger.warning(
+            "%s: %d label map(s) changed or vanished since they were checked and cached (e.g. %s): %s",
+            json_file,
+            len(changed),
+            changed[0],
+            "checking them again" if manifest["given_label_maps"] else f"rendering them again into {folder}",
+        )
 
     data = read_coco_json(json_file)
     labels = category_to_label(data["categories"])
@@ -309,13 +379,14 @@ def load_with_manifest(
                 except UnsafePathError as error:
                     where = _describe(json_file, image)
                     raise DataError(f"{where}: its id cannot name a label file ({error})") from None
-                if not label_path.is_file():
+                if str(label_path) in stale or not label_path.is_file():
                     label_map = render_label_map(image, anns_by_image.get(image["id"], []), labels, crowd_as_ignore)
                     ok, encoded = cv2.imencode(".png", label_map)
                     if not ok:
                         raise OSError(f"could not encode the label map of {_describe(json_file, image)}")
-                    atomic_write_bytes(label_path, encoded.tobytes())
+                    write_cache_file(folder, label_path, encoded.tobytes())
                 entry["label"] = label_name
+                entry["sha1"] = _file_sha1(label_path)
             entries.append(entry)
 
     if report.messages:
@@ -333,20 +404,45 @@ def load_with_manifest(
         "oriented": oriented,
         "images": entries,
     }
-    atomic_write_json(folder / MANIFEST_NAME, manifest)
+    write_cache_file(folder, folder / MANIFEST_NAME, json.dumps(manifest).encode("utf-8"))
     _log_oriented(json_file, oriented)
     return _dicts_from_manifest(manifest, image_root, folder, json_file), manifest
 
 
 def _complete_manifest(path: Path) -> dict | None:
-    """The cache's manifest if it is there and has every field this version writes (older ones are rebuilt: the
-    label PNGs they cached are reused, not rendered again)."""
+    """The cache's manifest if it is there and has every field this version writes, a content hash for every
+    label map included (older ones are rebuilt: their label maps are rendered again and compared)."""
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     fields = ("image_root", "has_gt", "given_label_maps", "num_annotations", "oriented", "images", "class_names")
-    return manifest if isinstance(manifest, dict) and all(key in manifest for key in fields) else None
+    if not isinstance(manifest, dict) or not all(key in manifest for key in fields):
+        return None
+    entries = manifest["images"]
+    hashed = isinstance(entries, list) and all(
+        isinstance(entry, dict) and ("label" not in entry or "sha1" in entry) for entry in entries
+    )
+    return manifest if hashed else None
+
+
+def _file_sha1(path: Path) -> str | None:
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _changed_label_maps(manifest: dict, folder: Path) -> list[str]:
+    """The label maps of a cached manifest whose bytes are no longer those it recorded (edited, replaced or gone);
+    a cached PNG is relative to the cache folder, a given one absolute."""
+    changed = []
+    for entry in manifest["images"]:
+        if "label" in entry:
+            path = folder / entry["label"]
+            if _file_sha1(path) != entry["sha1"]:
+                changed.append(str(path))
+    return changed
 
 
 def _no_ground_truth_message(json_file: Path, num_images: int, skipped: int = 0) -> str:
@@ -438,7 +534,7 @@ def _label_map_entries(
                     f"0..{num_classes - 1} and {IGNORE_LABEL} (ignore)",
                 )
         if problem is None:
-            entries.append({**_entry(image), "label": str(path)})
+            entries.append({**_entry(image), "label": str(path), "sha1": _file_sha1(path)})
         elif skip_bad:
             report.add(problem[0], problem[1], whole_image=True)
         else:

@@ -10,6 +10,9 @@ the fold jsons are never written over the json being split.
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,12 @@ import numpy as np
 
 from ..errors import UserError
 from ..utils.io import atomic_write_json
+from ..utils.output_folder import check_claim, owned_output_folder
 from .io import DataError, read_coco_json
 
 SPLIT_METHODS = ("group", "multilabel")
+
+logger = logging.getLogger(__name__)
 
 
 class FoldError(UserError, ValueError):
@@ -46,8 +52,13 @@ def split_json(
     targets = {(Path(out_dir) / name).resolve() for name in fold_file_names(folds)}
     if json_file.resolve() in targets:
         raise FoldError(f"--out {out_dir}: the fold jsons would replace {json_file}, the json being split")
+    job = {"json": str(json_file.resolve()), "folds": folds, "method": method, "seed": seed}
+    written = fold_file_names(folds)
+    check_claim(out_dir, "split_folds.py", job, writes=written)  # a folder of someone else's: refused first
     assignment = fold_assignment(data, folds, seed, method)
-    paths = write_folds(data, assignment, folds, out_dir)
+    with owned_output_folder(out_dir, "split_folds.py", job, writes=written) as owned:
+        owned.record(*written)
+        paths = write_folds(data, assignment, folds, out_dir)
     names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
     return FoldSplit(paths, fold_class_counts(data, assignment, folds), names)
 
@@ -108,12 +119,41 @@ def _group_folds(data: dict[str, Any], image_ids: list[int], folds: int, seed: i
         if image_id not in annotated:
             labels.append(0)
             groups.append(image_id)
+    check_class_counts(data, labels, folds)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     assignment: dict[int, int] = {}
-    for fold, (_, val_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-        for row in val_rows:
-            assignment[groups[row]] = fold
+    with warnings.catch_warnings():  # said once, in check_class_counts's words
+        warnings.filterwarnings("ignore", message="The least populated class in y has only")
+        for fold, (_, val_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            for row in val_rows:
+                assignment[groups[row]] = fold
     return assignment
+
+
+def check_class_counts(data: dict[str, Any], labels: list[int], folds: int) -> list[str]:
+    """Stratifying by class needs a class with an annotation per fold: FoldError when none has; one warning naming
+    the classes with fewer annotations than folds (some folds' validation images hold none of them, so those folds
+    cannot score them); returns their names."""
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    names[0] = "(images without annotations)"
+    counts = Counter(labels)
+    if counts and max(counts.values()) < folds:
+        most, label = max((count, label) for label, count in counts.items())
+        fewer = f"give --folds {most} or fewer, or " if most >= 2 else "use "
+        raise FoldError(
+            f"--folds {folds}: no class has {folds} annotations to share out among the folds (the most: {most}, "
+            f"{names.get(label)}): {fewer}--method multilabel"
+        )
+    rare = [f"{names.get(label, label)} ({counts[label]})" for label in sorted(counts) if counts[label] < folds]
+    if rare:
+        logger.warning(
+            "fold split: %s %s fewer annotations than the %d folds, so some folds' validation sets hold none of %s",
+            ", ".join(rare),
+            "has" if len(rare) == 1 else "have",
+            folds,
+            "it" if len(rare) == 1 else "them",
+        )
+    return [item.rsplit(" (", 1)[0] for item in rare]
 
 
 def _multilabel_folds(data: dict[str, Any], image_ids: list[int], folds: int, seed: int) -> dict[int, int]:

@@ -8,17 +8,20 @@ overlays therefore all share one frame, whatever a photo viewer shows. A photo w
 it is logged once per process (later ones are counted, `oriented_images_seen()`), and registration counts them
 per json (`mask2former.data.coco_semantic`), so a user knows the labels follow the stored pixels.
 
-Readers raise `ReadError` (missing, unreadable, not an image) or `LabelMapError` (a PNG that is not a label map,
-or not of the expected size), both naming the file; `read_coco_json` raises `DataError` naming the json and the
-item (bad JSON, missing sections, a category without id or name, repeated category ids, an image file_name that
-is absolute or climbs out of the image folder with '..').
+Readers raise `ReadError` (missing, unreadable, not an image, a symlink loop, a name too long) or `LabelMapError`
+(a PNG that is not a label map, or not of the expected size), both naming the file; `read_coco_json` raises
+`DataError` naming the json and the item (bad JSON, missing sections, a category without id or name, repeated
+category ids, an image file_name that is absolute or climbs out of the image folder with '..').
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, filesystem_message
 from ..utils.io import UnsafePathError, safe_relative_name
 
 logger = logging.getLogger(__name__)
@@ -68,7 +71,24 @@ def _read_bytes(path: str | Path, what: str) -> np.ndarray:
     except IsADirectoryError:
         raise ReadError(f"cannot read {what} {path}: it is a folder") from None
     except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise ReadError(f"{what} {filesystem_message(error, path, 'reading')}") from None
         raise ReadError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def require_file(path: str | Path, what: str) -> None:
+    """FileNotFoundError ("`what` not found: path") unless `path` is a file; a symlink loop or a name too long on
+    the way is a ReadError saying so."""
+    try:
+        found = stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        found = False
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise ReadError(f"{what} {filesystem_message(error, path, 'reading')}") from None
+        raise
+    if not found:
+        raise FileNotFoundError(f"{what} not found: {path}")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -163,8 +183,7 @@ def read_coco_json(json_file: str | Path) -> dict[str, Any]:
     name and no id twice, every image file_name relative and inside the image folder. 'annotations' defaults
     to []. Image entries are otherwise checked at registration (`coco_semantic`), where `skip_bad` applies."""
     json_file = Path(json_file)
-    if not json_file.is_file():
-        raise FileNotFoundError(f"COCO json not found: {json_file}")
+    require_file(json_file, "COCO json")
     try:
         data = json.loads(json_file.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -5,10 +5,10 @@ class has its own shape, texture and colour family with per-instance variation; 
 classes overlap so shape and texture matter. Objects are drawn in turn, so later ones occlude
 earlier ones; annotations are polygons of each object's visible part (several when it is split).
 Classes are drawn with probability proportional to the square root of the real counts, so Battery
-and Clothing stay rare but present. Same seed, same bytes. The output folder must be new or empty unless
-`overwrite=True`, so the generator never replaces a user's files by accident; a folder it made itself (it
-holds the `MARKER` file, written first) is written again without asking, interrupted runs included, as long as it
-holds nothing else (predictions or notes a user put there make it refuse too).
+and Clothing stay rare but present. Same seed, same bytes. The output folder follows the
+output-folder contract (docs/output_folders.md): new or empty, or one the generator made for the same arguments
+(interrupted runs included); `overwrite=True` starts over in one it made for other arguments; a user's folder is
+never written.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..utils.output_folder import owned_output_folder
 from ..utils.progress import Progress
 from .trash import TRASH_CLASSES
 
@@ -48,30 +49,21 @@ MIN_VISIBLE_AREA = 30
 MIN_FRAGMENT_AREA = 16
 
 
-MARKER = ".sample_dataset"
-# What a sample dataset folder holds: the generator's files, and what `make demo` adds (its key, the fold jsons).
-_OWN_NAMES = {MARKER, "train_all.json", "train.json", "val.json", "test.json", *FOLDERS, "folds", ".demo-key"}
+TOOL = "make_sample_dataset.py"
+# What the generator writes; `make demo` adds its key and the fold jsons (split_folds.py's own folder).
+OUTPUTS = ("train_all.json", "train.json", "val.json", "test.json", *FOLDERS)
+# The marker of the folders it made before owner records existed (docs/output_folders.md).
+_OLD_MARKER = ".sample_dataset"
 
 
-class OutputFolderNotEmpty(UserError, FileExistsError):
-    """The output folder already holds files and overwriting was not asked for."""
+class SampleCountError(UserError, ValueError):
+    """An image count that cannot be generated (negative); the message names the option."""
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a folder that holds anything and is not a sample dataset folder, unless `overwrite`."""
-    if out.exists() and not out.is_dir():
-        raise OutputFolderNotEmpty(f"--out {out} is a file, not a folder: give a new or empty folder")
-    if overwrite or not out.is_dir():
-        return
-    present = sorted(out.iterdir())
-    if (out / MARKER).is_file():  # a folder it made: written again only while it holds nothing but its own files
-        present = [path for path in present if path.name not in _OWN_NAMES]
-    first = next(iter(present), None)
-    if first is not None:
-        raise OutputFolderNotEmpty(
-            f"--out {out} already holds files (e.g. {first.name}): give a new or empty folder, or pass --overwrite "
-            "to write the sample dataset over the files of the same names there"
-        )
+def _made_before_owner_records(out: Path) -> bool:
+    return (out / _OLD_MARKER).is_file() and all(
+        entry.name in {*OUTPUTS, _OLD_MARKER, "folds", ".demo-key"} for entry in out.iterdir()
+    )
 
 
 def _blob(rng: np.random.Generator, vertices: int, roughness: float, smooth: int) -> np.ndarray:
@@ -362,11 +354,21 @@ def make_sample_dataset(
     progress: bool = False,
     overwrite: bool = False,
 ) -> dict:
-    """Write train_all/train/val/test json and the JPEGs under `out_dir` (new or empty unless `overwrite`);
-    returns a summary."""
-    out = Path(out_dir)
-    check_output_folder(out, overwrite)
-    atomic_write_text(out / MARKER, "written by mask2former.data.sample_dataset; it may write here again\n")
+    """Write train_all/train/val/test json and the JPEGs under `out_dir` (new, empty, or the generator's own for
+    the same arguments; with `overwrite` also its own for other arguments: docs/output_folders.md); returns a
+    summary. A negative image count raises SampleCountError before anything is written."""
+    for option, count in (("--num-train", num_train), ("--num-test", num_test)):
+        if count < 0:
+            raise SampleCountError(f"{option} {count}: give a number of images >= 0")
+    job = {"num_train": num_train, "num_test": num_test, "seed": seed, "val_fraction": val_fraction}
+    with owned_output_folder(
+        out_dir, TOOL, job, writes=OUTPUTS, overwrite=overwrite, adopt=_made_before_owner_records
+    ) as owned:
+        owned.record(*OUTPUTS)
+        return _generate(Path(out_dir), num_train, num_test, seed, val_fraction, progress)
+
+
+def _generate(out: Path, num_train: int, num_test: int, seed: int, val_fraction: float, progress: bool) -> dict:
     rng = np.random.default_rng(seed)
     per_folder = [0, 0, 0]
     labelled: list[tuple[dict, list[dict]]] = []

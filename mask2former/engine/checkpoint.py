@@ -75,6 +75,17 @@ class LoadReport:
     backbone_only: bool = False
     backbone_init: bool = False
     head_fresh: list[str] = field(default_factory=list)
+    # rows (the class dimension) of the first re-initialised key: (in the checkpoint, in the model)
+    class_rows: tuple[int, int] | None = None
+
+    def checkpoint_classes(self, num_classes: int) -> int | None:
+        """The class count the checkpoint was trained for, given the model's `num_classes`: the model's count
+        plus the difference in rows of a re-initialised class-dependent key (a Mask2Former class head has K + 1
+        rows, a per-pixel classifier K: the difference is the same). None when nothing was re-initialised."""
+        if self.class_rows is None:
+            return None
+        theirs, mine = self.class_rows
+        return num_classes + theirs - mine
 
     def summary(self) -> str:
         parts = [f"loaded {self.loaded} tensors"]
@@ -118,6 +129,11 @@ class NonFiniteCheckpointError(CheckpointReadError):
     """A checkpoint holding NaN or Inf values: its numbers cannot be trusted; the message names the first key."""
 
 
+class CheckpointDtypeError(CheckpointReadError):
+    """A weight that is floating point in every model stored as integers or booleans (a damaged or wrongly
+    converted file: loaded, it would give the same scores for every class); the message names the file and key."""
+
+
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol 2 or later (torch's legacy format, detectron2 .pkl)
 _REDO = "an interrupted save or copy? Copy the file again or use another checkpoint"
@@ -137,8 +153,9 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, t
 
     The one reader of .pth / .ckpt / .safetensors / .pkl weights, for whole models and backbones alike: a file
     it cannot read raises CheckpointReadError naming the file and what it is not; NaN or Inf values raise
-    NonFiniteCheckpointError naming the first such key. `read_checkpoint_with_metadata` adds detectron2's
-    `matching_heuristics` and `__author__`."""
+    NonFiniteCheckpointError naming the first such key; a weight, bias or embedding stored as integers or booleans
+    raises CheckpointDtypeError naming it (`plan_weights` checks every key against the model's dtypes).
+    `read_checkpoint_with_metadata` adds detectron2's `matching_heuristics` and `__author__`."""
     return read_checkpoint_with_metadata(path, allow_pickle).tensors
 
 
@@ -167,6 +184,7 @@ def read_checkpoint_with_metadata(path: str | Path, allow_pickle: bool = False) 
             author = data["__author__"] if isinstance(data.get("__author__"), str) else None
     tensors = _model_state(data, path)
     check_finite(tensors, path)
+    check_float_names(tensors, path)
     return Checkpoint(tensors, heuristics, author)
 
 
@@ -219,6 +237,20 @@ def read_checkpoint_file(path: str | Path, allow_pickle: bool = False, mmap: boo
         raise CheckpointReadError(
             f"{path} is a truncated or damaged PyTorch checkpoint ({size} bytes; {why or _first_line(error)}): {_REDO}"
         ) from None
+
+
+def recorded_class_names(path: str | Path, allow_pickle: bool = False) -> list[str] | None:
+    """The class names a checkpoint of this project records (`class_names` of model_final.pth and of training
+    .ckpt files), read through a memory map; None when it records none (older files, official ones, .pkl and
+    .safetensors files)."""
+    path = Path(path).expanduser()
+    if path.suffix not in (".pth", ".ckpt") or not path.is_file() or not _is_zip(_head(path)):
+        return None
+    data = read_checkpoint_file(path, allow_pickle, mmap=True)
+    names = data.get("class_names") if isinstance(data, dict) else None
+    if isinstance(names, list) and names and all(isinstance(name, str) for name in names):
+        return names
+    return None
 
 
 # ---- detectron2 .pkl files: pickled numpy arrays, read without running code from the file -------------------------
@@ -351,6 +383,41 @@ def check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
             f"{path}: tensor {bad}; weights that are not finite cannot be trusted (saved from a diverged run?): "
             "use an earlier checkpoint of that run (checkpoints/model_*.ckpt)"
         )
+
+
+# Last parts of key names that are floating point in every model (weights, biases, norm statistics, embeddings,
+# position tables); integer state such as num_batches_tracked or relative_position_index is named otherwise.
+_FLOAT_NAMES = ("weight", "bias", "running_mean", "running_var", "rpb")
+_FLOAT_NAME_ENDINGS = ("_weight", "_bias", "_table", "_embed", "_token")
+_DTYPE_ADVICE = "a damaged or wrongly converted checkpoint: use the original file, or convert it again keeping floats"
+
+
+def check_float_names(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """CheckpointDtypeError naming the first weight, bias, norm statistic or embedding stored as integers or booleans
+    (such a model gives every class the same score); `check_stored_dtypes` checks every key against a model."""
+    for key, value in tensors.items():
+        name = key.rsplit(".", 1)[-1]
+        if (name in _FLOAT_NAMES or name.endswith(_FLOAT_NAME_ENDINGS)) and not _is_float(value):
+            raise CheckpointDtypeError(
+                f"{path}: {key} is stored as {value.dtype}, a model's {name} is float: {_DTYPE_ADVICE}"
+            )
+
+
+def check_stored_dtypes(
+    own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """CheckpointDtypeError for the first key whose model tensor is floating point and whose stored tensor is not
+    (integers or booleans); integer model state (num_batches_tracked, index buffers) may be stored as integers."""
+    for key, value in state_dict.items():
+        mine = own.get(key)
+        if mine is not None and _is_float(mine) and not _is_float(value):
+            raise CheckpointDtypeError(
+                f"{source}: {key} is stored as {value.dtype}, the model's parameter is float: {_DTYPE_ADVICE}"
+            )
+
+
+def _is_float(value: torch.Tensor) -> bool:
+    return value.is_floating_point() or value.is_complex()
 
 
 def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -544,6 +611,7 @@ def plan_weights(
         source,
     )
     mapped = {renames.get(key, key): value for key, value in state_dict.items()}
+    check_stored_dtypes(own, mapped, source)
     report = LoadReport(renamed=len(renames), heuristics=matching_heuristics)
     to_load = {}
     for key, value in mapped.items():
@@ -551,10 +619,13 @@ def plan_weights(
             if not key.endswith(_DERIVED_SUFFIXES):
                 report.unexpected.append(key)
         elif own[key].shape != value.shape:
-            class_dependent = key in class_keys
-            (report.reinitialised if class_dependent else report.shape_mismatch).append(
-                key if class_dependent else f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
-            )
+            # a class-count change alters the class dimension (rows) only; any other difference is another size
+            if key in class_keys and _differ_in_rows_only(value.shape, own[key].shape):
+                report.reinitialised.append(key)
+                if report.class_rows is None:
+                    report.class_rows = (value.shape[0], own[key].shape[0])
+            else:
+                report.shape_mismatch.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
         else:
             to_load[key] = value
     report.missing = [key for key in own if key not in mapped and not key.endswith(_DERIVED_SUFFIXES)]
@@ -571,6 +642,24 @@ def plan_weights(
         report.backbone_init = fresh_head_ok
     report.loaded = len(to_load)
     return WeightsPlan(mapped, to_load, report)
+
+
+def _differ_in_rows_only(stored: torch.Size, model: torch.Size) -> bool:
+    return len(stored) == len(model) >= 1 and stored[1:] == model[1:] and stored[0] != model[0]
+
+
+def check_same_classes(report: LoadReport, num_classes: int, source: str = "checkpoint") -> None:
+    """CheckpointMismatchError when the load re-initialised class-dependent keys: `source` was trained for
+    another class count than the config's MODEL.SEM_SEG_HEAD.NUM_CLASSES (`num_classes`), and a model whose class
+    head starts fresh predicts nothing it learnt (prediction and evaluation need the trained head)."""
+    theirs = report.checkpoint_classes(num_classes)
+    if theirs is None:
+        return
+    raise CheckpointMismatchError(
+        f"{source} was trained for {theirs} classes, the config has {num_classes} "
+        f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES; {_short_list(report.reinitialised, 3)} differ in shape): give the config "
+        "the checkpoint was trained with, or the checkpoint of this class list"
+    )
 
 
 def check_fits(report: LoadReport, source: str = "checkpoint") -> None:

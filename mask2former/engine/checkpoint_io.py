@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..errors import UserError
+from ..errors import FileSystemError, UserError
 from ..utils.io import atomic_open
 from .checkpoint import CheckpointReadError, read_checkpoint_file
 
@@ -31,36 +32,27 @@ class ResumeError(UserError):
     """`--resume` found checkpoints but none that reads back whole; the message names each and its problem."""
 
 
-class CheckpointSaveError(UserError, OSError):
+class CheckpointSaveError(FileSystemError):
     """The disk filled up (or a quota ran out) during a save; the previous file of that name is intact."""
 
 
 def save_atomic(data: dict[str, Any], path: str | Path) -> None:
-    """torch.save through the atomic writer; a full disk raises CheckpointSaveError naming the file."""
+    """torch.save through the atomic writer; a full disk raises CheckpointSaveError naming the file (another
+    refusal of the file system is the writer's FileSystemError)."""
     path = Path(path)
     try:
         with atomic_open(path, "wb") as handle:
             _write(data, handle)
-    except (OSError, RuntimeError) as error:
-        full = _disk_full(error)
-        if full is None:
+    except FileSystemError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        full = "disk quota exceeded" if error.errno == errno.EDQUOT else "no space left on the disk"
         kept = f"the previous {path.name} is intact" if path.exists() else f"no partial {path.name} is left"
         raise CheckpointSaveError(
-            f"no space left on the disk while saving {path} ({full.strerror}): {kept}; free some space (or "
-            "lower SOLVER.CHECKPOINT_KEEP) and run again with --resume"
-        ) from None
-
-
-def _disk_full(error: BaseException) -> OSError | None:
-    """The ENOSPC / EDQUOT error behind `error` (torch's zip writer reports a failed write as a RuntimeError of its
-    own, with the OSError as its context), or None."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+            f"{full} while saving {path} ({os.strerror(error.errno)}): {kept}; free some space (or lower "
+            "SOLVER.CHECKPOINT_KEEP) and run again with --resume",
+            error.errno,
+        ) from error
 
 
 def _write(data: dict[str, Any], handle: Any) -> None:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from ..config import ConfigError
 from ..errors import UserError
 from ..utils.io import cores_per_process
+from ..utils.processes import Terminated, sigterm_raises, start_child, stop_cause
 
 logger = logging.getLogger(__name__)
 
@@ -261,14 +262,6 @@ def local_places(host: str, port: int, num_per_machine: int, num_machines: int, 
     ]
 
 
-class _Terminated(Exception):
-    """The launcher received SIGTERM (a scheduler cancelling the job, `kill`)."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
-
-
 def run_processes(
     target: Callable[[Place, Any], dict],
     payload: Any,
@@ -285,11 +278,10 @@ def run_processes(
     processes = []
     with _quiet_cpp_warnings():
         for place in places:
-            process = context.Process(
-                target=_process_main, args=(target, payload, place, os.getpid(), results), name=f"rank{place.rank}"
+            # each dies with the launcher (kill -9 included) and shares its lock on OUTPUT_DIR
+            processes.append(
+                start_child(context, _process_main, (target, payload, place, results), f"rank{place.rank}")
             )
-            process.start()
-            processes.append(process)
     logger.info(
         "started %d processes on this machine (ranks %s of %d, pids %s)",
         len(processes),
@@ -299,22 +291,20 @@ def run_processes(
     )
     running = {process.sentinel: (process, place) for process, place in zip(processes, places, strict=True)}
     failed: tuple[mp.Process, Place] | None = None
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        while running and failed is None:
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                process, place = running.pop(sentinel)
-                process.join()
-                if process.exitcode != 0 and failed is None:
-                    failed = (process, place)
-    except (KeyboardInterrupt, _Terminated) as stop:  # whatever the processes were doing, they stop here
+        with sigterm_raises():
+            while running and failed is None:
+                for sentinel in multiprocessing.connection.wait(list(running)):
+                    process, place = running.pop(sentinel)
+                    process.join()
+                    if process.exitcode != 0 and failed is None:
+                        failed = (process, place)
+    except (KeyboardInterrupt, Terminated) as stop:  # whatever the processes were doing, they stop here
         _stop([process for process, _ in running.values()])
-        how = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
         raise DistributedError(
-            f"{how}: the {len(processes)} processes on this machine were stopped. {describe_failure()}"
+            f"{stop_cause(stop)}: the {len(processes)} processes on this machine were stopped. {describe_failure()}"
         ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         started = time.monotonic()
         _stop([process for process, _ in running.values()])
         if failed is not None or running:
@@ -365,23 +355,11 @@ def _stop(processes: list) -> None:
         process.join()
 
 
-def _process_main(target: Callable[[Place, Any], dict], payload: Any, place: Place, parent: int, results) -> None:
+def _process_main(target: Callable[[Place, Any], dict], payload: Any, place: Place, results) -> None:
     os.environ.update(place.environment())
-    _exit_with_parent(parent)
     result = target(place, payload)
     if place.local_rank == 0:
         results.put(result)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A spawned process ends when its launcher is gone (killed with -9, say), instead of training on alone."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
 
 
 # ---- inside every process of a multi-process run ------------------------------------------------------------------

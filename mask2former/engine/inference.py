@@ -39,7 +39,7 @@ from ..ensemble import normalize_weights
 from ..errors import UserError
 from ..modeling.meta_arch import padded_size
 from ..prediction_io import save_probabilities
-from .checkpoint import CheckpointMismatchError, load_model_weights, read_checkpoint_with_metadata
+from .checkpoint import check_same_classes, load_model_weights, read_checkpoint_with_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +156,7 @@ def load_prediction_model(cfg: CfgNode, path: str, device: str | torch.device, a
     report = load_model_weights(
         model, state, strict=True, source=str(path), matching_heuristics=checkpoint.matching_heuristics
     )
-    if report.reinitialised:
-        bias = state.get("sem_seg_head.predictor.class_embed.bias")  # Mask2Former's: K + 1 (no object)
-        theirs = f"{bias.shape[0] - 1} classes" if bias is not None else "another class count"
-        raise CheckpointMismatchError(
-            f"{path} was trained for {theirs}, the config has {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} "
-            f"({', '.join(report.reinitialised)} differ in shape): a checkpoint for another model?"
-        )
+    check_same_classes(report, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, str(path))
     return model.to(device).eval()
 
 
@@ -195,7 +189,7 @@ class PredictionJob:
     cfg: CfgNode
     weights: list[str]
     weights_scale: list[float]
-    images: list[dict]  # {"id", "file_name", "path"}
+    images: list[dict]  # {"id", "file_name", "path", "sha1" (of the file's bytes)}
     out: str
     class_names: list[str]
     prob_size: int = 256  # side of the stored maps; 0: the image size
@@ -283,7 +277,8 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
                 future.result()
             saving = []
             for (image, bgr), array in zip(good, arrays, strict=True):
-                args = (job.out, image["file_name"], image["id"], array, bgr.shape[0], bgr.shape[1], job.class_names)
+                args = (job.out, image["file_name"], image["id"], array, *bgr.shape[:2], job.class_names)
+                args += (image.get("sha1", ""),)
                 saving.append(pool.submit(save_probabilities, *args))
                 saving[-1].add_done_callback(saved)  # progress as soon as a file is written
             stats["predicted"] += len(good)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,13 +21,17 @@ from fvcore.common.config import CfgNode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, load_config, read_config_yaml
 from ..data.trash import register_datasets_from_config
+from ..errors import UserError
 from ..utils.cli import run_tool, strip_debug
 from ..utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
-from ..utils.logger import logging_to, setup_logging
+from ..utils.logger import logging_to, quiet_library_chatter, setup_logging
+from ..utils.output_folder import OWNER_FILE, check_claim, claim_output_folder
+from ..utils.processes import sigterm_raises, stop_cause
+from ..utils.run_lock import OutputDirLock
 from .callbacks import IterationProgress, plot_loss_curve
-from .checkpoint import LoadReport, load_checkpoint_into
+from .checkpoint import LoadReport, check_same_classes, load_checkpoint_into, recorded_class_names
 from .checkpoint_io import AtomicCheckpointIO, ResumePoint, find_resume_point, save_atomic
 from .distributed import (
     DEFAULT_TIMEOUT_S,
@@ -48,13 +53,15 @@ from .distributed import (
 )
 from .metrics_log import MetricsCSVLogger
 from .optimizer import build_gradient_clipper
-from .run_lock import OutputDirLock
 from .tracking import TrackingRuns, build_tracking_loggers, finish_tracking
 
 logger = logging.getLogger(__name__)
 
 # Where --eval-only puts its evaluation files (a training run's own evaluations are under eval/).
 EVAL_ONLY_FOLDER = "eval_only"
+TOOL = "train_net.py"
+# What a finished run leaves: never replaced by a new run, nor by a --resume with nothing to resume from.
+_RUN_RESULTS = ("model_final.pth", "final_metrics.json", "metrics.csv")
 # What a run writes into OUTPUT_DIR through the atomic writer (besides checkpoints/).
 _RUN_FILES = (
     "config.yaml",
@@ -65,6 +72,8 @@ _RUN_FILES = (
     "eval_metrics.json",
     "loss_curve.png",
 )
+_RANK_LOG = re.compile(r"^log\.txt\.rank\d+$")
+_RUN_OUTPUTS = (*_RUN_FILES, "log.txt", "checkpoints", "eval", EVAL_ONLY_FOLDER, "tensorboard")
 
 
 def default_argument_parser() -> argparse.ArgumentParser:
@@ -156,13 +165,24 @@ class EarlierRunError(ConfigError):
 
 
 def refuse_earlier_run(cfg: CfgNode, args: argparse.Namespace) -> None:
-    """A new training run never replaces an earlier run's checkpoints or final model: --resume continues that
-    run; starting over takes another OUTPUT_DIR (or removing the earlier files by hand)."""
-    if args.resume or args.eval_only:
+    """A new training run never replaces an earlier run's checkpoints or results: --resume continues that run
+    (from a checkpoint: a finished run whose checkpoints are gone cannot be continued); starting over takes another
+    OUTPUT_DIR (or removing the earlier files by hand)."""
+    if args.eval_only:
         return
     output_dir = Path(cfg.OUTPUT_DIR)
-    found = [output_dir / "model_final.pth"] if (output_dir / "model_final.pth").is_file() else []
-    found += sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    checkpoints = sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    results = [output_dir / name for name in _RUN_RESULTS if (output_dir / name).is_file()]
+    if args.resume:
+        if results and not checkpoints:
+            shown = ", ".join(path.name for path in results)
+            raise EarlierRunError(
+                f"--resume: OUTPUT_DIR {output_dir} holds a run's results ({shown}) but no checkpoint to continue "
+                f"from ({output_dir / 'checkpoints'} is empty or gone): give another OUTPUT_DIR to train again (its "
+                "files are never replaced)"
+            )
+        return
+    found = [path for path in results if path.name == "model_final.pth"] + checkpoints
     if found:
         shown = ", ".join(str(path.relative_to(output_dir)) for path in found[:3])
         raise EarlierRunError(
@@ -179,8 +199,8 @@ def refuse_other_model_on_resume(cfg: CfgNode, args: argparse.Namespace) -> None
     if not args.resume or args.eval_only or not saved_file.is_file():
         return
     try:
-        saved = yaml.safe_load(saved_file.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        saved = read_config_yaml(str(saved_file))
+    except (OSError, ConfigError):
         return  # unreadable: the checkpoint load decides
     changed = [
         f"MODEL.{key} {_plain(old)} -> {_plain(new)}"
@@ -228,8 +248,11 @@ def prepare_output_dir(
     if write_config:
         # --eval-only keeps a training run's config.yaml (OUTPUT_DIR may be the run it evaluates)
         config_file = output_dir / ("eval_config.yaml" if args.eval_only else "config.yaml")
-        atomic_write_text(config_file, cfg.dump())
-        logger.info("config written to %s (seed %d)", config_file, cfg.SEED)
+        if config_file.resolve() == Path(args.config_file).resolve():  # an input is never replaced
+            logger.info("%s is this run's --config-file: left as it is (seed %d)", config_file, cfg.SEED)
+        else:
+            atomic_write_text(config_file, cfg.dump())
+            logger.info("config written to %s (seed %d)", config_file, cfg.SEED)
     logger.info(cpu_numerics())
     register_datasets_from_config(cfg)
 
@@ -252,6 +275,7 @@ def cpu_numerics() -> str:
 def setup(args: argparse.Namespace) -> CfgNode:
     """`build_config` + `prepare_output_dir` (without the output-folder lock `run` holds)."""
     cfg = build_config(args)
+    check_datasets(cfg, args)
     prepare_output_dir(cfg, args)
     return cfg
 
@@ -285,6 +309,56 @@ def _backend(cfg: CfgNode, args: argparse.Namespace) -> str:
     return "nccl" if _accelerator(cfg, args)[0] == "gpu" else "gloo"
 
 
+# Models up to this size (configs/quickstart.yaml: 1.8M parameters) train on the CPU in minutes and are meant to
+# start from scratch; a full-size one (DiNAT-L: 220M) takes minutes per iteration there and needs its weights.
+CPU_SIZED_PARAMETERS = 10_000_000
+
+
+def start_notes(cfg: CfgNode, args: argparse.Namespace, model: torch.nn.Module, fresh: bool) -> list[tuple[int, str]]:
+    """(level, line) for what a run should say at start: the CPU taken because no GPU is available (when the config
+    and --num-gpus asked for one), and a training run (`fresh`: not resumed) that starts from random initialisation.
+    Warnings for a full-size model, plain information for one sized for the CPU."""
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    large = parameters > CPU_SIZED_PARAMETERS
+    level = logging.WARNING if large else logging.INFO
+    size = f"{parameters / 1e6:.0f}M" if parameters >= 10e6 else f"{parameters / 1e6:.1f}M"
+    notes = []
+    accelerator, per_machine = _accelerator(cfg, args)
+    if accelerator == "cpu" and cfg.MODEL.DEVICE in ("auto", "cuda") and args.num_gpus >= 1:
+        verb = "evaluates" if args.eval_only else "trains"
+        threads = torch.get_num_threads()
+        how = f"{threads} CPU thread{'' if threads == 1 else 's'}"
+        if per_machine > 1:
+            how = f"--num-gpus {args.num_gpus}: {per_machine} processes on the CPU (gloo), {how} each"
+        line = f"no GPU is available, so this run {verb} on the CPU ({how})"
+        if large:
+            line += (
+                f": a {size}-parameter model takes minutes per iteration there; run it on a machine with a GPU, or "
+                "try configs/quickstart.yaml on the CPU (MODEL.DEVICE cpu says the CPU is meant)"
+            )
+        notes.append((level, line))
+    if fresh and not args.eval_only and not cfg.MODEL.WEIGHTS and not cfg.MODEL.BACKBONE.WEIGHTS:
+        line = f"MODEL.WEIGHTS and MODEL.BACKBONE.WEIGHTS are empty: the {size}-parameter model starts from random "
+        if large:
+            line += (
+                "initialisation, and its results will be far from the recipe's: give the backbone's pretrained "
+                "weights (MODEL.BACKBONE.WEIGHTS /path/to/file, README: Training)"
+            )
+        else:
+            line += "initialisation"
+        notes.append((level, line))
+    return notes
+
+
+def log_start_notes(
+    cfg: CfgNode, args: argparse.Namespace, model: torch.nn.Module, place: Place | None, fresh: bool
+) -> None:
+    """`start_notes` into the log, once per run (by its first process)."""
+    if place is None or place.rank == 0:
+        for level, line in start_notes(cfg, args, model, fresh):
+            logger.log(level, line)
+
+
 def build_trainer(
     cfg: CfgNode,
     args: argparse.Namespace,
@@ -295,6 +369,7 @@ def build_trainer(
     """A Lightning Trainer for the config; returns it with the per-device batch size. `resume`: the checkpoint a
     resumed run continues from (metrics.csv keeps the rows before its iteration, TensorBoard drops the events from
     it on). `place`: this process's rank in a multi-process run (its process group is already set up)."""
+    quiet_library_chatter()
     accelerator, devices = _accelerator(cfg, args)
     world = _world_size(cfg, args)
     strategy: object = "auto"
@@ -349,7 +424,10 @@ def build_trainer(
         if args.eval_only
         else [
             MetricsCSVLogger(cfg.OUTPUT_DIR, resume_step, resume.metrics_row if resume else None),
-            TensorBoardLogger(cfg.OUTPUT_DIR, name="tensorboard", version="", purge_step=resume_step),
+            # the resumed run logs from the iteration after resume_step on (steps count iterations done)
+            TensorBoardLogger(
+                cfg.OUTPUT_DIR, name="tensorboard", version="", purge_step=None if resume is None else resume.step + 1
+            ),
             *trackers,
         ],
         plugins=[AtomicCheckpointIO()],
@@ -392,10 +470,14 @@ def load_backbone_weights(model: torch.nn.Module, path: str) -> None:
 def load_weights(model: torch.nn.Module, cfg: CfgNode, training: bool) -> LoadReport:
     """MODEL.WEIGHTS into the whole model, read as MODEL.ALLOW_PICKLE and matched as MODEL.LOAD_STRICT say. For
     training, a backbone-only file (the official configs put ImageNet `R-50.pkl` or Swin weights there) loads into
-    the backbone and the head starts fresh; for evaluation the file must hold a whole model."""
-    return load_checkpoint_into(
+    the backbone and the head starts fresh; for evaluation the file must hold a whole model of the config's class
+    count (a re-initialised class head would score random predictions)."""
+    report = load_checkpoint_into(
         model, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE, cfg.MODEL.LOAD_STRICT, fresh_head_ok=training
     )
+    if not training:
+        check_same_classes(report, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.WEIGHTS)
+    return report
 
 
 def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None, place: Place | None = None) -> dict:
@@ -407,6 +489,7 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None,
         logger.warning("--resume: no checkpoint in %s: starting a new run", Path(cfg.OUTPUT_DIR) / "checkpoints")
     trainer, batch_size = build_trainer(cfg, args, callbacks, resume, place)
     module = build_module(cfg, batch_size)
+    log_start_notes(cfg, args, module.model, place, fresh=resume is None)
     ckpt_path = None
     if resume is not None:
         ckpt_path = str(resume.path)
@@ -422,8 +505,16 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None,
     output_dir = Path(cfg.OUTPUT_DIR)
     if trainer.is_global_zero:
         final = output_dir / "model_final.pth"
+        from .lightning_module import check_dataset_classes
+
         save_atomic(
-            {"model": module.model.state_dict(), "iteration": trainer.global_step, "config_yaml": cfg.dump()}, final
+            {
+                "model": module.model.state_dict(),
+                "iteration": trainer.global_step,
+                "config_yaml": cfg.dump(),
+                "class_names": check_dataset_classes(cfg, list(cfg.DATASETS.TRAIN)),  # compared when predicting
+            },
+            final,
         )
         atomic_write_json(
             output_dir / "final_metrics.json",
@@ -442,6 +533,7 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace, place: Place | None = 
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     trainer, batch_size = build_trainer(cfg, args, place=place)
     module = build_module(cfg, batch_size, eval_folder=EVAL_ONLY_FOLDER)
+    log_start_notes(cfg, args, module.model, place, fresh=False)
     load_weights(module.model, cfg, training=False)
     trainer.validate(module, verbose=False)
     if trainer.is_global_zero:
@@ -457,20 +549,41 @@ def evaluate_only(cfg: CfgNode, args: argparse.Namespace, place: Place | None = 
 
 @contextmanager
 def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool, log_file: str) -> Iterator[None]:
-    """The run's hold on OUTPUT_DIR, logging to OUTPUT_DIR/`log_file`: the owner (the run's first process) takes its
-    lock (one run per folder, before anything is written there) and removes a killed run's half-written files;
-    every process refuses what would replace an earlier run."""
-    lock = OutputDirLock(cfg.OUTPUT_DIR) if owner else None
-    with lock if lock is not None else nullcontext(), logging_to(cfg.OUTPUT_DIR, log_file):
-        if lock is not None:
-            lock.log_takeover()
-            # half-written files of a killed run (the lock says no other run is writing)
-            remove_stale_temporaries(Path(cfg.OUTPUT_DIR) / "checkpoints")
-            for name in _RUN_FILES:
-                remove_stale_temporaries(cfg.OUTPUT_DIR, name)
+    """The run's hold on OUTPUT_DIR, logging to OUTPUT_DIR/`log_file`. The owner (the run's first process) checks
+    that the folder is new, empty or train_net's own (docs/output_folders.md) and that nothing an earlier run
+    made would be replaced, before anything is written there; then takes its lock (one run per folder), claims it
+    and removes a killed run's half-written files. Every process refuses what would replace an earlier run."""
+    output_dir = Path(cfg.OUTPUT_DIR)
+    if owner:
+        check_claim(output_dir, TOOL, {}, what="OUTPUT_DIR", writes=_RUN_OUTPUTS, adopt=made_by_train_net)
         refuse_earlier_run(cfg, args)
         refuse_other_model_on_resume(cfg, args)
-        yield
+    with OutputDirLock(output_dir, "OUTPUT_DIR") if owner else nullcontext() as lock:
+        if lock is not None:
+            claim_output_folder(output_dir, TOOL, {}, what="OUTPUT_DIR", writes=_RUN_OUTPUTS, adopt=made_by_train_net)
+            # half-written files of a killed run (the lock says no other run is writing)
+            remove_stale_temporaries(output_dir / "checkpoints")
+            for name in _RUN_FILES:
+                remove_stale_temporaries(output_dir, name)
+        with logging_to(output_dir, log_file):
+            if lock is not None:
+                lock.log_takeover()
+            refuse_earlier_run(cfg, args)
+            refuse_other_model_on_resume(cfg, args)
+            yield
+
+
+def made_by_train_net(folder: Path) -> bool:
+    """A folder this tool's processes wrote before the owner record: only the logs of a run's other ranks (they
+    may start writing before the first rank claims the folder), or a run folder of this project made before owner
+    records existed (its config.yaml and a log.txt that starts with the project's first line)."""
+    if all(_RANK_LOG.match(entry.name) for entry in folder.iterdir() if entry.name not in (".lock", OWNER_FILE)):
+        return True
+    log = folder / "log.txt"
+    if not ((folder / "config.yaml").is_file() and log.is_file()):
+        return False
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        return "command line: " in handle.read(4096)
 
 
 def processes_per_machine(cfg: CfgNode, args: argparse.Namespace) -> int:
@@ -483,9 +596,15 @@ def run(args: argparse.Namespace) -> dict:
     cfg = build_config(args)
     per_machine = processes_per_machine(cfg, args)
     place = external_place(per_machine, args.num_machines)
+    # a folder of someone else's (checked by the process that will own it), then a data error: one line each,
+    # before OUTPUT_DIR is touched
+    if args.machine_rank == 0 and (place is None or place.rank == 0):
+        check_claim(cfg.OUTPUT_DIR, TOOL, {}, what="OUTPUT_DIR", writes=_RUN_OUTPUTS, adopt=made_by_train_net)
+    check_datasets(cfg, args)
     if place is None and per_machine * args.num_machines > 1:
         return launch_processes(cfg, args, per_machine)
-    return run_process(cfg, args, place)
+    with stopped_cleanly(cfg, args):
+        return run_process(cfg, args, place)
 
 
 def launch_processes(cfg: CfgNode, args: argparse.Namespace, per_machine: int) -> dict:
@@ -497,7 +616,6 @@ def launch_processes(cfg: CfgNode, args: argparse.Namespace, per_machine: int) -
     with claimed_output_dir(cfg, args, owner, log_file_name(first_rank)):
         host, port = main_address(args.dist_url, args.num_machines, args.machine_rank, args.dist_timeout)
         prepare_output_dir(cfg, args, write_config=owner, log_file=log_file_name(first_rank))
-        read_datasets(cfg, args)
         places = local_places(host, port, per_machine, args.num_machines, args.machine_rank)
         logger.info(
             "%d processes x %d machines (%s), rendezvous tcp://%s:%d",
@@ -607,12 +725,56 @@ def _agree_on_resume(cfg: CfgNode, resume: ResumePoint | None) -> None:
         )
 
 
+class RunStoppedError(UserError):
+    """SIGTERM or Ctrl-C stopped the run; the message says how to continue."""
+
+
+@contextmanager
+def stopped_cleanly(cfg: CfgNode, args: argparse.Namespace) -> Iterator[None]:
+    """SIGTERM and Ctrl-C stop a run in this process as they stop a multi-process one: RunStoppedError, one line
+    saying how to continue (exit status 2). Lightning alone would end a SIGTERM'd fit with status 0 (it stops at the
+    next step and raises its SIGTERMException, a SystemExit) and a Ctrl-C'd one with 1, without a word."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        with sigterm_raises():
+            yield
+    except BaseException as stop:
+        cause = "stopped by SIGTERM" if isinstance(stop, SIGTERMException) else stop_cause(stop)
+        if cause is None:
+            raise
+        what_next = "Nothing was written: run the same command again." if args.eval_only else resume_hint(cfg)
+        raise RunStoppedError(f"{cause}: the run was stopped. {what_next}") from None
+
+
 def resume_hint(cfg: CfgNode) -> str:
     """What to do after a failed multi-process run: resume from its last checkpoint, when it saved one."""
     point = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints")
     if point is None:
         return "No checkpoint was saved yet: run the command again to start over."
     return f"Continue from {point.path} (iteration {point.step}): the same command with --resume."
+
+
+def check_datasets(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """The run's datasets registered and read (their label maps rendered into the label cache), and their classes
+    checked against MODEL.SEM_SEG_HEAD.NUM_CLASSES: a data error is one line before anything is written into
+    OUTPUT_DIR, and a multi-process run's processes read the cache. The evaluation sets must hold the training
+    set's classes, name for name, and --eval-only's those its checkpoint records (when it records them)."""
+    from ..data.coco_semantic import check_class_lists
+    from .lightning_module import check_dataset_classes
+
+    register_datasets_from_config(cfg)
+    read_datasets(cfg, args)
+    classes = check_dataset_classes(cfg, [*([] if args.eval_only else cfg.DATASETS.TRAIN), *cfg.DATASETS.TEST])
+    recorded = recorded_class_names(cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_PICKLE) if args.eval_only else None
+    if recorded is not None and classes:
+        check_class_lists(
+            classes,
+            f"dataset {cfg.DATASETS.TEST[0]}",
+            recorded,
+            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} (the classes it was trained on)",
+            "evaluate on a json of the model's class list, or give the model trained on this one",
+        )
 
 
 def read_datasets(cfg: CfgNode, args: argparse.Namespace) -> None:

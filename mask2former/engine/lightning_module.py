@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError
 from ..data.catalog import DatasetCatalog, MetadataCatalog
-from ..data.coco_semantic import set_class_metadata
+from ..data.coco_semantic import check_class_lists, set_class_metadata
 from ..data.dataset import MapDataset
 from ..data.mapper import SemanticSegMapper
 from ..data.samplers import InfiniteSampler
@@ -52,14 +52,19 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 def check_dataset_classes(cfg: CfgNode, names: list[str]) -> list[str]:
-    """The class names shared by the datasets; an error if they disagree with MODEL.SEM_SEG_HEAD.NUM_CLASSES."""
+    """The class names shared by the datasets (names of DATASETS.TRAIN and TEST); ClassListError naming both jsons
+    when two differ (in count or in names: a val json with swapped names would score one class against another),
+    ConfigError if they disagree with MODEL.SEM_SEG_HEAD.NUM_CLASSES."""
     class_names = None
     for name in names:
         classes = set_class_metadata(name)
-        if class_names is not None and classes != class_names:
-            raise ConfigError(
-                f"datasets disagree on their classes: {names[0]} has {class_names}, {name} has {classes}: "
-                "list datasets of one class set together"
+        if class_names is not None:
+            check_class_lists(
+                classes,
+                f"dataset {name} ({_json_of(name)})",
+                class_names,
+                f"dataset {names[0]} ({_json_of(names[0])})",
+                "list datasets of one class list together (the same categories, ids and names)",
             )
         class_names = classes
     if class_names is not None and len(class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
@@ -68,6 +73,10 @@ def check_dataset_classes(cfg: CfgNode, names: list[str]) -> list[str]:
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}: set it to {len(class_names)}"
         )
     return class_names or []
+
+
+def _json_of(name: str) -> str:
+    return str(MetadataCatalog.get(name).get("json_file") or "no json")
 
 
 class MaskFormerModule(L.LightningModule):
@@ -165,7 +174,9 @@ class MaskFormerModule(L.LightningModule):
         # several processes: the mean over ranks, which is the loss of the whole global batch (the criterion's
         # normalisers are global), so metrics.csv reads the same whatever the process count
         self.log_dict(logged, batch_size=len(batch), sync_dist=self._rank_world()[1] > 1)
-        self._last_logged = (self.global_step, logged)
+        # the row's step is the iteration this one completes (1-based), as log.txt's "iter N/M" counts it
+        self.log("step", float(self.global_step + 1), batch_size=len(batch))
+        self._last_logged = (self.global_step + 1, logged)
         return total
 
     def _check_outputs_finite(self, criterion: torch.nn.Module, args: tuple) -> None:
@@ -212,8 +223,10 @@ class MaskFormerModule(L.LightningModule):
             # the same on every rank (the evaluators sum their confusion matrices): the mean over ranks is exact
             several = self._rank_world()[1] > 1
             self.log("sem_seg/mIoU", first["mIoU"], sync_dist=several, rank_zero_only=False)
-            for name, result in self.last_results.items():
+            for name, result in list(self.last_results.items())[1:]:  # the first dataset's is sem_seg/mIoU
                 self.log(f"{name}/mIoU", result["mIoU"], sync_dist=several)
+            # the iterations done, as log.txt and final_metrics.json say
+            self.log("step", float(self.global_step), sync_dist=several)
         self.last_eval_step = self.global_step
 
     # ---- optimisation --------------------------------------------------------------------------
@@ -239,6 +252,7 @@ class MaskFormerModule(L.LightningModule):
                 f"{self._checkpoint_left()} {_ADVICE}"
             )
         checkpoint["config_yaml"] = self.cfg.dump()
+        checkpoint["class_names"] = check_dataset_classes(self.cfg, list(self.cfg.DATASETS.TRAIN))
         row = self._pending_metrics_row()
         if row is not None:
             checkpoint["metrics_row"] = row
@@ -253,12 +267,12 @@ class MaskFormerModule(L.LightningModule):
         it to the loggers only after the checkpoint is saved, so a kill in between would lose it; `--resume` writes
         it from here."""
         trainer = self._trainer
-        if trainer is None or self._last_logged is None or self._last_logged[0] != self.global_step - 1:
+        if trainer is None or self._last_logged is None or self._last_logged[0] != self.global_step:
             return None
         if self.global_step % max(1, trainer.log_every_n_steps):
             return None
         step, logged = self._last_logged
-        return {"epoch": self.current_epoch, "step": step, **{key: float(value) for key, value in logged.items()}}
+        return {"step": step, **{key: float(value) for key, value in logged.items()}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")

@@ -1,6 +1,9 @@
 """OUTPUT_DIR/metrics.csv: one row per logged step (losses, lr, mIoU), written through the atomic writer.
 
-A fresh run starts a new file. A resumed run keeps the rows before the iteration it resumes from (those of the
+A row's step is the iteration its numbers belong to, counted as log.txt counts them: the losses of "iter 20/40" are
+step 20, an evaluation after 40 iterations is step 40 (final_metrics.json's "iteration").
+
+A fresh run starts a new file. A resumed run keeps the rows up to the iteration it resumes from (those of the
 killed run after it are redone, so they are dropped rather than duplicated) and appends its own.
 """
 
@@ -32,8 +35,9 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
 
 
 class MetricsCSVLogger(Logger):
-    """Lightning logger for OUTPUT_DIR/metrics.csv; `resume_step`: keep the existing rows with step < it;
-    `resume_row`: the row of the iteration just before it (stored in the checkpoint), added if the file lacks it."""
+    """Lightning logger for OUTPUT_DIR/metrics.csv; `resume_step`: the iteration a resumed run continues after (the
+    existing rows with step <= it are kept); `resume_row`: the row of that iteration (stored in the checkpoint),
+    added if the file lacks it."""
 
     def __init__(self, output_dir: str | Path, resume_step: int | None = None, resume_row: dict | None = None) -> None:
         super().__init__()
@@ -65,14 +69,14 @@ class MetricsCSVLogger(Logger):
             self.rows = []
             if self.resume_step is not None:
                 old = read_metrics(self.path)
-                self.rows = [row for row in old if _step(row) is not None and _step(row) < self.resume_step]
+                self.rows = [row for row in old if _step(row) is not None and _step(row) <= self.resume_step]
                 row = self.resume_row
                 if row is not None and not any(_step(r) == _step(row) and r.get("total_loss") for r in self.rows):
                     self.rows.append(dict(row))  # killed between the checkpoint and the row's write
                 self.keys = sorted(set().union(*self.rows))
                 if len(old) != len(self.rows):
                     logger.info(
-                        "metrics.csv: kept the %d rows before iteration %d, dropped %d the resumed run redoes",
+                        "metrics.csv: kept the %d rows up to iteration %d, dropped %d the resumed run redoes",
                         len(self.rows),
                         self.resume_step,
                         len(old) - len(self.rows),

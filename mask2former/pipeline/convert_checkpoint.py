@@ -36,6 +36,7 @@ from ..engine.checkpoint import (
 )
 from ..errors import UserError
 from ..utils.io import atomic_write_bytes
+from ..utils.output_folder import refuse_foreign_file
 
 SUFFIX = ".safetensors"
 
@@ -104,7 +105,8 @@ def run(options: ConvertOptions) -> ConvertResult:
 
 def check_paths(source: Path, target: Path, overwrite: bool) -> None:
     """Refuse, before anything is read: a missing IN, an OUT not ending in .safetensors, OUT naming IN (even
-    through a link), an existing OUT without `overwrite`, an OUT that is a folder."""
+    through a link), an existing OUT without `overwrite` (or with it, one this tool did not write), an OUT that is
+    a folder."""
     if not source.is_file():
         raise FileNotFoundError(f"checkpoint not found: {source}")
     if target.suffix != SUFFIX:
@@ -115,6 +117,18 @@ def check_paths(source: Path, target: Path, overwrite: bool) -> None:
         raise IsADirectoryError(f"OUT {target} is a folder: give a file name ending with {SUFFIX}")
     if target.exists() and not overwrite:
         raise FileExistsError(f"OUT {target} exists: give --overwrite to replace it, or another OUT")
+    refuse_foreign_file(target, "convert_checkpoint.py", written_by_this_tool, "OUT")
+
+
+def written_by_this_tool(path: Path) -> bool:
+    """True for a safetensors file whose metadata says it was converted here (`converted_from`)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return "converted_from" in (handle.metadata() or {})
+    except Exception:  # not a safetensors file at all: not ours  # noqa: BLE001
+        return False
 
 
 def serialise(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from ..data.mapper import SemanticSegMapper
 from ..data.trash import palette_for, register_datasets_from_config
 from ..errors import UserError
 from ..utils.io import atomic_write_bytes, output_path
+from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.visualize import legend, overlay, with_legend
 
 logger = logging.getLogger(__name__)
 OUTLINE_BGR = (0, 255, 255)
+TOOL = "copy_paste_preview.py"
 
 
 @dataclass
@@ -44,6 +47,9 @@ def run(options: PreviewOptions) -> list[Path]:
     """Write `num` pictures under OUT; returns their paths."""
     if options.num < 1:
         raise UserError(f"--num must be at least 1, got {options.num}")
+    job = {"config_file": str(Path(options.config_file).resolve()), "opts": list(options.opts)}
+    job.update(num=options.num, seed=options.seed)
+    check_claim(options.out, TOOL, job)  # a folder of someone else's: refused before any work
     cfg = load_config(options.config_file, options.opts or [], freeze=False)
     if not cfg.INPUT.COPY_PASTE.ENABLED:
         print("INPUT.COPY_PASTE.ENABLED is off in the config; switched on for the preview")
@@ -58,11 +64,23 @@ def run(options: PreviewOptions) -> list[Path]:
     mapper = SemanticSegMapper.from_config(cfg, is_train=True, dataset_dicts=dicts)
     plain = copy.copy(mapper)
     plain.copy_paste = None
+    with owned_output_folder(options.out, TOOL, job) as owned:
+        return write_pictures(Path(options.out), dicts, inputs, mapper, plain, options, owned.record)
+
+
+def write_pictures(
+    out: Path,
+    dicts: list[dict],
+    inputs: set[Path],
+    mapper: SemanticSegMapper,
+    plain: SemanticSegMapper,
+    options: PreviewOptions,
+    record_output: Callable[[str], None],
+) -> list[Path]:
+    """The pictures, each recorded in OUT's owner record (`record_output`) before it is written."""
     class_names = mapper.copy_paste.class_names
     palette = palette_for(class_names)
     key = legend(class_names, palette)
-
-    out = Path(options.out)
     picks = np.random.default_rng(options.seed).choice(len(dicts), options.num, replace=options.num > len(dicts))
     written = []
     for number, index in enumerate(picks):  # one line per picture: its own progress
@@ -81,6 +99,7 @@ def run(options: PreviewOptions) -> list[Path]:
         path = output_path(out, f"{number:04d}_{Path(record['file_name']).stem}.png")
         if path.resolve() in inputs:
             raise UserError(f"--out {out}: {path} would replace an input image or label map; choose another folder")
+        record_output(path.name)
         _write_png(path, picture)
         written.append(path)
         print(f"[{number + 1}/{options.num}] {path} ({caption})", flush=True)

@@ -15,6 +15,7 @@ import the tool, and so this module, as their __main__) start quickly.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -40,11 +41,18 @@ from ..ensemble import (
     process_image,
     process_in_worker,
 )
-from ..prediction_io import PROBS_FOLDER, prediction_files, probability_key, probability_path, read_probability_field
+from ..prediction_io import (
+    PROBS_FOLDER,
+    PredictionFolder,
+    probability_key,
+    probability_path,
+    read_prediction_folder,
+    read_probability_field,
+)
 from ..submission import SUBMISSION_SIZE, downsample_label_map, read_submission
 from ..utils.io import atomic_write_bytes, atomic_write_json, output_path, usable_cpus
+from ..utils.output_folder import check_claim, file_sha1, owned_output_folder
 from ..utils.progress import Progress, progress
-from ..utils.resume import changed_settings
 
 logger = logging.getLogger("ensemble_crf")
 
@@ -156,23 +164,14 @@ def refuse_unsafe_out(options: EnsembleOptions, kind: str) -> None:
             raise EnsembleError(f"--out {options.out} would overwrite the input {file}: give another --out")
 
 
-def _first_field(files: dict[str, Path], folder: Path, key: str) -> np.ndarray:
-    if not files:
-        raise EnsembleError(f"{folder}: no predictions in {folder / PROBS_FOLDER}")
-    return read_probability_field(next(iter(files.values())), key)
-
-
-def folder_class_names(folder: Path, files: dict[str, Path]) -> list[str]:
+def folder_class_names(folder: PredictionFolder) -> list[str]:
     """The class names of a prediction folder: its meta.json's, else its first npz's."""
-    meta = folder / "meta.json"
-    if meta.is_file():
-        try:
-            names = json.loads(meta.read_text()).get("class_names")
-        except (OSError, ValueError, AttributeError):
-            names = None
-        if names:
-            return [str(name) for name in names]
-    return [str(name) for name in _first_field(files, folder, "class_names")]
+    names = folder.meta.get("class_names")
+    if isinstance(names, list) and names:
+        return [str(name) for name in names]
+    if not folder.files:
+        raise EnsembleError(f"{folder.path}: no predictions in {folder.path / PROBS_FOLDER}")
+    return [str(name) for name in read_probability_field(next(iter(folder.files.values())), "class_names")]
 
 
 def list_images(options: EnsembleOptions) -> tuple[list[str], list[str] | None]:
@@ -191,30 +190,36 @@ def list_images(options: EnsembleOptions) -> tuple[list[str], list[str] | None]:
 
 
 def check_folders(
-    folders: list[Path], names: list[str], class_names: list[str] | None, listing: str | None
+    folders: list[PredictionFolder], names: list[str], class_names: list[str] | None, listing: str | None
 ) -> tuple[list[str], list[str]]:
-    """Checks prediction folders against each other (and the json): the same classes, every image present.
-    Returns (file names, class names)."""
-    indexes = [prediction_files(folder) for folder in folders]
+    """Checks prediction folders (read by `read_prediction_folder`: finished runs only) against each other and
+    the json: the same classes, every image present. Returns (file names, class names)."""
+    from ..data.coco_semantic import check_class_lists
+
     reference, source = class_names, listing
-    for folder, files in zip(folders, indexes, strict=True):
-        names_here = folder_class_names(folder, files)
+    for folder in folders:
+        names_here = folder_class_names(folder)
         if reference is None:
-            reference, source = names_here, str(folder)
-        elif names_here != reference:
-            raise EnsembleError(f"{folder}: classes {names_here} differ from {source}'s {reference}")
+            reference, source = names_here, str(folder.path)
+        else:
+            check_class_lists(names_here, str(folder.path), reference, str(source))
     if not names:  # no json: the first folder's images, and every folder holds exactly those
-        _first_field(indexes[0], folders[0], "file_name")  # a clear error for an empty folder
-        names = [str(read_probability_field(path, "file_name")) for path in indexes[0].values()]
-        for folder, files in zip(folders[1:], indexes[1:], strict=True):
-            extra = sorted(set(files) - set(indexes[0]))
+        first = folders[0]
+        if first.file_names:
+            names = list(first.file_names)
+        else:
+            names = [str(read_probability_field(path, "file_name")) for path in first.files.values()]
+        if not names:
+            raise EnsembleError(f"{first.path}: no predictions in {first.path / PROBS_FOLDER}")
+        for folder in folders[1:]:
+            extra = sorted(set(folder.files) - set(first.files))
             if extra:
-                raise EnsembleError(f"{folder}: prediction {extra[0]} has no counterpart in {folders[0]}")
-    for folder, files in zip(folders, indexes, strict=True):
+                raise EnsembleError(f"{folder.path}: prediction {extra[0]} has no counterpart in {first.path}")
+    for folder in folders:
         for name in names:
-            if probability_key(name) not in files:
-                path = probability_path(folder, name)
-                raise EnsembleError(f"{folder}: no prediction for image {name!r} ({path} is missing)")
+            if probability_key(name) not in folder.files:
+                path = probability_path(folder.path, name)
+                raise EnsembleError(f"{folder.path}: no prediction for image {name!r} ({path} is missing)")
     assert reference is not None
     return names, reference
 
@@ -245,22 +250,6 @@ def read_csvs(paths: list[Path], names: list[str], num_classes: int) -> tuple[li
             if name not in table:
                 raise EnsembleError(f"{path}: no row for image {name!r}")
     return names, [{name: table[name] for name in names} for table in tables]
-
-
-def check_resume(meta_path: Path, settings: dict) -> None:
-    """Refuse to mix outputs made with other settings into OUT."""
-    if not meta_path.is_file():
-        return
-    try:
-        old = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return
-    detail = changed_settings(old, settings, SETTINGS) if isinstance(old, dict) else ""
-    if detail:
-        raise EnsembleError(
-            f"{meta_path.parent} holds outputs made with other settings ({detail}). "
-            "Use another --out, or --overwrite to process every image again."
-        )
 
 
 def confusion_path(out: Path, name: str) -> Path:
@@ -339,29 +328,68 @@ def stage_table(names: list[str], metrics: list[dict]) -> str:
 def run(options: EnsembleOptions) -> dict:
     """The whole command. Returns {submission, labels, images, [probabilities], [eval, mIoU], processed, skipped,
     report}; user errors raise (EnsembleError and the readers' errors, all UserError), before anything is written
-    when they concern the options or the inputs."""
-    from ..engine.run_lock import OutputDirLock
+    when they concern the options, the inputs or OUT."""
     from ..utils.logger import logging_to
 
     check_options(options)
     kind = input_kind(options.inputs)
-    refuse_unsafe_out(options, kind)  # before OUT/log.txt is opened
-    with OutputDirLock(options.out, "--out"), logging_to(options.out):  # one run per OUT: a second one stops here
-        return ensemble(options, kind)
+    refuse_unsafe_out(options, kind)
+    plan = plan_ensemble(options, kind)  # reads and checks everything, writes nothing
+    writes = [*OUTPUT_FILES, *OUTPUT_FOLDERS]
+    # one run per OUT (a second one stops here); OUT is ensemble_crf's own, for this job, or new
+    with owned_output_folder(options.out, TOOL, plan.identity, writes=writes, overwrite=options.overwrite) as folder:
+        folder.record(*writes)
+        with logging_to(options.out):
+            return ensemble(plan)
 
 
-def ensemble(options: EnsembleOptions, kind: str) -> dict:
-    start = time.perf_counter()
+TOOL = "ensemble_crf.py"
+
+
+@dataclass
+class EnsemblePlan:
+    """A checked command: the per-image job, the images (done before and pending), the ground truth, what
+    identifies the run's job (`identity`), and meta.json's first version."""
+
+    options: EnsembleOptions
+    job: EnsembleJob
+    names: list[str]
+    done: list[str]
+    pending: list[str]
+    labels_of: list[dict[str, np.ndarray]]
+    gt_labels: dict[str, str] | None
+    identity: dict
+    meta: dict
+
+
+def input_identities(options: EnsembleOptions, kind: str, folders: list[PredictionFolder]) -> dict:
+    """What the job's results depend on besides the settings, by content: each input's predictions
+    (`PredictionFolder.identity`) or CSV bytes, the listing json's and the ground truth's bytes."""
+    if kind == "probs":
+        inputs = [folder.identity() for folder in folders]
+    else:
+        inputs = [file_sha1(path) for path in options.inputs]
+    return {
+        "input_ids": inputs,
+        "json_sha1": file_sha1(options.json) if options.json else None,
+        "gt_sha1": file_sha1(options.gt) if options.gt else None,
+    }
+
+
+def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
+    """Read and check the inputs against each other, the json and OUT (`check_claim`); what is done already and
+    what is pending; every pending input file checked. Writes nothing."""
     out = Path(options.out)
     inputs = [str(Path(path).resolve()) for path in options.inputs]
     weights = [float(w) for w in normalize_weights(options.weights, len(inputs))]
-    workers = max(1, options.workers)
     names, json_classes = list_images(options)
     image_root = options.image_folder()
     listing = options.listing()
+    folders: list[PredictionFolder] = []
+    labels_of: list[dict[str, np.ndarray]] = []
     if kind == "probs":
-        names, class_names = check_folders([Path(p) for p in inputs], names, json_classes, listing)
-        labels_of: list[dict[str, np.ndarray]] = []
+        folders = [read_prediction_folder(path) for path in inputs]
+        names, class_names = check_folders(folders, names, json_classes, listing)
     else:
         if json_classes is None:
             raise EnsembleError("CSV inputs need --json or --gt for the class list")
@@ -391,10 +419,10 @@ def ensemble(options: EnsembleOptions, kind: str) -> dict:
         "crf": crf,
         "consensus": consensus,
     }
-    meta_path = out / "meta.json"
-    done = [] if options.overwrite else [n for n in names if is_done(out, n, kind, gt_labels is not None)]
-    if done:
-        check_resume(meta_path, settings)
+    identity = {**settings, **input_identities(options, kind, folders)}
+    record, _ = check_claim(out, TOOL, identity, writes=[*OUTPUT_FILES, *OUTPUT_FOLDERS], overwrite=options.overwrite)
+    resumable = record is not None and not options.overwrite
+    done = [n for n in names if is_done(out, n, kind, gt_labels is not None)] if resumable else []
     job = EnsembleJob(
         kind=kind,
         inputs=tuple(inputs),
@@ -417,8 +445,20 @@ def ensemble(options: EnsembleOptions, kind: str) -> dict:
         "json": options.json,
         "image_root": str(image_root) if image_root else None,
         "gt": options.gt,
+        "file_names": names,
         "complete": False,
     }
+    return EnsemblePlan(options, job, names, done, pending, labels_of, gt_labels, identity, meta)
+
+
+def ensemble(plan: EnsemblePlan) -> dict:
+    """Process the pending images of `plan` into OUT, then write the CSV, the report and meta.json."""
+    start = time.perf_counter()
+    options, job, names, done, pending = plan.options, plan.job, plan.names, plan.done, plan.pending
+    out, meta, gt_labels, labels_of = Path(options.out), plan.meta, plan.gt_labels, plan.labels_of
+    kind, inputs, weights, class_names, crf = job.kind, job.inputs, job.weights, job.class_names, job.crf
+    workers = max(1, options.workers)
+    meta_path = out / "meta.json"
     atomic_write_json(meta_path, meta, indent=2)
     logger.info(
         "%d images: %d done before, %d to process (%s of %d input(s)%s) with %d worker(s)",
@@ -427,7 +467,7 @@ def ensemble(options: EnsembleOptions, kind: str) -> dict:
         len(pending),
         "soft vote" if kind == "probs" else "hard vote",
         len(inputs),
-        ", DenseCRF" + (" + consensus" if consensus else "") if crf else "",
+        ", DenseCRF" + (" + consensus" if job.consensus else "") if crf else "",
         workers,
     )
     items = [{"file_name": n, "labels": [table[n] for table in labels_of] or None} for n in pending]
@@ -447,10 +487,13 @@ def ensemble(options: EnsembleOptions, kind: str) -> dict:
     csv = write_csv(out, names)
     report = None
     if gt_labels is not None:
-        report = write_report(out, stage_names(options.inputs, kind, weights, bool(crf), consensus), total, class_names)
+        report = write_report(
+            out, stage_names(options.inputs, kind, weights, bool(crf), job.consensus), total, class_names
+        )
     rate = len(pending) / seconds if pending and seconds > 0 else 0.0
     meta.update(
         complete=True,
+        predictions_id=hashlib.sha1(json.dumps(plan.identity, sort_keys=True).encode()).hexdigest(),
         images=len(names),
         processed=len(pending),
         skipped=len(done),

@@ -10,19 +10,23 @@ any), and prediction values must be class indices.
 
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.coco_semantic import load_with_manifest
+from ..data.coco_semantic import check_class_lists, load_with_manifest
 from ..data.io import read_coco_json, read_label
 from ..errors import UserError
 from ..evaluation.sem_seg import SemSegEvaluator
 from ..submission import SUBMISSION_SIZE, downsample_label_map, read_submission
+from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.progress import progress
 
+TOOL = "evaluate.py"
 OUTPUT_FILES = ("sem_seg_metrics.json", "confusion_matrix.json", "confusion_matrix.png")
 
 
@@ -50,9 +54,8 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
     pred_path = Path(options.pred)
     if not pred_path.exists():
         raise FileNotFoundError(f"prediction not found: {pred_path} (give a submission CSV or a folder of PNGs)")
-    dicts, manifest = load_with_manifest(
-        gt_json, image_root, options.cache_dir, skip_bad=options.skip_bad, has_gt=True
-    )
+    dicts, manifest = load_with_manifest(gt_json, image_root, options.cache_dir, skip_bad=options.skip_bad, has_gt=True)
+    _check_recorded_classes(pred_path, manifest["class_names"], gt_json)
     root = image_root.resolve()
     names = {d["file_name"]: Path(d["file_name"]).relative_to(root).as_posix() for d in dicts}
     if pred_path.is_dir():
@@ -65,6 +68,9 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
         inputs = [pred_path]
     inputs += [gt_json] + [Path(d["sem_seg_file_name"]) for d in dicts]
     _refuse_overwriting_inputs(options.out, inputs)
+    job = {"gt": str(gt_json.resolve()), "pred": str(pred_path.resolve())}
+    if options.out:  # refused before scoring: a folder of someone else's, or of another evaluation
+        check_claim(options.out, TOOL, job, writes=OUTPUT_FILES)
 
     class_names = manifest["class_names"]
     evaluator = SemSegEvaluator(class_names, output_dir=options.out, log_table=False)
@@ -88,10 +94,31 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
         _check_values(pred, gt, len(class_names), where)
         evaluator.add(gt, pred)
 
-    result = evaluator.evaluate()["sem_seg"]
+    with owned_output_folder(options.out, TOOL, job, writes=OUTPUT_FILES) if options.out else nullcontext() as owned:
+        if owned is not None:
+            owned.record(*OUTPUT_FILES)
+        result = evaluator.evaluate()["sem_seg"]
     print(evaluator.table)
     print(f"mIoU: {result['mIoU']:.4f}")
     return result
+
+
+def _check_recorded_classes(pred_path: Path, class_names: list[str], gt_json: Path) -> None:
+    """ClassListError when the meta.json a tool wrote with the predictions (predict.py, ensemble_crf.py: beside
+    the CSV, or in the folder of label maps) records other class names than the ground truth's."""
+    meta_path = (pred_path if pred_path.is_dir() else pred_path.parent) / "meta.json"
+    try:
+        recorded = json.loads(meta_path.read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return  # no meta.json of a tool: nothing recorded to compare
+    if isinstance(recorded, list) and recorded:
+        check_class_lists(
+            recorded,
+            str(meta_path),
+            class_names,
+            str(gt_json),
+            "these predictions were made for another class list: predict with a json of the ground truth's classes",
+        )
 
 
 def _refuse_missing_maps(sources: dict[str, Path], folder: Path) -> None:
@@ -103,9 +130,7 @@ def _refuse_missing_maps(sources: dict[str, Path], folder: Path) -> None:
         )
 
 
-def _refuse_mismatched_rows(
-    predictions: dict[str, np.ndarray], scored: list[str], gt_json: Path, csv: Path
-) -> None:
+def _refuse_mismatched_rows(predictions: dict[str, np.ndarray], scored: list[str], gt_json: Path, csv: Path) -> None:
     missing = [name for name in scored if name not in predictions]
     if missing:
         raise EvaluationError(f"{csv}: no row for {len(missing)} ground-truth image(s), e.g. {', '.join(missing[:3])}")
@@ -119,9 +144,7 @@ def _check_values(pred: np.ndarray, gt: np.ndarray, num_classes: int, where: str
     scored = pred[gt < num_classes]  # pixels the ground truth ignores may hold anything
     if scored.size and (scored.min() < 0 or scored.max() >= num_classes):
         bad = scored[(scored < 0) | (scored >= num_classes)]
-        raise EvaluationError(
-            f"{where}: holds class {int(bad[0])}; the ground truth has classes 0..{num_classes - 1}"
-        )
+        raise EvaluationError(f"{where}: holds class {int(bad[0])}; the ground truth has classes 0..{num_classes - 1}")
 
 
 def _refuse_overwriting_inputs(out: str | None, inputs: list[Path]) -> None:

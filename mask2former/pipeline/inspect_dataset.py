@@ -20,8 +20,10 @@ from ..data.stats import dataset_statistics, format_statistics
 from ..data.trash import palette_for
 from ..errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.visualize import grid, legend, overlay, with_legend
 
+TOOL = "inspect_dataset.py"
 OUTPUT_FILES = ("stats.json", "ground_truth.png", "augmented.png")
 
 
@@ -48,21 +50,30 @@ def run(options: InspectOptions) -> dict[str, Any]:
             raise UserError(f"--out {out}: writing {name} would replace the json {json_path}; choose another folder")
     if options.num < 1:
         raise UserError(f"--num must be at least 1, got {options.num}")
+    job = {"json": str(json_path.resolve()), "num": options.num, "seed": options.seed}
+    check_claim(out, TOOL, job, writes=OUTPUT_FILES)  # a folder of someone else's: refused before any work
     cfg = load_config(options.config_file, freeze=False)
     cfg.INPUT.FORMAT = "BGR"  # pictures are drawn in OpenCV's order
     image_root = Path(options.image_root) if options.image_root else json_path.parent
     dicts, manifest = load_with_manifest(json_path, image_root, options.cache_dir, skip_bad=options.skip_bad)
     class_names = manifest["class_names"]
-    palette = palette_for(class_names)
     stats = dataset_statistics(read_coco_json(json_path), dicts, class_names)
     stats["skipped"] = {k: v for k, v in manifest["skipped"].items() if k != "messages"}
     print(format_statistics(stats))
-    atomic_write_json(out / "stats.json", stats, indent=2)
+    with owned_output_folder(out, TOOL, job, writes=OUTPUT_FILES) as owned:
+        owned.record(*OUTPUT_FILES)
+        atomic_write_json(out / "stats.json", stats, indent=2)
+        labelled = [d for d in dicts if "sem_seg_file_name" in d]
+        if labelled:
+            write_pictures(out, labelled, class_names, cfg, options)
+        else:
+            print("no ground truth in this json: no pictures written")
+    return stats
 
-    labelled = [d for d in dicts if "sem_seg_file_name" in d]
-    if not labelled:
-        print("no ground truth in this json: no pictures written")
-        return stats
+
+def write_pictures(out: Path, labelled: list[dict], class_names: list[str], cfg, options: InspectOptions) -> None:
+    """OUT/ground_truth.png and OUT/augmented.png: --num labelled images, as they are and as training sees them."""
+    palette = palette_for(class_names)
     picks = np.random.default_rng(options.seed).choice(len(labelled), min(options.num, len(labelled)), replace=False)
     chosen = [labelled[i] for i in sorted(picks)]
     key = legend(class_names, palette)
@@ -80,7 +91,6 @@ def run(options: InspectOptions) -> dict[str, Any]:
         draws.append(overlay(image, sample["sem_seg"].numpy().astype(np.uint8), palette))
     _write_png(out / "augmented.png", with_legend(grid(draws, 4), key))
     print(f"wrote {out / 'stats.json'}, {out / 'ground_truth.png'}, {out / 'augmented.png'}")
-    return stats
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

@@ -18,9 +18,12 @@ the stored size (--prob-size, 256 by default; 0: the image size), flipped back, 
 classes, and averaged over the views (--tta: TEST.AUG.MIN_SIZES x flip) and then over the checkpoints (weights
 --weights-scale). A non-finite probability map is an error naming the image; no file is written for it.
 
-Resuming: images whose npz exists and is valid are skipped (a truncated or unreadable one is predicted again), so
-rerunning an interrupted command finishes it. OUT/meta.json records the settings; a rerun with other settings
-(checkpoints, weights, views, --prob-size) is refused unless --overwrite (which predicts every image again).
+OUT is predict's own (docs/output_folders.md): a new or empty folder, or one predict made for the same job (the
+json by path and content, the image folder, the classes, the checkpoints by path and content, the views,
+--prob-size); any other folder is refused, and one predict made for another job too, unless --overwrite (which
+deletes what predict recorded there and predicts every image again). Resuming: images whose npz exists, is valid
+and was made from the image file as it is now (its sha1) are skipped; a truncated, unreadable or stale one is
+predicted again, so rerunning an interrupted command finishes it.
 
 Devices: --device (default MODEL.DEVICE: "auto" = the GPU if there is one) runs in this process. --num-gpus N
 means what it means to train_net.py: N processes, one per GPU cuda:0..N-1, or N on the CPU when there is no GPU or
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -63,14 +67,14 @@ import torch
 from fvcore.common.config import CfgNode
 
 from ..config import load_config
-from ..data.coco_semantic import class_names_from_categories
+from ..data.coco_semantic import check_class_lists, class_names_from_categories
 from ..data.io import read_coco_json, read_image
 from ..data.trash import palette_for
+from ..engine.checkpoint import recorded_class_names
 from ..engine.inference import PredictionJob, inference_max_size, inference_views, run_job, run_worker
-from ..engine.run_lock import OutputDirLock
 from ..ensemble import EnsembleError, normalize_weights
 from ..errors import UserError
-from ..prediction_io import check_probabilities, load_label_map, probability_path
+from ..prediction_io import PROBS_FOLDER, check_probabilities, load_label_map, probability_path
 from ..submission import SUBMISSION_SIZE, downsample_label_map, write_submission
 from ..utils.io import (
     atomic_write_bytes,
@@ -82,16 +86,15 @@ from ..utils.io import (
     usable_cpus,
 )
 from ..utils.logger import logging_to
+from ..utils.output_folder import file_sha1, owned_output_folder
 from ..utils.progress import Progress
-from ..utils.resume import changed_settings
-from ..utils.visualize import overlay
+from ..utils.visualize import overlay, shrink_for_overlay
 
 logger = logging.getLogger("predict")
 
-# meta.json keys that must agree for a run to resume into an existing folder
-SETTINGS = ("class_names", "weights", "weights_scale", "views", "max_size", "prob_size")
 # the files OUT holds besides probs/ and overlays/
 FIXED_OUTPUTS = ("meta.json", "submission.csv", "log.txt")
+OVERLAYS_FOLDER = "overlays"
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
@@ -260,7 +263,7 @@ def read_image_list(json_path: Path, image_root: Path, num_classes: int) -> tupl
 
 def overlay_path(out: Path, file_name: str) -> Path:
     """OUT/overlays/<file_name with .png>, refused if it would leave OUT."""
-    return output_path(out / "overlays", file_name, ".png")
+    return output_path(out / OVERLAYS_FOLDER, file_name, ".png")
 
 
 def planned_outputs(out: Path, images: list[dict], overlays: int) -> Iterable[tuple[Path, str]]:
@@ -292,43 +295,39 @@ def check_outputs_spare_inputs(
             )
 
 
-def _settings_of(meta: dict) -> dict:
-    """The SETTINGS of a meta.json, older files (one 'weights' string) included."""
-    settings = {key: meta[key] for key in SETTINGS if key in meta}
-    if isinstance(settings.get("weights"), str):
-        settings["weights"] = [settings["weights"]]
-        settings.setdefault("weights_scale", [1.0])
-    if "weights" in settings:
-        settings["weights"] = [str(Path(path).expanduser().resolve()) for path in settings["weights"]]
-    if "views" in settings:
-        settings["views"] = [list(view) for view in settings["views"]]
-    return settings
-
-
-def check_resume(meta_path: Path, settings: dict) -> None:
-    """Refuse to reuse predictions made with other settings (a folder with npz files and another meta.json)."""
-    if not meta_path.is_file():
-        return
-    try:
-        old = _settings_of(json.loads(meta_path.read_text()))
-    except (OSError, ValueError):
-        return  # unreadable meta.json (e.g. an old run killed while writing): the npz checks decide
-    detail = changed_settings(old, _settings_of(settings), SETTINGS)
-    if detail:
-        raise PredictError(
-            f"{meta_path.parent} holds predictions made with other settings ({detail}). "
-            "Use another --out, or --overwrite to predict every image again."
-        )
+def job_of(plan: Plan) -> dict:
+    """What identifies a prediction folder's job: the image list (the json, by path and content, and the image
+    folder) and every setting its numbers depend on. A folder made for another job is refused (or started over
+    with --overwrite)."""
+    views = inference_views(plan.cfg)
+    return {
+        "json": str(plan.json_path.resolve()),
+        "json_sha1": file_sha1(plan.json_path),
+        "image_root": str(plan.image_root.resolve()),
+        "class_names": plan.class_names,
+        "weights": plan.weights,
+        "weights_sha1": [file_sha1(path) for path in plan.weights],
+        "weights_scale": plan.weights_scale,
+        "views": [list(view) for view in views],
+        "max_size": inference_max_size(plan.cfg),
+        "prob_size": plan.args.prob_size,
+    }
 
 
 def find_pending(images: list[dict], out: Path, class_names: list[str], prob_size: int) -> tuple[list, int, int]:
-    """(images to predict, how many are done, how many had a broken npz); the npz files are checked in threads."""
+    """(images to predict, how many are done, how many had a broken or stale npz). Done means a valid npz made
+    from the image file as it is now: each image's sha1 is recorded in its entry ("sha1") and compared with the
+    one its npz was made from, so a changed image under the same name is predicted again. Checked in threads."""
 
     def check(image: dict) -> str | None:
+        try:
+            image["sha1"] = file_sha1(image["path"])
+        except OSError:
+            image["sha1"] = ""  # unreadable: predicting it names the problem (or skips it with --skip-bad)
         path = probability_path(out, image["file_name"])
         if not path.is_file():
             return "missing"
-        return check_probabilities(path, image["file_name"], class_names, prob_size)
+        return check_probabilities(path, image["file_name"], class_names, prob_size, image["sha1"])
 
     pending, done, broken = [], 0, 0
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
@@ -368,7 +367,10 @@ def threads_per_process(requested: int, processes: int) -> int:
 def run_in_workers(job: PredictionJob, devices: list[str], meter: Progress) -> list[dict]:
     """One spawned process per device, each running `job` (with `job.num_threads` threads, 0: the cores shared out)
     on its `shard_images` share; returns their stats. The first failure stops the others and is raised (naming the
-    worker, its device and the error)."""
+    worker, its device and the error). The workers die with this process, however it ends, and hold its lock on
+    OUT until they are gone (`start_child`)."""
+    from ..utils.processes import start_child
+
     world = len(devices)
     threads = threads_per_process(job.num_threads, world)
     context = mp.get_context("spawn")
@@ -377,9 +379,7 @@ def run_in_workers(job: PredictionJob, devices: list[str], meter: Progress) -> l
     shards = shard_images(job.images, world, job.batch_size)
     for rank, (device, images) in enumerate(zip(devices, shards, strict=True)):
         shard = replace(job, images=images, device=device, num_threads=threads)
-        process = context.Process(target=run_worker, args=(rank, shard, events), name=f"predict-worker-{rank}")
-        process.start()
-        processes.append(process)
+        processes.append(start_child(context, run_worker, (rank, shard, events), f"predict-worker-{rank}"))
     finished: dict[int, dict] = {}
     success = False
 
@@ -447,7 +447,7 @@ def write_outputs(
                     missing.append(image["file_name"])
                     continue
                 if written < overlays:
-                    bgr = read_image(image["path"])
+                    bgr = shrink_for_overlay(read_image(image["path"]))  # a huge photo: a bounded picture
                     full = cv2.resize(label, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_NEAREST)
                     ok, encoded = cv2.imencode(".png", np.hstack([bgr, overlay(bgr, full, palette)]))
                     atomic_write_bytes(overlay_path(out, image["file_name"]), encoded.tobytes())
@@ -492,10 +492,27 @@ def prepare(args: argparse.Namespace) -> Plan:
         ) from None
     if args.batch_size < 1 or args.prob_size < 0:
         raise PredictError("--batch-size must be >= 1 and --prob-size >= 0")
+    for option, value, meaning in (
+        ("--overlays", args.overlays, "overlay PNGs to write (0: none)"),
+        ("--threads", args.threads, "torch CPU threads per process (0: the default)"),
+        ("--num-workers", args.num_workers, "worker processes (0 or 1: in this process)"),
+    ):
+        if value < 0:
+            raise PredictError(f"{option} {value}: give a number >= 0 of {meaning}")
     devices = resolve_devices(args, cfg.MODEL.DEVICE)
     json_path = Path(args.json)
     image_root = Path(args.image_root) if args.image_root else json_path.parent
     images, class_names = read_image_list(json_path, image_root, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    for path in weights:  # a model records the classes it was trained on: the json's must be those, by name
+        recorded = recorded_class_names(path, args.allow_pickle or cfg.MODEL.ALLOW_PICKLE)
+        if recorded is not None:
+            check_class_lists(
+                class_names,
+                str(json_path),
+                recorded,
+                f"{path} (the classes it was trained on)",
+                "predict with a json of the model's class list, or with the model trained on this one",
+            )
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PredictError(f"--out {out} is a file: give a folder (it is created if missing)")
@@ -509,8 +526,13 @@ def predict(args: argparse.Namespace) -> Path:
     OUT/submission.csv."""
     start = time.perf_counter()
     checked = prepare(args)
-    with OutputDirLock(checked.out, "--out"), logging_to(checked.out):  # one run per OUT: a second one stops here
-        return run(checked, start)
+    job = job_of(checked)
+    writes = [*FIXED_OUTPUTS, PROBS_FOLDER, OVERLAYS_FOLDER]
+    # one run per OUT (a second one stops here); OUT is predict's own, for this job, or new
+    with owned_output_folder(checked.out, "predict.py", job, writes=writes, overwrite=args.overwrite) as folder:
+        folder.record(*writes)
+        with logging_to(checked.out):
+            return run(checked, start)
 
 
 def run(plan: Plan, start: float | None = None) -> Path:
@@ -535,19 +557,18 @@ def run(plan: Plan, start: float | None = None) -> Path:
         "image_root": str(plan.image_root),
         "tta": bool(cfg.TEST.AUG.ENABLED),
         "amp": args.amp,
+        "file_names": [image["file_name"] for image in images],
         "complete": False,
     }
-    remove_stale_temporaries(out / "probs", "*.npz")
+    remove_stale_temporaries(out / PROBS_FOLDER, "*.npz")
+    pending, done, broken = find_pending(images, out, class_names, args.prob_size)
     if args.overwrite:
         pending, done, broken = list(images), 0, 0
-    else:
-        pending, done, broken = find_pending(images, out, class_names, args.prob_size)
-        if done + broken:  # files to reuse: only if they were made the same way
-            check_resume(out / "meta.json", settings)
     atomic_write_json(out / "meta.json", meta, indent=2)
     devices = devices[: max(1, len(batches_of(pending, args.batch_size)))]  # no idle workers
     logger.info(
-        "%d images: %d already predicted, %d to predict (%d with a broken npz) on %s; %d view(s) x %d checkpoint(s)",
+        "%d images: %d already predicted, %d to predict (%d with a broken or stale npz) on %s; "
+        "%d view(s) x %d checkpoint(s)",
         len(images),
         done,
         len(pending),
@@ -588,8 +609,10 @@ def run(plan: Plan, start: float | None = None) -> Path:
 
     csv, rows, missing = write_outputs(out, images, class_names, args.overlays, args.skip_bad)
     rate = predicted / seconds if predicted and seconds > 0 else 0.0
+    sources = [[image["file_name"], image.get("sha1", "")] for image in images]
     meta.update(
         complete=True,
+        predictions_id=hashlib.sha1(json.dumps([settings, sources], default=str).encode()).hexdigest(),
         images=len(images),
         predicted=predicted,
         skipped=done,

@@ -16,8 +16,9 @@ Each stage is one of the project's own commands in a child process, run in the c
 relative paths mean what they mean to the caller), with its output logged under OUT/round_r. Every child gets
 `num_gpus` as --num-gpus (evaluation, training and prediction alike): N processes, on GPUs when there are, else on
 the CPU (0: the CPU, one process). OUT/state.json records every finished stage: rerunning the same command resumes
-(prediction and training resume by themselves); other settings are refused unless `overwrite`. OUT/rounds.md holds
-the table of rounds. OUT/.lock keeps a second run off OUT while one is live (mask2former/engine/run_lock.py; a dead
+(prediction and training resume by themselves); other settings are refused unless `overwrite`, which deletes
+what the tool recorded in OUT (docs/output_folders.md) and starts again. OUT/rounds.md holds
+the table of rounds. OUT/.lock keeps a second run off OUT while one is live (mask2former/utils/run_lock.py; a dead
 run's lock is taken over).
 
 Inputs are checked before anything is computed: the prediction folder of `init_probs` (every image present, its
@@ -33,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -49,10 +49,9 @@ from ..data.catalog import MetadataCatalog
 from ..data.coco_semantic import class_names_from_categories
 from ..data.io import read_coco_json, read_image, read_label
 from ..data.trash import palette_for, register_datasets_from_config
-from ..engine.run_lock import LOCK_NAME, OutputDirLock
 from ..ensemble import write_label_png
 from ..errors import UserError
-from ..prediction_io import load_probabilities, probability_path
+from ..prediction_io import load_probabilities, probability_path, read_prediction_folder
 from ..pseudo_label import (
     ignored_share,
     keeps_round,
@@ -63,8 +62,8 @@ from ..pseudo_label import (
 )
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, output_path
 from ..utils.logger import logging_to
+from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.progress import progress
-from ..utils.resume import changed_settings
 from ..utils.visualize import overlay
 
 logger = logging.getLogger("pseudo_label")
@@ -72,14 +71,10 @@ logger = logging.getLogger("pseudo_label")
 # train_net.py and tools/ live at the repository root (the package is installed in editable mode)
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# state.json keys that must agree for a run to resume into an existing folder
-SETTINGS = (
-    "config_file", "opts", "weights", "unlabeled", "image_root", "threshold", "tta", "iters", "init_probs", "control"
-)  # fmt: skip
-# what a pseudo-label run puts in OUT (anything else there belongs to someone else)
-_OWN_FILES = {"state.json", "rounds.md", "unlabeled.json", "log.txt", LOCK_NAME}
+TOOL = "pseudo_label.py"
+# what a pseudo-label run puts in OUT besides its round_<r> folders
+OUTPUTS = ("state.json", "rounds.md", "unlabeled.json", "log.txt")
 _OWN_FOLDER = re.compile(r"^round_\d+$")
-_TEMPORARY = re.compile(r"^\..+\.tmp$")  # left by the atomic writer when a run was killed mid-write
 
 
 class PseudoLabelError(UserError):
@@ -128,25 +123,12 @@ def _resolved(path: str | Path) -> Path:
 
 
 def check_output_folder(options: LoopOptions) -> Path:
-    """OUT (resolved), refused before anything is written when it is not a pseudo-label run's folder, lies inside
-    the unlabelled image folder, or when --overwrite would delete an input kept in one of its rounds."""
+    """OUT (resolved), refused before anything is written when it is not this tool's folder for these settings
+    (docs/output_folders.md: a new or empty folder, or one a pseudo-label run with the same settings made; with
+    --overwrite also one made with other settings), lies inside the unlabelled image folder, or when --overwrite
+    would delete an input kept in one of its rounds."""
     out = _resolved(options.out)
-    if out.exists() and not out.is_dir():
-        raise PseudoLabelError(f"--out {out} is a file: give a folder")
-    if out.is_dir():
-        foreign = sorted(
-            entry.name
-            for entry in out.iterdir()
-            if not (
-                (entry.is_file() and (entry.name in _OWN_FILES or _TEMPORARY.match(entry.name)))
-                or (entry.is_dir() and _OWN_FOLDER.match(entry.name))
-            )
-        )
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise PseudoLabelError(
-                f"--out {out} holds files that are not a pseudo-label run's ({shown}): give a new or empty folder"
-            )
+    check_claim(out, TOOL, settings_of(options), writes=OUTPUTS, overwrite=options.overwrite)
     unlabeled = _resolved(options.unlabeled)
     if unlabeled.is_dir() and out.is_relative_to(unlabeled):
         raise PseudoLabelError(
@@ -263,7 +245,8 @@ def read_prediction(folder: Path, image: dict, class_names: list[str]) -> np.nda
 
 def check_prediction_folder(folder: Path, images: list[dict], class_names: list[str]) -> None:
     """Every image has a usable prediction of these classes in `folder` (e.g. --init-probs), else an error naming
-    the image and the file."""
+    the image and the file; a folder whose run did not finish is refused (`read_prediction_folder`)."""
+    read_prediction_folder(folder)
     for image in progress(images, desc="checking --init-probs", unit="img", logger=logger):
         read_prediction(folder, image, class_names)
 
@@ -336,10 +319,12 @@ def val_miou(metrics_file: Path, dataset: str) -> float:
 
 
 def evaluate(options: LoopOptions, cfg: CfgNode, weights: str, folder: Path) -> float:
-    """Val mIoU of a checkpoint (train_net.py --eval-only), cached in folder/eval_metrics.json."""
-    metrics = folder / "eval_metrics.json"
+    """Val mIoU of a checkpoint (train_net.py --eval-only into folder/evaluate, its own OUTPUT_DIR; its output in
+    folder/evaluate.log), cached in folder/evaluate/eval_metrics.json."""
+    run_dir = folder / "evaluate"
+    metrics = run_dir / "eval_metrics.json"
     if not metrics.is_file():
-        run_command("evaluate", evaluate_command(options, weights, folder), folder / "evaluate.log")
+        run_command("evaluate", evaluate_command(options, weights, run_dir), folder / "evaluate.log")
     return val_miou(metrics, cfg.DATASETS.TEST[0])
 
 
@@ -423,17 +408,17 @@ def settings_of(options: LoopOptions) -> dict:
     }
 
 
-def existing_state(out: Path, settings: dict, overwrite: bool) -> dict | None:
-    """The state of a run in OUT made with the same settings; None when there is none (or with --overwrite).
-    Other settings are refused."""
+def existing_state(out: Path, overwrite: bool) -> dict | None:
+    """The state of the run in OUT (a folder this tool made for the same settings: `check_output_folder`); None
+    when there is none yet (or with --overwrite). Rounds the state calls finished must still have their model."""
     path = out / "state.json"
     if overwrite:
         return None
     if not path.is_file():
         if any(_OWN_FOLDER.match(entry.name) for entry in out.glob("round_*")):
             raise PseudoLabelError(
-                f"{out} holds rounds but no state.json (not the folder of a run of this tool?): use another --out, "
-                "or --overwrite to delete them and start again"
+                f"{out} holds rounds but no state.json (deleted?): use another --out, or --overwrite to delete them "
+                "and start again"
             )
         return None
     try:
@@ -441,19 +426,17 @@ def existing_state(out: Path, settings: dict, overwrite: bool) -> dict | None:
         state["settings"], state["rounds"]
     except (ValueError, KeyError, TypeError):
         raise PseudoLabelError(f"{path} is not a pseudo-label state file: use another --out, or --overwrite") from None
-    detail = changed_settings(state["settings"], settings, SETTINGS)
-    if detail:
-        raise PseudoLabelError(
-            f"{out} holds rounds run with other settings ({detail}); use another --out, or --overwrite to start again"
-        )
+    finished = [entry for entry in state["rounds"] if "kept" in entry]
+    for entry in finished:
+        if not Path(entry["weights"]).is_file():
+            raise PseudoLabelError(
+                f"{path}: round {entry['round']} finished, but its model {entry['weights']} is missing: restore it, or "
+                "--overwrite to run every round again"
+            )
     return state
 
 
-def fresh_state(out: Path, settings: dict, overwrite: bool) -> dict:
-    """A new run's state; with --overwrite the rounds a previous run left in OUT are deleted first."""
-    for old in sorted(out.glob("round_*")) if overwrite else ():
-        if old.is_dir() and _OWN_FOLDER.match(old.name):
-            shutil.rmtree(old)
+def fresh_state(settings: dict) -> dict:
     return {"settings": settings, "rounds": [], "baseline": None, "best": None, "stopped": False}
 
 
@@ -495,23 +478,28 @@ def run_loop(options: LoopOptions) -> dict:
     if options.init_probs and not Path(options.init_probs).is_dir():
         raise PseudoLabelError(f"--init-probs {options.init_probs} is not a folder")
     settings = settings_of(options)
-    state = existing_state(out, settings, options.overwrite)
+    state = existing_state(out, options.overwrite) if out.is_dir() else None
     categories = training_categories(cfg)
     class_names = class_names_from_categories(categories)
     json_path, image_root, images = unlabeled_images(options, categories)
     labelled = state is not None and any("ignored_share" in entry for entry in state["rounds"])
     if options.init_probs and not labelled:  # before anything is computed, written or deleted
         check_prediction_folder(_resolved(options.init_probs), images, class_names)
-    with OutputDirLock(out, "--out"), logging_to(out):  # a second run on OUT stops here, naming the first
-        began = time.perf_counter()
-        state = existing_state(out, settings, options.overwrite) or fresh_state(out, settings, options.overwrite)
-        save_state(out, state)
-        if json_path is None:
-            json_path = out / "unlabeled.json"
-            atomic_write_json(json_path, {"images": images, "annotations": [], "categories": categories})
-        unlabeled = (json_path, image_root, images)
-        state = _rounds(options, cfg, out, weights, state, unlabeled, categories, class_names)
-        logger.info("pseudo-label loop finished in %.1f s", time.perf_counter() - began)
+    # a second run on OUT stops here, naming the first; --overwrite deletes what this tool recorded there
+    with owned_output_folder(out, TOOL, settings, writes=OUTPUTS, overwrite=options.overwrite) as owned:
+        if options.overwrite:
+            owned.remove_recorded()
+        owned.record(*OUTPUTS, *(f"round_{number}" for number in range(options.rounds + 1)))
+        with logging_to(out):
+            began = time.perf_counter()
+            state = existing_state(out, options.overwrite) or fresh_state(settings)
+            save_state(out, state)
+            if json_path is None:
+                json_path = out / "unlabeled.json"
+                atomic_write_json(json_path, {"images": images, "annotations": [], "categories": categories})
+            unlabeled = (json_path, image_root, images)
+            state = _rounds(options, cfg, out, weights, state, unlabeled, categories, class_names)
+            logger.info("pseudo-label loop finished in %.1f s", time.perf_counter() - began)
     return state
 
 

@@ -29,8 +29,9 @@ from ..ensemble import (
     read_rgb,
     soft_vote,
 )
-from ..prediction_io import PROBS_FOLDER, probability_path
+from ..prediction_io import probability_key, read_prediction_folder
 from ..utils.io import atomic_write_text
+from ..utils.output_folder import refuse_foreign_file
 from ..utils.progress import Progress
 
 GRID_KEYS = ("sxy", "srgb", "compat", "iters", "gaussian_sxy", "gaussian_compat")
@@ -70,15 +71,22 @@ def settings_grid(options: TuneOptions) -> list[dict]:
 
 
 def check_folders(options: TuneOptions, names: list[str]) -> None:
-    """Every input is a prediction folder holding every --gt image."""
+    """Every input is a finished prediction folder (`read_prediction_folder`) holding every --gt image."""
     for folder in map(Path, options.inputs):
         if not folder.exists():
             raise EnsembleError(f"input not found: {folder}")
-        if not (folder / PROBS_FOLDER).is_dir():
-            raise EnsembleError(f"{folder}: not a prediction folder (no {PROBS_FOLDER}/ inside)")
-        missing = [name for name in names if not probability_path(folder, name).is_file()]
+        predictions = read_prediction_folder(folder)
+        missing = [name for name in names if probability_key(name) not in predictions.files]
         if missing:
             raise EnsembleError(f"{folder} has no prediction for {len(missing)} image(s), e.g. {missing[0]!r}")
+
+
+TABLE_MARK = "<!-- written by tune_crf.py -->"
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.readline().rstrip("\n")
 
 
 def refuse_unsafe_out(options: TuneOptions) -> None:
@@ -93,6 +101,7 @@ def refuse_unsafe_out(options: TuneOptions) -> None:
     for folder in options.inputs:
         if out.is_relative_to(Path(folder).resolve()):
             raise EnsembleError(f"--out {options.out} lies inside the input folder {folder}: give another file")
+    refuse_foreign_file(options.out, "tune_crf.py", lambda path: _first_line(path) == TABLE_MARK)
 
 
 def score_image(task: tuple) -> np.ndarray:
@@ -170,5 +179,5 @@ def run(options: TuneOptions) -> list[dict]:
     table = "\n".join(lines)
     print(table)
     if options.out:
-        atomic_write_text(options.out, table + "\n")
+        atomic_write_text(options.out, f"{TABLE_MARK}\n{table}\n")
     return rows

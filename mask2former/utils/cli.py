@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import USER_OS_ERRORS, UserError
+from ..errors import UserError, user_message
 
 T = TypeVar("T")
 
@@ -33,13 +33,14 @@ def strip_debug(argv: list[str] | None) -> list[str]:
 
 
 def run_tool(name: str, call: Callable[[], T], argv: list[str] | None = None) -> T:
-    """Run `call()`; a UserError (or a missing/forbidden path) exits with `name: message` and status 2."""
+    """Run `call()`; a UserError (or a missing/forbidden path, a full or read-only disk: `user_message`) exits with
+    `name: message` and status 2."""
     try:
         return call()
-    except (UserError, *USER_OS_ERRORS) as error:
-        if debug_requested(argv):
+    except (UserError, OSError, RuntimeError) as error:
+        message = user_message(error)  # None: a bug (a traceback)
+        if message is None or debug_requested(argv):
             raise
-        message = str(error) or type(error).__name__
         if getattr(error, "logged", False):  # logged already, to stderr and the run's log.txt
             pass
         elif any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):

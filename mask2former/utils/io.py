@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
-from ..errors import UserError
+from ..errors import UserError, filesystem_error
 
 
 class UnsafePathError(UserError):
@@ -44,10 +44,18 @@ def output_path(root: str | Path, name: str, suffix: str | None = None) -> Path:
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file for writing that replaces `path` only if the block succeeds."""
+    """Open a temporary file for writing that replaces `path` only if the block succeeds. A file system's refusal
+    (full, read-only, a name too long, a symlink loop, no permission; also when the block's write fails so) is a
+    FileSystemError naming `path` and what to do."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        make_folder(path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        refused = filesystem_error(error, path)
+        if refused is None:
+            raise
+        raise refused from error
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -55,9 +63,39 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             os.fchmod(handle.fileno(), _new_file_mode())  # mkstemp's 0600 -> what open() would have given
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        refused = filesystem_error(error, path) if _about(error, (tmp_name, str(path))) else None
+        if refused is None:
+            raise
+        raise refused from error
+
+
+def _about(error: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether the OSError behind `error` concerns the file being written (a write to the handle names no file):
+    a block that reads another file keeps that file's own error."""
+    seen: BaseException | None = error if isinstance(error, Exception) else None
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen is not None and (seen.filename is None or os.fsdecode(seen.filename) in names)
+
+
+def make_folder(folder: str | Path) -> None:
+    """mkdir -p `folder`; a symlink loop in its place is an OSError saying so (ELOOP), not "File exists"."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        os.stat(folder)  # raises ELOOP for a symlink loop
         raise
+
+
+def _temporary_prefix(name: str) -> str:
+    """'.NAME.' for the temporary file of NAME, shortened so that the temporary name (8 random characters and
+    '.tmp' added) is not longer than the longest name a file system takes (255 bytes) when NAME itself fits."""
+    prefix = f".{name}."
+    while len(os.fsencode(prefix)) > 255 - 12 and len(prefix) > 2:
+        prefix = prefix[:-2] + "."
+    return prefix
 
 
 def _read_umask() -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import USER_OS_ERRORS, UserError
+from ..errors import UserError, user_message
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -58,11 +59,36 @@ def logging_to(output_dir: str | Path, file_name: str = "log.txt") -> Iterator[l
     log_file = str((Path(output_dir) / file_name).resolve())
     try:
         yield root
-    except (UserError, *USER_OS_ERRORS) as error:  # into log.txt too, while open; run_tool prints nothing more
-        logging.getLogger(Path(sys.argv[0]).name or "trashseg").error("%s", str(error) or type(error).__name__)
-        error.logged = True  # type: ignore[attr-defined]
+    except (UserError, OSError, RuntimeError) as error:  # into log.txt too, while open; run_tool prints nothing more
+        message = user_message(error)
+        if message is not None:
+            logging.getLogger(Path(sys.argv[0]).name or "trashseg").error("%s", message)
+            error.logged = True  # type: ignore[attr-defined]
         raise
     finally:
         for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_file]:
             root.removeHandler(handler)
             handler.close()
+
+
+# Library lines a run has no use for, silenced once here (messages are matched from their start):
+_CHATTER_WARNINGS = (
+    # torch 2.14 deprecated LeafSpec, which lightning 2.6's _pytree still builds on every step
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # DDP's broadcast_buffers=False is kept on purpose (Mask2Former's: no buffer sync, not even at init, which its
+    # replacement forward_sync_buffers=False would still do)
+    r"`broadcast_buffers` is deprecated",
+    # --resume into a run's own checkpoints/ folder is what it is for
+    r"Checkpoint directory .* exists and is not empty",
+)
+_CHATTER_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+def quiet_library_chatter() -> None:
+    """Lightning's info lines (device table, "Tip: ... litlogger/litmodels", "`Trainer.fit` stopped", restore
+    notices: the run logs its own device, resume and end lines) and known deprecation warnings off; Lightning's
+    warnings and errors stay."""
+    for name in _CHATTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in _CHATTER_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)

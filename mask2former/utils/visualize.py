@@ -8,6 +8,26 @@ import cv2
 import numpy as np
 
 IGNORE_COLOR_BGR = (255, 255, 255)
+# The longest side of an overlay picture: a larger photo is shrunk before blending (a 10000x10000 photo would take
+# gigabytes of blending buffers for a picture no screen shows whole).
+MAX_OVERLAY_SIDE = 2048
+
+
+def overlay_size(height: int, width: int, max_side: int = MAX_OVERLAY_SIDE) -> tuple[int, int]:
+    """(height, width) of an overlay of a height x width image: the same, or shrunk to `max_side` on its longest
+    side, keeping the aspect ratio."""
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def shrink_for_overlay(image: np.ndarray, max_side: int = MAX_OVERLAY_SIDE) -> np.ndarray:
+    """The image itself when its longest side is at most `max_side`, else a copy shrunk to it (area averaging)."""
+    height, width = overlay_size(*image.shape[:2], max_side)
+    if (height, width) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def colorize(label: np.ndarray, palette_rgb: Sequence[Sequence[int]], ignore_label: int = 255) -> np.ndarray:
@@ -26,11 +46,19 @@ def overlay(
     alpha: float = 0.5,
     ignore_label: int = 255,
 ) -> np.ndarray:
-    """Blend the coloured label map over the image where the label is not background; outline objects."""
+    """Blend the coloured label map (the image's size) over the image where the label is not background; outline
+    objects. An image longer than MAX_OVERLAY_SIDE is shrunk first (the label by nearest neighbour), so the picture
+    is at most that long."""
+    image_bgr = shrink_for_overlay(image_bgr)
+    label = np.asarray(label)
+    if label.shape[:2] != image_bgr.shape[:2]:
+        label = cv2.resize(label.astype(np.uint8), image_bgr.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     colors = colorize(label, palette_rgb, ignore_label)
-    foreground = (np.asarray(label) != 0)[..., None]
-    blended = np.where(foreground, (1 - alpha) * image_bgr + alpha * colors, image_bgr).astype(np.uint8)
-    edges = cv2.morphologyEx(np.asarray(label, np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    foreground = label != 0
+    blended = np.array(image_bgr, dtype=np.uint8)
+    # blended where there is an object, in float64 as a whole-image blend would be (the same bytes)
+    blended[foreground] = ((1 - alpha) * image_bgr[foreground] + alpha * colors[foreground]).astype(np.uint8)
+    edges = cv2.morphologyEx(label.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
     blended[edges] = colors[edges]
     return blended
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..data.coco_semantic import category_to_label, check_annotation, class_names_from_categories, render_label_map
 from ..data.io import read_coco_json, read_image
 from ..data.trash import palette_for
-from ..utils.visualize import overlay
+from ..utils.visualize import overlay, shrink_for_overlay
 from .paths import Roots
 
 logger = logging.getLogger(__name__)
@@ -130,10 +130,12 @@ def overlay_picture(
 ) -> np.ndarray:
     """The image with the label overlay (hidden classes left out); label None gives the image itself.
 
-    A label of another size than the image (a 256x256 prediction) is scaled by nearest neighbour.
+    A label of another size than the image (a 256x256 prediction) is scaled by nearest neighbour; an image longer
+    than MAX_OVERLAY_SIDE is shrunk to it first (utils/visualize.py).
     """
     if label is None:
         return image_bgr
+    image_bgr = shrink_for_overlay(image_bgr)
     label = match_size(label, image_bgr.shape[:2])
     if alpha <= 0:
         return image_bgr

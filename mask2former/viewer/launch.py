@@ -12,6 +12,7 @@ This module does not import streamlit (the launcher starts in a fraction of a se
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 import subprocess
@@ -89,6 +90,39 @@ def check_arguments(args: argparse.Namespace) -> None:
                 raise ViewerArgumentError(f"{flag} {path}: not found (check the path)")
 
 
+# The packages the pages import (streamlit brings the others; requirements.txt pins it).
+VIEWER_PACKAGES = ("streamlit", "pandas", "pyarrow", "altair")
+
+
+class ViewerPackagesError(UserError):
+    """A package the viewer's pages need is not installed."""
+
+
+def missing_packages() -> list[str]:
+    """The VIEWER_PACKAGES that cannot be imported here (looked up, not imported: the launcher stays fast)."""
+    missing = []
+    for name in VIEWER_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def packages_problem() -> str | None:
+    """None when the viewer's packages are installed; else the line that says what to install."""
+    missing = missing_packages()
+    if not missing:
+        return None
+    return (
+        f"the viewer needs {', '.join(missing)}, not installed for {sys.executable}: install "
+        f"{'it' if len(missing) == 1 else 'them'} (pip install {' '.join(missing)}, or pip install -r "
+        "requirements.txt, whose streamlit brings pandas, pyarrow and altair)"
+    )
+
+
 def in_streamlit() -> bool:
     """Whether this code runs inside a Streamlit script run (`streamlit run`, or AppTest)."""
     scriptrunner = sys.modules.get("streamlit.runtime.scriptrunner")  # never loaded outside Streamlit
@@ -116,6 +150,12 @@ def start(parser: argparse.ArgumentParser, script: str | Path, argv: list[str] |
     raw = sys.argv[1:] if argv is None else list(argv)
     viewer_args = strip_debug(raw)
     if in_streamlit():
+        problem = packages_problem()
+        if problem is not None:  # the page says it once, instead of a traceback on every page
+            import streamlit as st
+
+            st.error(f"Cannot start: {problem}")
+            return
         from .app import show
 
         show(parser, viewer_args)
@@ -124,6 +164,9 @@ def start(parser: argparse.ArgumentParser, script: str | Path, argv: list[str] |
     def check_and_serve() -> int:
         args = parser.parse_args(viewer_args)
         check_arguments(args)
+        problem = packages_problem()
+        if problem is not None:
+            raise ViewerPackagesError(problem)
         return serve(script, viewer_args, args.port)
 
     sys.exit(run_tool(Path(script).name, check_and_serve, raw))

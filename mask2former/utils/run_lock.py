@@ -4,7 +4,8 @@ The lock is an advisory `flock` on that file, held for the length of the run: th
 ends, however it ends (kill -9 included), so a lock file left by a dead run is stale and the next run takes it over
 with a log line; a live holder makes a second run stop at once, naming the folder and the holder. The file is
 removed when the run ends. On a file system without `flock` the recorded pid decides: a lock whose process ran on
-this host and is gone is stale; any other is honoured.
+this host and is gone is stale; any other is honoured. A run's child processes share its open lock file
+(`mask2former.utils.processes.start_child`), so the folder stays locked until the last of them is gone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, filesystem_error
+from .io import make_folder
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,8 @@ class OutputDirLock:
         self.stale_holder: dict | None = None  # what a dead run's lock file recorded, when this run took it over
 
     def acquire(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -62,6 +63,19 @@ class OutputDirLock:
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _held.add(fd)
+
+    def _open(self) -> int:
+        """The lock file, opened (and its folder made); a refusal of the file system (read-only, a symlink loop, a
+        name too long, no permission) is a FileSystemError naming the folder."""
+        try:
+            make_folder(self.folder)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            refused = filesystem_error(error, self.folder, option=self.what)
+            if refused is None:
+                raise
+            raise refused from error
 
     def log_takeover(self) -> None:
         """The log line for a stale lock taken over (called once the run's log is set up)."""
@@ -83,7 +97,8 @@ class OutputDirLock:
             if _same_file(self._fd, self.path):
                 self.path.unlink()
         finally:
-            os.close(self._fd)  # closing drops the flock
+            _held.discard(self._fd)
+            os.close(self._fd)  # closing drops the flock (once no child process shares it)
             self._fd = None
 
     def __enter__(self) -> OutputDirLock:
@@ -92,6 +107,15 @@ class OutputDirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_held: set[int] = set()  # the descriptors of the locks this process holds
+
+
+def held_lock_fds() -> list[int]:
+    """The open lock files of the output folders this process holds (child processes share them:
+    `mask2former.utils.processes.start_child`)."""
+    return sorted(_held)
 
 
 def _same_file(fd: int, path: Path) -> bool:
