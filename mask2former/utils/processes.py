@@ -122,15 +122,13 @@ def sigterm_raises() -> Iterator[None]:
 
 def stop_cause(error: BaseException) -> str | None:
     """'interrupted (Ctrl-C)' or 'stopped by SIGTERM' when `error` is how a stop request ended the work
-    (KeyboardInterrupt, Terminated, or a SystemExit raised while handling one, as Lightning turns Ctrl-C into
-    sys.exit(1)); None otherwise."""
+    (KeyboardInterrupt, Terminated, or an error raised while handling one: Lightning turns Ctrl-C into
+    sys.exit(1), and a stop inside torch.save makes its zip writer fail on the way out); None otherwise."""
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
             return "interrupted (Ctrl-C)"
         if isinstance(seen, Terminated):
             return "stopped by SIGTERM"
-        if not isinstance(seen, SystemExit):
-            return None
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__ if seen.__cause__ is not None or seen.__suppress_context__ else seen.__context__
     return None
