@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
 from mask2former.data.coco_semantic import load_sem_seg_dataset
 from mask2former.data.dataset import MapDataset

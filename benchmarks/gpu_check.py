@@ -69,9 +69,11 @@ from ms_deform_attn import reference_errors as deform_reference_errors
 from predict import time_setting
 from train_step import make_step, peak_memory_gib, random_batch, time_steps
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
 from mask2former.errors import UserError
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.utils.cli import run_tool, strip_debug
 from mask2former.utils.io import atomic_write_text
 

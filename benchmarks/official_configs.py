@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
 from mask2former.errors import UserError
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 
 # (pattern on the file name, published millions of parameters); the first match wins.
 PUBLISHED: tuple[tuple[str, float], ...] = (

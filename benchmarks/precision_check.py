@@ -22,8 +22,10 @@ import platform
 import torch
 from train_step import random_batch
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 
 PARTS = ("backbone", "sem_seg_head.pixel_decoder", "sem_seg_head.predictor")
 

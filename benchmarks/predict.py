@@ -23,6 +23,8 @@ import time
 import numpy as np
 import torch
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
 from mask2former.engine.inference import (
     inference_max_size,
@@ -30,7 +32,7 @@ from mask2former.engine.inference import (
     load_prediction_model,
     predict_batch,
 )
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 
 
 def device_name(device: str) -> str:

@@ -23,8 +23,10 @@ from collections.abc import Callable
 
 import torch
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 
 
 def random_batch(batch: int, size: int, num_classes: int, device: str) -> list[dict]:

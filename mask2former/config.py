@@ -1,10 +1,13 @@
 """Configuration: fvcore/yacs CfgNode with Mask2Former's key names and `_BASE_` inheritance.
 
 `get_cfg()` returns the defaults every part of the project reads. This module holds the keys shared by all
-(INPUT, DATASETS, DATALOADER, SOLVER, TEST, the meta architecture and heads); each backbone or plug-in keeps
-its own keys beside its code in an `add_<part>_config(cfg)` function registered in CONFIG_ADDERS
-(`add_swin_config` in modeling/backbone/swin.py, `add_dinat_config`, `add_resnet_config`, `add_semask_config`),
-and `get_cfg()` applies every registered one.
+(INPUT, DATASETS, DATALOADER, SOLVER, TEST, the meta architecture and heads); each model family keeps its own keys
+beside its code in an `add_<part>_config(cfg)` function registered in CONFIG_ADDERS (`add_swin_config` in
+modeling/backbone/swin.py, `add_dinat_config`, `add_resnet_config`, ...), and each plug-in in PLUGIN_CONFIG_ADDERS
+(`add_semask_config`: applied after the families, whose keys it extends). `get_cfg()` applies every one
+registered: importing `mask2former.modeling.register_all` registers the families (the modules that load configs
+import it), and an entry point registers a plug-in by importing it (train_net.py and the tools import `semask`).
+This module imports no model.
 
 Config files are read with a YAML safe loader, for every file of a `_BASE_` chain: the one Python tag official
 configs carry, `!!python/object/apply:eval ["<expression>"]`, is evaluated by `utils/safe_eval.py` (arithmetic,
@@ -32,7 +35,12 @@ from .utils.safe_eval import ALLOWED as _EVAL_ALLOWED
 from .utils.safe_eval import SafeEvalError, safe_eval
 
 CONFIG_ADDERS = Registry("CONFIG_ADDERS")
-CONFIG_ADDERS.__doc__ = "Functions `add_<part>_config(cfg)` that add one backbone's or plug-in's keys to get_cfg()."
+CONFIG_ADDERS.__doc__ = "Functions `add_<part>_config(cfg)` that add one model family's keys to get_cfg()."
+PLUGIN_CONFIG_ADDERS = Registry("PLUGIN_CONFIG_ADDERS")
+PLUGIN_CONFIG_ADDERS.__doc__ = (
+    "Functions `add_<plugin>_config(cfg)` that add a plug-in's keys to get_cfg(), after the families' (which they "
+    "may extend)."
+)
 
 # Keys this project once had under another name: a file that still uses one is told the name to use.
 RENAMED_KEYS = {
@@ -401,7 +409,7 @@ def _default_train_sizes(crop: int) -> tuple[int, ...]:
 
 
 def get_cfg() -> CfgNode:
-    """A fresh copy of the project's defaults (every package's keys included)."""
+    """A fresh copy of the project's defaults: the shared keys and those of every registered family and plug-in."""
     _C = CfgNode()
     _C.VERSION = 2  # detectron2's config version; only 2 (older files used other key names)
     _C.SEED = 42  # global seed for sampling, augmentation and initialisation; < 0 draws one and logs it
@@ -464,9 +472,7 @@ def get_cfg() -> CfgNode:
     add_solver_config(_C)
     add_test_config(_C)
     add_tracking_config(_C)
-    from .modeling import register_all  # noqa: F401  (each backbone and plug-in registers its add_*_config)
-
-    for _name, add_part_config in CONFIG_ADDERS:
+    for _name, add_part_config in [*CONFIG_ADDERS, *PLUGIN_CONFIG_ADDERS]:
         add_part_config(_C)
     return _C
 

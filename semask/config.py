@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from fvcore.common.config import CfgNode
 
-from mask2former.config import CONFIG_ADDERS
+from mask2former.config import PLUGIN_CONFIG_ADDERS
 from mask2former.config import CfgNode as ConfigNode
-from mask2former.modeling.backbone import swin  # noqa: F401  (registers MODEL.SWIN first: these keys extend it)
 
 
-@CONFIG_ADDERS.register()
+@PLUGIN_CONFIG_ADDERS.register()  # applied after the families' adders: MODEL.SWIN exists then
 def add_semask_config(cfg: CfgNode) -> None:
     """MODEL.SWIN.SEM_WINDOW_SIZE / NUM_SEM_BLOCKS, MODEL.MASK_FORMER.CATE_WEIGHT (official), MODEL.SEMASK.*."""
     cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 7  # window of the semantic attention (official Swin-L configs: 12)

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
+import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
+import semask  # noqa: F401  (the test suite is an entry point: it takes the SeMask plug-in, as train_net.py does)
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,3 +280,50 @@ def tiny_run_argv(
         *extra,
     ]
     return ["--config-file", str(REPO / "configs" / config), "--num-gpus", "0", *opts]
+
+
+def doc_pages() -> list[Path]:
+    """Where the documented commands live: README.md and every page under docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def doc_headings(text: str) -> list[tuple[int, int, str]]:
+    """(line index, level, title) of every Markdown heading of `text`, skipping fenced code blocks."""
+    import re
+
+    headings, in_code = [], False
+    for index, line in enumerate(text.splitlines()):
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (match := re.match(r"(#{1,6}) +(.*?) *#*$", line)):
+            headings.append((index, len(match.group(1)), match.group(2)))
+    return headings
+
+
+def doc_section(heading: str) -> str:
+    """The text under the heading titled `heading` ('#'s optional, any level) in README.md or docs/*.md, up to the
+    next heading of the same or a higher level. The title must head exactly one section of those pages."""
+    title = heading.lstrip("#").strip()
+    found = []
+    for page in doc_pages():
+        lines = page.read_text().splitlines()
+        headings = doc_headings("\n".join(lines))
+        for position, (index, level, name) in enumerate(headings):
+            if name == title:
+                end = next((i for i, depth, _ in headings[position + 1 :] if depth <= level), len(lines))
+                found.append((page, "\n".join(lines[index + 1 : end])))
+    pages = ", ".join(str(page.relative_to(REPO)) for page, _ in found)
+    assert len(found) == 1, f"README.md and docs/*.md hold {len(found)} sections titled {title!r} ({pages})"
+    return found[0][1]
+
+
+def doc_commands(heading: str) -> list[list[str]]:
+    """The commands of the first bash block under `heading` (see doc_section), as a shell reads them: continuation
+    lines joined, comments dropped, each command as argv."""
+    import re
+    import shlex
+
+    block = re.search(r"```bash\n(.*?)```", doc_section(heading), re.S)
+    assert block is not None, f"no bash block under the heading {heading!r}"
+    commands = [shlex.split(line, comments=True) for line in block.group(1).replace("\\\n", " ").splitlines()]
+    return [argv for argv in commands if argv]

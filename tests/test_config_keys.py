@@ -452,7 +452,7 @@ def digest(value: Any) -> Any:
 
 
 def _build_model(cfg) -> nn.Module:
-    from mask2former.modeling.meta_arch import build_model
+    from mask2former.modeling.build import build_model
 
     return build_model(cfg)
 

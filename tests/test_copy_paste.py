@@ -12,11 +12,12 @@ import torch
 from conftest import REPO
 
 from mask2former.config import get_cfg
+from mask2former.data.classes import TRASH_CLASSES
 from mask2former.data.coco_semantic import load_sem_seg_dataset
 from mask2former.data.copy_paste import CopyPaste, build_object_bank, paste_objects, resolve_class_ids
 from mask2former.data.dataset import MapDataset
 from mask2former.data.mapper import SemanticSegMapper
-from mask2former.data.trash import TRASH_CLASSES, register_datasets_from_config
+from mask2former.data.trash import register_datasets_from_config
 from mask2former.pipeline import copy_paste_preview
 
 BATTERY, CLOTHING = TRASH_CLASSES.index("Battery"), TRASH_CLASSES.index("Clothing")

@@ -20,7 +20,7 @@ from mask2former.modeling.backbone.dinat import (
     dinat_large,
     load_dinat_pretrained,
 )
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.modeling.ops.neighborhood_attention import neighborhood_attention_reference
 
 OFFICIAL_DEPTHS = (3, 4, 18, 5)

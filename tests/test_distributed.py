@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_run_argv
-from test_readme_recipes import recipe
+from conftest import REPO, doc_commands, tiny_run_argv
 
 from mask2former.engine import distributed
 from mask2former.engine.launch import main
@@ -34,7 +33,7 @@ TRAIN_NET = [sys.executable, str(REPO / "train_net.py")]
 # the weights comparison of 1 vs 2 processes: SGD (AdamW turns the float-rounding difference of a near-zero gradient
 # into a whole +-lr step, which says nothing about the run)
 SGD = ["SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.01"]
-SECTION = "### Several processes and machines"
+SECTION = "Several processes and machines"
 README_PORT = "29511"
 
 
@@ -74,7 +73,7 @@ def run_argv(data_root: Path, out: Path, gpus: int, *extra: str) -> list[str]:
 
 
 def readme_commands() -> list[list[str]]:
-    return recipe(SECTION)
+    return doc_commands(SECTION)
 
 
 def localised(argv: list[str], data_root: Path, output: Path, port: int) -> list[str]:

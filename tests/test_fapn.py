@@ -10,7 +10,7 @@ from conftest import REPO, TINY_MODEL
 
 from mask2former.config import get_cfg
 from mask2former.modeling.backbone.base import ShapeSpec
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.modeling.pixel_decoder.base import build_pixel_decoder
 from mask2former.modeling.pixel_decoder.fapn import FeatureAlign, ModulatedDeformConv, PixelFANDecoder
 

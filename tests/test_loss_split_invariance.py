@@ -26,9 +26,9 @@ from mask2former.data.dataset import SAMPLE_SEED as DATASET_KEY
 from mask2former.data.dataset import MapDataset, sample_seed
 from mask2former.modeling import criterion as set_criterion
 from mask2former.modeling import matcher as matcher_module
+from mask2former.modeling.build import build_model
 from mask2former.modeling.criterion import SetCriterion, target_classes
 from mask2former.modeling.matcher import HungarianMatcher
-from mask2former.modeling.meta_arch import build_model
 from mask2former.modeling.point_sampling import LOSS_POINTS, MATCHER_POINTS, SAMPLE_SEED, point_generator
 
 CLASSES, QUERIES, SIZE, POINTS = 7, 5, 16, 64

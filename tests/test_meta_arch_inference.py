@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import REPO, TINY_MODEL
 
 from mask2former.config import load_config
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 
 
 def _model(before: bool) -> torch.nn.Module:

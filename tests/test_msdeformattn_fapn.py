@@ -12,7 +12,7 @@ from torchvision.ops import deform_conv2d
 
 from mask2former.config import get_cfg, load_config
 from mask2former.modeling.backbone.base import ShapeSpec
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.modeling.pixel_decoder.base import build_pixel_decoder
 from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 from mask2former.modeling.pixel_decoder.msdeformattn_fapn import MSDeformAttnPixelFANDecoder

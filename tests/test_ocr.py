@@ -7,7 +7,7 @@ import torch
 from conftest import REPO, make_tiny
 
 from mask2former.config import get_cfg
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.modeling.per_pixel.ocr import OCR, ObjectContext, concat_pyramid, region_representations
 
 

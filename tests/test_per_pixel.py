@@ -19,7 +19,7 @@ from mask2former.config import ConfigError, get_cfg, load_config
 from mask2former.engine.checkpoint import load_model_weights
 from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
 from mask2former.modeling.backbone.timm_backbone import TimmBackbone
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.modeling.per_pixel.criterion import PerPixelCriterion
 from mask2former.pipeline import ensemble_crf
 from mask2former.pipeline import predict as predict_pipeline

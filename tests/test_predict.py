@@ -33,7 +33,7 @@ from mask2former.engine.inference import (
     predict_probabilities,
 )
 from mask2former.errors import UserError
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.pipeline import predict as pipeline
 from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path
 from mask2former.submission import read_submission

@@ -27,7 +27,7 @@ from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, class_names_from_categories, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
 from mask2former.ensemble import write_label_png
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.pipeline import pseudo_label as loop
 from mask2former.pipeline.pseudo_label import LoopOptions, PseudoLabelError
 from mask2former.prediction_io import ProbabilityFileError, load_probabilities, probability_path, save_probabilities

@@ -34,7 +34,7 @@ from mask2former.modeling.backbone.resnet import (
     load_resnet_pretrained,
     resnet50,
 )
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 
 NARROW = dict(stem_out_channels=8, res2_out_channels=16, width_per_group=4)
 STAGES = ("res2", "res3", "res4", "res5")

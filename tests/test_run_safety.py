@@ -25,7 +25,7 @@ from mask2former.engine.checkpoint_io import CheckpointSaveError
 from mask2former.engine.launch import default_argument_parser, main, setup, train
 from mask2former.engine.lightning_module import NonFiniteLossError
 from mask2former.engine.metrics_log import read_metrics
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")

@@ -34,7 +34,7 @@ from mask2former.engine.checkpoint import (
 )
 from mask2former.engine.inference import load_prediction_model
 from mask2former.errors import UserError
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.pipeline import evaluate as evaluate_pipeline
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")

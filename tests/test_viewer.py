@@ -34,9 +34,10 @@ from mask2former.evaluation.sem_seg import SemSegEvaluator, confusion_matrix, me
 from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities  # noqa: E402
 from mask2former.submission import downsample_label_map, read_submission, write_submission  # noqa: E402
 from mask2former.viewer import app as viewer_app  # noqa: E402
+from mask2former.viewer.arguments import bind_problem, is_loopback  # noqa: E402
 from mask2former.viewer.compare import FolderPredictions, compare, discover_prediction_sets  # noqa: E402
 from mask2former.viewer.data import filter_images, label_map, load_index  # noqa: E402
-from mask2former.viewer.launch import bind_problem, is_loopback, streamlit_command  # noqa: E402
+from mask2former.viewer.launch import streamlit_command  # noqa: E402
 from mask2former.viewer.paths import PathOutsideRoots, Roots, list_files  # noqa: E402
 from mask2former.viewer.stats import SIZE_BINS, size_bins  # noqa: E402
 

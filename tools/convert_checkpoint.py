@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.pipeline.convert_checkpoint import ConvertOptions, ConvertResult, run
 from mask2former.utils.cli import run_tool, strip_debug
 from mask2former.utils.logger import setup_logging

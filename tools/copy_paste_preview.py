@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.pipeline.copy_paste_preview import PreviewOptions, run
 from mask2former.utils.cli import run_tool, strip_debug
 from mask2former.utils.logger import setup_logging

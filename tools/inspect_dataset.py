@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.pipeline.inspect_dataset import InspectOptions, run
 from mask2former.utils.cli import run_tool, strip_debug
 from mask2former.utils.logger import setup_logging

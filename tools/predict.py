@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.pipeline.predict import parse_args, predict
 from mask2former.utils.cli import run_tool, strip_debug
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import re
 
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.pipeline.pseudo_label import LoopOptions, run_loop
 from mask2former.utils.cli import run_tool, strip_debug
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 
+import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.viewer.launch import DEFAULT_PORT, start
 
 

@@ -17,8 +17,8 @@ _WHERE = {
     "register_coco_semantic": ".coco_semantic",
     "MapDataset": ".dataset",
     "SemanticSegMapper": ".mapper",
-    "TRASH_CLASSES": ".trash",
-    "TRASH_PALETTE": ".trash",
+    "TRASH_CLASSES": ".classes",
+    "TRASH_PALETTE": ".classes",
     "register_datasets_from_config": ".trash",
     "register_trash_datasets": ".trash",
 }

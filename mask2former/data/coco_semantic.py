@@ -661,6 +661,6 @@ def set_class_metadata(name: str) -> list[str]:
 
 
 def _set_classes(name: str, classes: list[str]) -> None:
-    from .trash import palette_for  # the default palette lives with the trash metadata
+    from .classes import palette_for
 
     MetadataCatalog.get(name).set(stuff_classes=list(classes), stuff_colors=palette_for(classes))

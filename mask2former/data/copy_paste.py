@@ -311,7 +311,7 @@ class CopyPaste:
     ) -> CopyPaste:
         """From INPUT.COPY_PASTE; dicts and class names default to those of DATASETS.TRAIN (registered)."""
         from .catalog import DatasetCatalog, MetadataCatalog
-        from .trash import TRASH_CLASSES
+        from .classes import TRASH_CLASSES
 
         names = list(cfg.DATASETS.TRAIN)
         if dataset_dicts is None:

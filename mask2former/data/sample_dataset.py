@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_text
 from ..utils.output_folder import owned_output_folder
 from ..utils.progress import Progress
-from .trash import TRASH_CLASSES
+from .classes import TRASH_CLASSES
 
 TRASH_CATEGORY_NAMES: tuple[str, ...] = TRASH_CLASSES[1:]
 # Per-class object counts of the real train_all.json (classes 1..10).

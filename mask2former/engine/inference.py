@@ -35,7 +35,6 @@ from torch import nn
 
 from ..data import transforms as T
 from ..data.io import read_image
-from ..ensemble import normalize_weights
 from ..errors import UserError
 from ..modeling.meta_arch import padded_size
 from ..prediction_io import save_probabilities
@@ -94,7 +93,9 @@ def predict_batch(
     models = [models] if isinstance(models, nn.Module) else list(models)
     if not models:
         raise ValueError("no model to predict with")
-    ensemble_weights = normalize_weights(weights, len(models)).tolist()
+    if weights is not None and (len(weights) != len(models) or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"ensemble weights {list(weights)}: one non-negative weight per model, with a positive sum")
+    ensemble_weights = [1.0 / len(models)] * len(models) if weights is None else [w / sum(weights) for w in weights]
     if output_sizes is None:
         output_sizes = [image.shape[:2] for image in images_bgr]
     batch_size = max(1, int(batch_size))
@@ -148,7 +149,7 @@ def predict_probabilities(
 def load_prediction_model(cfg: CfgNode, path: str, device: str | torch.device, allow_pickle: bool = False) -> nn.Module:
     """The config's model with a checkpoint's weights, in eval mode on `device`. Refuses (naming the file) a
     checkpoint of another architecture, size or class count: at prediction time nothing may be re-initialised."""
-    from ..modeling.meta_arch import build_model
+    from ..modeling.build import build_model
 
     checkpoint = read_checkpoint_with_metadata(path, allow_pickle)
     state = checkpoint.tensors

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ..config import ConfigError, load_config, read_config_yaml
 from ..data.trash import register_datasets_from_config
 from ..errors import UserError
+from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.cli import run_tool, strip_debug
 from ..utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..utils.logger import logging_to, quiet_library_chatter, setup_logging
@@ -264,7 +265,7 @@ CPU_NUMERICS_ENV = ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_IS
 def cpu_numerics() -> str:
     """One log line: torch's thread count and kernel instruction set, and the environment that sets them."""
     # Same seed, other machine: sums split over another number of threads, or AVX2 kernels where AVX-512 ran
-    # (torch, oneDNN, MKL), round differently, and a long training drifts apart (README: make demo).
+    # (torch, oneDNN, MKL), round differently, and a long training drifts apart (docs/getting_started.md).
     settings = " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in CPU_NUMERICS_ENV)
     return (
         f"CPU numerics: torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -342,7 +343,7 @@ def start_notes(cfg: CfgNode, args: argparse.Namespace, model: torch.nn.Module, 
         if large:
             line += (
                 "initialisation, and its results will be far from the recipe's: give the backbone's pretrained "
-                "weights (MODEL.BACKBONE.WEIGHTS /path/to/file, README: Training)"
+                "weights (MODEL.BACKBONE.WEIGHTS /path/to/file, docs/models.md: Weights)"
             )
         else:
             line += "initialisation"

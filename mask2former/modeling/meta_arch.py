@@ -204,14 +204,3 @@ class MaskFormer(nn.Module):
                 scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             results.append({"sem_seg": scores})
         return results
-
-
-def build_model(cfg: CfgNode) -> nn.Module:
-    """The meta architecture named by MODEL.META_ARCHITECTURE (importing every registered part first)."""
-    from . import register_all  # noqa: F401  (fills the registries)
-
-    name = cfg.MODEL.META_ARCHITECTURE
-    if name not in META_ARCH_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in META_ARCH_REGISTRY))
-        raise KeyError(f"MODEL.META_ARCHITECTURE {name!r} is not registered. Registered: {known}")
-    return META_ARCH_REGISTRY.get(name).from_config(cfg)

@@ -1,6 +1,6 @@
-"""Importing this module registers every backbone, pixel decoder and transformer decoder."""
-
-import semask  # noqa: F401  (SeMask backbone and meta architecture, a sibling package)
+"""Importing this module registers every model family of the package: backbones, pixel decoders, transformer
+decoders, per-pixel models, and their config keys. Plug-ins (semask) register themselves when an entry point
+imports them."""
 
 from .backbone import dinat, resnet, swin, timm_backbone, vit_pyramid  # noqa: F401
 from .per_pixel import config as per_pixel_config  # noqa: F401

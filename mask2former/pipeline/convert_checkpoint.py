@@ -35,6 +35,7 @@ from ..engine.checkpoint import (
     read_checkpoint_with_metadata,
 )
 from ..errors import UserError
+from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.io import atomic_write_bytes
 from ..utils.output_folder import refuse_foreign_file
 
@@ -150,7 +151,7 @@ def _plain_metadata(checkpoint: Checkpoint) -> dict[str, str]:
 
 
 def _convert_for_model(cfg, checkpoint: Checkpoint, source: str) -> tuple[dict[str, torch.Tensor], str, LoadReport]:
-    from ..modeling.meta_arch import build_model
+    from ..modeling.build import build_model
 
     model = build_model(cfg)
     own = model.state_dict()

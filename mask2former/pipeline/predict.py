@@ -67,13 +67,14 @@ import torch
 from fvcore.common.config import CfgNode
 
 from ..config import load_config
+from ..data.classes import palette_for
 from ..data.coco_semantic import check_class_lists, class_names_from_categories
 from ..data.io import read_coco_json, read_image
-from ..data.trash import palette_for
 from ..engine.checkpoint import recorded_class_names
 from ..engine.inference import PredictionJob, inference_max_size, inference_views, run_job, run_worker
 from ..ensemble import EnsembleError, normalize_weights
 from ..errors import UserError
+from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..prediction_io import PROBS_FOLDER, check_probabilities, load_label_map, probability_path
 from ..submission import SUBMISSION_SIZE, downsample_label_map, write_submission
 from ..utils.io import (

@@ -46,11 +46,13 @@ from PIL import Image
 
 from ..config import CfgNode, load_config
 from ..data.catalog import MetadataCatalog
+from ..data.classes import palette_for
 from ..data.coco_semantic import class_names_from_categories
 from ..data.io import read_coco_json, read_image, read_label
-from ..data.trash import palette_for, register_datasets_from_config
+from ..data.trash import register_datasets_from_config
 from ..ensemble import write_label_png
 from ..errors import UserError
+from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..prediction_io import load_probabilities, probability_path, read_prediction_folder
 from ..pseudo_label import (
     ignored_share,

@@ -29,7 +29,9 @@ from streamlit import runtime
 from ..config import load_config
 from ..data.io import read_image
 from ..errors import UserError
+from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.visualize import legend
+from .arguments import ViewerArgumentError, bind_problem, check_arguments
 from .augment import (
     build_mapper,
     copy_paste_enabled,
@@ -61,7 +63,6 @@ from .data import (
     resize_to_width,
     thumbnail,
 )
-from .launch import ViewerArgumentError, bind_problem, check_arguments
 from .paths import Roots, file_signature, list_files
 from .stats import (
     SIZE_BINS,

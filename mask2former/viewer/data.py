@@ -16,9 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..data.classes import palette_for
 from ..data.coco_semantic import category_to_label, check_annotation, class_names_from_categories, render_label_map
 from ..data.io import read_coco_json, read_image
-from ..data.trash import palette_for
 from ..utils.visualize import overlay, shrink_for_overlay
 from .paths import Roots
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from mask2former.modeling.ops.ms_deform_attn import _check_shapes
+from .shapes import check_shapes
 
 try:
     import triton
@@ -207,7 +207,7 @@ def _prepare(
 ) -> tuple[torch.Tensor, ...]:
     if not TRITON_AVAILABLE:
         raise RuntimeError("ms_deform_attn_triton needs triton, which is not importable here")
-    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, tensor in (
         ("value", value),
         ("sampling_locations", sampling_locations),
