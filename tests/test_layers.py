@@ -161,3 +161,20 @@ def test_building_the_config_imports_no_model_and_no_plugin() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_an_unknown_name_in_a_registry_is_one_line_naming_the_key_and_the_closest_name(sample_root, tmp_path) -> None:
+    """Every registry is read through one lookup (mask2former/utils/registry.py): a user error, not a KeyError."""
+    from conftest import tiny_run_argv
+
+    argv = tiny_run_argv(sample_root, tmp_path / "out", "MODEL.BACKBONE.NAME", "D2SwinTransformr")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), *argv], capture_output=True, text=True, cwd=REPO
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        "train_net.py" in last
+        and ("MODEL.BACKBONE.NAME 'D2SwinTransformr' is not registered; did you mean 'D2SwinTransformer'? Registered: ")
+        in last
+    ), last

@@ -25,6 +25,7 @@ from mask2former.pipeline import ensemble_crf
 from mask2former.pipeline import predict as predict_pipeline
 from mask2former.pipeline.ensemble_crf import EnsembleOptions
 from mask2former.prediction_io import load_probabilities, probability_path
+from mask2former.utils.registry import UnknownNameError
 
 
 def tiny(name: str = "quickstart_upernet.yaml", *opts: str):
@@ -143,7 +144,7 @@ def test_refusals_name_the_key() -> None:
         build_model(tiny("quickstart_upernet.yaml", "MODEL.PER_PIXEL.DECODER", "DeepLabV3Plus"))
     with pytest.raises(ConfigError, match="MODEL.PER_PIXEL.DECODER_CHANNELS 96"):
         build_model(tiny("quickstart_fpn.yaml", "MODEL.PER_PIXEL.DECODER_CHANNELS", "96"))
-    with pytest.raises(ConfigError, match="MODEL.PER_PIXEL.DECODER 'PSP'"):
+    with pytest.raises(UnknownNameError, match="MODEL.PER_PIXEL.DECODER 'PSP' is not registered"):
         build_model(tiny("quickstart_upernet.yaml", "MODEL.PER_PIXEL.DECODER", "PSP"))
     with pytest.raises(ConfigError, match="MODEL.PER_PIXEL.AUX_IN_FEATURE 'res9'"):
         build_model(tiny("quickstart_upernet.yaml", "MODEL.PER_PIXEL.AUX_IN_FEATURE", "res9"))

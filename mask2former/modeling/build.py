@@ -6,6 +6,7 @@ from __future__ import annotations
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ..utils.registry import lookup
 from . import register_all  # noqa: F401  (fills the registries)
 from .meta_arch import META_ARCH_REGISTRY
 
@@ -13,7 +14,4 @@ from .meta_arch import META_ARCH_REGISTRY
 def build_model(cfg: CfgNode) -> nn.Module:
     """The meta architecture named by MODEL.META_ARCHITECTURE."""
     name = cfg.MODEL.META_ARCHITECTURE
-    if name not in META_ARCH_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in META_ARCH_REGISTRY))
-        raise KeyError(f"MODEL.META_ARCHITECTURE {name!r} is not registered. Registered: {known}")
-    return META_ARCH_REGISTRY.get(name).from_config(cfg)
+    return lookup(META_ARCH_REGISTRY, name, "MODEL.META_ARCHITECTURE").from_config(cfg)

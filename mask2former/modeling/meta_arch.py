@@ -14,6 +14,7 @@ from fvcore.common.config import CfgNode
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ..utils.registry import lookup
 from .backbone.base import Backbone, ShapeSpec, build_backbone
 from .criterion import SetCriterion, build_criterion
 from .pixel_decoder.base import build_pixel_decoder
@@ -64,10 +65,7 @@ class MaskFormerHead(nn.Module):
 def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The head named by MODEL.SEM_SEG_HEAD.NAME, built for the backbone's `input_shape`."""
     name = cfg.MODEL.SEM_SEG_HEAD.NAME
-    if name not in SEM_SEG_HEADS_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY))
-        raise KeyError(f"MODEL.SEM_SEG_HEAD.NAME {name!r} is not a registered head. Registered: {known}")
-    return SEM_SEG_HEADS_REGISTRY.get(name).from_config(cfg, input_shape)
+    return lookup(SEM_SEG_HEADS_REGISTRY, name, "MODEL.SEM_SEG_HEAD.NAME").from_config(cfg, input_shape)
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:

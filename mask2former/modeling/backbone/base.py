@@ -14,6 +14,8 @@ from fvcore.common.config import CfgNode
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...utils.registry import lookup
+
 BACKBONE_REGISTRY = Registry("BACKBONE")
 BACKBONE_REGISTRY.__doc__ = __doc__
 
@@ -58,10 +60,7 @@ class Backbone(nn.Module):
 def build_backbone(cfg: CfgNode) -> Backbone:
     """The backbone named by MODEL.BACKBONE.NAME, built from the config."""
     name = cfg.MODEL.BACKBONE.NAME
-    if name not in BACKBONE_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in BACKBONE_REGISTRY))
-        raise KeyError(f"MODEL.BACKBONE.NAME {name!r} is not a registered backbone. Registered: {known}")
-    backbone = BACKBONE_REGISTRY.get(name).from_config(cfg)
+    backbone = lookup(BACKBONE_REGISTRY, name, "MODEL.BACKBONE.NAME").from_config(cfg)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone {name!r} built a {type(backbone).__name__}, not a Backbone")
     return backbone

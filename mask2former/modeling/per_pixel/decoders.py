@@ -21,6 +21,7 @@ from fvcore.common.registry import Registry
 from torch import nn
 
 from ...config import ConfigError
+from ...utils.registry import lookup
 from ..backbone.base import ShapeSpec
 
 PER_PIXEL_DECODERS = Registry("PER_PIXEL_DECODERS")
@@ -166,10 +167,7 @@ class FCNAuxHead(nn.Module):
 def build_per_pixel_decoder(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The decoder named by MODEL.PER_PIXEL.DECODER, built for the backbone's `input_shape`."""
     name = cfg.MODEL.PER_PIXEL.DECODER
-    if name not in PER_PIXEL_DECODERS:
-        known = ", ".join(sorted(k for k, _ in PER_PIXEL_DECODERS))
-        raise ConfigError(f"MODEL.PER_PIXEL.DECODER {name!r} is not a registered decoder. Registered: {known}")
-    return PER_PIXEL_DECODERS.get(name).from_config(cfg, input_shape)
+    return lookup(PER_PIXEL_DECODERS, name, "MODEL.PER_PIXEL.DECODER").from_config(cfg, input_shape)
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from fvcore.common.config import CfgNode
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...utils.registry import lookup
 from ..backbone.base import ShapeSpec
 
 PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
@@ -22,10 +23,9 @@ PIXEL_DECODER_REGISTRY.__doc__ = __doc__
 def build_pixel_decoder(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The pixel decoder named by MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME."""
     name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
-    if name not in PIXEL_DECODER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in PIXEL_DECODER_REGISTRY))
-        raise KeyError(f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME {name!r} is not registered. Registered: {known}")
-    decoder = PIXEL_DECODER_REGISTRY.get(name).from_config(cfg, input_shape)
+    decoder = lookup(PIXEL_DECODER_REGISTRY, name, "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME").from_config(
+        cfg, input_shape
+    )
     if not callable(getattr(decoder, "forward_features", None)):
         raise TypeError(f"pixel decoder {name!r} has no forward_features(features) method")
     return decoder

@@ -12,6 +12,8 @@ from fvcore.common.config import CfgNode
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...utils.registry import lookup
+
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = __doc__
 
@@ -19,7 +21,8 @@ TRANSFORMER_DECODER_REGISTRY.__doc__ = __doc__
 def build_transformer_decoder(cfg: CfgNode, in_channels: int) -> nn.Module:
     """The decoder named by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME."""
     name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
-    if name not in TRANSFORMER_DECODER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
-        raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {name!r} is not registered. Registered: {known}")
-    return TRANSFORMER_DECODER_REGISTRY.get(name).from_config(cfg, in_channels)
+    return lookup(
+        TRANSFORMER_DECODER_REGISTRY,
+        name,
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
+    ).from_config(cfg, in_channels)
