@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import pickle
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, TINY_MODEL, doc_commands
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -30,20 +28,12 @@ from mask2former.engine.checkpoint import (
 )
 from mask2former.engine.launch import load_backbone_weights
 from mask2former.modeling.backbone.swin import load_swin_pretrained
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.pipeline.convert_checkpoint import ConvertError, ConvertOptions, run
 from mask2former.utils.output_folder import OutputFolderError
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
-SECTION = "## Checkpoints"
-# The commands proposed for README.md's checkpoint section (used until README.md has that section).
-README_COMMANDS = """
-python tools/convert_checkpoint.py R-50.pkl R-50.safetensors
-python tools/convert_checkpoint.py swin_large_patch4_window12_384_22k.pth swin_l.safetensors \\
-    --config-file configs/m2f_swin_l.yaml
-python tools/convert_checkpoint.py m2f_swin_l_ade20k.pkl m2f_swin_l_ade20k.safetensors \\
-    --config-file configs/m2f_swin_l.yaml
-"""
+SECTION = "Converting checkpoints"  # in docs/models.md
 
 
 def _tool():
@@ -245,21 +235,14 @@ def test_output_rules(tmp_path: Path, tiny_state) -> None:
 
 
 def _readme_commands() -> list[list[str]]:
-    text = (REPO / "README.md").read_text()
-    block = README_COMMANDS
-    if SECTION in text:
-        body = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-        found = re.search(r"```bash\n(.*?)```", body, re.S)
-        assert found is not None, f"no bash block under {SECTION!r}"
-        block = found.group(1)
-    lines = block.replace("\\\n", " ").splitlines()
-    commands = [shlex.split(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [argv for argv in commands if "tools/convert_checkpoint.py" in argv]
+    return [argv for argv in doc_commands(SECTION) if "tools/convert_checkpoint.py" in argv]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
-    """The README's commands, with tiny files under their names and TINY_MODEL after a --config-file: the first in a
-    child process exactly as a user types it, the others through the tool's main."""
+    """The documented commands (docs/models.md), with tiny files under their names and TINY_MODEL after a
+    --config-file: the first in a child process exactly as a user types it, the others through the tool's main."""
     commands = _readme_commands()
     assert len(commands) == 3 and commands[0][:2] == ["python", "tools/convert_checkpoint.py"]
     r50 = {"stem.conv1.weight": np.ones((4, 3, 7, 7), np.float32), "res2.0.conv1.norm.running_var": np.ones(4)}

@@ -144,6 +144,8 @@ def two_processes(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return output_of(command)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_processes_train_as_one(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
     """The same global batch (images, augmentation, loss normalisation, loss points) in 1 and 2 processes: the same
     first loss and, after 6 SGD steps, the same weights, up to float rounding (sums split differently)."""
@@ -155,6 +157,8 @@ def test_two_processes_train_as_one(data_root: Path, two_processes: Path, tmp_pa
     assert "rank 1 of 2" in log and "1 CPU threads" in log
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_only_rank_zero_writes_and_each_rank_logs(two_processes: Path) -> None:
     names = sorted(path.name for path in two_processes.iterdir())
     assert names == [
@@ -178,6 +182,8 @@ def test_only_rank_zero_writes_and_each_rank_logs(two_processes: Path) -> None:
     assert evaluation["num_images"] == 5
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sharded_evaluation_is_one_process_confusion_matrix(
     data_root: Path, two_processes: Path, tmp_path: Path
 ) -> None:
@@ -200,6 +206,8 @@ def test_sharded_evaluation_is_one_process_confusion_matrix(
         assert json.loads((out / "eval_metrics.json").read_text())["results"]["trash_val"]["mIoU"] >= 0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_machines_on_loopback(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
     """The README's two machine commands, started independently (machine 1 first: it waits for machine 0): the run of
     2 processes on one machine, bit for bit."""
@@ -216,6 +224,8 @@ def test_two_machines_on_loopback(data_root: Path, two_processes: Path, tmp_path
     assert "waiting for machine 0" in (out / "log.txt.rank1").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_torchrun(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
     command = localised(readme_commands()[4], data_root, tmp_path, free_port())
     run_command(command)
@@ -224,6 +234,8 @@ def test_torchrun(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
     assert "started by torchrun" in (out / "log.txt.rank1").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_slurm_tasks(data_root: Path, two_processes: Path, tmp_path: Path) -> None:
     """What srun --ntasks-per-node 2 sets for each task (the processes are started here as srun would)."""
     out, port = tmp_path / "slurm", free_port()
@@ -240,6 +252,8 @@ def test_slurm_tasks(data_root: Path, two_processes: Path, tmp_path: Path) -> No
     assert "started by slurm" in (out / "log.txt.rank1").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_rank_stops_the_run_and_resume_continues_exactly(
     data_root: Path, two_processes: Path, tmp_path: Path
 ) -> None:
@@ -266,6 +280,8 @@ def test_killed_rank_stops_the_run_and_resume_continues_exactly(
     assert max_difference(weights(out), weights(two_processes)) == 0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_ctrl_c_stops_every_process(data_root: Path, tmp_path: Path) -> None:
     """SIGINT to the launcher's process group (Ctrl-C on a terminal): one line, exit 2, no process left behind."""
     start = localised(readme_commands()[0], data_root, tmp_path, free_port())
@@ -288,6 +304,8 @@ def test_ctrl_c_stops_every_process(data_root: Path, tmp_path: Path) -> None:
             os.kill(pid, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_machine_whose_peer_dies_stops_within_seconds(data_root: Path, tmp_path: Path) -> None:
     """Two machines; kill -9 of machine 1's process: machine 0's rank finds its peer gone in the next collective and
     stops with a line that says so (not a 30-minute gloo/NCCL wait); machine 1's launcher names the killed rank."""
@@ -309,6 +327,8 @@ def test_a_machine_whose_peer_dies_stops_within_seconds(data_root: Path, tmp_pat
     assert "rank 1 of 2" in errors[1].strip().splitlines()[-1] and "SIGKILL" in errors[1]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_machines_with_other_configs_are_refused(data_root: Path, tmp_path: Path) -> None:
     """Machine 1 given another model value: both machines stop at start-up naming the key and the rank."""
     port = free_port()
@@ -351,6 +371,7 @@ def test_unreachable_machine_zero_is_an_error_after_the_timeout(data_root: Path,
     assert f"--dist-url {url}: machine 0 did not answer within 2 s" in line
 
 
+@pytest.mark.slow
 def test_machine_zero_elsewhere_and_a_foreign_server_are_refused(data_root: Path, tmp_path: Path, capsys) -> None:
     """Machine 0 given an address that is not its own; another machine pointed at a port where some other program
     listens (it accepts the connection but is no rendezvous)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 from mask2former.modeling.backbone.base import BACKBONE_REGISTRY
@@ -30,6 +31,8 @@ def test_the_official_registered_names_exist() -> None:
         assert not missing, f"{registry._name} lacks {missing}"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_official_form_configs_build_at_the_published_sizes() -> None:
     result = subprocess.run(
         [sys.executable, "benchmarks/official_configs.py", str(OFFICIAL_LIKE)],
@@ -54,26 +57,21 @@ def test_official_form_configs_build_at_the_published_sizes() -> None:
         assert "| ok (" in rows[name], rows[name]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_readme_official_config_commands_run(sample_root, tmp_path) -> None:
-    """README "Official config files and checkpoints": the train_net command with the official R50 file's form (this
-    repository's copy in tests/data/official_like, which has the same _BASE_ chain and constructs), the data, a
-    detectron2-style R-50.pkl and the GPU count replaced, tiny widths and a two-iteration schedule appended; the
-    official_configs command as written."""
+    """docs/configs.md "Official config files and checkpoints": the train_net command with the official R50 file's
+    form (this repository's copy in tests/data/official_like, which has the same _BASE_ chain and constructs), the
+    data, a detectron2-style R-50.pkl and the GPU count replaced, tiny widths and a two-iteration schedule appended;
+    the official_configs command as written."""
     import pickle
-    import re
-    import shlex
 
-    from conftest import TINY_MODEL, tiny_run_argv
+    from conftest import TINY_MODEL, doc_commands, tiny_run_argv
 
     from mask2former.config import load_config
-    from mask2former.modeling.meta_arch import build_model
+    from mask2former.modeling.build import build_model
 
-    text = (REPO / "README.md").read_text()
-    body = text.split("### Official config files and checkpoints", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", body, re.S)
-    assert block is not None
-    commands = [shlex.split(line, comments=True) for line in block.group(1).replace("\\\n", " ").splitlines()]
-    train, report = [argv for argv in commands if argv]
+    train, report = doc_commands("Official config files and checkpoints")
     assert train[:2] == ["python", "train_net.py"] and report[:2] == ["python", "benchmarks/official_configs.py"]
 
     official = OFFICIAL_LIKE / "r50_like.yaml"

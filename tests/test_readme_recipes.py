@@ -1,11 +1,11 @@
-"""The README's recipes run as written: the bash block of "Prediction, ensembling and pseudo-labels" is read from
-README.md and its three commands are run in child processes, changing only paths (DATA, output/, the weights),
-the GPU count (--num-gpus 4 -> the CPU) and appending tiny-model config overrides."""
+"""The documented recipes run as written: the bash block of "Prediction, ensembling and pseudo-labels" (in
+docs/prediction.md) is read through conftest.doc_commands and its three commands are run in child processes,
+changing only paths (DATA, output/, the weights), the GPU count (--num-gpus 4 -> the CPU) and appending tiny-model
+config overrides."""
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -15,14 +15,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_training_opts
+from conftest import REPO, TINY_MODEL, doc_commands, tiny_training_opts
 
 from mask2former.config import load_config
-from mask2former.modeling.meta_arch import build_model
+from mask2former.modeling.build import build_model
 from mask2former.prediction_io import load_probabilities, probability_path
 from mask2former.pseudo_label import label_png_name, pseudo_label_map
 
-SECTION = "## Prediction, ensembling and pseudo-labels"
+SECTION = "Prediction, ensembling and pseudo-labels"
 CPU = ["MODEL.DEVICE", "cpu"]
 # one small test scale for --tta (flip x 64 px; the configs' TEST.AUG.MIN_SIZES are for 512-pixel models)
 TTA = ["TEST.AUG.MIN_SIZES", "(64,)"]
@@ -36,18 +36,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     make_sample_dataset(root, num_train=4, num_test=2, seed=0, val_fraction=0.5)
     return root
-
-
-def recipe(section: str) -> list[list[str]]:
-    """The commands of the first bash block under `section` in README.md (continuation lines joined, comments
-    dropped), each as argv."""
-    text = (REPO / "README.md").read_text()
-    assert section in text, f"README.md has no section {section!r}"
-    body = text.split(section, 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", body, re.S)
-    assert block is not None, f"no bash block under {section!r}"
-    lines = block.group(1).replace("\\\n", " ").splitlines()
-    return [shlex.split(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -88,7 +76,7 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_the_prediction_recipe_has_three_commands() -> None:
-    commands = recipe(SECTION)
+    commands = doc_commands(SECTION)
     assert [argv[:2] for argv in commands] == [
         ["python", "tools/predict.py"],
         ["python", "tools/ensemble_crf.py"],
@@ -97,8 +85,10 @@ def test_the_prediction_recipe_has_three_commands() -> None:
     assert flag(commands[2], "--init-probs") == flag(commands[1], "--out")  # step 3 reads step 2's output
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_prediction_ensembling_and_pseudo_label_recipe_runs_as_written(data: Path, tmp_path: Path) -> None:
-    predict, ensemble, pseudo = recipe(SECTION)
+    predict, ensemble, pseudo = doc_commands(SECTION)
     output = tmp_path / "output"
     # step 1 is run for "every model": the folders step 2 combines, each with its config and checkpoint
     models = {
@@ -138,7 +128,7 @@ def test_prediction_ensembling_and_pseudo_label_recipe_runs_as_written(data: Pat
 
 def test_recipe_paths_are_placeholders_the_test_can_replace() -> None:
     """Every path of the recipe is DATA/..., output/..., configs/... or tools/... (what the test above maps)."""
-    for argv in recipe(SECTION):
+    for argv in doc_commands(SECTION):
         for arg in argv[1:]:
             if "/" in arg:
                 assert arg.split("/", 1)[0] in ("DATA", "output", "configs", "tools"), arg
