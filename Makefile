@@ -1,4 +1,5 @@
 # make test: create .venv if missing, install requirements*.txt and the package (editable), run the tests.
+# make test-fast: the same install, then the fast tests only (under 3 minutes on 2 cores).
 # make demo: the same install, then the main job end to end on the generated sample data.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,8 +10,8 @@ SAMPLE ?= datasets/sample
 DEMO_OUT ?= output/demo
 # The same seed gives other numbers on another machine when torch's thread count differs (sums are split per
 # thread) or the instruction set its kernels are chosen for (torch, oneDNN, MKL: AVX-512 and AVX2 round
-# differently). The demo pins the thread count to that of the README's figure; DEMO_AVX2=1 also pins the kernels
-# to AVX2, so AVX-512 and AVX2 machines agree too, at about a quarter more training time (README: make demo).
+# differently). The demo pins the thread count to that of the demo's figure; DEMO_AVX2=1 also pins the kernels
+# to AVX2, so AVX-512 and AVX2 machines agree too, at about a quarter more training time (docs/getting_started.md).
 DEMO_THREADS ?= 2
 DEMO_AVX2 ?=
 DEMO_ENV = OMP_NUM_THREADS=$(DEMO_THREADS)$(if $(DEMO_AVX2), ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2)
@@ -22,7 +23,7 @@ SAMPLE_KEY = $(shell cat mask2former/data/sample_dataset.py requirements.txt | s
 DEMO_KEY = $(shell { find mask2former semask tools configs train_net.py -type f \( -name '*.py' -o -name '*.yaml' \) \
 	| LC_ALL=C sort | xargs cat; cat requirements.txt; } | sha1sum | cut -c1-12) $(SAMPLE_KEY) $(DEMO_ENV) $(DEMO_OPTS)
 
-.PHONY: install test lint demo demo-data demo-outdir bench clean
+.PHONY: install test test-fast lint demo demo-data demo-outdir bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-tracking.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +34,15 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-tracking.txt pyproj
 
 install: $(STAMP)
 
+# The whole suite (CI), with the 25 slowest tests listed at the end.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
+
+# The edit-run loop: the tests that start no child process, need no browser or GPU and take under ~3 s each
+# (markers in pyproject.toml); every test module keeps its fast tests here.
+FAST_MARKERS = not slow and not subprocess and not browser and not gpu
+test-fast: install
+	$(PY) -m pytest -q -m "$(FAST_MARKERS)"
 
 lint: install
 	$(PY) -m ruff check .

@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import REPO, TINY_MODEL
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 
 def run(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -80,6 +80,7 @@ def copy_paste_for(dicts: list[dict], class_ids: list[int], prob: float, max_obj
     )
 
 
+@pytest.mark.slow
 def test_rare_class_share_rises_by_prob(train_dicts: list[dict]) -> None:
     plain = rare_presence(train_mapper(), train_dicts)
     assert plain.mean(axis=0).max() < 0.5  # rare without copy-paste

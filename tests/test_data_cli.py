@@ -13,9 +13,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from conftest import REPO
 
 from mask2former.submission import HEADER
+
+pytestmark = pytest.mark.subprocess  # every test runs a tool as a child process
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

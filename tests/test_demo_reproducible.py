@@ -21,7 +21,7 @@ from mask2former.engine.launch import CPU_NUMERICS_ENV
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "--num-train 4 --num-test 2 --seed 0"
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+pytestmark = [pytest.mark.subprocess, pytest.mark.skipif(shutil.which("make") is None, reason="needs make")]
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -139,6 +139,7 @@ def test_demo_pins_the_thread_count_of_training_and_prediction() -> None:
     }
 
 
+@pytest.mark.slow
 def test_the_pinned_settings_reach_torch() -> None:
     """What train_net.py logs (its CPU numerics line), in a fresh process with the environment make gives it."""
     env = {key: value for key, value in os.environ.items() if key not in CPU_NUMERICS_ENV}

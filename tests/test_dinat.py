@@ -135,6 +135,7 @@ def test_official_dilations_run_at_the_data_sizes(size: int) -> None:
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+@pytest.mark.slow
 def test_reference_and_flex_paths_give_the_same_features_at_256() -> None:
     # shrink_dilation: eager flex on the CPU scores all pairs, too many at "pad"'s 154 x 154 stage-1 maps
     torch.manual_seed(0)
@@ -148,6 +149,7 @@ def test_reference_and_flex_paths_give_the_same_features_at_256() -> None:
         torch.testing.assert_close(ours[name], expected[name], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradients_reach_position_biases_and_the_tokenizer() -> None:
     model = D2DiNAT(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), kernel_size=3, dilations=[[1, 4]] * 4)
     out = model(torch.randn(2, 3, 64, 96))

@@ -94,6 +94,7 @@ class RecordLR(L.Callback):
         self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(sample_root: Path, tmp_path: Path) -> None:
     whole_args = run_args(sample_root, tmp_path / "whole")
     whole_lr = RecordLR()
@@ -126,6 +127,7 @@ def test_killed_run_resumes_exactly(sample_root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "whole" / "config.yaml").is_file() and (tmp_path / "whole" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_headline_command_trains_dinat_on_the_cpu(sample_root: Path, tmp_path: Path) -> None:
     """train_net.py --config-file configs/m2f_dinat_l.yaml --num-gpus 1, at tiny widths on the CPU."""
     args = run_args(sample_root, tmp_path / "dinat", max_iter=2, config="m2f_dinat_l.yaml")

@@ -471,6 +471,7 @@ def test_errors_name_the_input_and_the_image(case: dict, tmp_path: Path) -> None
     refused(folders, "o11", rf"{names[2]}: cannot read image .*{names[2]}.*the CRF reads the images", crf=True)
 
 
+@pytest.mark.subprocess
 def test_nan_in_a_probability_file_stops_the_cli_naming_it_before_anything_is_written(case: dict) -> None:
     """The last image's file of one input holds a NaN: one line naming that file, exit 2, no output, inputs kept;
     tune_crf refuses it the same way."""
@@ -539,6 +540,8 @@ def test_output_folder_is_never_an_input(case: dict, tmp_path: Path) -> None:
     assert file_hashes(tmp_path / "preds", case["json"].parent) == inputs_before
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_user_error_is_one_line_and_help_documents_the_defaults(case: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli("ensemble_crf.py", case["folders"][0], tmp_path / "nowhere", "--out", out)

@@ -59,6 +59,8 @@ def rate(figures: str) -> float:
     return float(re.search(rf"({NUMBER}) img/s", figures).group(1))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_smoke_run_writes_every_check_with_finite_figures(smoke) -> None:
     run, text = smoke
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -100,6 +102,8 @@ def test_smoke_run_writes_every_check_with_finite_figures(smoke) -> None:
     assert "train_net.py" in ddp["case"] and 0 < rate(ddp["figures"]) < math.inf
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_smoke_run_replaces_only_the_marked_section(smoke) -> None:
     _, text = smoke
     assert text.startswith(BEFORE + BEGIN) and text.endswith(END + AFTER)
@@ -119,6 +123,8 @@ def test_sections_are_appended_replaced_and_bad_markers_refused(gpu_check) -> No
             gpu_check.replace_section(bad, section, "RESULTS.md")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_full_mode_without_cuda_exits_with_one_line(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

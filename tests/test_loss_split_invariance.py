@@ -329,6 +329,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_one_process_loss(tmp_path: Path) -> None:
     mp.spawn(_rank_losses, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in range(2)]

@@ -76,9 +76,9 @@ def assert_matches_reference(value, spatial, starts, locations, weights, atol, r
 # shapes, batch, queries, heads, dim, points, block_q (None = the launcher's choice)
 CASES = [
     ([(5, 7)], 1, 5, 1, 3, 1, None),
-    ([(5, 7), (3, 2), (1, 1)], 2, 13, 2, 8, 3, 4),  # 13 queries in blocks of 4
-    ([(4, 6), (5, 7), (3, 2), (1, 1)], 1, 7, 8, 32, 4, None),
-    ([(3, 2), (1, 1), (6, 5)], 2, 6, 1, 5, 4, 2),
+    pytest.param([(5, 7), (3, 2), (1, 1)], 2, 13, 2, 8, 3, 4, marks=pytest.mark.slow),  # 13 queries in blocks of 4
+    pytest.param([(4, 6), (5, 7), (3, 2), (1, 1)], 1, 7, 8, 32, 4, None, marks=pytest.mark.slow),
+    pytest.param([(3, 2), (1, 1), (6, 5)], 2, 6, 1, 5, 4, 2, marks=pytest.mark.slow),
 ]
 
 
@@ -90,6 +90,7 @@ def test_float32_matches_reference(shapes, batch, queries, heads, dim, points, b
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+@pytest.mark.slow
 def test_half_precision_matches_reference_on_rounded_inputs(dtype, tolerance) -> None:
     value, spatial, starts, locations, weights = make_inputs([(5, 7), (3, 2), (1, 1)], 2, 9, 2, 8, 3, dtype=dtype)
     assert_matches_reference(value, spatial, starts, locations, weights, atol=tolerance, rtol=tolerance)
@@ -224,6 +225,7 @@ def test_dispatch_on_cpu(monkeypatch) -> None:
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.gpu
 def test_auto_uses_triton_on_cuda(monkeypatch) -> None:
     inputs = make_inputs([(8, 8), (4, 4)], 2, 50, 2, 16, 4)
     calls = []
@@ -234,6 +236,7 @@ def test_auto_uses_triton_on_cuda(monkeypatch) -> None:
     torch.testing.assert_close(out, ms_deform_attn_reference(*inputs), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_module_imports_without_triton() -> None:
     code = (
         "import sys; sys.modules['triton'] = None\n"

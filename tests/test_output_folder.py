@@ -225,6 +225,7 @@ def test_train_net_refuses_a_users_folder_and_never_replaces_its_config(sample_r
     assert tree_hashes(out) == before
 
 
+@pytest.mark.slow
 def test_train_net_resume_keeps_the_given_config_and_refuses_a_run_without_checkpoints(
     sample_root, tmp_path, capsys
 ) -> None:

@@ -163,6 +163,7 @@ def upernet_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return run
 
 
+@pytest.mark.slow
 def test_a_tiny_upernet_trains_and_evaluates_through_the_engine(
     sample_root: Path, upernet_run: Path, tmp_path: Path
 ) -> None:
@@ -179,6 +180,7 @@ def test_a_tiny_upernet_trains_and_evaluates_through_the_engine(
     assert again["mIoU"] == pytest.approx(final["mIoU"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_per_pixel_model_predicts_with_tta_and_ensembles_with_a_mask2former(
     sample_root: Path, upernet_run: Path, tmp_path: Path
 ) -> None:
@@ -215,6 +217,8 @@ def test_a_per_pixel_model_predicts_with_tta_and_ensembles_with_a_mask2former(
     assert hard["images"] == len(images) and (tmp_path / "hard" / "submission.csv").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_pseudo_label_runs_a_round_of_a_per_pixel_model(sample_root: Path, upernet_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "pseudo"
     config = str(REPO / "configs" / "quickstart_upernet.yaml")

@@ -161,6 +161,7 @@ def test_batched_views_equal_one_at_a_time() -> None:
     assert torch.isfinite(amp).all() and (amp - one[0]).abs().max() < 1.0
 
 
+@pytest.mark.slow
 def test_predict_single_tta_batched_and_ensemble(sample_root, checkpoints, tmp_path, capsys) -> None:
     images = json.loads((sample_root / "test.json").read_text())["images"]
     plain = tmp_path / "plain"
@@ -202,6 +203,7 @@ def test_predict_single_tta_batched_and_ensemble(sample_root, checkpoints, tmp_p
         np.testing.assert_allclose(ab, 0.75 * a + 0.25 * b, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes(sample_root, checkpoints, tmp_path, monkeypatch) -> None:
     images = json.loads((sample_root / "test.json").read_text())["images"]
     reference = tmp_path / "reference"
@@ -282,6 +284,7 @@ def assert_same_files(single: Path, other: Path) -> None:
 
 
 @pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.slow
 def test_worker_processes_give_the_same_files(sample_root, checkpoints, tmp_path, tta) -> None:
     """Two CPU worker processes, by --num-workers 2 and by --num-gpus 2 (MODEL.DEVICE cpu: as on a machine without
     a GPU): 5 readable images and 2 unreadable ones in batches of 2 (uneven shards; worker 0 meets the second bad
@@ -400,6 +403,7 @@ def test_clear_errors(sample_root, checkpoints, tmp_path) -> None:
     assert (tree_hashes(sample_root), tree_hashes(checkpoints["a"].parent)) == before
 
 
+@pytest.mark.slow
 def test_worker_failure_stops_the_run(sample_root, checkpoints, tmp_path) -> None:
     root = _json_with_bad_image(sample_root, tmp_path / "data")
     with pytest.raises(UserError, match=r"worker \d \(cpu\): ImageReadError: image id 999 \(broken/0000\.jpg\)"):
@@ -538,6 +542,8 @@ def test_non_finite_probabilities_are_an_error(sample_root, checkpoints, tmp_pat
 # ---- the command line: one line and status 2 for a user error, log lines (no '\r') in a pipe ----------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_tool_user_error_is_one_line(sample_root, tmp_path) -> None:
     missing = tmp_path / "missing.pth"
     out = tmp_path / "out"
@@ -550,6 +556,8 @@ def test_tool_user_error_is_one_line(sample_root, tmp_path) -> None:
     assert not out.exists() and tree_hashes(sample_root) == before
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_piped_run_logs_progress_lines(sample_root, checkpoints, tmp_path, monkeypatch) -> None:
     """Into a pipe or a file, progress is log lines with the rate and an ETA, never carriage returns: in a
     subprocess (its stderr a pipe) and in this process with a log line after every image."""
@@ -568,6 +576,8 @@ def test_piped_run_logs_progress_lines(sample_root, checkpoints, tmp_path, monke
     assert "predict: 1/6 img (17%)" in progress[0] and "ETA" in progress[0] and "\r" not in log
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_benchmark_smoke_run(tmp_path) -> None:
     """benchmarks/predict.py at toy sizes prints one table row per setting."""
     command = [sys.executable, "benchmarks/predict.py", "--size", "64", "--images", "2", "--batch-sizes", "1", "2"]

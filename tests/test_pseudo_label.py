@@ -158,6 +158,8 @@ def state_of(out: Path) -> dict:
     return json.loads((out / "state.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_rounds_killed_inside_a_round_resume_to_the_end(sample_root: Path, start_weights: Path, tmp_path) -> None:
     out = tmp_path / "pseudo"
     # --min-gain -1 keeps every round whatever the (random) model scores, so that round 2 always runs
@@ -285,6 +287,8 @@ def digest(root: Path, skip: Path | None = None) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_round_that_does_not_help_is_dropped_and_ends_the_loop(sample_root, start_weights, tmp_path, monkeypatch):
     out = tmp_path / "pseudo"
     commands = fake_stages(monkeypatch, [0.40, 0.35, 0.38])  # the baseline, round 1, round 1's control
@@ -329,6 +333,8 @@ def test_init_probs_of_any_size_are_resized_to_the_image(sample_root, start_weig
     assert len(list((out / "round_1" / "overlays").rglob("*.png"))) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_nan_in_init_probs_is_one_line_exit_2_and_writes_nothing(sample_root, start_weights, tmp_path) -> None:
     images, class_names = unlabeled_test_images(sample_root)
     rng = np.random.default_rng(1)
@@ -428,6 +434,8 @@ def test_input_errors_name_the_file_and_write_nothing(sample_root, start_weights
     refused(r"holds rounds but no state\.json", weights=str(kept / "model_final.pth"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_user_errors_are_one_line_with_status_2(sample_root: Path, start_weights: Path, tmp_path: Path) -> None:
     argv = command(sample_root, tmp_path / "none.pth", tmp_path / "out")
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
@@ -476,6 +484,8 @@ def test_every_child_command_carries_the_process_count(sample_root, start_weight
         loop_options(sample_root, start_weights, tmp_path / "pseudo", num_gpus=-1)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_loop_with_two_processes_predicts_in_two_cpu_workers(sample_root, start_weights, tmp_path, monkeypatch):
     """num_gpus 2 on the CPU: the predict stage (run for real) starts two CPU worker processes; evaluation and
     training (faked) are given --num-gpus 2 too."""

@@ -39,6 +39,7 @@ def test_trash_splits_register_and_render_without_skips(sample_root: Path, cache
 
 
 @pytest.mark.skipif(not TRASHBAGS.is_dir(), reason="shared/data/trashbags is not beside this checkout")
+@pytest.mark.slow
 def test_real_trashbag_photos_register_and_render_without_skips(cache_dir: Path) -> None:
     register_coco_semantic("trashbags", TRASHBAGS / "train_all.json", TRASHBAGS, cache_dir=cache_dir)
     dicts = DatasetCatalog.get("trashbags")

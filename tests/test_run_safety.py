@@ -110,6 +110,8 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         main(["--config-file", CONFIG, "SOLVER.BASE_LRR", "1", "--debug"])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_eval_only_refuses_a_nan_checkpoint(sample_root: Path, tmp_path: Path) -> None:
     """python train_net.py --eval-only MODEL.WEIGHTS nan.pth: one line naming the file and the key, status 2."""
     model = build_model(load_config(CONFIG, TINY_MODEL))
@@ -213,6 +215,8 @@ main(sys.argv[3:])
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_second_run_on_a_busy_output_folder_is_refused(sample_root: Path, tmp_path: Path) -> None:
     """Two train_net processes on one OUTPUT_DIR: the second stops at once naming the folder and the holder, the
     first finishes with its own config. The second has imported the package already and starts when the first is
@@ -279,6 +283,8 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path: Path, caplo
     assert not lock_file.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_kill_9_then_resume_keeps_the_history(sample_root: Path, tmp_path: Path, caplog) -> None:
     """kill -9 mid-run, last.ckpt damaged afterwards (a bad copy): --resume names it, continues from the newest
     intact model_XXXXXXX.ckpt, takes over the stale lock, and metrics.csv keeps the rows before the resumed

@@ -33,6 +33,7 @@ def wandb_runs(run: Path) -> list[Path]:
     return sorted((run / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.slow
 def test_both_trackers_get_the_name_config_and_metrics_and_a_resumed_run_continues_them(
     sample_root: Path, tmp_path: Path
 ) -> None:

@@ -136,6 +136,8 @@ def test_notes_only_where_they_matter(monkeypatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_tiny_training_says_what_matters_and_nothing_else(sample_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = tiny_run_argv(sample_root, out, max_iter=4, period=2)
@@ -164,6 +166,7 @@ def test_a_tiny_training_says_what_matters_and_nothing_else(sample_root: Path, t
     assert digest(sample_root, REPO / "configs") == before
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_iterations_once(sample_root: Path, tmp_path: Path) -> None:
     """A run of 4 iterations continued to 6: metrics.csv holds iterations 1..6 once, evaluations at 4 and 6."""
     out = tmp_path / "run"
@@ -201,6 +204,7 @@ def test_folds_no_class_can_fill_is_one_line(tiny_coco: Path, tmp_path: Path) ->
 # ---- e. the viewer without its packages; overlays of huge photos -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_viewer_without_pyarrow_says_what_to_install(sample_root: Path, tmp_path: Path) -> None:
     code = (
         "import sys, runpy; sys.modules['pyarrow'] = None; "

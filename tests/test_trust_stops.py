@@ -89,6 +89,8 @@ def spawned_children(parent: int) -> list[int]:
 
 # ---- 3a: single-process train_net.py, SIGTERM and Ctrl-C ---------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_single_process_training_stopped_by_a_signal_says_how_to_resume(
     sample_root: Path, tmp_path: Path, signum: int
 ) -> None:
@@ -181,6 +183,8 @@ def many_images(sample_root: Path, folder: Path, count: int) -> Path:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "kill-9"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_workers_die_with_their_parent(
     sample_root: Path, tiny_checkpoint: Path, tmp_path: Path, signum: int
 ) -> None:

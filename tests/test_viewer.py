@@ -512,6 +512,8 @@ def run_launcher(*args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_launcher_refuses_a_bad_path_in_one_line(tmp_path: Path, sample_root: Path) -> None:
     cases = [
         (("--data-root", tmp_path / "missing"), f"--data-root {tmp_path / 'missing'}: not a folder"),

@@ -102,6 +102,9 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.subprocess,
+    pytest.mark.slow,
     pytest.mark.skipif(sys.platform != "linux", reason="the browser test runs Debian's chromium (Linux)"),
     pytest.mark.skipif(
         not os.access(CHROMIUM, os.X_OK),
