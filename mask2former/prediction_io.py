@@ -217,13 +217,15 @@ def load_probabilities(path: str | Path) -> dict:
 
 
 def read_probability_field(path: str | Path, key: str) -> np.ndarray:
-    """One metadata field (file_name, image_id, height, width, class_names) of a prediction file, read alone:
-    np.load reads npz members lazily, so the probabilities are not decoded (nor checked: `load_probabilities`
-    does that). Errors as `load_probabilities`."""
+    """One metadata field (file_name, image_id, height, width, class_names, source_sha1: "" in files written
+    before it was recorded) of a prediction file, read alone: np.load reads npz members lazily, so the
+    probabilities are not decoded (nor checked: `load_probabilities` does that). Errors as `load_probabilities`."""
     if key not in _METADATA_FIELDS:
         raise KeyError(f"{key!r} is not a metadata field of a prediction file; read probs with load_probabilities")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if key == "source_sha1" and key not in data.files:
+                return np.array("")
             return data[key]
     except UNREADABLE as error:
         raise ProbabilityFileError(f"{path}: not a prediction file of this project ({error})") from None

@@ -340,3 +340,29 @@ def test_a_resumed_pseudo_label_run_checks_its_finished_rounds_still_exist(tmp_p
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_ensemble_refuses_predictions_of_an_image_that_changed_since(sample_root, weights, tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    preds = tmp_path / "preds"
+    predict(parse_args(predict_argv(data / "test.json", preds, weights)))
+    name = json.loads((data / "test.json").read_text())["images"][1]["file_name"]
+    cv2.imwrite(str(data / name), np.full((512, 512, 3), 40, np.uint8))  # another photo under the same name
+    argv = [str(preds), "--json", str(data / "test.json"), "--out", str(tmp_path / "ens")]
+    line = one_line_refusal(capsys, lambda: tool_main("ensemble_crf")(argv))
+    assert f"{probability_path(preds, name)} was predicted from another version of {data / name}" in line, line
+    assert not (tmp_path / "ens").exists()
+
+
+def test_a_summary_and_an_error_reach_the_terminal_once_and_the_log_file_too(sample_root, weights, tmp_path, capsys):
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    tool_main("predict")(predict_argv(sample_root / "test.json", out, weights))
+    captured = capsys.readouterr()
+    summary = [line for line in captured.out.splitlines() if line.startswith("predict.py: ")]
+    assert len(summary) == 1 and summary[0] not in captured.err, captured.err
+    assert summary[0] in (out / "log.txt").read_text()
+    # a refusal after the run's logging was set up: `tool.py: message` on the terminal, and in no other form
+    line = one_line_refusal(capsys, lambda: tool_main("predict")(predict_argv(sample_root / "val.json", out, weights)))
+    assert line.startswith(f"predict.py: --out {out} holds predict.py's outputs made with other settings"), line

@@ -487,7 +487,7 @@ def train(cfg: CfgNode, args: argparse.Namespace, callbacks: list | None = None,
     if place is not None:
         _agree_on_resume(cfg, resume)
     if args.resume and resume is None:
-        logger.warning("--resume: no checkpoint in %s: starting a new run", Path(cfg.OUTPUT_DIR) / "checkpoints")
+        logger.info("--resume: no checkpoint in %s yet: starting a new run", Path(cfg.OUTPUT_DIR) / "checkpoints")
     trainer, batch_size = build_trainer(cfg, args, callbacks, resume, place)
     module = build_module(cfg, batch_size)
     log_start_notes(cfg, args, module.model, place, fresh=resume is None)
@@ -556,12 +556,15 @@ def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool, log_
     and removes a killed run's half-written files. Every process refuses what would replace an earlier run."""
     output_dir = Path(cfg.OUTPUT_DIR)
     if owner:
-        check_claim(output_dir, TOOL, {}, what="OUTPUT_DIR", writes=_RUN_OUTPUTS, adopt=made_by_train_net)
+        check_claim(output_dir, TOOL, {}, what="OUTPUT_DIR", writes=run_outputs(cfg, args), adopt=made_by_train_net)
         refuse_earlier_run(cfg, args)
         refuse_other_model_on_resume(cfg, args)
     with OutputDirLock(output_dir, "OUTPUT_DIR") if owner else nullcontext() as lock:
         if lock is not None:
-            claim_output_folder(output_dir, TOOL, {}, what="OUTPUT_DIR", writes=_RUN_OUTPUTS, adopt=made_by_train_net)
+            owned = claim_output_folder(
+                output_dir, TOOL, {}, what="OUTPUT_DIR", writes=run_outputs(cfg, args), adopt=made_by_train_net
+            )
+            owned.record(*_RUN_OUTPUTS)
             # half-written files of a killed run (the lock says no other run is writing)
             remove_stale_temporaries(output_dir / "checkpoints")
             for name in _RUN_FILES:
@@ -572,6 +575,14 @@ def claimed_output_dir(cfg: CfgNode, args: argparse.Namespace, owner: bool, log_
             refuse_earlier_run(cfg, args)
             refuse_other_model_on_resume(cfg, args)
             yield
+
+
+def run_outputs(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
+    """What a run writes in OUTPUT_DIR, less config.yaml when that is the --config-file (an input is never
+    replaced, so it is not named as a file that would be)."""
+    own_config = Path(cfg.OUTPUT_DIR, "config.yaml").resolve()
+    given = bool(args.config_file) and Path(args.config_file).resolve() == own_config
+    return [name for name in _RUN_OUTPUTS if not (given and name == "config.yaml")]
 
 
 def made_by_train_net(folder: Path) -> bool:
@@ -600,7 +611,7 @@ def run(args: argparse.Namespace) -> dict:
     # a folder of someone else's (checked by the process that will own it), then a data error: one line each,
     # before OUTPUT_DIR is touched
     if args.machine_rank == 0 and (place is None or place.rank == 0):
-        check_claim(cfg.OUTPUT_DIR, TOOL, {}, what="OUTPUT_DIR", writes=_RUN_OUTPUTS, adopt=made_by_train_net)
+        check_claim(cfg.OUTPUT_DIR, TOOL, {}, what="OUTPUT_DIR", writes=run_outputs(cfg, args), adopt=made_by_train_net)
     check_datasets(cfg, args)
     if place is None and per_machine * args.num_machines > 1:
         return launch_processes(cfg, args, per_machine)
@@ -626,7 +637,9 @@ def launch_processes(cfg: CfgNode, args: argparse.Namespace, per_machine: int) -
             host,
             port,
         )
-        return run_processes(_run_started_process, (cfg, args), places, lambda: resume_hint(cfg), Path(cfg.OUTPUT_DIR))
+        return run_processes(
+            _run_started_process, (cfg, args), places, lambda: resume_hint(cfg, args), Path(cfg.OUTPUT_DIR)
+        )
 
 
 def _run_started_process(place: Place, payload: tuple[CfgNode, argparse.Namespace]) -> dict:
@@ -652,7 +665,7 @@ def run_process(cfg: CfgNode, args: argparse.Namespace, place: Place | None) -> 
             raise DistributedError(
                 f"rank {rank} of {place.world_size}: another process of the run stopped answering "
                 f"({first_words(error)}): see the other ranks' logs (log.txt.rankN) and machines. "
-                f"{resume_hint(cfg)}"
+                f"{resume_hint(cfg, args)}"
             ) from None
         finally:
             destroy_process_group()
@@ -744,16 +757,18 @@ def stopped_cleanly(cfg: CfgNode, args: argparse.Namespace) -> Iterator[None]:
         cause = "stopped by SIGTERM" if isinstance(stop, SIGTERMException) else stop_cause(stop)
         if cause is None:
             raise
-        what_next = "Nothing was written: run the same command again." if args.eval_only else resume_hint(cfg)
+        what_next = "Nothing was written: run the same command again." if args.eval_only else resume_hint(cfg, args)
         raise RunStoppedError(f"{cause}: the run was stopped. {what_next}") from None
 
 
-def resume_hint(cfg: CfgNode) -> str:
-    """What to do after a failed multi-process run: resume from its last checkpoint, when it saved one."""
+def resume_hint(cfg: CfgNode, args: argparse.Namespace) -> str:
+    """What to do after a stopped or failed run: resume from its last checkpoint, when it saved one (the same
+    command, with --resume unless it has it already, as `make demo`'s has)."""
     point = find_resume_point(Path(cfg.OUTPUT_DIR) / "checkpoints")
     if point is None:
         return "No checkpoint was saved yet: run the command again to start over."
-    return f"Continue from {point.path} (iteration {point.step}): the same command with --resume."
+    how = "the same command again" if args.resume else "the same command with --resume"
+    return f"Continue from {point.path} (iteration {point.step}): {how}."
 
 
 def check_datasets(cfg: CfgNode, args: argparse.Namespace) -> None:

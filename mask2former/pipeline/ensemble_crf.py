@@ -51,6 +51,7 @@ from ..prediction_io import (
 )
 from ..submission import SUBMISSION_SIZE, downsample_label_map, read_submission
 from ..utils.io import atomic_write_bytes, atomic_write_json, output_path, usable_cpus
+from ..utils.logger import FILE_ONLY
 from ..utils.output_folder import check_claim, file_sha1, owned_output_folder
 from ..utils.progress import Progress, progress
 
@@ -376,6 +377,33 @@ def input_identities(options: EnsembleOptions, kind: str, folders: list[Predicti
     }
 
 
+def refuse_stale_predictions(folders: list[PredictionFolder], names: list[str], image_root: Path) -> None:
+    """EnsembleError when an input's prediction of an image was made from another version of the image file than
+    the one under `image_root` (the sha1 predict recorded in the npz; files without one are not checked)."""
+
+    def check(name: str) -> str | None:
+        image = image_root / name
+        if not image.is_file():
+            return None  # the CRF names a missing image; without --crf the image is not needed
+        current = file_sha1(image)
+        for folder in folders:
+            path = folder.files[probability_key(name)]
+            recorded = str(read_probability_field(path, "source_sha1"))
+            if recorded and recorded != current:
+                return (
+                    f"{path} was predicted from another version of {image} (the image changed since): predict "
+                    f"{folder.path} again (the same predict.py command redoes such images)"
+                )
+        return None
+
+    if not names:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
+        for problem in pool.map(check, names):
+            if problem is not None:
+                raise EnsembleError(problem)
+
+
 def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
     """Read and check the inputs against each other, the json and OUT (`check_claim`); what is done already and
     what is pending; every pending input file checked. Writes nothing."""
@@ -439,6 +467,8 @@ def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
     pending = [n for n in names if n not in done_set]
     if kind == "probs":
         check_all_inputs(job, pending)
+        if image_root is not None:
+            refuse_stale_predictions(folders, pending, image_root)
     meta = {
         **settings,
         "hard_vote_confidence": HARD_VOTE_CONFIDENCE if kind == "labels" else None,
@@ -506,7 +536,7 @@ def ensemble(plan: EnsemblePlan) -> dict:
         f"ensemble_crf.py: {len(names)} images: {len(pending)} processed in {seconds:.1f} s ({rate:.2f} images/s, "
         f"{workers} worker(s)), {len(done)} done before; {time.perf_counter() - start:.1f} s in all"
     )
-    logger.info(summary)
+    logger.info(summary, extra=FILE_ONLY)  # the terminal gets it once, on stdout
     print(summary)
     result = {"submission": str(csv), "labels": str(out / "labels"), "images": len(names)}
     if kind == "probs":

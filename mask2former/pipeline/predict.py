@@ -86,7 +86,7 @@ from ..utils.io import (
     safe_relative_name,
     usable_cpus,
 )
-from ..utils.logger import logging_to
+from ..utils.logger import FILE_ONLY, logging_to
 from ..utils.output_folder import file_sha1, owned_output_folder
 from ..utils.progress import Progress
 from ..utils.visualize import overlay, shrink_for_overlay
@@ -633,7 +633,7 @@ def run(plan: Plan, start: float | None = None) -> Path:
         f"{where}, batch {args.batch_size}, {len(views)} view(s) x {len(weights)} checkpoint(s)), "
         f"{done} already done, {len(bad)} unreadable; {rows} CSV rows; {time.perf_counter() - start:.1f} s in all"
     )
-    logger.info(summary)
+    logger.info(summary, extra=FILE_ONLY)  # the terminal gets it once, on stdout
     print(summary)
     if missing:
         print(f"predict.py: no CSV row for {len(missing)} unreadable image(s): {', '.join(missing[:5])}")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import UserError, user_message
+from .logger import FILE_ONLY
 
 T = TypeVar("T")
 
@@ -43,8 +44,8 @@ def run_tool(name: str, call: Callable[[], T], argv: list[str] | None = None) ->
             raise
         if getattr(error, "logged", False):  # logged already, to stderr and the run's log.txt
             pass
-        elif any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
-            logging.getLogger(name).error("%s", message)
-        else:  # no project handler yet: logging would print it bare (lastResort) beside this line
+        else:  # the terminal gets `name: message`; a run's log file gets the line too, with its time
+            if any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
+                logging.getLogger(name).error("%s", message, extra=FILE_ONLY)
             print(f"{name}: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None

@@ -18,6 +18,7 @@ class _CurrentStderrHandler(logging.StreamHandler):
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+        self.addFilter(lambda record: not getattr(record, "file_only", False))
 
     @property
     def stream(self):  # type: ignore[override]
@@ -26,6 +27,11 @@ class _CurrentStderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
         pass
+
+
+# `logger.info(line, extra=FILE_ONLY)`: into the run's log file only, for a line the tool prints on the terminal
+# itself (a summary on stdout, an error as `tool.py: message`).
+FILE_ONLY = {"file_only": True}
 
 
 def setup_logging(
