@@ -30,6 +30,7 @@ RATE = re.compile(r"iter (\d+)/\d+ .* ([0-9.]+) it/s")
 
 def batch_size(config_file: Path, opts: list[str]) -> int:
     import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys)
+    import semask  # noqa: F401  (the SeMask plug-in's keys: the tiny sizes name them)
     from mask2former.config import load_config
 
     return load_config(str(config_file), opts).SOLVER.IMS_PER_BATCH

@@ -206,6 +206,7 @@ def test_a_full_disk_during_a_training_save_keeps_the_last_checkpoint(
 
 _WAITING_MAIN = """
 import pathlib, sys, time
+import semask  # an entry point takes the plug-in, as train_net.py does
 from mask2former.engine.launch import main
 go = pathlib.Path(sys.argv[1])
 pathlib.Path(sys.argv[2]).touch()
