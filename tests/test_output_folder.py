@@ -219,8 +219,8 @@ def test_train_net_refuses_a_users_folder_and_never_replaces_its_config(sample_r
     argv[argv.index("--config-file") + 1] = str(config)
     line = one_line_refusal(capsys, lambda: train_net(argv))
     assert line.endswith(
-        f"OUTPUT_DIR {out} is not a folder train_net.py made ({out / 'config.yaml'} would be replaced): give a new "
-        "or empty folder"
+        f"OUTPUT_DIR {out} is not a folder train_net.py made ({out / 'metrics.csv'} would be replaced): give a new "
+        "or empty folder"  # config.yaml is the --config-file: an input, never replaced, so not the one named
     ), line
     assert tree_hashes(out) == before
 
