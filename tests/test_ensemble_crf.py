@@ -4,7 +4,6 @@ subprocess) end to end on small synthetic prediction folders and CSVs made for t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, write_tiny_coco
+from conftest import REPO, tree_hashes, write_tiny_coco
 
 from mask2former.data.coco_semantic import class_names_from_categories, load_sem_seg_dataset
 from mask2former.data.io import read_label
@@ -280,16 +279,6 @@ def options(case: dict, out: Path, inputs: list, **extra) -> EnsembleOptions:
     return EnsembleOptions(inputs=[str(path) for path in inputs], out=str(out), **extra)
 
 
-def file_hashes(*roots: Path) -> dict[str, str]:
-    """sha256 of every file under the roots: the inputs, before and after a refused run."""
-    return {
-        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
-        for root in roots
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
 def run_cli(tool: str, *args: str | Path) -> subprocess.CompletedProcess:
     command = [sys.executable, str(REPO / "tools" / tool), *map(str, args)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -481,7 +470,7 @@ def test_nan_in_a_probability_file_stops_the_cli_naming_it_before_anything_is_wr
     probs = data["probs"].copy()
     probs[2, 10, 10] = np.nan
     write_raw_npz(broken, probs, names[-1], data["class_names"])
-    inputs_before = file_hashes(case["tmp"] / "preds", case["json"].parent)
+    inputs_before = tree_hashes(case["tmp"] / "preds", case["json"].parent)
 
     out = case["tmp"] / "ens"
     folders = [str(f) for f in case["folders"]]
@@ -491,22 +480,22 @@ def test_nan_in_a_probability_file_stops_the_cli_naming_it_before_anything_is_wr
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{broken} (image {names[-1]}): probabilities hold NaN" in lines[0] and "predict it again" in lines[0]
     assert not out.exists()  # the inputs are checked before OUT is made
-    assert file_hashes(case["tmp"] / "preds", case["json"].parent) == inputs_before
+    assert tree_hashes(case["tmp"] / "preds", case["json"].parent) == inputs_before
 
     with pytest.raises(ProbabilityFileError, match=rf"{broken} \(image {names[-1]}\): probabilities hold NaN"):
         tune_crf(TuneOptions(inputs=folders, gt=str(case["json"]), cache_dir=str(case["cache"])))
-    assert file_hashes(case["tmp"] / "preds", case["json"].parent) == inputs_before
+    assert tree_hashes(case["tmp"] / "preds", case["json"].parent) == inputs_before
 
 
 def test_output_folder_is_never_an_input(case: dict, tmp_path: Path) -> None:
     folders = case["folders"]
-    inputs_before = file_hashes(tmp_path / "preds", case["json"].parent)
+    inputs_before = tree_hashes(tmp_path / "preds", case["json"].parent)
     names = [image["file_name"] for image in json.loads(case["json"].read_text())["images"]]
 
     def refused(inputs: list, out: Path, match: str, **extra) -> None:
         with pytest.raises(EnsembleError, match=match):
             ensemble_crf.run(options(case, out, inputs, **extra))
-        assert file_hashes(tmp_path / "preds", case["json"].parent) == inputs_before  # no log.txt added either
+        assert tree_hashes(tmp_path / "preds", case["json"].parent) == inputs_before  # no log.txt added either
 
     refused(folders, folders[1], rf"--out {folders[1]} is the input folder {folders[1]}: its predictions would")
     refused(folders, folders[0] / "probs", rf"--out {folders[0] / 'probs'} lies inside the input folder {folders[0]}")
@@ -518,7 +507,7 @@ def test_output_folder_is_never_an_input(case: dict, tmp_path: Path) -> None:
     refused([previous / "submission.csv", previous / "submission.csv"], previous, r"would overwrite the input")
     (previous / "probs" / "x").mkdir()
     refused([folders[0], previous / "probs" / "x"], previous, r"would write into the input folder")
-    assert file_hashes(previous / "labels") and (previous / "submission.csv").is_file()
+    assert tree_hashes(previous / "labels") and (previous / "submission.csv").is_file()
 
     # an image file_name that climbs out of the folder is refused before anything is written
     data = json.loads(case["json"].read_text())
@@ -537,7 +526,7 @@ def test_output_folder_is_never_an_input(case: dict, tmp_path: Path) -> None:
     with pytest.raises(EnsembleError, match="lies inside the input folder"):
         tune_crf(TuneOptions(**tune, out=str(folders[0] / "table.md")))
     assert case["json"].read_bytes() == gt_before
-    assert file_hashes(tmp_path / "preds", case["json"].parent) == inputs_before
+    assert tree_hashes(tmp_path / "preds", case["json"].parent) == inputs_before
 
 
 @pytest.mark.slow

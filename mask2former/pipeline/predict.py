@@ -315,16 +315,26 @@ def job_of(plan: Plan) -> dict:
     }
 
 
+def _fingerprint(image: dict) -> None:
+    try:
+        image["sha1"] = file_sha1(image["path"])
+    except OSError:
+        image["sha1"] = ""  # unreadable: predicting it names the problem (or skips it with --skip-bad)
+
+
+def fingerprint_images(images: list[dict]) -> None:
+    """Record each image's sha1 in its entry ("sha1"), in threads: what its npz records it was made from."""
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
+        list(pool.map(_fingerprint, images))
+
+
 def find_pending(images: list[dict], out: Path, class_names: list[str], prob_size: int) -> tuple[list, int, int]:
     """(images to predict, how many are done, how many had a broken or stale npz). Done means a valid npz made
     from the image file as it is now: each image's sha1 is recorded in its entry ("sha1") and compared with the
     one its npz was made from, so a changed image under the same name is predicted again. Checked in threads."""
 
     def check(image: dict) -> str | None:
-        try:
-            image["sha1"] = file_sha1(image["path"])
-        except OSError:
-            image["sha1"] = ""  # unreadable: predicting it names the problem (or skips it with --skip-bad)
+        _fingerprint(image)
         path = probability_path(out, image["file_name"])
         if not path.is_file():
             return "missing"
@@ -562,9 +572,11 @@ def run(plan: Plan, start: float | None = None) -> Path:
         "complete": False,
     }
     remove_stale_temporaries(out / PROBS_FOLDER, "*.npz")
-    pending, done, broken = find_pending(images, out, class_names, args.prob_size)
-    if args.overwrite:
+    if args.overwrite:  # every image again: only their sha1 is needed
+        fingerprint_images(images)
         pending, done, broken = list(images), 0, 0
+    else:
+        pending, done, broken = find_pending(images, out, class_names, args.prob_size)
     atomic_write_json(out / "meta.json", meta, indent=2)
     devices = devices[: max(1, len(batches_of(pending, args.batch_size)))]  # no idle workers
     logger.info(
