@@ -7,8 +7,9 @@
 Makes --images 512x512 JPEGs (coloured shapes on a textured background) and, for each of --models models, a
 prediction folder of float16 probabilities (ground truth one-hot, blurred, noised) at each --prob-sizes side
 (256 is tools/predict.py's default; 512 its --prob-size 0). Then times, after one warm-up image:
-  crf:  mask2former.ensemble.dense_crf on the soft vote (the CRF alone);
-  step: mask2former.ensemble.process_image, what a worker does per image (read the npz files, soft vote, read
+  crf:  mask2former.pipeline.crf.dense_crf on the soft vote (the CRF alone);
+  step: mask2former.pipeline.ensemble_images.process_image, what a worker does per image (read the npz files, soft
+  vote, read
         the image, CRF, consensus write-back, write the npz and the label PNG);
   pool: the tool's worker pool (--workers N > 1): images/s in all, and per worker.
 The target is >= 2 images/s per core for the step. Timings depend on whatever else runs on the machine.
@@ -27,18 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mask2former.ensemble import (
-    CRF_DEFAULTS,
-    EnsembleJob,
-    dense_crf,
-    init_worker,
-    process_image,
-    process_in_worker,
-    read_rgb,
-    soft_vote,
-)
-from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities
-from mask2former.utils.io import usable_cpus
+from mask2former.io.probabilities import load_probabilities, probability_path, save_probabilities
+from mask2former.pipeline.crf import CRF_DEFAULTS, dense_crf
+from mask2former.pipeline.ensemble_images import EnsembleJob, init_worker, process_image, process_in_worker, read_rgb
+from mask2former.pipeline.voting import soft_vote
+from mask2former.utils.processes import usable_cpus
 
 
 def machine() -> str:

@@ -73,9 +73,9 @@ import mask2former.modeling.register_all  # noqa: F401  (every model family's co
 import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
 from mask2former.errors import UserError
+from mask2former.io.files import atomic_write_text
 from mask2former.modeling.build import build_model
 from mask2former.utils.cli import run_tool, strip_debug
-from mask2former.utils.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -516,7 +516,7 @@ def check_train(settings: Settings, report: Report, budget: Budget, write: Calla
 
 def sample_images(root: Path, count: int) -> list:
     """The first `count` generated test images, listed and read as the prediction tool does (BGR uint8)."""
-    from mask2former.data.io import read_image
+    from mask2former.io.images import read_image
     from mask2former.pipeline.predict import read_image_list
 
     images, _ = read_image_list(root / "test.json", root, 11)

@@ -4,7 +4,7 @@
     python benchmarks/predict.py                                   # quickstart model, 512x512 images
     python benchmarks/predict.py --config-file configs/m2f_swin_l.yaml --images 16 --batch-sizes 1 8 --amp
 
-Times tools/predict.py's inference (mask2former.engine.inference.predict_batch, as mask2former/pipeline/predict.py
+Times tools/predict.py's inference (mask2former.inference.tta.predict_batch, as mask2former/pipeline/predict.py
 runs it: views, batching, resizing the probabilities to 256x256, normalising, averaging) on random 512x512 images
 with a freshly initialised model (or --weights); file reading and npz writing, which the tool overlaps with the
 forward passes, are not timed.
@@ -26,12 +26,8 @@ import torch
 import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
 import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
 from mask2former.config import load_config
-from mask2former.engine.inference import (
-    inference_max_size,
-    inference_views,
-    load_prediction_model,
-    predict_batch,
-)
+from mask2former.inference.predictor import load_prediction_model
+from mask2former.inference.tta import inference_max_size, inference_views, predict_batch
 from mask2former.modeling.build import build_model
 
 

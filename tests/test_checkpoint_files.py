@@ -20,25 +20,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mask2former.engine import checkpoint_io
-from mask2former.engine.checkpoint import (
+from mask2former.engine.lightning_checkpoints import AtomicCheckpointIO, ResumeError, find_resume_point
+from mask2former.errors import UserError
+from mask2former.io import checkpoints
+from mask2former.io.checkpoints import (
     CheckpointMismatchError,
     CheckpointReadError,
+    CheckpointSaveError,
     NonFiniteCheckpointError,
     UnsafePickleError,
-    align_checkpoint_keys,
-    load_checkpoint_into,
     read_checkpoint,
     read_checkpoint_with_metadata,
 )
-from mask2former.engine.checkpoint_io import (
-    AtomicCheckpointIO,
-    CheckpointSaveError,
-    ResumeError,
-    find_resume_point,
-)
-from mask2former.errors import UserError
 from mask2former.modeling.backbone.swin import D2SwinTransformer, load_swin_pretrained
+from mask2former.modeling.weights import align_checkpoint_keys, load_checkpoint_into
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -140,7 +135,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_file(tmp_path: 
     target = tmp_path / "checkpoints" / "last.ckpt"
     io_plugin.save_checkpoint({"state_dict": _state(), "global_step": 2}, target)
     good = target.read_bytes()
-    monkeypatch.setattr(checkpoint_io, "_write", _failing_write(after_bytes=5000))
+    monkeypatch.setattr(checkpoints, "_write", _failing_write(after_bytes=5000))
     with pytest.raises(CheckpointSaveError, match=r"saving .*last.ckpt .*the previous last.ckpt is intact"):
         io_plugin.save_checkpoint({"state_dict": _state(), "global_step": 4}, target)
     assert target.read_bytes() == good

@@ -9,8 +9,8 @@ import pytest
 
 from mask2former.config import ConfigError, load_config
 from mask2former.errors import UserError
+from mask2former.io.files import UnsafePathError, output_path, safe_relative_name
 from mask2former.utils.cli import EXIT_USER_ERROR, run_tool, strip_debug
-from mask2former.utils.io import UnsafePathError, output_path, safe_relative_name
 from mask2former.utils.progress import Progress, progress
 
 
@@ -113,7 +113,7 @@ def test_a_user_error_inside_a_run_reaches_its_log_once(tmp_path, capsys):
 def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
     import os
 
-    from mask2former.utils.io import atomic_write_text
+    from mask2former.io.files import atomic_write_text
 
     (tmp_path / "plain.txt").write_text("x")
     atomic_write_text(tmp_path / "atomic.txt", "x")

@@ -13,7 +13,7 @@ from conftest import tiny_coco_dict, write_tiny_coco
 
 from mask2former.data import coco_semantic
 from mask2former.data.coco_semantic import DataError, load_sem_seg_dataset, load_with_manifest
-from mask2former.data.io import read_label
+from mask2former.io.images import read_label
 
 # Category ids 1, 2, 4, 8 -> labels 1..4 in id order.
 PAPER, METAL, BAG, TRASH = 2, 3, 4, 1

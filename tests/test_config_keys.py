@@ -587,7 +587,7 @@ def _register(cfg) -> None:
 
 def observe_datasets(cfg) -> Any:
     from mask2former.data.catalog import DatasetCatalog
-    from mask2former.data.io import read_label
+    from mask2former.io.images import read_label
 
     _register(cfg)
     found = {}
@@ -702,7 +702,7 @@ def observe_trainer_two_machines(cfg) -> Any:
 
 
 def observe_views(cfg) -> Any:
-    from mask2former.engine.inference import inference_max_size, inference_views
+    from mask2former.inference.tta import inference_max_size, inference_views
 
     return inference_views(cfg), inference_max_size(cfg)
 

@@ -20,15 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mask2former.config import load_config
-from mask2former.engine.checkpoint import (
-    CheckpointMismatchError,
-    UnsafePickleError,
-    load_checkpoint_into,
-    read_checkpoint,
-)
 from mask2former.engine.launch import load_backbone_weights
+from mask2former.io.checkpoints import CheckpointMismatchError, UnsafePickleError, read_checkpoint
 from mask2former.modeling.backbone.swin import load_swin_pretrained
 from mask2former.modeling.build import build_model
+from mask2former.modeling.weights import load_checkpoint_into
 from mask2former.pipeline.convert_checkpoint import ConvertError, ConvertOptions, run
 from mask2former.utils.output_folder import OutputFolderError
 

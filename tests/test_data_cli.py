@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from mask2former.submission import HEADER
+from mask2former.io.submission import HEADER
 
 pytestmark = pytest.mark.subprocess  # every test runs a tool as a child process
 

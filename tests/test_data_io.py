@@ -1,4 +1,4 @@
-"""The one reader (mask2former.data.io): the stored-pixel frame for EXIF-oriented photos, label-map and json
+"""The one reader (mask2former.io.images): the stored-pixel frame for EXIF-oriented photos, label-map and json
 checks, and the refusals at registration (unsafe file names, repeated category ids, ground truth without
 annotations), each leaving every input unchanged and writing nothing outside the cache."""
 
@@ -15,13 +15,14 @@ import pytest
 from conftest import tiny_coco_dict, write_tiny_coco
 from PIL import Image
 
-from mask2former.data import io as data_io
 from mask2former.data import mapper as mapper_module
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, load_with_manifest, register_coco_semantic
-from mask2former.data.io import LabelMapError, ReadError, read_coco_json, read_image, read_label
 from mask2former.data.mapper import SemanticSegMapper
 from mask2former.errors import UserError
+from mask2former.io import images as data_io
+from mask2former.io.coco_json import read_coco_json
+from mask2former.io.images import LabelMapError, ReadError, read_image, read_label
 
 BLOCK = 16
 
@@ -73,7 +74,7 @@ def test_opencv_would_rotate_the_pixels_the_reader_does_not(tmp_path: Path, capl
     write_oriented_photo(path, 48, 64)
     assert cv2.imread(str(path), cv2.IMREAD_COLOR).shape == (64, 48, 3)  # what the project used to read
     seen = data_io.oriented_images_seen()
-    with caplog.at_level(logging.WARNING, logger="mask2former.data.io"):
+    with caplog.at_level(logging.WARNING, logger="mask2former.io.images"):
         image = read_image(path)
         read_image(path)
     assert image.shape == (48, 64, 3)

@@ -24,7 +24,7 @@ from conftest import REPO, doc_commands, tiny_run_argv
 
 from mask2former.engine import distributed
 from mask2former.engine.launch import main
-from mask2former.utils import io as io_utils
+from mask2former.utils import processes
 
 ITERATIONS = 6
 PERIOD = 2
@@ -417,7 +417,7 @@ def test_threads_are_shared_out(monkeypatch) -> None:
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(io_utils, "usable_cpus", lambda: 16)
+        monkeypatch.setattr(processes, "usable_cpus", lambda: 16)
         assert distributed.set_threads(4) == 4 and torch.get_num_threads() == 4
         assert distributed.set_threads(32) == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "3")

@@ -84,7 +84,7 @@ def test_architecture_map_names_every_module_and_only_existing_ones() -> None:
 
 
 def test_every_file_path_in_the_docs_exists() -> None:
-    """A file of the repository named in README.md or docs/*.md (`mask2former/engine/checkpoint.py: ...`,
+    """A file of the repository named in README.md or docs/*.md (`mask2former/io/checkpoints.py: ...`,
     `tools/predict.py --out ...`, `configs/m2f_swin_l.yaml`) exists: a moved module or config fails here."""
     missing = []
     for page in doc_pages():

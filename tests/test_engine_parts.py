@@ -10,13 +10,9 @@ import torch
 from torch import nn
 
 from mask2former.data.samplers import InfiniteSampler
-from mask2former.engine.checkpoint import (
-    CheckpointMismatchError,
-    load_checkpoint_into,
-    load_model_weights,
-    read_checkpoint,
-)
 from mask2former.engine.optimizer import parameter_groups, poly_lr_factor
+from mask2former.io.checkpoints import CheckpointMismatchError, read_checkpoint
+from mask2former.modeling.weights import load_checkpoint_into, load_model_weights
 
 
 class _Attn(nn.Module):

@@ -1,5 +1,6 @@
-"""mask2former/ensemble.py (votes, tie rule, consensus, DenseCRF), mask2former/prediction_io.py (the one reader and
-writer of probability files) and the ensemble_crf / tune_crf commands (mask2former/pipeline/, and tools/ as a
+"""mask2former/pipeline/voting.py and crf.py (votes, tie rule, consensus, DenseCRF),
+mask2former/io/probabilities.py (the one reader and writer of probability files) and the ensemble_crf / tune_crf
+commands (mask2former/pipeline/, and tools/ as a
 subprocess) end to end on small synthetic prediction folders and CSVs made for the tiny COCO set."""
 
 from __future__ import annotations
@@ -17,24 +18,11 @@ import pytest
 from conftest import REPO, tree_hashes, write_tiny_coco
 
 from mask2former.data.coco_semantic import class_names_from_categories, load_sem_seg_dataset
-from mask2former.data.io import read_label
-from mask2former.ensemble import (
-    EnsembleError,
-    consensus_mask,
-    consensus_write_back,
-    dense_crf,
-    hard_vote,
-    resize_probabilities,
-    soft_vote,
-    vote_shares,
-)
 from mask2former.errors import UserError
 from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
-from mask2former.pipeline import ensemble_crf
-from mask2former.pipeline.ensemble_crf import EnsembleOptions
-from mask2former.pipeline.tune_crf import TuneOptions
-from mask2former.pipeline.tune_crf import run as tune_crf
-from mask2former.prediction_io import (
+from mask2former.io.files import UnsafePathError
+from mask2former.io.images import read_label
+from mask2former.io.probabilities import (
     ProbabilityFileError,
     check_probabilities,
     load_label_map,
@@ -42,8 +30,21 @@ from mask2former.prediction_io import (
     probability_path,
     save_probabilities,
 )
-from mask2former.submission import check_submission, downsample_label_map, read_submission, write_submission
-from mask2former.utils.io import UnsafePathError
+from mask2former.io.submission import check_submission, downsample_label_map, read_submission, write_submission
+from mask2former.pipeline import ensemble_crf
+from mask2former.pipeline.crf import dense_crf
+from mask2former.pipeline.ensemble_crf import EnsembleOptions
+from mask2former.pipeline.tune_crf import TuneOptions
+from mask2former.pipeline.tune_crf import run as tune_crf
+from mask2former.pipeline.voting import (
+    EnsembleError,
+    consensus_mask,
+    consensus_write_back,
+    hard_vote,
+    resize_probabilities,
+    soft_vote,
+    vote_shares,
+)
 from mask2former.utils.output_folder import OutputFolderError
 
 

@@ -18,10 +18,10 @@ from conftest import REPO, TINY_MODEL, tiny_run_argv, tree_hashes
 
 from mask2former.config import load_config
 from mask2former.engine.launch import main as train_net
+from mask2former.io.probabilities import ProbabilityFileError, probability_path, read_prediction_folder
 from mask2former.modeling.build import build_model
 from mask2former.pipeline import pseudo_label as loop
 from mask2former.pipeline.predict import parse_args, predict
-from mask2former.prediction_io import ProbabilityFileError, probability_path, read_prediction_folder
 from mask2former.utils.output_folder import (
     OWNER_FILE,
     OutputFolderError,

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from conftest import REPO, TINY_MODEL, make_tiny, tiny_run_argv, tiny_training_opts
 
 from mask2former.config import ConfigError, get_cfg, load_config
-from mask2former.engine.checkpoint import load_model_weights
 from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
+from mask2former.io.probabilities import load_probabilities, probability_path
 from mask2former.modeling.backbone.timm_backbone import TimmBackbone
 from mask2former.modeling.build import build_model
 from mask2former.modeling.per_pixel.criterion import PerPixelCriterion
+from mask2former.modeling.weights import load_model_weights
 from mask2former.pipeline import ensemble_crf
 from mask2former.pipeline import predict as predict_pipeline
 from mask2former.pipeline.ensemble_crf import EnsembleOptions
-from mask2former.prediction_io import load_probabilities, probability_path
 from mask2former.utils.registry import UnknownNameError
 
 

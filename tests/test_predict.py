@@ -22,21 +22,16 @@ from conftest import REPO, TINY_MODEL
 
 from mask2former.config import load_config
 from mask2former.data import transforms as T
-from mask2former.data.io import read_image
 from mask2former.data.mapper import SemanticSegMapper
-from mask2former.engine import inference
-from mask2former.engine.inference import (
-    NonFiniteProbabilitiesError,
-    inference_max_size,
-    inference_views,
-    predict_batch,
-    predict_probabilities,
-)
 from mask2former.errors import UserError
+from mask2former.inference import batch
+from mask2former.inference.predictor import NonFiniteProbabilitiesError
+from mask2former.inference.tta import inference_max_size, inference_views, predict_batch, predict_probabilities
+from mask2former.io.images import read_image
+from mask2former.io.probabilities import check_probabilities, load_probabilities, probability_path
+from mask2former.io.submission import read_submission
 from mask2former.modeling.build import build_model
 from mask2former.pipeline import predict as pipeline
-from mask2former.prediction_io import check_probabilities, load_probabilities, probability_path
-from mask2former.submission import read_submission
 from mask2former.utils.output_folder import OWNER_FILE, OutputFolderError
 from mask2former.utils.progress import Progress
 from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
@@ -210,7 +205,7 @@ def test_interrupted_run_resumes(sample_root, checkpoints, tmp_path, monkeypatch
     run(sample_root, reference, [checkpoints["a"]], "--batch-size", "2")
 
     saved, lock = [], threading.Lock()
-    real_save = inference.save_probabilities
+    real_save = batch.save_probabilities
 
     def failing_save(*args, **kwargs):  # the npz files are written in threads
         with lock:
@@ -220,10 +215,10 @@ def test_interrupted_run_resumes(sample_root, checkpoints, tmp_path, monkeypatch
         return real_save(*args, **kwargs)
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(inference, "save_probabilities", failing_save)
+    monkeypatch.setattr(batch, "save_probabilities", failing_save)
     with pytest.raises(RuntimeError, match="killed"):
         run(sample_root, out, [checkpoints["a"]], "--batch-size", "2")
-    monkeypatch.setattr(inference, "save_probabilities", real_save)
+    monkeypatch.setattr(batch, "save_probabilities", real_save)
     assert len(npz_files(out)) == 3 and not meta(out)["complete"] and not (out / "submission.csv").exists()
 
     run(sample_root, out, [checkpoints["a"]], "--batch-size", "2")
@@ -520,7 +515,7 @@ def test_non_finite_probabilities_are_an_error(sample_root, checkpoints, tmp_pat
         run(sample_root, tmp_path / "nan_ckpt", [tmp_path / "nan.pth"])
     assert npz_files(tmp_path / "nan_ckpt") == [] and not (tmp_path / "nan_ckpt" / "submission.csv").exists()
 
-    real_load = inference.load_prediction_model
+    real_load = batch.load_prediction_model
 
     def nan_model(*args, **kwargs):
         model = real_load(*args, **kwargs)
@@ -528,7 +523,7 @@ def test_non_finite_probabilities_are_an_error(sample_root, checkpoints, tmp_pat
             dict(model.named_parameters())["sem_seg_head.predictor.class_embed.bias"].fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(inference, "load_prediction_model", nan_model)
+    monkeypatch.setattr(batch, "load_prediction_model", nan_model)
     before = tree_hashes(sample_root)
     first = json.loads((sample_root / "test.json").read_text())["images"][0]
     out = tmp_path / "out"

@@ -26,18 +26,13 @@ from mask2former.config import load_config
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, class_names_from_categories, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
-from mask2former.ensemble import write_label_png
+from mask2former.io.files import UnsafePathError
+from mask2former.io.images import write_label_png
+from mask2former.io.probabilities import ProbabilityFileError, load_probabilities, probability_path, save_probabilities
 from mask2former.modeling.build import build_model
 from mask2former.pipeline import pseudo_label as loop
 from mask2former.pipeline.pseudo_label import LoopOptions, PseudoLabelError
-from mask2former.prediction_io import ProbabilityFileError, load_probabilities, probability_path, save_probabilities
-from mask2former.pseudo_label import (
-    keeps_round,
-    label_png_name,
-    pseudo_label_map,
-    write_pseudo_dataset,
-)
-from mask2former.utils.io import UnsafePathError
+from mask2former.pipeline.pseudo_label_maps import keeps_round, label_png_name, pseudo_label_map, write_pseudo_dataset
 from mask2former.utils.output_folder import OutputFolderError, claim_output_folder
 from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 
@@ -262,7 +257,8 @@ def unlabeled_test_images(sample_root: Path) -> tuple[list[dict], list[str]]:
 
 
 def write_npz(folder: Path, image: dict, probs: np.ndarray, class_names: list[str]) -> Path:
-    """A prediction file in prediction_io's layout, written raw (so that it may hold what the writer refuses)."""
+    """A prediction file in mask2former/io/probabilities.py's layout, written
+    raw (so that it may hold what the writer refuses)."""
     path = probability_path(folder, image["file_name"])
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = dict(file_name=np.array(image["file_name"]), image_id=np.array(image["id"]))

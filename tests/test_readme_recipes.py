@@ -18,9 +18,9 @@ import torch
 from conftest import REPO, TINY_MODEL, doc_commands, tiny_training_opts
 
 from mask2former.config import load_config
+from mask2former.io.probabilities import load_probabilities, probability_path
 from mask2former.modeling.build import build_model
-from mask2former.prediction_io import load_probabilities, probability_path
-from mask2former.pseudo_label import label_png_name, pseudo_label_map
+from mask2former.pipeline.pseudo_label_maps import label_png_name, pseudo_label_map
 
 SECTION = "Prediction, ensembling and pseudo-labels"
 CPU = ["MODEL.DEVICE", "cpu"]

@@ -16,13 +16,7 @@ from conftest import REPO, TINY_MODEL
 from torch import nn
 
 from mask2former.config import ConfigError, get_cfg, load_config
-from mask2former.engine.checkpoint import (
-    CheckpointMismatchError,
-    load_checkpoint_into,
-    plan_weights,
-    read_checkpoint,
-    read_checkpoint_with_metadata,
-)
+from mask2former.io.checkpoints import CheckpointMismatchError, read_checkpoint, read_checkpoint_with_metadata
 from mask2former.modeling.backbone.base import build_backbone
 from mask2former.modeling.backbone.resnet import (
     BottleneckBlock,
@@ -35,6 +29,7 @@ from mask2former.modeling.backbone.resnet import (
     resnet50,
 )
 from mask2former.modeling.build import build_model
+from mask2former.modeling.weights import load_checkpoint_into, plan_weights
 
 NARROW = dict(stem_out_channels=8, res2_out_channels=16, width_per_group=4)
 STAGES = ("res2", "res3", "res4", "res5")

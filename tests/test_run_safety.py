@@ -20,11 +20,11 @@ import torch
 from conftest import REPO, TINY_MODEL, tiny_run_argv
 
 from mask2former.config import load_config
-from mask2former.engine import checkpoint_io
-from mask2former.engine.checkpoint_io import CheckpointSaveError
 from mask2former.engine.launch import default_argument_parser, main, setup, train
 from mask2former.engine.lightning_module import NonFiniteLossError
 from mask2former.engine.metrics_log import read_metrics
+from mask2former.io import checkpoints
+from mask2former.io.checkpoints import CheckpointSaveError
 from mask2former.modeling.build import build_model
 from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 
@@ -184,7 +184,7 @@ def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(sample_root: 
 def test_a_full_disk_during_a_training_save_keeps_the_last_checkpoint(
     sample_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    real_write = checkpoint_io._write
+    real_write = checkpoints._write
 
     def write(data, handle) -> None:
         if data.get("global_step") == 4:  # the disk fills up at the second round of saves
@@ -192,7 +192,7 @@ def test_a_full_disk_during_a_training_save_keeps_the_last_checkpoint(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(data, handle)
 
-    monkeypatch.setattr(checkpoint_io, "_write", write)
+    monkeypatch.setattr(checkpoints, "_write", write)
     args = default_argument_parser().parse_args(cli(sample_root, tmp_path / "full", 4, 2))
     with pytest.raises(CheckpointSaveError, match=r"no space left on the disk while saving .*checkpoints"):
         train(setup(args), args)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from conftest import REPO
 
 from mask2former.config import ConfigError, get_cfg, load_config
-from mask2former.engine.checkpoint import load_model_weights
 from mask2former.modeling.build import build_model
+from mask2former.modeling.weights import load_model_weights
 from semask import (
     PRIOR_LOSS,
     BranchMaskFormerHead,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mask2former.submission import (
+from mask2former.io.submission import (
     HEADER,
     SubmissionError,
     check_submission,

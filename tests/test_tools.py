@@ -14,13 +14,13 @@ import pytest
 
 from mask2former.data.coco_semantic import DataError, load_sem_seg_dataset
 from mask2former.data.folds import FoldError, format_fold_table, split_json
-from mask2former.data.io import read_label
 from mask2former.evaluation.sem_seg import confusion_matrix, metrics_from_confusion
+from mask2former.io.images import read_label
+from mask2former.io.submission import SubmissionError, check_submission, downsample_label_map, write_submission
 from mask2former.pipeline.evaluate import EvaluateOptions, EvaluationError
 from mask2former.pipeline.evaluate import run as evaluate
 from mask2former.pipeline.inspect_dataset import InspectOptions
 from mask2former.pipeline.inspect_dataset import run as inspect_dataset
-from mask2former.submission import SubmissionError, check_submission, downsample_label_map, write_submission
 from mask2former.utils.output_folder import OWNER_FILE, OutputFolderError
 
 

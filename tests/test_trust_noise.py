@@ -260,8 +260,8 @@ def test_an_overlay_of_a_huge_photo_is_bounded() -> None:
 
 
 def test_predict_overlays_of_a_huge_photo_are_bounded(tmp_path: Path) -> None:
+    from mask2former.io.probabilities import save_probabilities
     from mask2former.pipeline.predict import overlay_path, write_outputs
-    from mask2former.prediction_io import save_probabilities
 
     photo = tmp_path / "data" / "big.jpg"
     photo.parent.mkdir()

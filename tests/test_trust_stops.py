@@ -28,11 +28,12 @@ from conftest import REPO, TINY_MODEL, tiny_run_argv
 
 from mask2former.config import load_config
 from mask2former.data.coco_semantic import LabelCacheError, load_sem_seg_dataset
-from mask2former.data.io import ReadError, read_coco_json, read_image
 from mask2former.errors import FileSystemError, user_message
+from mask2former.io import files as io_utils
+from mask2former.io.coco_json import read_coco_json
+from mask2former.io.files import atomic_write_text
+from mask2former.io.images import ReadError, read_image
 from mask2former.modeling.build import build_model
-from mask2former.utils import io as io_utils
-from mask2former.utils.io import atomic_write_text
 from mask2former.utils.processes import Terminated, start_child, stop_cause
 from mask2former.utils.run_lock import OutputDirInUseError, OutputDirLock
 

@@ -23,18 +23,13 @@ from conftest import REPO, TINY_MODEL, tiny_coco_dict, tiny_run_argv, write_tiny
 from mask2former.config import ConfigError, load_config
 from mask2former.data import coco_semantic
 from mask2former.data.coco_semantic import ClassListError, load_sem_seg_dataset
-from mask2former.data.io import DataError
 from mask2former.engine import launch
-from mask2former.engine.checkpoint import (
-    CheckpointDtypeError,
-    CheckpointMismatchError,
-    load_checkpoint_into,
-    load_model_weights,
-    read_checkpoint,
-)
-from mask2former.engine.inference import load_prediction_model
 from mask2former.errors import UserError
+from mask2former.inference.predictor import load_prediction_model
+from mask2former.io.checkpoints import CheckpointDtypeError, CheckpointMismatchError, read_checkpoint
+from mask2former.io.coco_json import DataError
 from mask2former.modeling.build import build_model
+from mask2former.modeling.weights import load_checkpoint_into, load_model_weights
 from mask2former.pipeline import evaluate as evaluate_pipeline
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
@@ -382,7 +377,7 @@ def test_trained_model_records_its_classes_and_eval_only_compares_them(
 ) -> None:
     """model_final.pth and the training checkpoints record the training set's class names; --eval-only on a json
     of the same count with swapped names is refused naming the json's dataset and the checkpoint."""
-    from mask2former.engine.checkpoint import recorded_class_names
+    from mask2former.io.checkpoints import recorded_class_names
 
     run = tmp_path / "run"
     assert launch.main(tiny_run_argv(sample_root, run, max_iter=2, period=2)) is not None
@@ -412,7 +407,7 @@ def test_trained_model_records_its_classes_and_eval_only_compares_them(
 
 
 def test_record_of_class_names_in_a_training_checkpoint(tiny_state, tmp_path: Path) -> None:
-    from mask2former.engine.checkpoint import recorded_class_names
+    from mask2former.io.checkpoints import recorded_class_names
 
     torch.save({"model": tiny_state, "class_names": ["Background", "A"]}, tmp_path / "a.pth")
     torch.save({"model": tiny_state}, tmp_path / "old.pth")

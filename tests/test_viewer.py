@@ -28,11 +28,12 @@ from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from mask2former.data.coco_semantic import load_with_manifest  # noqa: E402
-from mask2former.data.io import read_coco_json, read_label  # noqa: E402
 from mask2former.data.stats import dataset_statistics  # noqa: E402
 from mask2former.evaluation.sem_seg import SemSegEvaluator, confusion_matrix, metrics_from_confusion  # noqa: E402
-from mask2former.prediction_io import load_probabilities, probability_path, save_probabilities  # noqa: E402
-from mask2former.submission import downsample_label_map, read_submission, write_submission  # noqa: E402
+from mask2former.io.coco_json import read_coco_json
+from mask2former.io.images import read_label  # noqa: E402
+from mask2former.io.probabilities import load_probabilities, probability_path, save_probabilities  # noqa: E402
+from mask2former.io.submission import downsample_label_map, read_submission, write_submission  # noqa: E402
 from mask2former.viewer import app as viewer_app  # noqa: E402
 from mask2former.viewer.arguments import bind_problem, is_loopback  # noqa: E402
 from mask2former.viewer.compare import FolderPredictions, compare, discover_prediction_sets  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mask2former.submission import SubmissionError, check_submission
+from mask2former.io.submission import SubmissionError, check_submission
 from mask2former.utils.cli import run_tool, strip_debug
 
 EXIT_INVALID = 1

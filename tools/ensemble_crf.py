@@ -7,14 +7,14 @@
     # hard vote of submission CSVs (the class list comes from --json):
     python tools/ensemble_crf.py a.csv b.csv c.csv --weights 1 1 1 --json DATA/test.json --out output/ens_csv
 
-Inputs: N prediction folders (probs/<file_name>.npz, see mask2former/prediction_io.py) are combined by a soft
+Inputs: N prediction folders (probs/<file_name>.npz, see mask2former/io/probabilities.py) are combined by a soft
 vote, the weighted mean of their probabilities (--weights, normalised; default equal). N submission CSVs are
 combined by a hard vote: per pixel the class with the largest total weight, ties to the first-listed input.
 Every input must hold the same classes and the same images: the --json's (else the --gt's) images when given
 (predictions of other images are then ignored), otherwise the first input's, which every input must match.
 Maps must have one size, unless --size S (folders) resizes all of them to S x S (bilinear, renormalised).
 
---crf refines the vote with a fully connected CRF (pydensecrf2, mask2former/ensemble.py dense_crf): a Gaussian
+--crf refines the vote with a fully connected CRF (pydensecrf2, mask2former/pipeline/crf.py dense_crf): a Gaussian
 kernel (--gauss-sxy, --gauss-compat) and a bilateral kernel on position and colour (--sxy, --srgb, --compat),
 --iters mean-field steps. It reads the RGB images under --image-root (default: the --json's or --gt's folder)
 and resizes them to the maps' size: --sxy is in pixels of the maps (256x256 by default). For CSVs the unary is
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import argparse
 
-from mask2former.ensemble import CRF_DEFAULTS
+from mask2former.pipeline.crf import CRF_DEFAULTS
 from mask2former.pipeline.ensemble_crf import EnsembleOptions, run
 from mask2former.utils.cli import run_tool, strip_debug
 

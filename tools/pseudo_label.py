@@ -12,7 +12,7 @@ Round r (1..--rounds), starting from the best model so far (round 0: --weights, 
      takes --init-probs instead when given.
   2. label: per image, the class of highest probability where it reaches --threshold, 255 (ignored) elsewhere,
      at the image's size -> OUT/round_r/labels/<file_name>.png and OUT/round_r/pseudo.json, a dataset
-     registered as pseudo_round_r (mask2former/pseudo_label.py); a few overlays in OUT/round_r/overlays.
+     registered as pseudo_round_r (mask2former/pipeline/pseudo_label_maps.py); a few overlays in OUT/round_r/overlays.
      Probabilities of any stored size (predict.py and ensemble_crf.py store 256x256 by default) are resized
      bilinearly to the image's size and renormalised over the classes, as ensemble_crf.py --size does, before
      thresholding.

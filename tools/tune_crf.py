@@ -6,7 +6,8 @@
 
 The inputs are prediction folders of the --gt images (tools/predict.py outputs). Each image's soft vote
 (--weights) is made once; then every combination of the listed values runs the CRF and the consensus write-back
-exactly as ensemble_crf.py does (mask2former/ensemble.py), and is scored against the ground truth at the maps'
+exactly as ensemble_crf.py does (mask2former/pipeline/ensemble_images.py), and is scored against the ground truth at
+the maps'
 size. Prints one row per setting, best CRF mIoU first (ensemble_crf.py's default final output; the mIoU with
 --consensus beside it), with the vote's mIoU above, and writes the table to
 --out (default: nothing written; never the --gt json nor a file inside an input folder). Settings not listed
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from mask2former.ensemble import CRF_DEFAULTS
+from mask2former.pipeline.crf import CRF_DEFAULTS
 from mask2former.pipeline.tune_crf import GRID_KEYS, TuneOptions, run
 from mask2former.utils.cli import run_tool, strip_debug
 

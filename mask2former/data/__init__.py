@@ -1,7 +1,7 @@
 """Datasets: registration, COCO -> label maps, the training/test mapper.
 
-The names below are imported on first use, so that `import mask2former.data.io` (every tool's reader) does not
-pull in torch through the mapper and the dataset.
+The names below are imported on first use, so that importing one light module of the package (the class list,
+`mask2former.data.classes`) does not pull in torch through the mapper and the dataset.
 """
 
 from __future__ import annotations

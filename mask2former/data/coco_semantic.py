@@ -9,7 +9,7 @@ A json may instead give its label maps: every image then has `sem_seg_file_name`
 folder (the pseudo-labels of tools/pseudo_label.py are such a json), and `annotations` is empty; the maps are
 checked once (size, values 0..K-1 or 255) and used as they are.
 
-Images are in the stored pixel frame (`mask2former.data.io`): the json's width/height must be the stored
+Images are in the stored pixel frame (`mask2former.io.images`): the json's width/height must be the stored
 image's size, and photos whose EXIF orientation tag would rotate them are counted and logged per json (the tag
 is not applied, to pixels or labels). An image file_name that is absolute or climbs out of the image root
 with '..' is refused (`read_coco_json`). Asked for ground truth (`has_gt=True`), a json none of whose images
@@ -40,19 +40,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import FileSystemError
-from ..utils.io import UnsafePathError, atomic_write_bytes, output_path, safe_relative_name
+from ..io.coco_json import DataError, read_coco_json
+from ..io.files import UnsafePathError, atomic_write_bytes, output_path, safe_relative_name
+from ..io.images import LabelMapError, ReadError, describe_orientation, orientation_of, read_label, require_file
 from ..utils.progress import progress as with_progress
 from .catalog import DatasetCatalog, DatasetNameError, MetadataCatalog
-from .io import (  # noqa: F401  (read_coco_json: re-exported for old importers)
-    DataError,
-    LabelMapError,
-    ReadError,
-    describe_orientation,
-    orientation_of,
-    read_coco_json,
-    read_label,
-    require_file,
-)
 
 logger = logging.getLogger(__name__)
 

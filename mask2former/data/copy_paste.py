@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from fvcore.common.config import CfgNode
 
-from .io import read_image, read_label
+from ..io.images import read_image, read_label
 
 logger = logging.getLogger(__name__)
 

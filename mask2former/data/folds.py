@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..utils.io import atomic_write_json
+from ..io.coco_json import DataError, read_coco_json
+from ..io.files import atomic_write_json
 from ..utils.output_folder import check_claim, owned_output_folder
-from .io import DataError, read_coco_json
 
 SPLIT_METHODS = ("group", "multilabel")
 

@@ -21,8 +21,8 @@ import torch
 from fvcore.common.config import CfgNode
 
 from ..config import ConfigError
+from ..io.images import read_image, read_label, read_label_at  # noqa: F401  (read_label_at: re-exported for old importers)
 from . import transforms as T
-from .io import read_image, read_label, read_label_at  # noqa: F401  (read_label_at: re-exported for old importers)
 
 if TYPE_CHECKING:  # imported only when copy-paste is on (from_config)
     from .copy_paste import CopyPaste

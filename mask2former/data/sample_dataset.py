@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..io.files import atomic_write_bytes, atomic_write_text
 from ..utils.output_folder import owned_output_folder
 from ..utils.progress import Progress
 from .classes import TRASH_CLASSES

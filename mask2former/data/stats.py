@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io.images import read_label
 from .coco_semantic import category_to_label
-from .io import read_label
 
 
 def dataset_statistics(data: dict[str, Any], dicts: list[dict], class_names: list[str]) -> dict[str, Any]:

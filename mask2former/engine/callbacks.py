@@ -12,7 +12,7 @@ from typing import IO, Any
 import lightning as L
 from tqdm import tqdm
 
-from ..utils.io import atomic_open
+from ..io.files import atomic_open
 from .metrics_log import read_metrics
 
 logger = logging.getLogger(__name__)

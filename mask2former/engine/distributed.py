@@ -35,8 +35,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..errors import UserError
-from ..utils.io import cores_per_process
-from ..utils.processes import Terminated, sigterm_raises, start_child, stop_cause
+from ..utils.processes import Terminated, cores_per_process, sigterm_raises, start_child, stop_cause
 
 logger = logging.getLogger(__name__)
 

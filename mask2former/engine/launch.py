@@ -24,16 +24,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ..config import ConfigError, load_config, read_config_yaml
 from ..data.trash import register_datasets_from_config
 from ..errors import UserError
+from ..io.checkpoints import recorded_class_names, save_atomic
+from ..io.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
+from ..modeling.weights import LoadReport, check_same_classes, load_checkpoint_into
 from ..utils.cli import run_tool, strip_debug
-from ..utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..utils.logger import logging_to, quiet_library_chatter, setup_logging
 from ..utils.output_folder import OWNER_FILE, check_claim, claim_output_folder
 from ..utils.processes import sigterm_raises, stop_cause
 from ..utils.run_lock import OutputDirLock
 from .callbacks import IterationProgress, plot_loss_curve
-from .checkpoint import LoadReport, check_same_classes, load_checkpoint_into, recorded_class_names
-from .checkpoint_io import AtomicCheckpointIO, ResumePoint, find_resume_point, save_atomic
 from .distributed import (
     DEFAULT_TIMEOUT_S,
     DistributedError,
@@ -52,6 +52,7 @@ from .distributed import (
     run_processes,
     set_threads,
 )
+from .lightning_checkpoints import AtomicCheckpointIO, ResumePoint, find_resume_point
 from .metrics_log import MetricsCSVLogger
 from .optimizer import build_gradient_clipper
 from .tracking import TrackingRuns, build_tracking_loggers, finish_tracking

@@ -25,8 +25,8 @@ from ..data.mapper import SemanticSegMapper
 from ..data.samplers import InfiniteSampler
 from ..errors import UserError
 from ..evaluation.sem_seg import SemSegEvaluator
+from ..io.checkpoints import first_non_finite
 from ..modeling.build import build_model
-from .checkpoint import first_non_finite
 from .optimizer import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..utils.io import atomic_write_text
+from ..io.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

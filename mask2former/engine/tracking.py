@@ -24,7 +24,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 
 from ..config import ConfigError
-from ..utils.io import atomic_write_json
+from ..io.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..io.files import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class SemSegEvaluator:
         self.num_images = 0
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        from ..data.io import read_label  # the one label reader, as training uses
+        from ..io.images import read_label  # the one label reader, as training uses
 
         for item, output in zip(inputs, outputs, strict=True):
             pred = output["sem_seg"]

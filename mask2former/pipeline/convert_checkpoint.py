@@ -5,7 +5,7 @@ prefix, numpy arrays as tensors, each contiguous and of its own memory, NaN / In
 `matching_heuristics` and `__author__` go into the safetensors metadata, so OUT loads exactly as IN did.
 
 With a config the file is matched against the model the config builds, by the rules MODEL.WEIGHTS uses
-(`engine/checkpoint.py`: exact names, detectron2's name-suffix matching when the file says so, a backbone saved
+(`modeling/weights.py`: exact names, detectron2's name-suffix matching when the file says so, a backbone saved
 alone), or, when that gives fewer tensors, as a backbone checkpoint through the backbone's own key conversion
 (`convert_pretrained`: official or timm Swin, DiNAT, ...). OUT then holds, under the model's key names:
 - for a whole model: every tensor that fits the model (the class head kept as it is when only the class count
@@ -23,20 +23,11 @@ from pathlib import Path
 
 import torch
 
-from ..engine.checkpoint import (
-    BACKBONE_PREFIX,
-    Checkpoint,
-    CheckpointMismatchError,
-    LoadReport,
-    WeightsPlan,
-    check_fits,
-    model_class_head_keys,
-    plan_weights,
-    read_checkpoint_with_metadata,
-)
 from ..errors import UserError
+from ..io.checkpoints import Checkpoint, CheckpointMismatchError, read_checkpoint_with_metadata
+from ..io.files import atomic_write_bytes
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..utils.io import atomic_write_bytes
+from ..modeling.weights import BACKBONE_PREFIX, LoadReport, WeightsPlan, check_fits, model_class_head_keys, plan_weights
 from ..utils.output_folder import refuse_foreign_file
 
 SUFFIX = ".safetensors"

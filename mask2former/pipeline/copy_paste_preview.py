@@ -24,8 +24,8 @@ from ..data.classes import palette_for
 from ..data.mapper import SemanticSegMapper
 from ..data.trash import register_datasets_from_config
 from ..errors import UserError
+from ..io.files import atomic_write_bytes, output_path
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..utils.io import atomic_write_bytes, output_path
 from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.visualize import legend, overlay, with_legend
 

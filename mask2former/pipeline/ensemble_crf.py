@@ -5,9 +5,9 @@ ground truth a table of every stage's mIoU (OUT/eval.json). The tool's docstring
 `run(EnsembleOptions(...))` is the whole command (the options are its flags). Order of work, so that a bad input
 leaves nothing behind: the options, the output folder (never an input folder, never where an input file lies),
 the inputs against each other and the json, then every input file of every image to process is read and checked
-(probabilities via mask2former/prediction_io.py: a NaN, negative or unnormalised map is refused naming the file),
+(probabilities via mask2former/io/probabilities.py: a NaN, negative or unnormalised map is refused naming the file),
 and only then is anything written. The per-image step (vote, CRF, consensus, writes) is
-mask2former/ensemble.py's `process_image`, in this process or in a pool of spawned workers.
+mask2former/pipeline/ensemble_images.py's `process_image`, in this process or in a pool of spawned workers.
 
 mask2former.data and .evaluation import torch: they are imported where needed, so that the spawned workers (which
 import the tool, and so this module, as their __main__) start quickly.
@@ -28,20 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ensemble import (
-    CRF_DEFAULTS,
-    HARD_VOTE_CONFIDENCE,
-    EnsembleError,
-    EnsembleJob,
-    check_crf_parameters,
-    check_inputs,
-    init_worker,
-    label_path,
-    normalize_weights,
-    process_image,
-    process_in_worker,
-)
-from ..prediction_io import (
+from ..io.files import atomic_write_bytes, atomic_write_json, output_path
+from ..io.probabilities import (
     PROBS_FOLDER,
     PredictionFolder,
     probability_key,
@@ -49,11 +37,14 @@ from ..prediction_io import (
     read_prediction_folder,
     read_probability_field,
 )
-from ..submission import SUBMISSION_SIZE, downsample_label_map, read_submission
-from ..utils.io import atomic_write_bytes, atomic_write_json, output_path, usable_cpus
+from ..io.submission import SUBMISSION_SIZE, downsample_label_map, read_submission
 from ..utils.logger import FILE_ONLY
 from ..utils.output_folder import check_claim, file_sha1, owned_output_folder
+from ..utils.processes import usable_cpus
 from ..utils.progress import Progress, progress
+from .crf import CRF_DEFAULTS, check_crf_parameters
+from .ensemble_images import EnsembleJob, check_inputs, init_worker, label_path, process_image, process_in_worker
+from .voting import HARD_VOTE_CONFIDENCE, EnsembleError, normalize_weights
 
 logger = logging.getLogger("ensemble_crf")
 
@@ -178,7 +169,7 @@ def folder_class_names(folder: PredictionFolder) -> list[str]:
 def list_images(options: EnsembleOptions) -> tuple[list[str], list[str] | None]:
     """(file names from --json or --gt, their class names) or ([], None) without a json."""
     from ..data.coco_semantic import class_names_from_categories
-    from ..data.io import read_coco_json
+    from ..io.coco_json import read_coco_json
 
     listing = options.listing()
     if not listing:
@@ -563,8 +554,8 @@ def load_ground_truth(options: EnsembleOptions, names: list[str]) -> dict[str, s
 def score_image(out: Path, result: dict, gt_labels: dict[str, str], num_classes: int) -> np.ndarray:
     """Confusion matrices of every stage of one image (ground truth resized, nearest, to the maps' size);
     saved for resuming."""
-    from ..data.io import read_label_at
     from ..evaluation.sem_seg import confusion_matrix
+    from ..io.images import read_label_at
 
     name = result["file_name"]
     stages = list(result["stages"].values())
@@ -578,8 +569,8 @@ def score_image(out: Path, result: dict, gt_labels: dict[str, str], num_classes:
 
 def write_csv(out: Path, names: list[str]) -> Path:
     """OUT/submission.csv from every image's label PNG, in `names` order."""
-    from ..data.io import LabelMapError, ReadError, read_label
-    from ..submission import write_submission
+    from ..io.images import LabelMapError, ReadError, read_label
+    from ..io.submission import write_submission
 
     def read(name: str) -> np.ndarray:
         path = label_path(out, name)

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..data.coco_semantic import check_class_lists, load_with_manifest
-from ..data.io import read_coco_json, read_label
 from ..errors import UserError
 from ..evaluation.sem_seg import SemSegEvaluator
-from ..submission import SUBMISSION_SIZE, downsample_label_map, read_submission
+from ..io.coco_json import read_coco_json
+from ..io.images import read_label
+from ..io.submission import SUBMISSION_SIZE, downsample_label_map, read_submission
 from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.progress import progress
 

@@ -15,12 +15,13 @@ from ..config import load_config
 from ..data.classes import palette_for
 from ..data.coco_semantic import load_with_manifest
 from ..data.dataset import MapDataset
-from ..data.io import read_coco_json, read_image, read_label
 from ..data.mapper import SemanticSegMapper
 from ..data.stats import dataset_statistics, format_statistics
 from ..errors import UserError
+from ..io.coco_json import read_coco_json
+from ..io.files import atomic_write_bytes, atomic_write_json
+from ..io.images import read_image, read_label
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..utils.io import atomic_write_bytes, atomic_write_json
 from ..utils.output_folder import check_claim, owned_output_folder
 from ..utils.visualize import grid, legend, overlay, with_legend
 

@@ -6,13 +6,13 @@
     python tools/predict.py --config-file CFG --weights a.pth b.pth c.pth --weights-scale 2 1 1 --tta \\
         --num-gpus 4 --batch-size 8 --json DATA/test.json --out output/predict_ens
 
-Writes OUT/probs/<file_name>.npz (float16 class probabilities, see mask2former/prediction_io.py), OUT/meta.json
+Writes OUT/probs/<file_name>.npz (float16 class probabilities, see mask2former/io/probabilities.py), OUT/meta.json
 (settings and counts), OUT/submission.csv (256x256 label maps, one row per image in the json's order, rebuilt from
 all npz files at the end and written atomically), OUT/overlays/<file_name>.png and OUT/log.txt. Nothing is written
 outside OUT: a file_name that is absolute or climbs out with '..' is refused (naming the json and the image), and
 so is an OUT where an output would replace an input (an image, the json, the config or a checkpoint).
 
-Probabilities (mask2former/engine/inference.py): every view (the validation mapper's preprocessing,
+Probabilities (mask2former/inference/tta.py): every view (the validation mapper's preprocessing,
 mask2former/data/transforms.py: view_for_test) goes through the model; its class scores are resized bilinearly to
 the stored size (--prob-size, 256 by default; 0: the image size), flipped back, divided by their sum over the
 classes, and averaged over the views (--tta: TEST.AUG.MIN_SIZES x flip) and then over the checkpoints (weights
@@ -69,27 +69,22 @@ from fvcore.common.config import CfgNode
 from ..config import load_config
 from ..data.classes import palette_for
 from ..data.coco_semantic import check_class_lists, class_names_from_categories
-from ..data.io import read_coco_json, read_image
-from ..engine.checkpoint import recorded_class_names
-from ..engine.inference import PredictionJob, inference_max_size, inference_views, run_job, run_worker
-from ..ensemble import EnsembleError, normalize_weights
 from ..errors import UserError
+from ..inference.batch import PredictionJob, run_job, run_worker
+from ..inference.tta import inference_max_size, inference_views
+from ..io.checkpoints import recorded_class_names
+from ..io.coco_json import read_coco_json
+from ..io.files import atomic_write_bytes, atomic_write_json, output_path, remove_stale_temporaries, safe_relative_name
+from ..io.images import read_image
+from ..io.probabilities import PROBS_FOLDER, check_probabilities, load_label_map, probability_path
+from ..io.submission import SUBMISSION_SIZE, downsample_label_map, write_submission
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..prediction_io import PROBS_FOLDER, check_probabilities, load_label_map, probability_path
-from ..submission import SUBMISSION_SIZE, downsample_label_map, write_submission
-from ..utils.io import (
-    atomic_write_bytes,
-    atomic_write_json,
-    cores_per_process,
-    output_path,
-    remove_stale_temporaries,
-    safe_relative_name,
-    usable_cpus,
-)
 from ..utils.logger import FILE_ONLY, logging_to
 from ..utils.output_folder import file_sha1, owned_output_folder
+from ..utils.processes import cores_per_process, usable_cpus
 from ..utils.progress import Progress
 from ..utils.visualize import overlay, shrink_for_overlay
+from .voting import EnsembleError, normalize_weights
 
 logger = logging.getLogger("predict")
 

@@ -3,7 +3,8 @@
 Round r (1..rounds), starting from the best model so far (round 0: the given weights, scored on val first):
   1. predict: tools/predict.py with that model on the unlabelled images -> OUT/round_r/predict. Round 1 takes
      the `init_probs` prediction folder instead when given (tools/predict.py or tools/ensemble_crf.py output).
-  2. label: per image, `mask2former.pseudo_label.pseudo_label_map` at the image's size -> OUT/round_r/labels/
+  2. label: per image, `mask2former.pipeline.pseudo_label_maps.pseudo_label_map` at the image's size ->
+  OUT/round_r/labels/
      <file_name>.png and OUT/round_r/pseudo.json (a label-map dataset registered as pseudo_round_r), a few overlays
      in OUT/round_r/overlays. Probabilities stored at any size (256x256 by default) are resized bilinearly to the
      image's size and renormalised over the classes (the resize of ensemble_crf.py --size) before thresholding.
@@ -25,7 +26,7 @@ Inputs are checked before anything is computed: the prediction folder of `init_p
 classes, finite non-negative probabilities: a file with NaN is refused naming it), the unlabelled images' file
 names (a name that is absolute, climbs out with '..', or shares its label PNG with another image is refused), and
 OUT itself (a folder holding files that are not a pseudo-label run's is refused; --overwrite never deletes an
-input). Everything the loop writes lies under OUT and goes through the atomic writer (mask2former/utils/io.py);
+input). Everything the loop writes lies under OUT and goes through the atomic writer (mask2former/io/files.py);
 the children's logs are appended as they run.
 """
 
@@ -48,13 +49,18 @@ from ..config import CfgNode, load_config
 from ..data.catalog import MetadataCatalog
 from ..data.classes import palette_for
 from ..data.coco_semantic import class_names_from_categories
-from ..data.io import read_coco_json, read_image, read_label
 from ..data.trash import register_datasets_from_config
-from ..ensemble import write_label_png
 from ..errors import UserError
+from ..io.coco_json import read_coco_json
+from ..io.files import atomic_write_bytes, atomic_write_json, atomic_write_text, output_path
+from ..io.images import read_image, read_label, write_label_png
+from ..io.probabilities import load_probabilities, probability_path, read_prediction_folder
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..prediction_io import load_probabilities, probability_path, read_prediction_folder
-from ..pseudo_label import (
+from ..utils.logger import logging_to
+from ..utils.output_folder import check_claim, owned_output_folder
+from ..utils.progress import progress
+from ..utils.visualize import overlay
+from .pseudo_label_maps import (
     ignored_share,
     keeps_round,
     label_png_name,
@@ -62,11 +68,6 @@ from ..pseudo_label import (
     pseudo_label_map,
     write_pseudo_dataset,
 )
-from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, output_path
-from ..utils.logger import logging_to
-from ..utils.output_folder import check_claim, owned_output_folder
-from ..utils.progress import progress
-from ..utils.visualize import overlay
 
 logger = logging.getLogger("pseudo_label")
 
@@ -224,7 +225,7 @@ def unlabeled_images(options: LoopOptions, categories: list[dict]) -> tuple[Path
 def read_prediction(folder: Path, image: dict, class_names: list[str]) -> np.ndarray:
     """The K x h x w probabilities of one image from a prediction folder, at whatever size they were stored; an
     error naming the file when it is missing, of another image or other classes, or when the reader refuses it
-    (unreadable, NaN/Inf, negative or not summing to 1: mask2former/prediction_io.py)."""
+    (unreadable, NaN/Inf, negative or not summing to 1: mask2former/io/probabilities.py)."""
     path = probability_path(folder, image["file_name"])
 
     def refuse(detail: str) -> PseudoLabelError:

@@ -1,6 +1,7 @@
 """The logic of tools/tune_crf.py: a grid search of ensemble_crf's DenseCRF settings on images with ground truth.
 
-Each image's soft vote is made once (mask2former/ensemble.py `load_inputs` + `soft_vote`, the same reading and
+Each image's soft vote is made once (mask2former/pipeline/ensemble_images.py `load_inputs` + voting.py `soft_vote`, the
+same reading and
 checks as ensemble_crf); every setting then runs `dense_crf` and `consensus_write_back` exactly as
 `process_image` does, and is scored against the ground truth at the maps' size with the same confusion matrices
 as ensemble_crf's --gt table. `run(TuneOptions(...))` returns one row per setting ({..., "crf": the CRF's mIoU,
@@ -17,22 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..ensemble import (
-    CRF_DEFAULTS,
-    EnsembleError,
-    EnsembleJob,
-    check_crf_parameters,
-    consensus_write_back,
-    dense_crf,
-    load_inputs,
-    normalize_weights,
-    read_rgb,
-    soft_vote,
-)
-from ..prediction_io import probability_key, read_prediction_folder
-from ..utils.io import atomic_write_text
+from ..io.files import atomic_write_text
+from ..io.probabilities import probability_key, read_prediction_folder
 from ..utils.output_folder import refuse_foreign_file
 from ..utils.progress import Progress
+from .crf import CRF_DEFAULTS, check_crf_parameters, dense_crf
+from .ensemble_images import EnsembleJob, load_inputs, read_rgb
+from .voting import EnsembleError, consensus_write_back, normalize_weights, soft_vote
 
 GRID_KEYS = ("sxy", "srgb", "compat", "iters", "gaussian_sxy", "gaussian_compat")
 
@@ -106,8 +98,8 @@ def refuse_unsafe_out(options: TuneOptions) -> None:
 
 def score_image(task: tuple) -> np.ndarray:
     """Confusion matrices [vote, (crf, final) per setting] of one image."""
-    from ..data.io import read_label_at
     from ..evaluation.sem_seg import confusion_matrix
+    from ..io.images import read_label_at
 
     job, file_name, gt_path, settings = task
     cv2.setNumThreads(1)

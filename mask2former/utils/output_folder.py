@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .io import atomic_write_json
+from ..io.files import atomic_write_json
 from .run_lock import OutputDirLock
 
 OWNER_FILE = ".trashseg-owner.json"

@@ -132,3 +132,14 @@ def stop_cause(error: BaseException) -> str | None:
             return "stopped by SIGTERM"
         seen = seen.__cause__ if seen.__cause__ is not None or seen.__suppress_context__ else seen.__context__
     return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cores_per_process(processes: int) -> int:
+    """torch threads for each of `processes` processes on this machine: the usable cores shared out (at least 1),
+    so that they do not oversubscribe the cores."""
+    return max(1, usable_cpus() // max(1, processes))

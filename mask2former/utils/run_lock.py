@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError, filesystem_error
-from .io import make_folder
+from ..io.files import make_folder
 
 logger = logging.getLogger(__name__)
 

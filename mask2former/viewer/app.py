@@ -5,7 +5,7 @@ draws one run of the page: the sidebar, then the chosen page (Dataset, Browse, P
 Everything the page computes comes from the plain modules beside this one (paths, data, stats, compare, augment),
 cached here per file signature (path, mtime, size). Files are read only through them, under the roots the viewer
 was started with; the only files written are label maps and plots in `scratch_folder()`, through
-mask2former.utils.io.
+mask2former.io.files.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import streamlit as st
 from streamlit import runtime
 
 from ..config import load_config
-from ..data.io import read_image
 from ..errors import UserError
+from ..io.images import read_image
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.visualize import legend
 from .arguments import ViewerArgumentError, bind_problem, check_arguments

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.io import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from .data import DatasetIndex, encode_png, label_map
 from .paths import PathOutsideRoots, Roots, file_signature
 

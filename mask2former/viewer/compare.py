@@ -1,7 +1,7 @@
 """Prediction sets against ground truth (or against each other when there is none).
 
 A prediction set is a submission CSV (256x256 label maps, image_id = the json's file_name) or a
-prediction folder (`probs/<file_name>.npz`, see mask2former/prediction_io.py; the label map is
+prediction folder (`probs/<file_name>.npz`, see mask2former/io/probabilities.py; the label map is
 the argmax). Scoring follows tools/evaluate.py exactly: one confusion matrix per image with the
 evaluator's `confusion_matrix`, the ground truth reduced by nearest neighbour to the prediction's
 size, summed over the images, then `metrics_from_confusion`, so the numbers equal
@@ -21,8 +21,8 @@ import pandas as pd
 
 from ..errors import UserError
 from ..evaluation.sem_seg import confusion_matrix, metrics_from_confusion
-from ..prediction_io import load_label_map, probability_path
-from ..submission import SubmissionError, read_submission
+from ..io.probabilities import load_label_map, probability_path
+from ..io.submission import SubmissionError, read_submission
 from .data import DatasetIndex, match_size
 from .paths import Roots, file_signature, list_files, tree_signature
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..data.classes import palette_for
 from ..data.coco_semantic import category_to_label, check_annotation, class_names_from_categories, render_label_map
-from ..data.io import read_coco_json, read_image
+from ..io.coco_json import read_coco_json
+from ..io.images import read_image
 from ..utils.visualize import overlay, shrink_for_overlay
 from .paths import Roots
 

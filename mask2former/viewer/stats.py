@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.io import read_image
+from ..io.images import read_image
 from .data import DatasetIndex, annotation_area, label_map
 from .paths import Roots
 

@@ -33,7 +33,8 @@ from torch import nn
 
 from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
-from ...engine.checkpoint import CheckpointMismatchError, load_model_weights, read_checkpoint
+from ...io.checkpoints import CheckpointMismatchError, read_checkpoint
+from ..weights import load_model_weights
 from .base import BACKBONE_REGISTRY, Backbone
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ...config import CONFIG_ADDERS
 from ...config import CfgNode as ConfigNode
-from ...engine.checkpoint import read_checkpoint
+from ...io.checkpoints import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
 
 logger = logging.getLogger(__name__)

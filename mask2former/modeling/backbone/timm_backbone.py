@@ -22,7 +22,7 @@ from fvcore.common.config import CfgNode
 
 from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
-from ...engine.checkpoint import read_checkpoint
+from ...io.checkpoints import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from torch import nn
 
 from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
-from ...engine.checkpoint import read_checkpoint
+from ...io.checkpoints import read_checkpoint
 from .base import BACKBONE_REGISTRY, Backbone
 from .resnet import get_norm
 from .timm_backbone import fit_by_shape, timm_filtered

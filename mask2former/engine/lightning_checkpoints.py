@@ -1,5 +1,5 @@
-"""Lightning checkpoints on disk: every save goes through the atomic writer, and `--resume` picks the newest
-checkpoint that reads back whole.
+"""Lightning's checkpoints: every save goes through the atomic writer (`mask2former.io.checkpoints.save_atomic`),
+and `--resume` picks the newest checkpoint that reads back whole.
 
 A save writes a temporary file beside the target, fsyncs it and renames it over the target, so a full disk or a
 kill during a save leaves the previous checkpoint of that name intact and no partial file under the final name.
@@ -7,20 +7,16 @@ kill during a save leaves the previous checkpoint of that name intact and no par
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..errors import FileSystemError, UserError
-from ..utils.io import atomic_open
-from .checkpoint import CheckpointReadError, read_checkpoint_file
+from ..errors import UserError
+from ..io.checkpoints import CheckpointReadError, read_checkpoint_file, save_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -30,33 +26,6 @@ _PERIODIC = re.compile(r"model_(\d+)(?:-v\d+)?\.ckpt")
 
 class ResumeError(UserError):
     """`--resume` found checkpoints but none that reads back whole; the message names each and its problem."""
-
-
-class CheckpointSaveError(FileSystemError):
-    """The disk filled up (or a quota ran out) during a save; the previous file of that name is intact."""
-
-
-def save_atomic(data: dict[str, Any], path: str | Path) -> None:
-    """torch.save through the atomic writer; a full disk raises CheckpointSaveError naming the file (another
-    refusal of the file system is the writer's FileSystemError)."""
-    path = Path(path)
-    try:
-        with atomic_open(path, "wb") as handle:
-            _write(data, handle)
-    except FileSystemError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        full = "disk quota exceeded" if error.errno == errno.EDQUOT else "no space left on the disk"
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no partial {path.name} is left"
-        raise CheckpointSaveError(
-            f"{full} while saving {path} ({os.strerror(error.errno)}): {kept}; free some space (or lower "
-            "SOLVER.CHECKPOINT_KEEP) and run again with --resume",
-            error.errno,
-        ) from error
-
-
-def _write(data: dict[str, Any], handle: Any) -> None:
-    torch.save(data, handle)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -2,14 +2,15 @@
 
 A pixel's pseudo-label is the class of highest probability when that probability reaches the threshold, else 255
 (ignored by the losses). Label maps are made at the image's size: probabilities stored at any other size (256x256
-by default in what tools/predict.py and tools/ensemble_crf.py write, see mask2former/prediction_io.py) are first
-resized bilinearly to the image and renormalised over the classes (`mask2former.ensemble.resize_probabilities`, the
+by default in what tools/predict.py and tools/ensemble_crf.py write, see mask2former/io/probabilities.py) are first
+resized bilinearly to the image and renormalised over the classes (`mask2former.pipeline.voting.resize_probabilities`,
+the
 resize of ensemble_crf.py --size), then thresholded.
 
 The pseudo-labelled dataset is a COCO-layout json whose images name their label PNGs (`sem_seg_file_name`,
 relative to the json's folder) and which has no annotations; `register_coco_semantic` (and DATASETS.REGISTER)
 load such a json as they load any other (mask2former/data/coco_semantic.py). Label PNG names come from the images'
-file_names through `mask2former.utils.io.output_path`, so an absolute or climbing name is refused, never written
+file_names through `mask2former.io.files.output_path`, so an absolute or climbing name is refused, never written
 outside the dataset folder. The rounds themselves: mask2former/pipeline/pseudo_label.py (tools/pseudo_label.py).
 """
 
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.coco_semantic import IGNORE_LABEL
-from .ensemble import resize_probabilities
-from .utils.io import atomic_write_json, output_path, safe_relative_name
+from ..data.coco_semantic import IGNORE_LABEL
+from ..io.files import atomic_write_json, output_path, safe_relative_name
+from .voting import resize_probabilities
 
 
 def pseudo_label_map(probs: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:

@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import UserError
-from .utils.io import atomic_open
+from ..errors import UserError
+from .coco_json import read_coco_json
+from .files import atomic_open
 
 SUBMISSION_SIZE = 256
 HEADER = "image_id,PredictionString"
@@ -161,8 +162,6 @@ def check_submission(path: str | Path, test_json: str | Path, num_classes: int |
     One row per test image, no unknown or repeated ids, 65536 values per row, each in [0, num_classes).
     num_classes defaults to the json's categories plus background.
     """
-    from .data.io import read_coco_json  # here: the data package imports torch, the CSV reader need not
-
     test = read_coco_json(test_json)
     expected_ids = [image["file_name"] for image in test["images"]]
     if num_classes is None:

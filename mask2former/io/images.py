@@ -1,4 +1,5 @@
-"""The one reader of images, label maps and COCO jsons; every module reads these files through here.
+"""The one reader of images and label maps (and the label-map PNG writer); every module reads these files through
+here.
 
 Frame rule: an image is used as its pixels are stored in the file. The EXIF orientation tag is never applied
 (OpenCV would rotate the pixels by it; here it is ignored), because COCO annotations are given in the stored
@@ -9,29 +10,25 @@ it is logged once per process (later ones are counted, `oriented_images_seen()`)
 per json (`mask2former.data.coco_semantic`), so a user knows the labels follow the stored pixels.
 
 Readers raise `ReadError` (missing, unreadable, not an image, a symlink loop, a name too long) or `LabelMapError`
-(a PNG that is not a label map, or not of the expected size), both naming the file; `read_coco_json` raises
-`DataError` naming the json and the item (bad JSON, missing sections, a category without id or name, repeated
-category ids, an image file_name that is absolute or climbs out of the image folder with '..').
+(a PNG that is not a label map, or not of the expected size), both naming the file.
 """
 
 from __future__ import annotations
 
 import errno
 import io
-import json
 import logging
 import os
 import stat
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from ..errors import UserError, filesystem_message
-from ..utils.io import UnsafePathError, safe_relative_name
+from .files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +46,6 @@ ORIENTATION_MEANING = {
 _IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _EXIF_SCAN_BYTES = 1 << 16  # EXIF sits in a JPEG's first segment (at most 64 KiB)
 _oriented_seen: Counter = Counter()
-
-
-class DataError(UserError, ValueError):
-    """A bad annotation, image or json; the message names the json, the image and the annotation."""
 
 
 class ReadError(UserError, OSError):
@@ -178,52 +171,9 @@ def read_label_at(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return label
 
 
-def read_coco_json(json_file: str | Path) -> dict[str, Any]:
-    """A COCO json, checked: valid JSON, an 'images' and a 'categories' list, each category with an id and a
-    name and no id twice, every image file_name relative and inside the image folder. 'annotations' defaults
-    to []. Image entries are otherwise checked at registration (`coco_semantic`), where `skip_bad` applies."""
-    json_file = Path(json_file)
-    require_file(json_file, "COCO json")
-    try:
-        data = json.loads(json_file.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{json_file}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{json_file}: a COCO json is an object with 'images' and 'categories', got a list or value")
-    for section in ("images", "categories"):
-        if not isinstance(data.get(section), list):
-            raise DataError(f"{json_file}: missing the '{section}' list")
-    data.setdefault("annotations", [])
-    if not isinstance(data["annotations"], list):
-        raise DataError(f"{json_file}: 'annotations' must be a list")
-    _check_categories(data["categories"], json_file)
-    _check_file_names(data["images"], json_file)
-    return data
-
-
-def _check_categories(categories: list, json_file: Path) -> None:
-    seen: dict[int, str] = {}
-    for index, category in enumerate(categories):
-        if not isinstance(category, dict) or not isinstance(category.get("name"), str):
-            raise DataError(f"{json_file}: category {index} needs an integer 'id' and a 'name', got {category!r}")
-        category_id = category.get("id")
-        if not isinstance(category_id, int) or isinstance(category_id, bool):
-            raise DataError(f"{json_file}: category {category['name']!r} has id {category_id!r}; ids are integers")
-        if category_id in seen:
-            raise DataError(
-                f"{json_file}: category id {category_id} is given twice ({seen[category_id]!r} and "
-                f"{category['name']!r}); each category needs its own id (labels are assigned in id order)"
-            )
-        seen[category_id] = category["name"]
-
-
-def _check_file_names(images: list, json_file: Path) -> None:
-    for image in images:
-        if isinstance(image, dict) and "file_name" in image:
-            where = f"{json_file}: image {image['file_name']!r} (id {image.get('id')}):"
-            if not isinstance(image["file_name"], str):
-                raise DataError(f"{where} file_name must be a string")
-            try:
-                safe_relative_name(image["file_name"], "file_name")
-            except UnsafePathError as error:
-                raise DataError(f"{where} {error}") from None
+def write_label_png(path: str | Path, label: np.ndarray) -> None:
+    """Write a uint8 label map as a PNG, atomically."""
+    ok, encoded = cv2.imencode(".png", np.asarray(label, dtype=np.uint8))
+    if not ok:
+        raise OSError(f"could not encode the label map {path}")
+    atomic_write_bytes(path, encoded.tobytes())

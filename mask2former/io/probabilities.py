@@ -11,7 +11,7 @@ extension replaced) and `meta.json`. Each npz has:
   class_names  the K class names, background first
   source_sha1  the sha1 of the image file's bytes it was predicted from ("" when not recorded): a rerun tells a
                changed image under the same name from the one it predicted
-How the probabilities are made (views, TTA, checkpoint ensembles): mask2former/engine/inference.py. meta.json
+How the probabilities are made (views, TTA, checkpoint ensembles): mask2former/inference/tta.py. meta.json
 (written by tools/predict.py and tools/ensemble_crf.py) holds class_names, the settings, the run's counts,
 `complete` (true once every image is done), `file_names` (the images the run was asked for, in order) and
 `predictions_id` (a digest of the job and of the image files predicted: it changes whenever the predictions
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .utils.io import atomic_write_bytes, output_path
+from ..errors import UserError
+from .files import atomic_write_bytes, output_path
 
 logger = logging.getLogger(__name__)
 

@@ -133,14 +133,3 @@ def remove_stale_temporaries(folder: str | Path, name_pattern: str = "*") -> Non
     if folder.is_dir():
         for path in folder.rglob(f".{name_pattern}.*.tmp"):
             path.unlink(missing_ok=True)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def cores_per_process(processes: int) -> int:
-    """torch threads for each of `processes` processes on this machine: the usable cores shared out (at least 1),
-    so that they do not oversubscribe the cores."""
-    return max(1, usable_cpus() // max(1, processes))
