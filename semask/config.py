@@ -7,6 +7,8 @@ from fvcore.common.config import CfgNode
 
 from mask2former.config import PLUGIN_CONFIG_ADDERS
 from mask2former.config import CfgNode as ConfigNode
+from mask2former.modeling.backbone.base import BACKBONE_REGISTRY
+from mask2former.modeling.tiny import register_tiny_sizes
 
 
 @PLUGIN_CONFIG_ADDERS.register()  # applied after the families' adders: MODEL.SWIN exists then
@@ -21,3 +23,7 @@ def add_semask_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEMASK.GLOBAL_STAGES = None
     cfg.MODEL.SEMASK.MASK_PADDING = False  # True: windows' zero padding left out of the softmax (official: in it)
     cfg.MODEL.SEMASK.RES_PROJ_INIT = "zeros"  # mlp_res init: "zeros" (official) or "kaiming" (the branch can learn)
+
+
+# at the Swin family's tiny sizes (mask2former/modeling/backbone/swin.py), with a window that fits their maps
+register_tiny_sizes("semask", ["MODEL.SWIN.SEM_WINDOW_SIZE", "4"], [(BACKBONE_REGISTRY, "D2SeMaskSwinTransformer")])

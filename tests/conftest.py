@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,86 +24,59 @@ import pytest
 import mask2former.modeling.register_all  # noqa: F401  (every model family's config keys and classes)
 import semask  # noqa: F401  (the test suite is an entry point: it takes the SeMask plug-in, as train_net.py does)
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
+from mask2former.modeling.backbone.timm_backbone import TINY_TIMM_MODELS
+from mask2former.modeling.tiny import TINY_SIZES, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TRASHBAGS = REPO.parent / "shared" / "data" / "trashbags"
 
-# Tiny widths for any config in configs/ (Swin, DiNAT, SeMask, both pixel decoders): the same classes as the big
-# models, small enough for a CPU step in a second.
-TINY_MODEL = [
-    "MODEL.SWIN.EMBED_DIM",
-    "16",
-    "MODEL.SWIN.DEPTHS",
-    "[1, 1, 2, 1]",
-    "MODEL.SWIN.NUM_HEADS",
-    "[1, 1, 2, 2]",
-    "MODEL.SWIN.WINDOW_SIZE",
-    "4",
-    "MODEL.DINAT.EMBED_DIM",
-    "16",
-    "MODEL.DINAT.DEPTHS",
-    "[1, 1, 2, 1]",
-    "MODEL.DINAT.NUM_HEADS",
-    "[1, 1, 2, 2]",
-    "MODEL.DINAT.KERNEL_SIZE",
-    "3",
-    "MODEL.DINAT.DILATIONS",
-    "[[2], [1], [1, 2], [1]]",
-    "MODEL.SWIN.SEM_WINDOW_SIZE",
-    "4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM",
-    "32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
-    "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
-    "4",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM",
-    "32",
-    "MODEL.MASK_FORMER.NHEADS",
-    "4",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-    "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS",
-    "3",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
-    "64",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
-    "256",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "16",
-    "MODEL.RESNETS.WIDTH_PER_GROUP",
-    "4",
-    "MODEL.PER_PIXEL.DECODER_CHANNELS",
-    "64",
-    "MODEL.PER_PIXEL.AUX_CHANNELS",
-    "16",
-    "MODEL.VIT_PYRAMID.EMBED_DIM",
-    "32",
-    "MODEL.VIT_PYRAMID.DEPTH",
-    "4",
-    "MODEL.VIT_PYRAMID.NUM_HEADS",
-    "2",
-    "MODEL.VIT_PYRAMID.IMG_SIZE",
-    "64",
-    "MODEL.VIT_PYRAMID.OUT_INDICES",
-    "[0, 1, 2, 3]",
-]
+# Tiny widths for any config in configs/: every model family's declared tiny sizes (register_tiny_sizes beside its
+# config keys, mask2former/modeling/tiny.py), the same classes as the big models, small enough for a CPU step in a
+# second.
+TINY_MODEL = tiny_overrides()
 
-# timm backbones (MODEL.BACKBONE.NAME TimmBackbone) are shrunk by name: the smallest model of the same timm class,
-# narrowed further where the class takes widths.
-TINY_TIMM = {
-    "convnext_xlarge": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
-    "convnext_atto": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
-    "efficientnet_b6": ("test_efficientnet", {}),  # timm's test model of the EfficientNet class (82k parameters)
-    "efficientnet_b0": ("test_efficientnet", {}),
-    "hrnet_w48": ("hrnet_w18_small", {}),
-}
+# timm backbones (MODEL.BACKBONE.NAME TimmBackbone) are shrunk by name (make_tiny): the smallest model of the same
+# timm class, narrowed further where the class takes widths.
+TINY_TIMM = TINY_TIMM_MODELS
+
+
+# ---- what each config key does: a family's test module declares CONFIG_KEY_CHECKS = {KEY: check} for its keys, and
+# tests/test_config_keys.py collects them all and runs them (see its docstring).
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Setting `value` (over the overrides `base`) changes what the observer `observe` shows."""
+
+    value: str  # KEY VALUE override text; "{data}" is the test data folder
+    observe: str  # a name of test_config_keys.OBSERVERS
+    base: tuple[str, ...] = ()  # overrides under which the key matters
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Any value but the default is refused; `value` raises an error naming the key."""
+
+    value: str
+    observe: str | None = None  # None: load_config itself refuses it
+    base: tuple[str, ...] = ()  # overrides under which the observer builds what reads the key
+
+
+@dataclass(frozen=True)
+class CoveredBy:
+    """Shown by that test, which names the full key."""
+
+    test: str  # "tests/test_file.py::test_name"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Nothing reads the key, by design; the reason says why."""
+
+    reason: str
+
+
+ConfigKeyCheck = Changes | Refused | CoveredBy | Recorded
 
 
 def tree_hashes(*roots: Path) -> dict[str, str]:
@@ -116,13 +90,12 @@ def tree_hashes(*roots: Path) -> dict[str, str]:
 
 
 def make_tiny(cfg) -> None:
-    """TINY_MODEL, and a timm backbone swapped for its TINY_TIMM sibling (ARGS other than the sizes kept)."""
+    """TINY_MODEL, then each family's shrink (a timm backbone swapped for its TINY_TIMM sibling, ARGS other than the
+    sizes kept)."""
     cfg.merge_from_list(TINY_MODEL)
-    if cfg.MODEL.BACKBONE.NAME == "TimmBackbone":
-        name, sizes = TINY_TIMM[cfg.MODEL.TIMM.NAME]
-        cfg.MODEL.TIMM.NAME = name
-        for key, value in sizes.items():
-            cfg.MODEL.TIMM.ARGS[key] = value
+    for sizes in TINY_SIZES.values():
+        if sizes.shrink is not None:
+            sizes.shrink(cfg)
 
 
 # A 64x48 image with: a big square (Paper), a small square on top of it (Metal) drawn as two

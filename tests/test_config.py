@@ -11,7 +11,8 @@ import yaml
 from conftest import REPO
 
 from mask2former.config import ConfigError, flatten_keys, get_cfg, load_config
-from mask2former.engine.launch import build_config, default_argument_parser
+from mask2former.engine.arguments import default_argument_parser
+from mask2former.engine.run_config import build_config
 
 
 def test_defaults_use_mask2former_key_names() -> None:

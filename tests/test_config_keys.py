@@ -1,27 +1,33 @@
 """Every leaf key of get_cfg() does something.
 
-KEYS says, for every leaf key, how that is shown; the first test requires it to name exactly the keys get_cfg()
-has, so a key added without a check fails here, by name. A check is one of:
+Each family's test module says, for each of its keys, how that is shown, in its CONFIG_KEY_CHECKS
+(tests/test_swin.py for MODEL.SWIN.*, tests/test_semask.py for SeMask's, ...; this module's for the shared keys of
+mask2former/config). KEYS is their union, collected from every tests/test_*.py that defines CONFIG_KEY_CHECKS; the
+first test requires it to name exactly the keys get_cfg() has (SeMask's included), so a key added without a check
+fails here, by name. A check (tests/conftest.py) is one of:
   Changes(value, observe, base)  setting `value` (over the overrides `base`) changes what the project builds or
                                  computes, as seen by the observer `observe`: a built model's parameters, its
                                  outputs or losses, a mapper's output on a fixed image, the optimizer's groups, the
                                  LR schedule, gradients after clipping, the trainer build_trainer makes, ...
                                  (run here, every one);
-  Refused(value, observe)        any value but the default is refused, and `value` raises an error naming the key
+  Refused(value, observe, base)  any value but the default is refused, and `value` raises an error naming the key
                                  (from load_config, or from building what `observe` builds);
-  CoveredBy("tests/x.py::test")  shown by that test (which must exist and name the key);
+  CoveredBy("tests/x.py::test")  shown by that test (which must exist and name the full key);
   Recorded(reason)               nothing reads it, by design, and the reason says why (a handful).
-A last guard: every key except the recorded ones is read somewhere in the package's source.
+A last guard: every key except the recorded ones is read somewhere in the package, found by its full path in the
+package's syntax trees (`cfg.MODEL.SWIN.EMBED_DIM`, or `swin.EMBED_DIM` / `swin["EMBED_DIM"]` after
+`swin = cfg.MODEL.SWIN`), besides the few reads INDIRECT_READS lists with their reasons.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 import pickle
 import re
+import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,61 +36,33 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_coco_dict, write_tiny_coco
+from conftest import (
+    REPO,
+    TINY_MODEL,
+    Changes,
+    ConfigKeyCheck,
+    CoveredBy,
+    Recorded,
+    Refused,
+    tiny_coco_dict,
+    write_tiny_coco,
+)
 from torch import nn
 
 from mask2former.config import ONLY_DEFAULT, ConfigError, flatten_keys, get_cfg, load_config
 from mask2former.errors import UserError
 
-# ---- the kinds of checks ---------------------------------------------------------------------------------------
+# ---- the checks of the shared keys (the families' are in their test modules) ------------------------------------
 
-
-@dataclass(frozen=True)
-class Changes:
-    value: str  # KEY VALUE override text; "{data}" is the test data folder
-    observe: str  # an OBSERVERS name
-    base: tuple[str, ...] = ()  # overrides under which the key matters
-
-
-@dataclass(frozen=True)
-class Refused:
-    value: str
-    observe: str | None = None  # None: load_config itself refuses it
-
-
-@dataclass(frozen=True)
-class CoveredBy:
-    test: str  # "tests/test_file.py::test_name"
-
-
-@dataclass(frozen=True)
-class Recorded:
-    reason: str
-
-
-SWIN = ("MODEL.BACKBONE.NAME", "D2SwinTransformer")
-DINAT = ("MODEL.BACKBONE.NAME", "D2DiNAT")
-SEMASK = ("MODEL.BACKBONE.NAME", "D2SeMaskSwinTransformer")
-RESNET = ("MODEL.BACKBONE.NAME", "build_resnet_backbone")
 SEMASK_MODEL = (
     "MODEL.META_ARCHITECTURE",
     "SeMaskMaskFormer",
-    *SEMASK,
+    "MODEL.BACKBONE.NAME",
+    "D2SeMaskSwinTransformer",
     "MODEL.SEM_SEG_HEAD.NAME",
     "BranchMaskFormerHead",
 )
-# one 64 px image: BatchNorm in UPerNet's 1x1 pooling branch cannot train on a batch of one
-PER_PIXEL = ("MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.PER_PIXEL.DECODER_NORM", "'identity'")
-TIMM = ("MODEL.BACKBONE.NAME", "TimmBackbone", "MODEL.TIMM.NAME", "'resnet18'")
-TRACKING_RUN = (
-    "tests/test_tracking.py::test_both_trackers_get_the_name_config_and_metrics_and_a_resumed_run_continues_them"
-)
-TRACKING_ERRORS = "tests/test_tracking.py::test_a_missing_package_or_a_bad_mode_is_one_error_naming_the_key"
-VIT = (
-    "MODEL.BACKBONE.NAME", "ViTPyramid", "MODEL.VIT_PYRAMID.EMBED_DIM", "32", "MODEL.VIT_PYRAMID.DEPTH", "6",
-    "MODEL.VIT_PYRAMID.NUM_HEADS", "2", "MODEL.VIT_PYRAMID.IMG_SIZE", "64", "MODEL.VIT_PYRAMID.OUT_INDICES",
-    "[1, 2, 3, 5]",
-)  # fmt: skip
+RESNET = ("MODEL.BACKBONE.NAME", "build_resnet_backbone")
 COLOR = ("INPUT.COLOR_AUG.PROB", "1.0")  # every jitter drawn, so each of its settings shows
 WARMUP = ("SOLVER.WARMUP_ITERS", "20", "SOLVER.WARMUP_FACTOR", "0.1")
 DATASETS = (
@@ -118,7 +96,7 @@ def one_dataset(name: str, json_name: str) -> tuple[str, ...]:
 BANK = (*DATASETS, "INPUT.COPY_PASTE.ENABLED", "True", "INPUT.COPY_PASTE.CLASSES", "['Metal', 'Paper']")
 PASTE = ("INPUT.COPY_PASTE.ENABLED", "True", "INPUT.COPY_PASTE.PROB", "1.0", "INPUT.COPY_PASTE.MIN_AREA", "16")
 
-KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
     "VERSION": Refused("1"),
     "SEED": Changes("7", "module"),
     "OUTPUT_DIR": Changes("{data}/other_output", "trainer"),
@@ -222,106 +200,6 @@ KEYS: dict[str, Changes | Refused | CoveredBy | Recorded] = {
     "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": Refused("0.5"),
     "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": Refused("0.5"),
     "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": Changes("True", "eval"),
-    "MODEL.MASK_FORMER.CATE_WEIGHT": Changes("1.0", "losses", SEMASK_MODEL),
-    # ---- backbones
-    "MODEL.SWIN.PRETRAIN_IMG_SIZE": Changes("64", "backbone", ("MODEL.SWIN.APE", "True")),
-    "MODEL.SWIN.PATCH_SIZE": Changes("2", "backbone"),
-    "MODEL.SWIN.EMBED_DIM": Changes("8", "backbone"),
-    "MODEL.SWIN.DEPTHS": Changes("[1, 1, 1, 1]", "backbone"),
-    "MODEL.SWIN.NUM_HEADS": Changes("[1, 1, 1, 1]", "backbone"),
-    "MODEL.SWIN.WINDOW_SIZE": Changes("2", "backbone"),
-    "MODEL.SWIN.MLP_RATIO": Changes("2.0", "backbone"),
-    "MODEL.SWIN.QKV_BIAS": Changes("False", "backbone"),
-    "MODEL.SWIN.QK_SCALE": Changes("0.5", "backbone_forward"),
-    "MODEL.SWIN.DROP_RATE": Changes("0.5", "backbone_train"),
-    "MODEL.SWIN.ATTN_DROP_RATE": Changes("0.5", "backbone_train"),
-    "MODEL.SWIN.DROP_PATH_RATE": Changes("0.0", "backbone_train"),
-    "MODEL.SWIN.APE": Changes("True", "backbone"),
-    "MODEL.SWIN.PATCH_NORM": Changes("False", "backbone"),
-    "MODEL.SWIN.OUT_FEATURES": Changes("['res3', 'res4', 'res5']", "backbone"),
-    "MODEL.SWIN.USE_CHECKPOINT": Changes("True", "checkpointing"),
-    "MODEL.SWIN.SEM_WINDOW_SIZE": Changes("2", "backbone_grads", SEMASK),
-    "MODEL.SWIN.NUM_SEM_BLOCKS": Changes("2", "backbone", SEMASK),
-    "MODEL.SEMASK.GLOBAL_STAGES": Changes("[0, 1, 2, 3]", "backbone_grads", SEMASK),
-    # the tiny backbone's freshly initialised semantic attention gives the same numbers with and without it
-    "MODEL.SEMASK.MASK_PADDING": CoveredBy("tests/test_semask.py::test_options_reach_every_semantic_layer"),
-    "MODEL.SEMASK.RES_PROJ_INIT": Changes("'kaiming'", "backbone_grads", SEMASK),
-    "MODEL.TIMM.NAME": Changes("'convnext_atto'", "backbone", TIMM),
-    "MODEL.TIMM.OUTPUT_STRIDE": Changes("16", "backbone_forward", TIMM),
-    "TRACKING.RUN_NAME": CoveredBy(TRACKING_RUN),
-    "TRACKING.WANDB.ENABLED": CoveredBy(TRACKING_RUN),
-    "TRACKING.WANDB.PROJECT": CoveredBy(TRACKING_RUN),
-    "TRACKING.WANDB.MODE": CoveredBy(TRACKING_ERRORS),
-    "TRACKING.MLFLOW.ENABLED": CoveredBy(TRACKING_RUN),
-    "TRACKING.MLFLOW.EXPERIMENT": CoveredBy(TRACKING_RUN),
-    "TRACKING.MLFLOW.TRACKING_URI": CoveredBy(TRACKING_ERRORS),
-    "MODEL.VIT_PYRAMID.NAME": Changes("'vit_base_patch16_224'", "backbone", VIT),
-    "MODEL.VIT_PYRAMID.EMBED_DIM": Changes("64", "backbone", VIT),
-    "MODEL.VIT_PYRAMID.DEPTH": Changes("8", "backbone", (*VIT, "MODEL.VIT_PYRAMID.OUT_INDICES", "[1, 2, 3, 7]")),
-    "MODEL.VIT_PYRAMID.NUM_HEADS": Changes("4", "backbone_forward", VIT),
-    "MODEL.VIT_PYRAMID.PATCH_SIZE": Changes("8", "backbone", VIT),
-    "MODEL.VIT_PYRAMID.IMG_SIZE": Changes("32", "backbone", VIT),
-    "MODEL.VIT_PYRAMID.DROP_PATH_RATE": Changes("0.5", "backbone_train", VIT),
-    "MODEL.VIT_PYRAMID.INIT_VALUES": Changes("0.5", "backbone_forward", VIT),
-    "MODEL.VIT_PYRAMID.USE_REL_POS_BIAS": Changes("False", "backbone", VIT),
-    "MODEL.VIT_PYRAMID.OUT_INDICES": Changes("[0, 1, 2, 3]", "backbone", VIT),
-    "MODEL.VIT_PYRAMID.NECK_NORM": Changes("'GN'", "backbone", VIT),
-    "MODEL.PER_PIXEL.DECODER": Changes("'FPN'", "model", PER_PIXEL),
-    "MODEL.PER_PIXEL.DECODER_CHANNELS": Changes("128", "model", PER_PIXEL),
-    "MODEL.PER_PIXEL.DECODER_NORM": Changes("'batchnorm'", "model", PER_PIXEL),
-    "MODEL.PER_PIXEL.DROPOUT": Changes("0.5", "losses", PER_PIXEL),
-    "MODEL.PER_PIXEL.ATROUS_RATES": Changes(
-        "[1, 2, 3]",
-        "eval",
-        (*PER_PIXEL, *TIMM, "MODEL.TIMM.OUTPUT_STRIDE", "16", "MODEL.PER_PIXEL.DECODER", "'DeepLabV3Plus'"),
-    ),
-    "MODEL.PER_PIXEL.OCR_KEY_CHANNELS": Changes("32", "model", (*PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
-    "MODEL.PER_PIXEL.AUX_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
-    "MODEL.PER_PIXEL.AUX_IN_FEATURE": Changes("'res5'", "model", PER_PIXEL),
-    "MODEL.PER_PIXEL.AUX_CHANNELS": Changes("8", "model", PER_PIXEL),
-    "MODEL.PER_PIXEL.LOSS.CE_WEIGHT": Changes("2.0", "losses", PER_PIXEL),
-    "MODEL.PER_PIXEL.LOSS.DICE_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
-    "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
-    "MODEL.PER_PIXEL.LOSS.FOCAL_GAMMA": Changes(
-        "0.5", "losses", (*PER_PIXEL, "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT", "1.0")
-    ),
-    "MODEL.PER_PIXEL.LOSS.LOVASZ_WEIGHT": Changes("1.0", "losses", PER_PIXEL),
-    "MODEL.DINAT.EMBED_DIM": Changes("8", "backbone", DINAT),
-    "MODEL.DINAT.DEPTHS": Changes(
-        "[1, 1, 1, 1]", "backbone", (*DINAT, "MODEL.DINAT.DILATIONS", "[[1], [1], [1], [1]]")
-    ),
-    "MODEL.DINAT.NUM_HEADS": Changes("[1, 1, 1, 1]", "backbone", DINAT),
-    "MODEL.DINAT.KERNEL_SIZE": Changes("5", "backbone", DINAT),
-    "MODEL.DINAT.DILATIONS": Changes("[[1], [1], [1, 1], [1]]", "backbone_forward", DINAT),
-    "MODEL.DINAT.MLP_RATIO": Changes("1.0", "backbone", DINAT),
-    "MODEL.DINAT.QKV_BIAS": Changes("False", "backbone", DINAT),
-    "MODEL.DINAT.QK_SCALE": Changes("0.5", "backbone_forward", DINAT),
-    "MODEL.DINAT.DROP_RATE": Changes("0.5", "backbone_train", DINAT),
-    "MODEL.DINAT.ATTN_DROP_RATE": Refused("0.1", "backbone"),
-    "MODEL.DINAT.DROP_PATH_RATE": Changes("0.0", "backbone_train", DINAT),
-    "MODEL.DINAT.LAYER_SCALE": Changes("0.5", "backbone", DINAT),
-    "MODEL.DINAT.OUT_FEATURES": Changes("['res4', 'res5']", "backbone", DINAT),
-    "MODEL.DINAT.USE_CHECKPOINT": Changes("True", "checkpointing", DINAT),
-    "MODEL.DINAT.ATTENTION_IMPL": CoveredBy("tests/test_dinat.py::test_training_on_cpu_needs_the_reference_path"),
-    "MODEL.DINAT.SMALL_MAP": Changes(
-        "'shrink_dilation'", "backbone_forward", (*DINAT, "MODEL.DINAT.DILATIONS", "[[4], [1], [1, 2], [1]]")
-    ),
-    "MODEL.RESNETS.DEPTH": Changes("18", "backbone", (*RESNET, "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")),
-    "MODEL.RESNETS.OUT_FEATURES": Changes("['res4', 'res5']", "backbone", RESNET),
-    "MODEL.RESNETS.NUM_GROUPS": Changes("2", "backbone", RESNET),
-    "MODEL.RESNETS.NORM": Changes("'BN'", "backbone", RESNET),
-    "MODEL.RESNETS.WIDTH_PER_GROUP": Changes("32", "backbone", RESNET),
-    "MODEL.RESNETS.STRIDE_IN_1X1": Changes("False", "backbone_forward", RESNET),
-    "MODEL.RESNETS.RES5_DILATION": Changes("2", "backbone", RESNET),
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": Changes("128", "backbone", RESNET),
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": Changes("32", "backbone", RESNET),
-    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": Refused("[False, False, False, True]", "backbone"),
-    "MODEL.RESNETS.DEFORM_MODULATED": Refused("True", "backbone"),
-    "MODEL.RESNETS.DEFORM_NUM_GROUPS": Refused("2", "backbone"),
-    "MODEL.RESNETS.STEM_TYPE": Changes("'deeplab'", "backbone", RESNET),
-    "MODEL.RESNETS.RES5_MULTI_GRID": Changes(
-        "[1, 2, 4]", "backbone_forward", (*RESNET, "MODEL.RESNETS.RES5_DILATION", "2")
-    ),
     # ---- SOLVER
     "SOLVER.IMS_PER_BATCH": Changes("8", "trainer"),
     "SOLVER.MAX_ITER": Changes("50", "schedule"),
@@ -619,7 +497,7 @@ def observe_copy_paste_bank(cfg) -> Any:
 
 
 def observe_weights(cfg) -> Any:
-    from mask2former.engine.launch import load_weights
+    from mask2former.engine.trainer import load_weights
 
     torch.manual_seed(0)
     model = _build_model(cfg)
@@ -628,7 +506,7 @@ def observe_weights(cfg) -> Any:
 
 
 def observe_module(cfg) -> Any:
-    from mask2former.engine.launch import build_module
+    from mask2former.engine.trainer import build_module
 
     return digest(build_module(cfg, 1).model.state_dict())
 
@@ -677,7 +555,8 @@ def observe_clipping(cfg) -> Any:
 
 
 def _trainer(cfg, *argv: str) -> Any:
-    from mask2former.engine.launch import build_trainer, default_argument_parser
+    from mask2former.engine.arguments import default_argument_parser
+    from mask2former.engine.trainer import build_trainer
 
     trainer, batch = build_trainer(cfg, default_argument_parser().parse_args(["--num-gpus", "0", *argv]))
     checkpoints = [(c.dirpath, c._every_n_train_steps, c.save_top_k) for c in trainer.checkpoint_callbacks]
@@ -759,6 +638,143 @@ def _observed(observer: str, overrides: tuple[str, ...]) -> tuple[str, Any]:
         return "error", f"{type(error).__name__}: {error}"
 
 
+# ---- the checks of every family, collected ------------------------------------------------------------------------
+
+
+def _modules_with_checks() -> list[str]:
+    """The tests/test_*.py modules that define CONFIG_KEY_CHECKS at module level."""
+    names = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(target, ast.Name) and target.id == "CONFIG_KEY_CHECKS" for target in targets):
+                names.append(path.stem)
+    return names
+
+
+def collect_checks() -> tuple[dict[str, ConfigKeyCheck], dict[str, list[str]]]:
+    """(key -> check, key -> the test modules whose CONFIG_KEY_CHECKS name it), over every such module."""
+    checks: dict[str, ConfigKeyCheck] = {}
+    owners: dict[str, list[str]] = {}
+    for name in _modules_with_checks():
+        own = CONFIG_KEY_CHECKS if name == Path(__file__).stem else importlib.import_module(name).CONFIG_KEY_CHECKS
+        for key, check in own.items():
+            checks[key] = check
+            owners.setdefault(key, []).append(f"tests/{name}.py")
+    return checks, owners
+
+
+KEYS, OWNERS = collect_checks()
+
+
+# ---- reads of config keys in a syntax tree ----------------------------------------------------------------------
+
+
+def _scopes(tree: ast.Module) -> list[ast.AST]:
+    """The module's top-level functions and classes (aliases are bound and read inside one), then its other
+    statements."""
+    defs = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    rest = ast.Module(body=[node for node in tree.body if node not in defs], type_ignores=[])
+    return [*defs, rest]
+
+
+def _paths(node: ast.AST, aliases: dict[str, set[str]], top_level: set[str]) -> set[str]:
+    """The config paths `node` evaluates to: `cfg.MODEL.SWIN` -> {"MODEL.SWIN"} (a chain from any object through
+    a top-level key), `swin` -> its aliases' paths, `swin.EMBED_DIM`, `swin["EMBED_DIM"]`,
+    `getattr(swin, "EMBED_DIM")`."""
+    if isinstance(node, ast.Name):
+        return aliases.get(node.id, set())
+    if isinstance(node, ast.Attribute):
+        base = _paths(node.value, aliases, top_level)
+        return {f"{path}.{node.attr}" for path in base} if base else ({node.attr} & top_level)
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+        return {f"{path}.{node.slice.value}" for path in _paths(node.value, aliases, top_level)}
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "getattr"
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
+    ):
+        return {f"{path}.{node.args[1].value}" for path in _paths(node.args[0], aliases, top_level)}
+    return set()
+
+
+def _aliases(scope: ast.AST, top_level: set[str], seeds: dict[str, set[str]]) -> dict[str, set[str]]:
+    """name -> the config paths assigned to it anywhere in `scope` (`swin = cfg.MODEL.SWIN`), starting from `seeds`
+    (the scope's parameters), to a fixed point."""
+    aliases = {name: set(paths) for name, paths in seeds.items()}
+    assigns = [
+        (target.id, node.value)
+        for node in ast.walk(scope)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    ]
+    while True:
+        grown = False
+        for name, value in assigns:
+            paths = _paths(value, aliases, top_level)
+            if not paths <= aliases.get(name, set()):
+                aliases[name] = aliases.get(name, set()) | paths
+                grown = True
+        if not grown:
+            return aliases
+
+
+def _parameter_paths(scopes: list[ast.AST], top_level: set[str]) -> dict[str, dict[str, set[str]]]:
+    """function -> parameter -> the config paths the module's calls of that top-level function pass it
+    (`vit_kwargs(node)` after `node = cfg.MODEL.VIT_PYRAMID`)."""
+    functions = {scope.name: scope for scope in scopes if isinstance(scope, ast.FunctionDef)}
+    found: dict[str, dict[str, set[str]]] = {}
+    for scope in scopes:
+        aliases = _aliases(scope, top_level, {})
+        for call in ast.walk(scope):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in functions):
+                continue
+            names = [arg.arg for arg in functions[call.func.id].args.args]
+            passed = [*zip(names, call.args, strict=False), *((k.arg, k.value) for k in call.keywords if k.arg)]
+            for name, value in passed:
+                paths = _paths(value, aliases, top_level)
+                if paths:
+                    found.setdefault(call.func.id, {}).setdefault(name, set()).update(paths)
+    return found
+
+
+def config_reads(source: str, top_level: set[str]) -> set[str]:
+    """Every full config path `source` reads (loads, not assigns): attribute chains, subscripts and getattr through
+    a top-level key, or through a name bound to a config node in the same function or class (by an assignment, or
+    as the parameter of a module function that the module calls with one)."""
+    scopes = _scopes(ast.parse(source))
+    parameters = _parameter_paths(scopes, top_level)
+    reads = set()
+    for scope in scopes:
+        aliases = _aliases(scope, top_level, parameters.get(getattr(scope, "name", ""), {}))
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Attribute | ast.Subscript) and not isinstance(node.ctx, ast.Load):
+                continue
+            if isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
+                reads |= _paths(node, aliases, top_level)
+    return reads
+
+
+TOP_LEVEL = set(get_cfg())
+
+
+@cache
+def package_reads() -> frozenset[str]:
+    files = [*(REPO / "mask2former").rglob("*.py"), *(REPO / "semask").rglob("*.py"), REPO / "train_net.py"]
+    return frozenset(path for file in files for path in config_reads(file.read_text(encoding="utf-8"), TOP_LEVEL))
+
+
+# Keys the package reads without spelling their path: key -> where and how.
+INDIRECT_READS: dict[str, str] = {
+    key: "config/checks.py check_config_values reads each ONLY_DEFAULT key by its dotted name, refusing other values"
+    for key in ONLY_DEFAULT
+}
+
+
 # ---- the tests -------------------------------------------------------------------------------------------------
 
 
@@ -766,10 +782,19 @@ def test_every_leaf_key_has_exactly_one_check() -> None:
     keys = list(flatten_keys(get_cfg()))
     missing = [key for key in keys if key not in KEYS]
     gone = [key for key in KEYS if key not in keys]
-    assert not missing and not gone, (
-        f"config keys without a check in tests/test_config_keys.py KEYS: {missing}; "
-        f"checks of keys get_cfg() no longer has: {gone}"
+    twice = {key: owners for key, owners in OWNERS.items() if len(owners) > 1}
+    assert not missing and not gone and not twice, (
+        f"config keys without a check in any tests/test_*.py CONFIG_KEY_CHECKS: {missing}; "
+        f"checks of keys get_cfg() no longer has: {[f'{key} ({OWNERS[key][0]})' for key in gone]}; "
+        f"keys checked by several modules: {twice}"
     )
+
+
+def test_the_checks_come_from_the_families_test_modules() -> None:
+    owners = {owner for names in OWNERS.values() for owner in names}
+    assert {"tests/test_swin.py", "tests/test_semask.py", "tests/test_config_keys.py"} <= owners, owners
+    assert OWNERS["MODEL.SWIN.EMBED_DIM"] == ["tests/test_swin.py"]
+    assert OWNERS["MODEL.SEMASK.RES_PROJ_INIT"] == ["tests/test_semask.py"]
 
 
 def test_recorded_only_keys_are_a_handful_and_say_why() -> None:
@@ -805,17 +830,10 @@ def test_other_values_are_refused_naming_the_key(key: str, data: Path) -> None:
             load_config(None, [key, check.value])
         assert load_config(None, []) is not None
         return
-    default = _observed(check.observe, _backbone_base(key))
+    default = _observed(check.observe, check.base)
     assert default[0] == "ok", default[1]
-    status, message = _observed(check.observe, (*_backbone_base(key), key, check.value))
+    status, message = _observed(check.observe, (*check.base, key, check.value))
     assert status == "error" and key.rsplit(".", 1)[-1] in message, message
-
-
-def _backbone_base(key: str) -> tuple[str, ...]:
-    for prefix, base in (("MODEL.DINAT.", DINAT), ("MODEL.RESNETS.", RESNET)):
-        if key.startswith(prefix):
-            return base
-    return ()
 
 
 def test_only_default_keys_of_the_config_are_refused_keys_here() -> None:
@@ -823,36 +841,87 @@ def test_only_default_keys_of_the_config_are_refused_keys_here() -> None:
 
 
 COVERED = sorted(key for key, check in KEYS.items() if isinstance(check, CoveredBy))
+DOTTED = re.compile(r"\b[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+\b")
+
+
+def named_keys(source: str, test_name: str) -> set[str] | None:
+    """The full keys test `test_name` of `source` names (None: no such test): dotted keys in its strings and the
+    config paths it reads, in its body and in the module-level helpers and constants it uses, transitively."""
+    tree = ast.parse(source)
+    top = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            top[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Name):
+                    top[target.id] = node
+    if test_name not in top or not isinstance(top[test_name], ast.FunctionDef):
+        return None
+    seen, todo = set(), [test_name]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in top:
+            continue
+        seen.add(name)
+        todo += [node.id for node in ast.walk(top[name]) if isinstance(node, ast.Name)]
+    names = set()
+    for name in seen:
+        segment = ast.get_source_segment(source, top[name]) or ""
+        strings = [n.value for n in ast.walk(top[name]) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        names |= {match for text in strings for match in DOTTED.findall(text)}
+        names |= config_reads(textwrap.dedent(segment), TOP_LEVEL)
+    return names
 
 
 @pytest.mark.parametrize("key", COVERED)
 def test_the_named_test_exists_and_names_the_key(key: str) -> None:
     file_name, test_name = KEYS[key].test.split("::")
-    source = (REPO / file_name).read_text()
-    functions = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)}
-    assert test_name in functions, f"{key}: {KEYS[key].test} does not exist"
-    body = ast.get_source_segment(source, functions[test_name]) or ""
-    name = key.rsplit(".", 1)[-1]
-    assert name in body or name.lower() in body, f"{key}: {KEYS[key].test} does not name it"
-
-
-def _package_sources() -> dict[Path, str]:
-    files = [*(REPO / "mask2former").rglob("*.py"), *(REPO / "semask").rglob("*.py"), REPO / "train_net.py"]
-    return {path: path.read_text() for path in files}
+    names = named_keys((REPO / file_name).read_text(encoding="utf-8"), test_name)
+    assert names is not None, f"{key}: {KEYS[key].test} does not exist"
+    assert key in names, f"{key}: {KEYS[key].test} does not name the full key"
 
 
 def test_every_key_but_the_recorded_ones_is_read_in_the_package() -> None:
-    # `.NAME` not followed by an assignment (the line defining the key), `["NAME"]`, or the dotted key as a string
-    text = "\n".join(_package_sources().values())
-    unread = []
-    for key, check in KEYS.items():
-        if isinstance(check, Recorded):
-            continue
-        name = key.rsplit(".", 1)[-1]
-        read = re.compile(rf"\.{name}\b(?![ \t]*=(?!=))|\[[\"']{name}[\"']\]|[\"']{re.escape(key)}[\"']")
-        if not read.search(text):
-            unread.append(key)
-    assert not unread, f"keys nothing in mask2former/, semask/ or train_net.py reads: {unread}"
+    unread = [
+        key
+        for key, check in KEYS.items()
+        if not isinstance(check, Recorded) and key not in package_reads() and key not in INDIRECT_READS
+    ]
+    assert not unread, f"keys nothing in mask2former/, semask/ or train_net.py reads by their full path: {unread}"
+    read_anyway = [key for key in INDIRECT_READS if key in package_reads()]
+    assert not read_anyway, f"INDIRECT_READS lists keys the package reads by their full path: {read_anyway}"
+
+
+SWIN_ONLY = """
+def from_config(cfg):
+    dinat = cfg.MODEL.DINAT
+    return dinat.EMBED_DIM, cfg.MODEL.SWIN.DEPTHS, getattr(cfg.MODEL.SWIN, "WINDOW_SIZE")
+
+
+def add_config(cfg):
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+"""
+
+
+def test_the_read_check_tells_keys_that_share_a_last_name_apart() -> None:
+    """Only MODEL.DINAT.EMBED_DIM is read (through an alias): MODEL.SWIN.EMBED_DIM, which the old last-name grep
+    took as read, is not; an assignment is no read."""
+    reads = config_reads(SWIN_ONLY, {"MODEL"})
+    assert reads >= {"MODEL.DINAT.EMBED_DIM", "MODEL.SWIN.DEPTHS", "MODEL.SWIN.WINDOW_SIZE"}
+    assert "MODEL.SWIN.EMBED_DIM" not in reads and "MODEL.DINAT.DEPTHS" not in reads
+    aliased = config_reads("def f(cfg):\n    node = cfg.MODEL.SWIN\n    return node['EMBED_DIM']\n", {"MODEL"})
+    assert "MODEL.SWIN.EMBED_DIM" in aliased and "MODEL.DINAT.EMBED_DIM" not in aliased
+    passed = "def sizes(node):\n    return node.EMBED_DIM\n\n\ndef f(cfg):\n    return sizes(cfg.MODEL.DINAT)\n"
+    assert "MODEL.DINAT.EMBED_DIM" in config_reads(passed, {"MODEL"})
+    assert "MODEL.SWIN.EMBED_DIM" not in config_reads(passed, {"MODEL"})
+
+
+def test_the_named_test_check_needs_the_full_key() -> None:
+    source = 'def test_x():\n    opts = ["MODEL.DINAT.EMBED_DIM", "8"]\n    assert cfg.MODEL.SWIN.DEPTHS\n'
+    assert named_keys(source, "test_x") >= {"MODEL.DINAT.EMBED_DIM", "MODEL.SWIN.DEPTHS"}
+    assert "MODEL.SWIN.EMBED_DIM" not in named_keys(source, "test_x")
+    assert named_keys(source, "test_y") is None
 
 
 # ---- SOLVER.CLIP_GRADIENTS against their definitions (detectron2's solver/build.py, Mask2Former's train_net) ------
@@ -972,7 +1041,8 @@ def test_lightning_clips_through_the_module_after_backward_before_the_step(tmp_p
     )
     trainer.fit(toy)
     torch.testing.assert_close(toy.weight.detach(), torch.tensor([-0.6, 0.8, 0.0]))  # - (3, -4, 0) / 5
-    from mask2former.engine.launch import build_trainer, default_argument_parser
+    from mask2former.engine.arguments import default_argument_parser
+    from mask2former.engine.trainer import build_trainer
 
     cfg.OUTPUT_DIR = str(tmp_path / "out")
     built, _ = build_trainer(cfg, default_argument_parser().parse_args(["--num-gpus", "0"]))

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mask2former.config import load_config
-from mask2former.engine.launch import load_backbone_weights
+from mask2former.engine.trainer import load_backbone_weights
 from mask2former.io.checkpoints import CheckpointMismatchError, UnsafePickleError, read_checkpoint
 from mask2former.modeling.backbone.swin import load_swin_pretrained
 from mask2former.modeling.build import build_model

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mask2former.engine.launch import CPU_NUMERICS_ENV
+from mask2former.engine.devices import CPU_NUMERICS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "--num-train 4 --num-test 2 --seed 0"
@@ -144,7 +144,7 @@ def test_the_pinned_settings_reach_torch() -> None:
     """What train_net.py logs (its CPU numerics line), in a fresh process with the environment make gives it."""
     env = {key: value for key, value in os.environ.items() if key not in CPU_NUMERICS_ENV}
     env.update(_environment_of(_demo_commands("DEMO_AVX2=1")[0]))
-    code = "from mask2former.engine.launch import cpu_numerics; print(cpu_numerics())"
+    code = "from mask2former.engine.devices import cpu_numerics; print(cpu_numerics())"
     line = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert ", 2 threads, " in line
     assert "(OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2)" in line

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.attention.flex_attention as flex_module
-from conftest import REPO
+from conftest import REPO, Changes, ConfigKeyCheck, CoveredBy, Refused
 
 from mask2former.config import get_cfg, load_config
 from mask2former.modeling.backbone.dinat import (
@@ -188,6 +188,15 @@ def test_training_on_cpu_needs_the_reference_path() -> None:
     auto = D2DiNAT(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), kernel_size=3)
     auto(torch.randn(1, 3, 64, 64))["res5"].sum().backward()
     assert auto.levels[0].blocks[0].attn.rpb.grad is not None
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["MODEL.DINAT.EMBED_DIM", "8", "MODEL.DINAT.DEPTHS", "[1, 1, 1, 1]", "MODEL.DINAT.NUM_HEADS", "[1, 1, 1, 1]",
+         "MODEL.DINAT.KERNEL_SIZE", "3", "MODEL.DINAT.DILATIONS", "[[1], [1], [1], [1]]"]
+    )  # fmt: skip
+    D2DiNAT.from_config(cfg)(torch.randn(1, 3, 64, 64))["res5"].sum().backward()  # MODEL.DINAT.ATTENTION_IMPL auto
+    cfg.merge_from_list(["MODEL.DINAT.ATTENTION_IMPL", "flex"])
+    with pytest.raises(NotImplementedError):
+        D2DiNAT.from_config(cfg)(torch.randn(1, 3, 64, 64))
 
 
 # --- maps shorter than kernel x dilation ------------------------------------------------------------------
@@ -347,3 +356,31 @@ def test_dinat_large_mask2former_has_220m_parameters_at_150_classes() -> None:
     blocks = [block.attn for level in model.backbone.levels for block in level.blocks]
     assert [b.dilation for b in blocks] == [d for level in DINAT_L_M2F_DILATIONS for d in level]
     assert {b.small_map for b in blocks} == {"pad"} and {b.kernel_size for b in blocks} == {11}
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+_KEYS_DINAT = ("MODEL.BACKBONE.NAME", "D2DiNAT")
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "MODEL.DINAT.EMBED_DIM": Changes("8", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.DEPTHS": Changes(
+        "[1, 1, 1, 1]", "backbone", (*_KEYS_DINAT, "MODEL.DINAT.DILATIONS", "[[1], [1], [1], [1]]")
+    ),
+    "MODEL.DINAT.NUM_HEADS": Changes("[1, 1, 1, 1]", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.KERNEL_SIZE": Changes("5", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.DILATIONS": Changes("[[1], [1], [1, 1], [1]]", "backbone_forward", _KEYS_DINAT),
+    "MODEL.DINAT.MLP_RATIO": Changes("1.0", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.QKV_BIAS": Changes("False", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.QK_SCALE": Changes("0.5", "backbone_forward", _KEYS_DINAT),
+    "MODEL.DINAT.DROP_RATE": Changes("0.5", "backbone_train", _KEYS_DINAT),
+    "MODEL.DINAT.ATTN_DROP_RATE": Refused("0.1", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.DROP_PATH_RATE": Changes("0.0", "backbone_train", _KEYS_DINAT),
+    "MODEL.DINAT.LAYER_SCALE": Changes("0.5", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.OUT_FEATURES": Changes("['res4', 'res5']", "backbone", _KEYS_DINAT),
+    "MODEL.DINAT.USE_CHECKPOINT": Changes("True", "checkpointing", _KEYS_DINAT),
+    "MODEL.DINAT.ATTENTION_IMPL": CoveredBy("tests/test_dinat.py::test_training_on_cpu_needs_the_reference_path"),
+    "MODEL.DINAT.SMALL_MAP": Changes(
+        "'shrink_dilation'", "backbone_forward", (*_KEYS_DINAT, "MODEL.DINAT.DILATIONS", "[[4], [1], [1, 2], [1]]")
+    ),
+}

@@ -11,7 +11,10 @@ import torch
 from conftest import REPO, make_tiny, tiny_run_argv
 
 from mask2former.config import get_cfg
-from mask2former.engine.launch import build_trainer, default_argument_parser, evaluate_only, main, setup, train
+from mask2former.engine.arguments import default_argument_parser
+from mask2former.engine.launch import main, setup
+from mask2former.engine.trainer import build_trainer
+from mask2former.engine.training import evaluate_only, train
 from mask2former.io.checkpoints import CheckpointMismatchError, read_checkpoint
 from mask2former.modeling.build import build_model
 from mask2former.modeling.weights import load_checkpoint_into

@@ -1,5 +1,5 @@
-"""The FaPN pixel decoder (PixelFANDecoder): shapes, the deformable conv's plain-conv limit, gradients,
-config errors, key layout, autocast, and a tiny Mask2Former training a step with it."""
+"""The FaPN pixel decoder (PixelFANDecoder): the deformable conv's plain-conv limit, gradients, config errors, key
+layout, autocast, and a tiny Mask2Former training a step with it (shapes: tests/test_registry_contracts.py)."""
 
 from __future__ import annotations
 
@@ -34,17 +34,6 @@ def features(batch: int, height: int, width: int, shapes: dict[str, ShapeSpec] =
         name: torch.randn(batch, spec.channels, height // spec.stride, width // spec.stride, generator=generator)
         for name, spec in shapes.items()
     }
-
-
-@pytest.mark.parametrize("batch, height, width", [(2, 64, 64), (2, 96, 128), (1, 32, 96)])
-def test_output_shapes(batch: int, height: int, width: int) -> None:
-    torch.manual_seed(0)
-    decoder = build_pixel_decoder(decoder_cfg(), SHAPES)
-    assert isinstance(decoder, PixelFANDecoder)
-    mask_features, multi_scale = decoder.forward_features(features(batch, height, width))
-    assert mask_features.shape == (batch, 24, height // 4, width // 4)
-    assert [tuple(m.shape) for m in multi_scale] == [(batch, 32, height // s, width // s) for s in (32, 16, 8)]
-    assert torch.isfinite(mask_features).all() and all(torch.isfinite(m).all() for m in multi_scale)
 
 
 def test_fam_at_init_is_a_plain_conv_of_the_upsampled_map() -> None:

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, TINY_MODEL, make_tiny, tiny_run_argv, tiny_training_opts
+from conftest import REPO, TINY_MODEL, Changes, ConfigKeyCheck, make_tiny, tiny_run_argv, tiny_training_opts
 
 from mask2former.config import ConfigError, get_cfg, load_config
-from mask2former.engine.launch import default_argument_parser, evaluate_only, setup, train
+from mask2former.engine.arguments import default_argument_parser
+from mask2former.engine.launch import setup
+from mask2former.engine.training import evaluate_only, train
 from mask2former.io.probabilities import load_probabilities, probability_path
 from mask2former.modeling.backbone.timm_backbone import TimmBackbone
 from mask2former.modeling.build import build_model
@@ -235,3 +237,35 @@ def test_pseudo_label_runs_a_round_of_a_per_pixel_model(sample_root: Path, upern
     assert "PerPixelSegmentor" in (out / "round_1" / "train" / "config.yaml").read_text()
     final = json.loads((out / "round_1" / "train" / "final_metrics.json").read_text())
     assert final["iteration"] == 2 and final["results"]["trash_val"]["mIoU"] == state["rounds"][0]["mIoU"]
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+# one 64 px image: BatchNorm in UPerNet's 1x1 pooling branch cannot train on a batch of one
+_KEYS_PER_PIXEL = ("MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.PER_PIXEL.DECODER_NORM", "'identity'")
+_KEYS_TIMM = ("MODEL.BACKBONE.NAME", "TimmBackbone", "MODEL.TIMM.NAME", "'resnet18'")
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "MODEL.TIMM.NAME": Changes("'convnext_atto'", "backbone", _KEYS_TIMM),
+    "MODEL.TIMM.OUTPUT_STRIDE": Changes("16", "backbone_forward", _KEYS_TIMM),
+    "MODEL.PER_PIXEL.DECODER": Changes("'FPN'", "model", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.DECODER_CHANNELS": Changes("128", "model", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.DECODER_NORM": Changes("'batchnorm'", "model", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.DROPOUT": Changes("0.5", "losses", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.ATROUS_RATES": Changes(
+        "[1, 2, 3]",
+        "eval",
+        (*_KEYS_PER_PIXEL, *_KEYS_TIMM, "MODEL.TIMM.OUTPUT_STRIDE", "16", "MODEL.PER_PIXEL.DECODER", "'DeepLabV3Plus'"),
+    ),
+    "MODEL.PER_PIXEL.OCR_KEY_CHANNELS": Changes("32", "model", (*_KEYS_PER_PIXEL, "MODEL.PER_PIXEL.DECODER", "'OCR'")),
+    "MODEL.PER_PIXEL.AUX_WEIGHT": Changes("1.0", "losses", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.AUX_IN_FEATURE": Changes("'res5'", "model", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.AUX_CHANNELS": Changes("8", "model", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.CE_WEIGHT": Changes("2.0", "losses", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.DICE_WEIGHT": Changes("1.0", "losses", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT": Changes("1.0", "losses", _KEYS_PER_PIXEL),
+    "MODEL.PER_PIXEL.LOSS.FOCAL_GAMMA": Changes(
+        "0.5", "losses", (*_KEYS_PER_PIXEL, "MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT", "1.0")
+    ),
+    "MODEL.PER_PIXEL.LOSS.LOVASZ_WEIGHT": Changes("1.0", "losses", _KEYS_PER_PIXEL),
+}

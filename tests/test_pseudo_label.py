@@ -23,6 +23,7 @@ import torch
 from conftest import REPO, TINY_MODEL, tiny_training_opts
 
 from mask2former.config import load_config
+from mask2former.config.plugins import environment_with_plugins
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.coco_semantic import DataError, class_names_from_categories, register_coco_semantic
 from mask2former.data.mapper import SemanticSegMapper
@@ -237,7 +238,8 @@ def fake_stages(monkeypatch, scores: list[float], predict=None) -> dict[str, lis
         commands[stage] = argv
         if stage == "predict":
             if predict is None:
-                subprocess.run(argv, cwd=REPO, check=True, capture_output=True)  # real predictions, for real labels
+                # real predictions, for real labels, started as run_command starts them
+                subprocess.run(argv, cwd=REPO, check=True, capture_output=True, env=environment_with_plugins())
             else:
                 predict(Path(argv[argv.index("--out") + 1]))
             return
@@ -459,7 +461,7 @@ def test_a_second_run_on_the_same_out_is_refused(sample_root, start_weights, tmp
 def test_every_child_command_carries_the_process_count(sample_root, start_weights, tmp_path, num_gpus) -> None:
     """--num-gpus N goes to train_net.py --eval-only, train_net.py and predict.py alike, before the KEY VALUE
     overrides, and each child's own parser reads N from it (predict.py: N processes, on the CPU without a GPU)."""
-    from mask2former.engine.launch import default_argument_parser
+    from mask2former.engine.arguments import default_argument_parser
     from mask2former.pipeline.predict import parse_args as predict_args
 
     options = loop_options(sample_root, start_weights, tmp_path / "pseudo", num_gpus=num_gpus, tta=True)
@@ -470,12 +472,14 @@ def test_every_child_command_carries_the_process_count(sample_root, start_weight
         "predict": loop.predict_command(options, str(start_weights), sample_root / "test.json", sample_root, folder),
         "train": loop.train_command(options, cfg, str(start_weights), folder / "train", None),
     }
+    arguments = {stage: argv[3:] for stage, argv in commands.items()}  # after python -m <entry point>
     for stage, argv in commands.items():
+        assert argv[:3] == (loop.PREDICT if stage == "predict" else loop.TRAIN_NET), stage
         assert argv.count("--num-gpus") == 1 and argv[argv.index("--num-gpus") + 1] == str(num_gpus), stage
-        parsed = (predict_args if stage == "predict" else default_argument_parser().parse_args)(argv[2:])
+        parsed = (predict_args if stage == "predict" else default_argument_parser().parse_args)(arguments[stage])
         assert parsed.num_gpus == num_gpus and list(parsed.opts[: len(options.opts)]) == list(options.opts), stage
-    assert default_argument_parser().parse_args(commands["evaluate"][2:]).eval_only
-    assert predict_args(commands["predict"][2:]).tta
+    assert default_argument_parser().parse_args(arguments["evaluate"]).eval_only
+    assert predict_args(arguments["predict"]).tta
     with pytest.raises(PseudoLabelError, match=r"--num-gpus must be >= 0"):
         loop_options(sample_root, start_weights, tmp_path / "pseudo", num_gpus=-1)
 

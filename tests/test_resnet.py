@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, TINY_MODEL, Changes, ConfigKeyCheck, Refused
 from torch import nn
 
 from mask2former.config import ConfigError, get_cfg, load_config
@@ -486,3 +486,27 @@ def test_train_net_takes_a_backbone_pkl_in_model_weights_as_the_official_configs
         main(["--eval-only", *evaluation])
     assert exit_info.value.code == 2
     assert "backbone weights only" in capsys.readouterr().err
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+_KEYS_RESNET = ("MODEL.BACKBONE.NAME", "build_resnet_backbone")
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "MODEL.RESNETS.DEPTH": Changes("18", "backbone", (*_KEYS_RESNET, "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")),
+    "MODEL.RESNETS.OUT_FEATURES": Changes("['res4', 'res5']", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.NUM_GROUPS": Changes("2", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.NORM": Changes("'BN'", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.WIDTH_PER_GROUP": Changes("32", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.STRIDE_IN_1X1": Changes("False", "backbone_forward", _KEYS_RESNET),
+    "MODEL.RESNETS.RES5_DILATION": Changes("2", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": Changes("128", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": Changes("32", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": Refused("[False, False, False, True]", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.DEFORM_MODULATED": Refused("True", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.DEFORM_NUM_GROUPS": Refused("2", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.STEM_TYPE": Changes("'deeplab'", "backbone", _KEYS_RESNET),
+    "MODEL.RESNETS.RES5_MULTI_GRID": Changes(
+        "[1, 2, 4]", "backbone_forward", (*_KEYS_RESNET, "MODEL.RESNETS.RES5_DILATION", "2")
+    ),
+}

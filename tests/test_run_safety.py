@@ -20,9 +20,11 @@ import torch
 from conftest import REPO, TINY_MODEL, tiny_run_argv
 
 from mask2former.config import load_config
-from mask2former.engine.launch import default_argument_parser, main, setup, train
+from mask2former.engine.arguments import default_argument_parser
+from mask2former.engine.launch import main, setup
 from mask2former.engine.lightning_module import NonFiniteLossError
 from mask2former.engine.metrics_log import read_metrics
+from mask2former.engine.training import train
 from mask2former.io import checkpoints
 from mask2former.io.checkpoints import CheckpointSaveError
 from mask2former.modeling.build import build_model

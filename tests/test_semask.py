@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, Changes, ConfigKeyCheck, CoveredBy
 
 from mask2former.config import ConfigError, get_cfg, load_config
 from mask2former.modeling.build import build_model
@@ -391,3 +391,25 @@ def test_defaults_are_the_official_behaviour() -> None:
     cfg = get_cfg()
     assert cfg.MODEL.SEMASK.GLOBAL_STAGES is None
     assert cfg.MODEL.SEMASK.MASK_PADDING is False and cfg.MODEL.SEMASK.RES_PROJ_INIT == "zeros"
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+_KEYS_SEMASK = ("MODEL.BACKBONE.NAME", "D2SeMaskSwinTransformer")
+_KEYS_SEMASK_MODEL = (
+    "MODEL.META_ARCHITECTURE",
+    "SeMaskMaskFormer",
+    *_KEYS_SEMASK,
+    "MODEL.SEM_SEG_HEAD.NAME",
+    "BranchMaskFormerHead",
+)
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "MODEL.MASK_FORMER.CATE_WEIGHT": Changes("1.0", "losses", _KEYS_SEMASK_MODEL),
+    "MODEL.SWIN.SEM_WINDOW_SIZE": Changes("2", "backbone_grads", _KEYS_SEMASK),
+    "MODEL.SWIN.NUM_SEM_BLOCKS": Changes("2", "backbone", _KEYS_SEMASK),
+    "MODEL.SEMASK.GLOBAL_STAGES": Changes("[0, 1, 2, 3]", "backbone_grads", _KEYS_SEMASK),
+    # the tiny backbone's freshly initialised semantic attention gives the same numbers with and without it
+    "MODEL.SEMASK.MASK_PADDING": CoveredBy("tests/test_semask.py::test_options_reach_every_semantic_layer"),
+    "MODEL.SEMASK.RES_PROJ_INIT": Changes("'kaiming'", "backbone_grads", _KEYS_SEMASK),
+}

@@ -1,4 +1,5 @@
-"""Swin backbone: the feature contract, official key layout, timm and official weight conversion."""
+"""Swin backbone: official key layout, timm and official weight conversion (its registry contract:
+tests/test_registry_contracts.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import pytest
 import timm
 import torch
+from conftest import Changes, ConfigKeyCheck
 from safetensors.torch import save_file
 
 from mask2former.config import get_cfg
@@ -29,29 +31,6 @@ NEW_NORMS = sorted(f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias"))
 def tiny(**overrides) -> D2SwinTransformer:
     torch.manual_seed(0)
     return D2SwinTransformer(**{**TINY, **overrides})
-
-
-@pytest.mark.parametrize("size", [(64, 64), (96, 160), (224, 224)])
-def test_feature_contract(size: tuple[int, int]) -> None:
-    model = tiny()
-    assert [f["name"] for f in model.feature_info] == ["res2", "res3", "res4", "res5"]
-    assert [(f["channels"], f["stride"]) for f in model.feature_info] == [
-        (32, 4),
-        (64, 8),
-        (128, 16),
-        (256, 32),
-    ]
-    assert model.size_divisibility == 32
-    assert model.output_shape()["res5"].channels == 256
-    features = model(torch.randn(2, 3, *size))
-    assert list(features) == ["res2", "res3", "res4", "res5"]
-    for info in model.feature_info:
-        feature = features[info["name"]]
-        assert feature.shape == (2, info["channels"], size[0] // info["stride"], size[1] // info["stride"])
-        assert torch.isfinite(feature).all()
-    sum(f.square().mean() for f in features.values()).backward()
-    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
-    assert model.layers[2].blocks[1].attn.relative_position_bias_table.grad.abs().sum() > 0
 
 
 def test_out_features_subset() -> None:
@@ -339,3 +318,25 @@ def test_from_config() -> None:
     assert backbone.output_shape()["res4"].channels == 128 and backbone.output_shape()["res4"].stride == 16
     assert backbone.layers[-1].blocks[-1].drop_path.rate == pytest.approx(cfg.MODEL.SWIN.DROP_PATH_RATE)
     assert backbone(torch.randn(1, 3, 64, 64))["res5"].shape == (1, 256, 2, 2)
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "MODEL.SWIN.PRETRAIN_IMG_SIZE": Changes("64", "backbone", ("MODEL.SWIN.APE", "True")),
+    "MODEL.SWIN.PATCH_SIZE": Changes("2", "backbone"),
+    "MODEL.SWIN.EMBED_DIM": Changes("8", "backbone"),
+    "MODEL.SWIN.DEPTHS": Changes("[1, 1, 1, 1]", "backbone"),
+    "MODEL.SWIN.NUM_HEADS": Changes("[1, 1, 1, 1]", "backbone"),
+    "MODEL.SWIN.WINDOW_SIZE": Changes("2", "backbone"),
+    "MODEL.SWIN.MLP_RATIO": Changes("2.0", "backbone"),
+    "MODEL.SWIN.QKV_BIAS": Changes("False", "backbone"),
+    "MODEL.SWIN.QK_SCALE": Changes("0.5", "backbone_forward"),
+    "MODEL.SWIN.DROP_RATE": Changes("0.5", "backbone_train"),
+    "MODEL.SWIN.ATTN_DROP_RATE": Changes("0.5", "backbone_train"),
+    "MODEL.SWIN.DROP_PATH_RATE": Changes("0.0", "backbone_train"),
+    "MODEL.SWIN.APE": Changes("True", "backbone"),
+    "MODEL.SWIN.PATCH_NORM": Changes("False", "backbone"),
+    "MODEL.SWIN.OUT_FEATURES": Changes("['res3', 'res4', 'res5']", "backbone"),
+    "MODEL.SWIN.USE_CHECKPOINT": Changes("True", "checkpointing"),
+}

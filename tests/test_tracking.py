@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_argv
+from conftest import ConfigKeyCheck, CoveredBy, tiny_run_argv
 
 from mask2former.config import ConfigError, get_cfg
 from mask2former.engine import tracking
-from mask2former.engine.launch import default_argument_parser, setup, train
+from mask2former.engine.arguments import default_argument_parser
+from mask2former.engine.launch import setup
+from mask2former.engine.training import train
 
 pytest.importorskip("wandb", reason="requirements-tracking.txt (make test installs it)")
 pytest.importorskip("mlflow", reason="requirements-tracking.txt (make test installs it)")
@@ -92,3 +94,21 @@ def test_a_missing_package_or_a_bad_mode_is_one_error_naming_the_key(tmp_path: P
         tracking.build_tracking_loggers(cfg, resume=False)
     cfg.TRACKING.MLFLOW.ENABLED = False
     assert tracking.build_tracking_loggers(cfg, resume=False) == []
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+_KEYS_RUN = (
+    "tests/test_tracking.py::test_both_trackers_get_the_name_config_and_metrics_and_a_resumed_run_continues_them"
+)
+_KEYS_ERRORS = "tests/test_tracking.py::test_a_missing_package_or_a_bad_mode_is_one_error_naming_the_key"
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "TRACKING.RUN_NAME": CoveredBy(_KEYS_RUN),
+    "TRACKING.WANDB.ENABLED": CoveredBy(_KEYS_RUN),
+    "TRACKING.WANDB.PROJECT": CoveredBy(_KEYS_RUN),
+    "TRACKING.WANDB.MODE": CoveredBy(_KEYS_ERRORS),
+    "TRACKING.MLFLOW.ENABLED": CoveredBy(_KEYS_RUN),
+    "TRACKING.MLFLOW.EXPERIMENT": CoveredBy(_KEYS_RUN),
+    "TRACKING.MLFLOW.TRACKING_URI": CoveredBy(_KEYS_ERRORS),
+}

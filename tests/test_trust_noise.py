@@ -82,17 +82,19 @@ def _notes(monkeypatch, *argv: str, config: str = "m2f_dinat_l.yaml", parameters
     import torch
 
     from mask2former.config import load_config
-    from mask2former.engine import launch
+    from mask2former.engine.arguments import default_argument_parser
+    from mask2former.engine.devices import processes_per_machine
+    from mask2former.engine.training import start_notes
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = launch.default_argument_parser().parse_args(["--config-file", str(REPO / "configs" / config), *argv])
+    args = default_argument_parser().parse_args(["--config-file", str(REPO / "configs" / config), *argv])
     cfg = load_config(args.config_file, args.opts)
     model = torch.nn.Module()
     model.weight = torch.nn.Parameter(torch.empty(0))
     monkeypatch.setattr(model.weight, "numel", lambda: parameters)
     resume = argv.count("--resume") > 0
-    notes = launch.start_notes(cfg, args, model, fresh=not resume)
-    return notes, launch.processes_per_machine(cfg, args)
+    notes = start_notes(cfg, args, model, fresh=not resume)
+    return notes, processes_per_machine(cfg, args)
 
 
 def test_the_headline_command_without_a_gpu_says_so_once(monkeypatch) -> None:

@@ -27,7 +27,8 @@ import torch
 from conftest import REPO, TINY_MODEL, tiny_run_argv
 
 from mask2former.config import load_config
-from mask2former.data.coco_semantic import LabelCacheError, load_sem_seg_dataset
+from mask2former.data.coco_semantic import load_sem_seg_dataset
+from mask2former.data.label_cache import LabelCacheError
 from mask2former.errors import FileSystemError, user_message
 from mask2former.io import files as io_utils
 from mask2former.io.coco_json import read_coco_json

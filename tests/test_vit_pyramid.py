@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, Changes, ConfigKeyCheck
 from safetensors.torch import save_file
 from timm.models.beit import gen_relative_position_index
 
@@ -317,3 +317,26 @@ def test_layer_index_orders_embeddings_blocks_neck() -> None:
     assert model.layer_index("vit.patch_embed.proj.weight") == 0
     assert model.layer_index("vit.blocks.2.attn.qkv.weight") == 3
     assert model.layer_index("neck.levels.res2.0.weight") == 5
+
+
+# ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
+
+_KEYS_VIT = (
+    "MODEL.BACKBONE.NAME", "ViTPyramid", "MODEL.VIT_PYRAMID.EMBED_DIM", "32", "MODEL.VIT_PYRAMID.DEPTH", "6",
+    "MODEL.VIT_PYRAMID.NUM_HEADS", "2", "MODEL.VIT_PYRAMID.IMG_SIZE", "64", "MODEL.VIT_PYRAMID.OUT_INDICES",
+    "[1, 2, 3, 5]",
+)  # fmt: skip
+
+CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
+    "MODEL.VIT_PYRAMID.NAME": Changes("'vit_base_patch16_224'", "backbone", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.EMBED_DIM": Changes("64", "backbone", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.DEPTH": Changes("8", "backbone", (*_KEYS_VIT, "MODEL.VIT_PYRAMID.OUT_INDICES", "[1, 2, 3, 7]")),
+    "MODEL.VIT_PYRAMID.NUM_HEADS": Changes("4", "backbone_forward", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.PATCH_SIZE": Changes("8", "backbone", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.IMG_SIZE": Changes("32", "backbone", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.DROP_PATH_RATE": Changes("0.5", "backbone_train", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.INIT_VALUES": Changes("0.5", "backbone_forward", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.USE_REL_POS_BIAS": Changes("False", "backbone", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.OUT_INDICES": Changes("[0, 1, 2, 3]", "backbone", _KEYS_VIT),
+    "MODEL.VIT_PYRAMID.NECK_NORM": Changes("'GN'", "backbone", _KEYS_VIT),
+}

@@ -11,18 +11,8 @@ OUT; resumes an interrupted run. The files do not depend on the number of proces
 description (printed by --help), is in mask2former/pipeline/predict.py.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
 import semask  # noqa: F401  (the SeMask plug-in: its config keys, backbone and meta architecture)
-from mask2former.pipeline.predict import parse_args, predict
-from mask2former.utils.cli import run_tool, strip_debug
-
-
-def main(argv: list[str] | None = None) -> Path:
-    return run_tool("predict.py", lambda: predict(parse_args(strip_debug(argv))), argv)
-
+from mask2former.commands.predict import main
 
 if __name__ == "__main__":
     main()

@@ -23,11 +23,26 @@ def _default_train_sizes(crop: int) -> tuple[int, ...]:
 
 def get_cfg() -> CfgNode:
     """A fresh copy of the project's defaults: the shared keys and those of every registered family and plug-in."""
-    _C = CfgNode()
-    _C.VERSION = 2  # detectron2's config version; only 2 (older files used other key names)
-    _C.SEED = 42  # global seed for sampling, augmentation and initialisation; < 0 draws one and logs it
-    _C.OUTPUT_DIR = "./output"  # run folder: merged config, logs, metrics, checkpoints
+    cfg = CfgNode()
+    cfg.VERSION = 2  # detectron2's config version; only 2 (older files used other key names)
+    cfg.SEED = 42  # global seed for sampling, augmentation and initialisation; < 0 draws one and logs it
+    cfg.OUTPUT_DIR = "./output"  # run folder: merged config, logs, metrics, checkpoints
+    for add_part_config in (
+        add_input_config,
+        add_datasets_config,
+        add_model_config,
+        add_solver_config,
+        add_test_config,
+        add_tracking_config,
+    ):
+        add_part_config(cfg)
+    for _name, add_part_config in [*CONFIG_ADDERS, *PLUGIN_CONFIG_ADDERS]:
+        add_part_config(cfg)
+    return cfg
 
+
+def add_input_config(_C: CfgNode) -> None:
+    """INPUT.*: resizing, cropping, padding, photometric jitter and copy-paste of the training samples; test sizes."""
     _C.INPUT = CfgNode()
     _C.INPUT.FORMAT = "RGB"  # channel order handed to the model: RGB or BGR
     _C.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # Mask2Former's mapper choice: only its semantic mapper
@@ -65,6 +80,9 @@ def get_cfg() -> CfgNode:
     _C.INPUT.COPY_PASTE.FLIP = True  # mirror each object horizontally with probability 0.5
     _C.INPUT.COPY_PASTE.MIN_AREA = 64  # objects (connected components) smaller than this (source px) are skipped
 
+
+def add_datasets_config(_C: CfgNode) -> None:
+    """DATASETS.* and DATALOADER.*: which datasets, where their files are, how they are read."""
     _C.DATASETS = CfgNode()
     _C.DATASETS.ROOT = ""  # competition data root; empty = $TRASH_DATA
     _C.DATASETS.TRAIN = ("trash_train",)  # registered dataset names used for training
@@ -80,14 +98,6 @@ def get_cfg() -> CfgNode:
     # dicts hold "annotations", never semantic ones (sem_seg_file_name), so for these datasets it changes nothing,
     # there or here: any value is accepted. Training images whose label map is all ignore are kept, as there.
     _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
-
-    add_model_config(_C)
-    add_solver_config(_C)
-    add_test_config(_C)
-    add_tracking_config(_C)
-    for _name, add_part_config in [*CONFIG_ADDERS, *PLUGIN_CONFIG_ADDERS]:
-        add_part_config(_C)
-    return _C
 
 
 def add_model_config(cfg: CfgNode) -> None:
@@ -111,7 +121,12 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.BACKBONE.WEIGHTS = (
         ""  # backbone-only checkpoint (ImageNet Swin / timm / DiNAT) loaded before MODEL.WEIGHTS
     )
+    add_sem_seg_head_config(cfg)
+    add_mask_former_config(cfg)
 
+
+def add_sem_seg_head_config(cfg: CfgNode) -> None:
+    """MODEL.SEM_SEG_HEAD.*: the head and its pixel decoder."""
     cfg.MODEL.SEM_SEG_HEAD = CfgNode()
     cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # registered head (SEM_SEG_HEADS_REGISTRY)
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone maps the head reads
@@ -133,6 +148,9 @@ def add_model_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
     cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # stride of the mask features
 
+
+def add_mask_former_config(cfg: CfgNode) -> None:
+    """MODEL.MASK_FORMER.*: the transformer decoder, the losses and the point sampling, inference switches."""
     cfg.MODEL.MASK_FORMER = CfgNode()
     cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # registered decoder
     cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # what the decoder reads

@@ -203,61 +203,124 @@ def paste_objects(
     sources: dict[str, np.ndarray] = {}
     pasted = []
     for _ in range(num_objects):
-        class_id = classes[int(rng.integers(len(classes)))]
-        candidates = bank.indices_of(class_id)
-        index = int(candidates[rng.integers(len(candidates))])
-        factor = float(rng.uniform(*scale_range))
-        angle = math.radians(float(rng.uniform(-rotation, rotation)))
-        mirror = bool(flip and rng.random() < 0.5)
-        centre_y, centre_x = int(rng.integers(crop_h)), int(rng.integers(crop_w))
-
-        _, _, x, y, width, height, _ = (int(v) for v in bank.table[index])
-        scale = min(base_scale * factor, min(crop_h, crop_w) / max(width, height))
-        # forward map q = t + A (p - c): source pixel p -> crop pixel q, A = scale * rotation * flip
-        linear = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        if mirror:
-            linear = linear @ np.diag([-1.0, 1.0])
-        # integer centres: with scale 1, no rotation and no flip the paste is an exact pixel copy
-        centre_src = np.array([x + width // 2, y + height // 2], dtype=np.float64)
-        target = np.array([centre_x, centre_y], dtype=np.float64)
-        forward = np.hstack([linear, (target - linear @ centre_src)[:, None]])
-
-        # the window of crop pixels the warped bounding box can touch, clipped to the crop
-        left, top, right, bottom = x - 0.5, y - 0.5, x + width - 0.5, y + height - 0.5
-        corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]]) @ linear.T + forward[:, 2]
-        x0, y0 = (max(0, math.floor(v)) for v in corners.min(axis=0))
-        x1, y1 = (min(limit, math.ceil(v) + 1) for v, limit in zip(corners.max(axis=0), (crop_w, crop_h), strict=True))
-        if x1 <= x0 or y1 <= y0:
+        draw = _draw(rng, bank, classes, (crop_h, crop_w), scale_range, rotation, flip)
+        _, _, x, y, width, height, _ = (int(v) for v in bank.table[draw.index])
+        warp = _warp((x, y, width, height), draw, base_scale, (crop_h, crop_w))
+        if warp is None:
             continue
-        # inverse map for the window [y0:y1, x0:x1]: p = c + A^-1 (q + origin - t)
-        inverse = np.linalg.inv(linear)
-        offset = centre_src + inverse @ (np.array([x0, y0], dtype=np.float64) - target)
-        size = (x1 - x0, y1 - y0)
-        mask_matrix = np.hstack([inverse, (offset - [x, y])[:, None]])
-        mask = cv2.warpAffine(
-            bank.mask(index),
-            mask_matrix,
-            size,
-            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        ).astype(bool)
+        mask = _warped_mask(bank.mask(draw.index), warp, (x, y))
         if not mask.any():
             continue
-        path = bank.source(index)
+        path = bank.source(draw.index)
         if path not in sources:
             sources[path] = read(path)
-        patch = cv2.warpAffine(
-            sources[path],
-            np.hstack([inverse, offset[:, None]]),
-            size,
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        patch = _warped_patch(sources[path], warp)
+        x0, y0, x1, y1 = warp.window
         image[y0:y1, x0:x1][mask] = patch[mask]
-        label[y0:y1, x0:x1][mask] = class_id
-        pasted.append(PastedObject(index, class_id, forward, int(mask.sum())))
+        label[y0:y1, x0:x1][mask] = draw.class_id
+        pasted.append(PastedObject(draw.index, draw.class_id, warp.forward, int(mask.sum())))
     return image, label, pasted
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """One object's random choices: bank row, class, size factor, rotation (radians), flip, centre in the crop."""
+
+    class_id: int
+    index: int
+    factor: float
+    angle: float
+    mirror: bool
+    centre_x: int
+    centre_y: int
+
+
+def _draw(
+    rng: np.random.Generator,
+    bank: ObjectBank,
+    classes: Sequence[int],
+    crop_shape: tuple[int, int],
+    scale_range: tuple[float, float],
+    rotation: float,
+    flip: bool,
+) -> _Draw:
+    """The random choices of one object, drawn from `rng` in a fixed order (the flip only when `flip`)."""
+    class_id = classes[int(rng.integers(len(classes)))]
+    candidates = bank.indices_of(class_id)
+    index = int(candidates[rng.integers(len(candidates))])
+    factor = float(rng.uniform(*scale_range))
+    angle = math.radians(float(rng.uniform(-rotation, rotation)))
+    mirror = bool(flip and rng.random() < 0.5)
+    centre_y, centre_x = int(rng.integers(crop_shape[0])), int(rng.integers(crop_shape[1]))
+    return _Draw(class_id, index, factor, angle, mirror, centre_x, centre_y)
+
+
+@dataclass(frozen=True)
+class _Warp:
+    """Where a drawn object lands: the forward 2x3 map (source px -> crop px), the inverse linear part, the
+    source position of the window's origin, and the window (x0, y0, x1, y1) of crop pixels it can touch."""
+
+    forward: np.ndarray
+    inverse: np.ndarray
+    offset: np.ndarray
+    window: tuple[int, int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        x0, y0, x1, y1 = self.window
+        return (x1 - x0, y1 - y0)
+
+
+def _warp(box: tuple[int, int, int, int], draw: _Draw, base_scale: float, crop_shape: tuple[int, int]) -> _Warp | None:
+    """The warp of the object whose bounding box is `box` (x, y, width, height); None if it misses the crop."""
+    x, y, width, height = box
+    crop_h, crop_w = crop_shape
+    angle = draw.angle
+    scale = min(base_scale * draw.factor, min(crop_h, crop_w) / max(width, height))
+    # forward map q = t + A (p - c): source pixel p -> crop pixel q, A = scale * rotation * flip
+    linear = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    if draw.mirror:
+        linear = linear @ np.diag([-1.0, 1.0])
+    # integer centres: with scale 1, no rotation and no flip the paste is an exact pixel copy
+    centre_src = np.array([x + width // 2, y + height // 2], dtype=np.float64)
+    target = np.array([draw.centre_x, draw.centre_y], dtype=np.float64)
+    forward = np.hstack([linear, (target - linear @ centre_src)[:, None]])
+
+    # the window of crop pixels the warped bounding box can touch, clipped to the crop
+    left, top, right, bottom = x - 0.5, y - 0.5, x + width - 0.5, y + height - 0.5
+    corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]]) @ linear.T + forward[:, 2]
+    x0, y0 = (max(0, math.floor(v)) for v in corners.min(axis=0))
+    x1, y1 = (min(limit, math.ceil(v) + 1) for v, limit in zip(corners.max(axis=0), (crop_w, crop_h), strict=True))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    # inverse map for the window [y0:y1, x0:x1]: p = c + A^-1 (q + origin - t)
+    inverse = np.linalg.inv(linear)
+    offset = centre_src + inverse @ (np.array([x0, y0], dtype=np.float64) - target)
+    return _Warp(forward, inverse, offset, (x0, y0, x1, y1))
+
+
+def _warped_mask(mask: np.ndarray, warp: _Warp, origin: tuple[int, int]) -> np.ndarray:
+    """The object's mask (over its bounding box, whose corner is `origin` (x, y)) over the window; bool."""
+    mask_matrix = np.hstack([warp.inverse, (warp.offset - list(origin))[:, None]])
+    return cv2.warpAffine(
+        mask,
+        mask_matrix,
+        warp.size,
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    ).astype(bool)
+
+
+def _warped_patch(source: np.ndarray, warp: _Warp) -> np.ndarray:
+    """The source image's pixels over the window, bilinear."""
+    return cv2.warpAffine(
+        source,
+        np.hstack([warp.inverse, warp.offset[:, None]]),
+        warp.size,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 class CopyPaste:

@@ -86,20 +86,12 @@ class SemanticSegMapper:
         With INPUT.COPY_PASTE.ENABLED (training only) the object bank is built here, from `dataset_dicts`
         or, by default, from the registered DATASETS.TRAIN.
         """
-        if cfg.INPUT.CROP.TYPE != "absolute":
-            raise ConfigError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
-        if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
-            raise ConfigError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
-        jitter = cfg.INPUT.COLOR_AUG
+        _check_input_config(cfg)
         common = dict(
             image_format=cfg.INPUT.FORMAT,
             pad_value=cfg.INPUT.PAD_VALUE,
             ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,  # the label the model ignores pads and crops
         )
-        if cfg.INPUT.DATASET_MAPPER_NAME != "mask_former_semantic":
-            raise ConfigError(
-                f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r}: only 'mask_former_semantic' exists here"
-            )
         if not is_train:
             return cls(
                 is_train=False,
@@ -110,12 +102,7 @@ class SemanticSegMapper:
                 color_jitter=None,
                 **common,
             )
-        copy_paste = None
-        if cfg.INPUT.COPY_PASTE.ENABLED:
-            from .copy_paste import CopyPaste
-
-            copy_paste = CopyPaste.from_config(cfg, dataset_dicts)
-            copy_paste.build()  # now, once, so that DataLoader workers inherit the bank instead of each building it
+        copy_paste = _built_copy_paste(cfg, dataset_dicts)
         return cls(
             is_train=True,
             min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
@@ -125,15 +112,7 @@ class SemanticSegMapper:
             single_category_max_area=cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
             crop_max_tries=cfg.INPUT.CROP.MAX_TRIES,
             flip=cfg.INPUT.RANDOM_FLIP == "horizontal",
-            color_jitter=dict(
-                prob=jitter.PROB,
-                brightness_delta=jitter.BRIGHTNESS_DELTA,
-                contrast_range=tuple(jitter.CONTRAST_RANGE),
-                saturation_range=tuple(jitter.SATURATION_RANGE),
-                hue_delta=jitter.HUE_DELTA,
-            )
-            if cfg.INPUT.COLOR_AUG_SSD
-            else None,
+            color_jitter=_color_jitter(cfg),
             size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
             copy_paste=copy_paste,
             **common,
@@ -201,3 +180,40 @@ class SemanticSegMapper:
             # pasted objects get the crop's colour jitter (applied by the caller)
             image, label, _ = self.copy_paste(image, label, rng, base_scale=scale)
         return image, label, transform
+
+
+def _check_input_config(cfg: CfgNode) -> None:
+    """ConfigError for a crop type, flip or mapper name this mapper does not implement."""
+    if cfg.INPUT.CROP.TYPE != "absolute":
+        raise ConfigError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
+    if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
+        raise ConfigError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
+    if cfg.INPUT.DATASET_MAPPER_NAME != "mask_former_semantic":
+        raise ConfigError(
+            f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r}: only 'mask_former_semantic' exists here"
+        )
+
+
+def _color_jitter(cfg: CfgNode) -> dict[str, Any] | None:
+    """The photometric jitter's settings (INPUT.COLOR_AUG), None without INPUT.COLOR_AUG_SSD."""
+    if not cfg.INPUT.COLOR_AUG_SSD:
+        return None
+    jitter = cfg.INPUT.COLOR_AUG
+    return dict(
+        prob=jitter.PROB,
+        brightness_delta=jitter.BRIGHTNESS_DELTA,
+        contrast_range=tuple(jitter.CONTRAST_RANGE),
+        saturation_range=tuple(jitter.SATURATION_RANGE),
+        hue_delta=jitter.HUE_DELTA,
+    )
+
+
+def _built_copy_paste(cfg: CfgNode, dataset_dicts: list[dict] | None) -> CopyPaste | None:
+    """The copy-paste step with its object bank built (INPUT.COPY_PASTE.ENABLED), else None."""
+    if not cfg.INPUT.COPY_PASTE.ENABLED:
+        return None
+    from .copy_paste import CopyPaste
+
+    copy_paste = CopyPaste.from_config(cfg, dataset_dicts)
+    copy_paste.build()  # now, once, so that DataLoader workers inherit the bank instead of each building it
+    return copy_paste

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -163,67 +164,120 @@ def _texture(
     across = -xx * math.sin(angle) + yy * math.cos(angle)
     jitter = rng.uniform(-18, 18, 3).astype(np.float32)
     fine = rng.standard_normal((height, width, 1)).astype(np.float32)
-    if category == 1:
-        base = np.array(rng.choice([[90, 100, 110], [60, 80, 110], [110, 110, 110]]), np.float32)
-        tex = base + jitter + _noise(rng, height, width, 6, 35) + 10 * fine
-        return tex, 1.0
-    if category == 2:
-        tex = np.full((height, width, 3), 235, np.float32) + jitter / 3 + 4 * fine
-        lines = ((across % 9) < 1.6) & ((along % 37) > 6)
-        tex[lines] = (70, 70, 80)
-        return tex, 1.0
-    if category == 3:
-        base = np.array([70, 120, 165], np.float32) + jitter
-        stripes = ((along // 14) % 2)[..., None] * np.array([-35, -20, 25], np.float32)
-        tex = base + stripes + 6 * fine
-        tex[np.abs(across - across.mean()) < 1.5] = (40, 70, 110)
-        return tex, 1.0
-    if category == 4:
-        gradient = 0.5 + 0.5 * np.sin(across / max(4.0, height / 5))
-        tex = (110 + 110 * gradient)[..., None] * np.array([1.0, 0.97, 0.92], np.float32) + 5 * fine
-        tex[np.abs(along % 60 - 30) < 2] = (240, 240, 240)
-        return tex, 1.0
-    if category == 5:
-        base = np.array(rng.choice([[60, 140, 50], [30, 90, 150], [80, 150, 90]]), np.float32)
-        tex = base + jitter + 60 * (np.abs(across % 23 - 11) < 2)[..., None] + 4 * fine
-        return tex, 0.65
-    if category == 6:
-        base = np.array(rng.choice([[230, 200, 170], [235, 225, 215], [220, 180, 140]]), np.float32)
-        tex = base + jitter / 2 + 30 * (np.abs(across % 31 - 8) < 3)[..., None] + 4 * fine
-        return tex, 0.8
-    if category == 7:
-        tex = np.full((height, width, 3), 245, np.float32) + 12 * fine
-        tex[rng.random((height, width)) < 0.04] = (200, 205, 210)
-        return tex, 1.0
-    if category == 8:
-        base = np.array(
-            rng.choice([[200, 90, 60], [60, 60, 200], [220, 220, 225], [40, 170, 60], [20, 20, 20]]),
-            np.float32,
-        )
-        wrinkles = 35 * np.sin(along / 6 + 3 * _noise(rng, height, width, 4, 1.0)[..., 0])[..., None]
-        return base + jitter + wrinkles + 6 * fine, 0.6
-    if category == 9:
-        tex = np.full((height, width, 3), 35, np.float32) + 5 * fine
-        band = np.array(rng.choice([[0, 140, 255], [40, 200, 40], [200, 60, 20]]), np.float32)
-        position = (along - along.min()) / max(1.0, float(along.max() - along.min()))
-        tex[(position > 0.45) & (position < 0.7)] = band
-        tex[position > 0.9] = (190, 190, 190)
-        return tex, 1.0
+    surface = _Surface(rng, height, width, along, across, jitter, fine)
+    return _TEXTURES.get(category, _clothing_texture)(surface)
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """What every class's texture starts from: the rng, the box size, coordinates along and across the object's
+    direction, a per-instance colour jitter (3,) and fine pixel noise (H, W, 1)."""
+
+    rng: np.random.Generator
+    height: int
+    width: int
+    along: np.ndarray
+    across: np.ndarray
+    jitter: np.ndarray
+    fine: np.ndarray
+
+
+def _general_trash_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    base = np.array(s.rng.choice([[90, 100, 110], [60, 80, 110], [110, 110, 110]]), np.float32)
+    tex = base + s.jitter + _noise(s.rng, s.height, s.width, 6, 35) + 10 * s.fine
+    return tex, 1.0
+
+
+def _paper_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    tex = np.full((s.height, s.width, 3), 235, np.float32) + s.jitter / 3 + 4 * s.fine
+    lines = ((s.across % 9) < 1.6) & ((s.along % 37) > 6)
+    tex[lines] = (70, 70, 80)
+    return tex, 1.0
+
+
+def _paper_pack_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    base = np.array([70, 120, 165], np.float32) + s.jitter
+    stripes = ((s.along // 14) % 2)[..., None] * np.array([-35, -20, 25], np.float32)
+    tex = base + stripes + 6 * s.fine
+    tex[np.abs(s.across - s.across.mean()) < 1.5] = (40, 70, 110)
+    return tex, 1.0
+
+
+def _metal_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    gradient = 0.5 + 0.5 * np.sin(s.across / max(4.0, s.height / 5))
+    tex = (110 + 110 * gradient)[..., None] * np.array([1.0, 0.97, 0.92], np.float32) + 5 * s.fine
+    tex[np.abs(s.along % 60 - 30) < 2] = (240, 240, 240)
+    return tex, 1.0
+
+
+def _glass_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    base = np.array(s.rng.choice([[60, 140, 50], [30, 90, 150], [80, 150, 90]]), np.float32)
+    tex = base + s.jitter + 60 * (np.abs(s.across % 23 - 11) < 2)[..., None] + 4 * s.fine
+    return tex, 0.65
+
+
+def _plastic_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    base = np.array(s.rng.choice([[230, 200, 170], [235, 225, 215], [220, 180, 140]]), np.float32)
+    tex = base + s.jitter / 2 + 30 * (np.abs(s.across % 31 - 8) < 3)[..., None] + 4 * s.fine
+    return tex, 0.8
+
+
+def _styrofoam_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    tex = np.full((s.height, s.width, 3), 245, np.float32) + 12 * s.fine
+    tex[s.rng.random((s.height, s.width)) < 0.04] = (200, 205, 210)
+    return tex, 1.0
+
+
+def _plastic_bag_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    base = np.array(
+        s.rng.choice([[200, 90, 60], [60, 60, 200], [220, 220, 225], [40, 170, 60], [20, 20, 20]]),
+        np.float32,
+    )
+    wrinkles = 35 * np.sin(s.along / 6 + 3 * _noise(s.rng, s.height, s.width, 4, 1.0)[..., 0])[..., None]
+    return base + s.jitter + wrinkles + 6 * s.fine, 0.6
+
+
+def _battery_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    tex = np.full((s.height, s.width, 3), 35, np.float32) + 5 * s.fine
+    band = np.array(s.rng.choice([[0, 140, 255], [40, 200, 40], [200, 60, 20]]), np.float32)
+    position = (s.along - s.along.min()) / max(1.0, float(s.along.max() - s.along.min()))
+    tex[(position > 0.45) & (position < 0.7)] = band
+    tex[position > 0.9] = (190, 190, 190)
+    return tex, 1.0
+
+
+def _clothing_texture(s: _Surface) -> tuple[np.ndarray, float]:
+    along, across = s.along, s.across
     base = (
         np.array(
-            rng.choice([[150, 60, 40], [40, 40, 150], [60, 130, 60], [140, 140, 40], [90, 40, 120]]),
+            s.rng.choice([[150, 60, 40], [40, 40, 150], [60, 130, 60], [140, 140, 40], [90, 40, 120]]),
             np.float32,
         )
-        + jitter
+        + s.jitter
     )
-    pattern = rng.integers(3)
+    pattern = s.rng.integers(3)
     if pattern == 0:
         checks = (((along // 10) + (across // 10)) % 2)[..., None]
     elif pattern == 1:
         checks = ((along // 7) % 2)[..., None]
     else:
         checks = ((np.abs(along % 16 - 8) < 3) | (np.abs(across % 16 - 8) < 3))[..., None].astype(np.float32)
-    return base + 70 * checks + 10 * fine, 1.0
+    return base + 70 * checks + 10 * s.fine, 1.0
+
+
+# Category 1..10 -> its texture (any other category: clothing's).
+_TEXTURES = {
+    1: _general_trash_texture,
+    2: _paper_texture,
+    3: _paper_pack_texture,
+    4: _metal_texture,
+    5: _glass_texture,
+    6: _plastic_texture,
+    7: _styrofoam_texture,
+    8: _plastic_bag_texture,
+    9: _battery_texture,
+    10: _clothing_texture,
+}
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -258,6 +312,15 @@ def render_sample_scene(
     classes = list(rng.choice(np.arange(1, 11), size=count, p=CLASS_PROBS))
     if forced_class is not None:
         classes[int(rng.integers(count))] = forced_class
+    owner = _paint_objects(image, classes, rng, size)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    objects, label_map = _visible_objects(classes, owner, size)
+    return image, objects, label_map
+
+
+def _paint_objects(image: np.ndarray, classes: list, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Paint the objects of `classes` in turn onto the float `image` (later ones occlude earlier ones); the map of
+    which object owns each pixel (-1: none)."""
     owner = np.full((size, size), -1, np.int16)
     for index, category in enumerate(classes):
         low, high = SIZE_RANGE[int(category)]
@@ -279,22 +342,18 @@ def render_sample_scene(
         region = image[y0:y1, x0:x1]
         region[inside] = alpha * texture[inside] + (1 - alpha) * region[inside]
         owner[y0:y1, x0:x1][inside] = index
-    image = np.clip(image, 0, 255).astype(np.uint8)
+    return owner
 
+
+def _visible_objects(classes: list, owner: np.ndarray, size: int) -> tuple[list[dict], np.ndarray]:
+    """The objects with enough visible pixels, as polygons of their visible parts, and the visible-class map."""
     objects, label_map = [], np.zeros((size, size), np.uint8)
     for index, category in enumerate(classes):
         visible = (owner == index).astype(np.uint8)
         area = int(visible.sum())
         if area < MIN_VISIBLE_AREA:
             continue
-        contours, _ = cv2.findContours(visible, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polygons = []
-        for contour in contours:
-            if cv2.contourArea(contour) < MIN_FRAGMENT_AREA:
-                continue
-            approx = cv2.approxPolyDP(contour, 0.7, True).reshape(-1, 2).astype(np.float64) + 0.5
-            if len(approx) >= 3:
-                polygons.append([round(float(v), 1) for v in np.clip(approx, 0, size).ravel()])
+        polygons = _visible_polygons(visible, size)
         if not polygons:
             continue
         x, y, w, h = cv2.boundingRect(visible)
@@ -307,7 +366,20 @@ def render_sample_scene(
             }
         )
         label_map[visible.astype(bool)] = category
-    return image, objects, label_map
+    return objects, label_map
+
+
+def _visible_polygons(visible: np.ndarray, size: int) -> list[list[float]]:
+    """The outlines of a visible mask's parts (fragments under MIN_FRAGMENT_AREA left out), flat [x, y, ...]."""
+    contours, _ = cv2.findContours(visible, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in contours:
+        if cv2.contourArea(contour) < MIN_FRAGMENT_AREA:
+            continue
+        approx = cv2.approxPolyDP(contour, 0.7, True).reshape(-1, 2).astype(np.float64) + 0.5
+        if len(approx) >= 3:
+            polygons.append([round(float(v), 1) for v in np.clip(approx, 0, size).ravel()])
+    return polygons
 
 
 def _coco(images: list[dict], annotations: list[dict]) -> dict:

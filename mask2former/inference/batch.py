@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
+from torch import nn
 
 from ..errors import UserError
 from ..io.images import read_image
@@ -71,16 +72,11 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
     with the forward passes (threads)."""
     report = report or (lambda event, value: None)
     begin = time.perf_counter()
-    if job.num_threads > 0:
-        torch.set_num_threads(job.num_threads)
-    device = torch.device(job.device)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # "cuda" alone: the current device
+    device = _use_device(job)
     stats = {"predicted": 0, "bad_images": [], "seconds": 0.0, "device": str(device)}
     if not job.images:
         return stats
     models = [load_prediction_model(job.cfg, path, device, job.allow_pickle) for path in job.weights]
-    views, max_size = inference_views(job.cfg), inference_max_size(job.cfg)
     step = max(1, job.batch_size)
     batches = [job.images[start : start + step] for start in range(0, len(job.images), step)]
     lock = threading.Lock()
@@ -90,43 +86,20 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
             with lock:
                 report("image", 1)
 
-    def read_batch(batch: list[dict]) -> list[tuple[dict, np.ndarray | None, str | None]]:
-        return [_read(image) for image in batch]
+    def bad(entry: dict) -> None:
+        stats["bad_images"].append(entry)
+        with lock:
+            report("bad", entry)
 
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="predict-io") as pool:
-        next_read = pool.submit(read_batch, batches[0])
+        next_read = pool.submit(_read_batch, batches[0])
         saving: list = []
         for number in range(len(batches)):
             loaded = next_read.result()
             if number + 1 < len(batches):
-                next_read = pool.submit(read_batch, batches[number + 1])
-            good, arrays = [], []
-            for image, bgr, error in loaded:
-                if error is None:
-                    good.append((image, bgr))
-                elif not job.skip_bad:
-                    raise ImageReadError(error + " (--skip-bad skips such images)")
-                else:
-                    logger.warning("skipped: %s", error)
-                    stats["bad_images"].append({"id": image["id"], "file_name": image["file_name"], "error": error})
-                    with lock:
-                        report("bad", stats["bad_images"][-1])
-            if good:
-                sizes = [(job.prob_size, job.prob_size) if job.prob_size > 0 else bgr.shape[:2] for _, bgr in good]
-                probs = predict_batch(
-                    models,
-                    [bgr for _, bgr in good],
-                    views,
-                    max_size,
-                    job.cfg.INPUT.FORMAT,
-                    sizes,
-                    job.batch_size,
-                    job.weights_scale,
-                    job.amp,
-                )
-                for (image, _), p in zip(good, probs, strict=True):
-                    check_finite(p, image, job.weights)
-                arrays = [p.to(torch.float16).cpu().numpy() for p in probs]
+                next_read = pool.submit(_read_batch, batches[number + 1])
+            good = _readable(loaded, job.skip_bad, bad)
+            arrays = _probabilities(job, models, good) if good else []
             for future in saving:  # the previous batch's files (at most two batches in memory); raises their errors
                 future.result()
             saving = []
@@ -140,6 +113,57 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
             future.result()
     stats["seconds"] = time.perf_counter() - begin
     return stats
+
+
+def _use_device(job: PredictionJob) -> torch.device:
+    """The job's device, made current, with the job's CPU thread count."""
+    if job.num_threads > 0:
+        torch.set_num_threads(job.num_threads)
+    device = torch.device(job.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # "cuda" alone: the current device
+    return device
+
+
+def _read_batch(batch: list[dict]) -> list[tuple[dict, np.ndarray | None, str | None]]:
+    return [_read(image) for image in batch]
+
+
+def _readable(
+    loaded: list[tuple[dict, np.ndarray | None, str | None]], skip_bad: bool, bad: Callable[[dict], None]
+) -> list[tuple[dict, np.ndarray]]:
+    """The (image, pixels) that were read; an unreadable image is an error, or with --skip-bad a logged skip
+    passed to `bad`."""
+    good = []
+    for image, bgr, error in loaded:
+        if error is None:
+            good.append((image, bgr))
+        elif not skip_bad:
+            raise ImageReadError(error + " (--skip-bad skips such images)")
+        else:
+            logger.warning("skipped: %s", error)
+            bad({"id": image["id"], "file_name": image["file_name"], "error": error})
+    return good
+
+
+def _probabilities(job: PredictionJob, models: list[nn.Module], good: list[tuple[dict, np.ndarray]]) -> list:
+    """float16 K x h x w probabilities of each image (h x w: job.prob_size, or the image's size), checked finite."""
+    sizes = [(job.prob_size, job.prob_size) if job.prob_size > 0 else bgr.shape[:2] for _, bgr in good]
+    views, max_size = inference_views(job.cfg), inference_max_size(job.cfg)
+    probs = predict_batch(
+        models,
+        [bgr for _, bgr in good],
+        views,
+        max_size,
+        job.cfg.INPUT.FORMAT,
+        sizes,
+        job.batch_size,
+        job.weights_scale,
+        job.amp,
+    )
+    for (image, _), p in zip(good, probs, strict=True):
+        check_finite(p, image, job.weights)
+    return [p.to(torch.float16).cpu().numpy() for p in probs]
 
 
 def run_worker(rank: int, job: PredictionJob, queue) -> None:

@@ -24,6 +24,7 @@ from .point_sampling import (
     point_generator,
     point_sample,
 )
+from .tiny import register_tiny_sizes
 
 LOSSES = ("labels", "masks")
 
@@ -182,3 +183,6 @@ def build_criterion(cfg: CfgNode) -> SetCriterion:
         oversample_ratio=mf.OVERSAMPLE_RATIO,
         importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
     )
+
+
+register_tiny_sizes("criterion", ["MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256"])  # points per mask in the losses

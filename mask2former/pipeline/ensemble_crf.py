@@ -38,12 +38,12 @@ from ..io.probabilities import (
     read_probability_field,
 )
 from ..io.submission import SUBMISSION_SIZE, downsample_label_map, read_submission
-from ..utils.logger import FILE_ONLY
-from ..utils.output_folder import check_claim, file_sha1, owned_output_folder
+from ..utils.output_folder import check_claim, file_sha1
 from ..utils.processes import usable_cpus
 from ..utils.progress import Progress, progress
 from .crf import CRF_DEFAULTS, check_crf_parameters
 from .ensemble_images import EnsembleJob, check_inputs, init_worker, label_path, process_image, process_in_worker
+from .output_job import JobRecord, announce, output_job, rate
 from .voting import HARD_VOTE_CONFIDENCE, EnsembleError, normalize_weights
 
 logger = logging.getLogger("ensemble_crf")
@@ -321,18 +321,13 @@ def run(options: EnsembleOptions) -> dict:
     """The whole command. Returns {submission, labels, images, [probabilities], [eval, mIoU], processed, skipped,
     report}; user errors raise (EnsembleError and the readers' errors, all UserError), before anything is written
     when they concern the options, the inputs or OUT."""
-    from ..utils.logger import logging_to
-
     check_options(options)
     kind = input_kind(options.inputs)
     refuse_unsafe_out(options, kind)
     plan = plan_ensemble(options, kind)  # reads and checks everything, writes nothing
-    writes = [*OUTPUT_FILES, *OUTPUT_FOLDERS]
     # one run per OUT (a second one stops here); OUT is ensemble_crf's own, for this job, or new
-    with owned_output_folder(options.out, TOOL, plan.identity, writes=writes, overwrite=options.overwrite) as folder:
-        folder.record(*writes)
-        with logging_to(options.out):
-            return ensemble(plan)
+    with output_job(options.out, TOOL, plan.identity, [*OUTPUT_FILES, *OUTPUT_FOLDERS], options.overwrite):
+        return ensemble(plan)
 
 
 TOOL = "ensemble_crf.py"
@@ -401,34 +396,14 @@ def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
     out = Path(options.out)
     inputs = [str(Path(path).resolve()) for path in options.inputs]
     weights = [float(w) for w in normalize_weights(options.weights, len(inputs))]
-    names, json_classes = list_images(options)
     image_root = options.image_folder()
-    listing = options.listing()
-    folders: list[PredictionFolder] = []
-    labels_of: list[dict[str, np.ndarray]] = []
-    if kind == "probs":
-        folders = [read_prediction_folder(path) for path in inputs]
-        names, class_names = check_folders(folders, names, json_classes, listing)
-    else:
-        if json_classes is None:
-            raise EnsembleError("CSV inputs need --json or --gt for the class list")
-        if options.size:
-            raise EnsembleError("--size resizes prediction folders; CSV label maps are 256x256")
-        class_names = json_classes
-        names, labels_of = read_csvs([Path(p) for p in inputs], names, len(class_names))
-    if len(set(names)) != len(names):
-        raise EnsembleError(f"{listing or inputs[0]}: an image is listed twice")
+    folders, labels_of, names, class_names = read_inputs(options, kind, inputs)
     for name in names:  # every output name stays under OUT (UnsafePathError names the image otherwise)
         label_path(out, name)
     if options.crf and image_root is None:
         raise EnsembleError("--crf reads the RGB images: pass --image-root (or --json, whose folder is the default)")
-    consensus = options.crf and options.consensus
-    if consensus and len(inputs) == 1:
-        logger.warning("one input agrees with itself everywhere: consensus write-back would undo the CRF; off")
-        consensus = False
     crf = options.crf_settings() if options.crf else None
     gt_labels = load_ground_truth(options, names) if options.gt else None
-
     settings = {
         "kind": kind,
         "inputs": inputs,
@@ -436,7 +411,7 @@ def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
         "class_names": class_names,
         "size": options.size,
         "crf": crf,
-        "consensus": consensus,
+        "consensus": consensus_wanted(options, inputs),
     }
     identity = {**settings, **input_identities(options, kind, folders)}
     record, _ = check_claim(out, TOOL, identity, writes=[*OUTPUT_FILES, *OUTPUT_FOLDERS], overwrite=options.overwrite)
@@ -451,7 +426,7 @@ def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
         image_root=str(image_root) if image_root else None,
         size=options.size,
         crf=crf,
-        consensus=consensus,
+        consensus=settings["consensus"],
         keep_stages=gt_labels is not None,
     )
     done_set = set(done)
@@ -467,76 +442,110 @@ def plan_ensemble(options: EnsembleOptions, kind: str) -> EnsemblePlan:
         "image_root": str(image_root) if image_root else None,
         "gt": options.gt,
         "file_names": names,
-        "complete": False,
     }
     return EnsemblePlan(options, job, names, done, pending, labels_of, gt_labels, identity, meta)
+
+
+def read_inputs(
+    options: EnsembleOptions, kind: str, inputs: list[str]
+) -> tuple[list[PredictionFolder], list[dict[str, np.ndarray]], list[str], list[str]]:
+    """(prediction folders, CSV label maps, image names, class names) of the inputs, checked against each other
+    and the listing json."""
+    names, json_classes = list_images(options)
+    listing = options.listing()
+    folders: list[PredictionFolder] = []
+    labels_of: list[dict[str, np.ndarray]] = []
+    if kind == "probs":
+        folders = [read_prediction_folder(path) for path in inputs]
+        names, class_names = check_folders(folders, names, json_classes, listing)
+    else:
+        if json_classes is None:
+            raise EnsembleError("CSV inputs need --json or --gt for the class list")
+        if options.size:
+            raise EnsembleError("--size resizes prediction folders; CSV label maps are 256x256")
+        class_names = json_classes
+        names, labels_of = read_csvs([Path(p) for p in inputs], names, len(class_names))
+    if len(set(names)) != len(names):
+        raise EnsembleError(f"{listing or inputs[0]}: an image is listed twice")
+    return folders, labels_of, names, class_names
+
+
+def consensus_wanted(options: EnsembleOptions, inputs: list[str]) -> bool:
+    """--consensus with --crf, except for one input (it agrees with itself everywhere: it would undo the CRF)."""
+    consensus = options.crf and options.consensus
+    if consensus and len(inputs) == 1:
+        logger.warning("one input agrees with itself everywhere: consensus write-back would undo the CRF; off")
+        consensus = False
+    return consensus
 
 
 def ensemble(plan: EnsemblePlan) -> dict:
     """Process the pending images of `plan` into OUT, then write the CSV, the report and meta.json."""
     start = time.perf_counter()
     options, job, names, done, pending = plan.options, plan.job, plan.names, plan.done, plan.pending
-    out, meta, gt_labels, labels_of = Path(options.out), plan.meta, plan.gt_labels, plan.labels_of
-    kind, inputs, weights, class_names, crf = job.kind, job.inputs, job.weights, job.class_names, job.crf
+    out, gt_labels = Path(options.out), plan.gt_labels
     workers = max(1, options.workers)
-    meta_path = out / "meta.json"
-    atomic_write_json(meta_path, meta, indent=2)
+    record = JobRecord(out, plan.meta)
+    record.begin()
     logger.info(
         "%d images: %d done before, %d to process (%s of %d input(s)%s) with %d worker(s)",
         len(names),
         len(done),
         len(pending),
-        "soft vote" if kind == "probs" else "hard vote",
-        len(inputs),
-        ", DenseCRF" + (" + consensus" if job.consensus else "") if crf else "",
+        "soft vote" if job.kind == "probs" else "hard vote",
+        len(job.inputs),
+        ", DenseCRF" + (" + consensus" if job.consensus else "") if job.crf else "",
         workers,
     )
-    items = [{"file_name": n, "labels": [table[n] for table in labels_of] or None} for n in pending]
-    num_stages = len(inputs) + (3 if crf else 2)  # inputs, vote, [crf,] final
-    total = np.zeros((num_stages, len(class_names), len(class_names)), dtype=np.int64)
     began = time.perf_counter()
-    with Progress(len(items), "ensemble", unit="img", logger=logger) as meter:
-        for result in run_images(job, items, workers):
-            if gt_labels is not None:
-                total += score_image(out, result, gt_labels, len(class_names))
-            meter.update(1)
+    total = process_pending(plan, workers)
     seconds = time.perf_counter() - began
     if gt_labels is not None:
         for name in done:
             total += read_confusion(confusion_path(out, name), total.shape)
-
     csv = write_csv(out, names)
     report = None
     if gt_labels is not None:
-        report = write_report(
-            out, stage_names(options.inputs, kind, weights, bool(crf), job.consensus), total, class_names
-        )
-    rate = len(pending) / seconds if pending and seconds > 0 else 0.0
-    meta.update(
-        complete=True,
+        stages = stage_names(options.inputs, job.kind, job.weights, bool(job.crf), job.consensus)
+        report = write_report(out, stages, total, job.class_names)
+    record.finish(
         predictions_id=hashlib.sha1(json.dumps(plan.identity, sort_keys=True).encode()).hexdigest(),
         images=len(names),
         processed=len(pending),
         skipped=len(done),
         workers=workers,
         seconds=round(seconds, 3),
-        images_per_second=round(rate, 4),
+        images_per_second=round(rate(len(pending), seconds), 4),
     )
-    atomic_write_json(meta_path, meta, indent=2)
     summary = (
-        f"ensemble_crf.py: {len(names)} images: {len(pending)} processed in {seconds:.1f} s ({rate:.2f} images/s, "
-        f"{workers} worker(s)), {len(done)} done before; {time.perf_counter() - start:.1f} s in all"
+        f"ensemble_crf.py: {len(names)} images: {len(pending)} processed in {seconds:.1f} s "
+        f"({rate(len(pending), seconds):.2f} images/s, {workers} worker(s)), {len(done)} done before; "
+        f"{time.perf_counter() - start:.1f} s in all"
     )
-    logger.info(summary, extra=FILE_ONLY)  # the terminal gets it once, on stdout
-    print(summary)
     result = {"submission": str(csv), "labels": str(out / "labels"), "images": len(names)}
-    if kind == "probs":
+    if job.kind == "probs":
         result["probabilities"] = str(out / "probs")
     if report is not None:
         result["eval"] = str(out / "eval.json")
         result["mIoU"] = report["stages"][-1]["mIoU"]
-    print(json.dumps(result))
+    announce(logger, summary, result)
     return {**result, "processed": len(pending), "skipped": len(done), "report": report}
+
+
+def process_pending(plan: EnsemblePlan, workers: int) -> np.ndarray:
+    """Every pending image through the per-image step, with a progress bar; the confusion matrices of each stage
+    summed over them (zeros without ground truth)."""
+    job, out, gt_labels = plan.job, Path(plan.options.out), plan.gt_labels
+    items = [{"file_name": n, "labels": [table[n] for table in plan.labels_of] or None} for n in plan.pending]
+    num_stages = len(job.inputs) + (3 if job.crf else 2)  # inputs, vote, [crf,] final
+    num_classes = len(job.class_names)
+    total = np.zeros((num_stages, num_classes, num_classes), dtype=np.int64)
+    with Progress(len(items), "ensemble", unit="img", logger=logger) as meter:
+        for result in run_images(job, items, workers):
+            if gt_labels is not None:
+                total += score_image(out, result, gt_labels, num_classes)
+            meter.update(1)
+    return total
 
 
 def load_ground_truth(options: EnsembleOptions, names: list[str]) -> dict[str, str]:

@@ -74,16 +74,16 @@ from ..inference.batch import PredictionJob, run_job, run_worker
 from ..inference.tta import inference_max_size, inference_views
 from ..io.checkpoints import recorded_class_names
 from ..io.coco_json import read_coco_json
-from ..io.files import atomic_write_bytes, atomic_write_json, output_path, remove_stale_temporaries, safe_relative_name
+from ..io.files import atomic_write_bytes, output_path, remove_stale_temporaries, safe_relative_name
 from ..io.images import read_image
 from ..io.probabilities import PROBS_FOLDER, check_probabilities, load_label_map, probability_path
 from ..io.submission import SUBMISSION_SIZE, downsample_label_map, write_submission
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..utils.logger import FILE_ONLY, logging_to
-from ..utils.output_folder import file_sha1, owned_output_folder
+from ..utils.output_folder import file_sha1
 from ..utils.processes import cores_per_process, usable_cpus
 from ..utils.progress import Progress
 from ..utils.visualize import overlay, shrink_for_overlay
+from .output_job import JobRecord, announce, output_job, rate
 from .voting import EnsembleError, normalize_weights
 
 logger = logging.getLogger("predict")
@@ -532,48 +532,26 @@ def predict(args: argparse.Namespace) -> Path:
     OUT/submission.csv."""
     start = time.perf_counter()
     checked = prepare(args)
-    job = job_of(checked)
     writes = [*FIXED_OUTPUTS, PROBS_FOLDER, OVERLAYS_FOLDER]
     # one run per OUT (a second one stops here); OUT is predict's own, for this job, or new
-    with owned_output_folder(checked.out, "predict.py", job, writes=writes, overwrite=args.overwrite) as folder:
-        folder.record(*writes)
-        with logging_to(checked.out):
-            return run(checked, start)
+    with output_job(checked.out, "predict.py", job_of(checked), writes, overwrite=args.overwrite):
+        return run(checked, start)
 
 
 def run(plan: Plan, start: float | None = None) -> Path:
     """Predict what `plan` lists into its OUT (resuming what is there) and write the CSV and the overlays."""
     start = time.perf_counter() if start is None else start
-    args, cfg, out, images, class_names = plan.args, plan.cfg, plan.out, plan.images, plan.class_names
-    weights, scale, devices = plan.weights, plan.weights_scale, plan.devices
-    views = inference_views(cfg)
-    settings = {
-        "class_names": class_names,
-        "weights": weights,
-        "weights_scale": scale,
-        "views": [list(view) for view in views],
-        "max_size": inference_max_size(cfg),
-        "prob_size": args.prob_size,
-    }
-    meta = {
-        **settings,
-        "config_file": args.config_file,
-        "opts": args.opts,
-        "json": str(plan.json_path),
-        "image_root": str(plan.image_root),
-        "tta": bool(cfg.TEST.AUG.ENABLED),
-        "amp": args.amp,
-        "file_names": [image["file_name"] for image in images],
-        "complete": False,
-    }
+    args, out, images = plan.args, plan.out, plan.images
+    settings = prediction_settings(plan)
+    record = JobRecord(out, meta_of(plan, settings))
     remove_stale_temporaries(out / PROBS_FOLDER, "*.npz")
     if args.overwrite:  # every image again: only their sha1 is needed
         fingerprint_images(images)
         pending, done, broken = list(images), 0, 0
     else:
-        pending, done, broken = find_pending(images, out, class_names, args.prob_size)
-    atomic_write_json(out / "meta.json", meta, indent=2)
-    devices = devices[: max(1, len(batches_of(pending, args.batch_size)))]  # no idle workers
+        pending, done, broken = find_pending(images, out, plan.class_names, args.prob_size)
+    record.begin()
+    devices = plan.devices[: max(1, len(batches_of(pending, args.batch_size)))]  # no idle workers
     logger.info(
         "%d images: %d already predicted, %d to predict (%d with a broken or stale npz) on %s; "
         "%d view(s) x %d checkpoint(s)",
@@ -582,17 +560,81 @@ def run(plan: Plan, start: float | None = None) -> Path:
         len(pending),
         broken,
         ", ".join(devices),
-        len(views),
-        len(weights),
+        len(settings["views"]),
+        len(plan.weights),
     )
+    job = prediction_job(plan, pending, devices)
+    began = time.perf_counter()
+    results = predict_pending(job, devices)
+    seconds = time.perf_counter() - began
+    predicted = sum(result["predicted"] for result in results)
+    csv, rows, missing = write_outputs(out, images, plan.class_names, args.overlays, args.skip_bad)
+    sources = [[image["file_name"], image.get("sha1", "")] for image in images]
+    record.finish(
+        predictions_id=hashlib.sha1(json.dumps([settings, sources], default=str).encode()).hexdigest(),
+        images=len(images),
+        predicted=predicted,
+        skipped=done,
+        redone=broken,
+        bad_images=bad_images_in_json_order(results, images),
+        csv_rows=rows,
+        devices=devices,
+        threads=job.num_threads,
+        batch_size=args.batch_size,
+        seconds=round(seconds, 3),
+        images_per_second=round(rate(predicted, seconds), 4),
+    )
+    where = f"{len(devices)} x {devices[0]}" if len(set(devices)) == 1 and len(devices) > 1 else ", ".join(devices)
+    summary = (
+        f"predict.py: {len(images)} images: {predicted} predicted in {seconds:.1f} s "
+        f"({rate(predicted, seconds):.2f} images/s on {where}, batch {args.batch_size}, {len(settings['views'])} "
+        f"view(s) x {len(plan.weights)} checkpoint(s)), {done} already done, "
+        f"{len(record.content['bad_images'])} unreadable; {rows} CSV rows; {time.perf_counter() - start:.1f} s in all"
+    )
+    notes = (
+        [f"predict.py: no CSV row for {len(missing)} unreadable image(s): {', '.join(missing[:5])}"] if missing else []
+    )
+    result = {"submission": str(csv), "probabilities": str(out / "probs"), "images": rows}
+    announce(logger, summary, result, notes if missing else [])
+    return csv
 
-    job = PredictionJob(
+
+def prediction_settings(plan: Plan) -> dict:
+    """What the numbers in the npz files depend on (with the images, the folder's `predictions_id`)."""
+    return {
+        "class_names": plan.class_names,
+        "weights": plan.weights,
+        "weights_scale": plan.weights_scale,
+        "views": [list(view) for view in inference_views(plan.cfg)],
+        "max_size": inference_max_size(plan.cfg),
+        "prob_size": plan.args.prob_size,
+    }
+
+
+def meta_of(plan: Plan, settings: dict) -> dict:
+    """meta.json's first version: the settings and the command that made them."""
+    args = plan.args
+    return {
+        **settings,
+        "config_file": args.config_file,
+        "opts": args.opts,
+        "json": str(plan.json_path),
+        "image_root": str(plan.image_root),
+        "tta": bool(plan.cfg.TEST.AUG.ENABLED),
+        "amp": args.amp,
+        "file_names": [image["file_name"] for image in plan.images],
+    }
+
+
+def prediction_job(plan: Plan, pending: list[dict], devices: list[str]) -> PredictionJob:
+    args, cfg = plan.args, plan.cfg
+    return PredictionJob(
         cfg=cfg,
-        weights=weights,
-        weights_scale=scale,
+        weights=plan.weights,
+        weights_scale=plan.weights_scale,
         images=pending,
-        out=str(out),
-        class_names=class_names,
+        out=str(plan.out),
+        class_names=plan.class_names,
         prob_size=args.prob_size,
         batch_size=args.batch_size,
         device=devices[0],
@@ -601,48 +643,19 @@ def run(plan: Plan, start: float | None = None) -> Path:
         amp=args.amp,
         num_threads=threads_per_process(args.threads, len(devices)),
     )
-    began = time.perf_counter()
-    with Progress(total=len(pending), desc="predict", unit="img", logger=logger) as meter:
-        if not pending:
-            results = []
-        elif len(devices) == 1:
-            results = [run_job(job, lambda event, value: meter.update(1))]
-        else:
-            results = run_in_workers(job, devices, meter)
-    seconds = time.perf_counter() - began
-    predicted = sum(result["predicted"] for result in results)
-    order = {image["file_name"]: position for position, image in enumerate(images)}
-    # the json's order, whichever worker met them
-    bad = sorted((entry for result in results for entry in result["bad_images"]), key=lambda e: order[e["file_name"]])
 
-    csv, rows, missing = write_outputs(out, images, class_names, args.overlays, args.skip_bad)
-    rate = predicted / seconds if predicted and seconds > 0 else 0.0
-    sources = [[image["file_name"], image.get("sha1", "")] for image in images]
-    meta.update(
-        complete=True,
-        predictions_id=hashlib.sha1(json.dumps([settings, sources], default=str).encode()).hexdigest(),
-        images=len(images),
-        predicted=predicted,
-        skipped=done,
-        redone=broken,
-        bad_images=bad,
-        csv_rows=rows,
-        devices=devices,
-        threads=job.num_threads,
-        batch_size=args.batch_size,
-        seconds=round(seconds, 3),
-        images_per_second=round(rate, 4),
-    )
-    atomic_write_json(out / "meta.json", meta, indent=2)
-    where = f"{len(devices)} x {devices[0]}" if len(set(devices)) == 1 and len(devices) > 1 else ", ".join(devices)
-    summary = (
-        f"predict.py: {len(images)} images: {predicted} predicted in {seconds:.1f} s ({rate:.2f} images/s on "
-        f"{where}, batch {args.batch_size}, {len(views)} view(s) x {len(weights)} checkpoint(s)), "
-        f"{done} already done, {len(bad)} unreadable; {rows} CSV rows; {time.perf_counter() - start:.1f} s in all"
-    )
-    logger.info(summary, extra=FILE_ONLY)  # the terminal gets it once, on stdout
-    print(summary)
-    if missing:
-        print(f"predict.py: no CSV row for {len(missing)} unreadable image(s): {', '.join(missing[:5])}")
-    print(json.dumps({"submission": str(csv), "probabilities": str(out / "probs"), "images": rows}))
-    return csv
+
+def predict_pending(job: PredictionJob, devices: list[str]) -> list[dict]:
+    """Run `job` in this process (one device) or in one worker per device, with a progress bar; their stats."""
+    with Progress(total=len(job.images), desc="predict", unit="img", logger=logger) as meter:
+        if not job.images:
+            return []
+        if len(devices) == 1:
+            return [run_job(job, lambda event, value: meter.update(1))]
+        return run_in_workers(job, devices, meter)
+
+
+def bad_images_in_json_order(results: list[dict], images: list[dict]) -> list[dict]:
+    """The unreadable images the workers met, in the json's order whichever worker met them."""
+    order = {image["file_name"]: position for position, image in enumerate(images)}
+    return sorted((entry for result in results for entry in result["bad_images"]), key=lambda e: order[e["file_name"]])

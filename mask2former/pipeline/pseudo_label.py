@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import CfgNode, load_config
+from ..config.plugins import environment_with_plugins
 from ..data.catalog import MetadataCatalog
 from ..data.classes import palette_for
 from ..data.coco_semantic import class_names_from_categories
@@ -56,10 +57,10 @@ from ..io.files import atomic_write_bytes, atomic_write_json, atomic_write_text,
 from ..io.images import read_image, read_label, write_label_png
 from ..io.probabilities import load_probabilities, probability_path, read_prediction_folder
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..utils.logger import logging_to
-from ..utils.output_folder import check_claim, owned_output_folder
+from ..utils.output_folder import check_claim
 from ..utils.progress import progress
 from ..utils.visualize import overlay
+from .output_job import output_job
 from .pseudo_label_maps import (
     ignored_share,
     keeps_round,
@@ -71,8 +72,9 @@ from .pseudo_label_maps import (
 
 logger = logging.getLogger("pseudo_label")
 
-# train_net.py and tools/ live at the repository root (the package is installed in editable mode)
-REPO = Path(__file__).resolve().parents[2]
+# the children: train_net.py's and tools/predict.py's commands as `python -m` entry points of the package
+TRAIN_NET = [sys.executable, "-m", "mask2former.commands.train_net"]
+PREDICT = [sys.executable, "-m", "mask2former.commands.predict"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOOL = "pseudo_label.py"
 # what a pseudo-label run puts in OUT besides its round_<r> folders
@@ -258,11 +260,14 @@ def check_prediction_folder(folder: Path, images: list[dict], class_names: list[
 
 
 def run_command(stage: str, command: list[str], log: Path) -> None:
-    """Run one of the project's commands; its output goes to stderr and is appended to `log` as it comes."""
+    """Run one of the project's commands, with this process's plug-ins; its output goes to stderr and is appended
+    to `log` as it comes."""
     log.parent.mkdir(parents=True, exist_ok=True)
     logger.info("%s: %s", stage, " ".join(command))
     with open(log, "ab") as sink:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment_with_plugins()
+        )
         assert process.stdout is not None
         for line in process.stdout:
             sink.write(line)
@@ -281,7 +286,7 @@ def _processes(options: LoopOptions) -> list[str]:
 
 
 def _train_net(options: LoopOptions) -> list[str]:
-    return [sys.executable, str(REPO / "train_net.py"), "--config-file", str(_resolved(options.config_file))]
+    return [*TRAIN_NET, "--config-file", str(_resolved(options.config_file))]
 
 
 def evaluate_command(options: LoopOptions, weights: str, folder: Path) -> list[str]:
@@ -292,7 +297,7 @@ def evaluate_command(options: LoopOptions, weights: str, folder: Path) -> list[s
 
 def predict_command(options: LoopOptions, weights: str, json_path: Path, image_root: Path, folder: Path) -> list[str]:
     """tools/predict.py of `weights` on the unlabelled images into `folder` (no overlays: the loop draws its own)."""
-    command = [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(_resolved(options.config_file))]
+    command = [*PREDICT, "--config-file", str(_resolved(options.config_file))]
     command += ["--weights", weights, "--json", str(json_path), "--image-root", str(image_root), "--out", str(folder)]
     command += ["--batch-size", str(options.batch_size), "--overlays", "0", *_processes(options)]
     return command + (["--tta"] if options.tta else []) + list(options.opts)
@@ -489,76 +494,100 @@ def run_loop(options: LoopOptions) -> dict:
     if options.init_probs and not labelled:  # before anything is computed, written or deleted
         check_prediction_folder(_resolved(options.init_probs), images, class_names)
     # a second run on OUT stops here, naming the first; --overwrite deletes what this tool recorded there
-    with owned_output_folder(out, TOOL, settings, writes=OUTPUTS, overwrite=options.overwrite) as owned:
-        if options.overwrite:
-            owned.remove_recorded()
-        owned.record(*OUTPUTS, *(f"round_{number}" for number in range(options.rounds + 1)))
-        with logging_to(out):
-            began = time.perf_counter()
-            state = existing_state(out, options.overwrite) or fresh_state(settings)
-            save_state(out, state)
-            if json_path is None:
-                json_path = out / "unlabeled.json"
-                atomic_write_json(json_path, {"images": images, "annotations": [], "categories": categories})
-            unlabeled = (json_path, image_root, images)
-            state = _rounds(options, cfg, out, weights, state, unlabeled, categories, class_names)
-            logger.info("pseudo-label loop finished in %.1f s", time.perf_counter() - began)
+    rounds = [f"round_{number}" for number in range(options.rounds + 1)]
+    with output_job(out, TOOL, settings, OUTPUTS, options.overwrite, start_over=options.overwrite, also_records=rounds):
+        began = time.perf_counter()
+        state = existing_state(out, options.overwrite) or fresh_state(settings)
+        save_state(out, state)
+        if json_path is None:
+            json_path = out / "unlabeled.json"
+            atomic_write_json(json_path, {"images": images, "annotations": [], "categories": categories})
+        loop = Loop(options, cfg, out, (json_path, image_root, images), categories, class_names)
+        state = loop.run(weights, state)
+        logger.info("pseudo-label loop finished in %.1f s", time.perf_counter() - began)
     return state
 
 
-def _rounds(
-    options: LoopOptions,
-    cfg: CfgNode,
-    out: Path,
-    weights: str,
-    state: dict,
-    unlabeled: tuple[Path, Path, list[dict]],
-    categories: list[dict],
-    class_names: list[str],
-) -> dict:
-    json_path, image_root, images = unlabeled
-    val = cfg.DATASETS.TEST[0]
-    if state["baseline"] is None:
-        logger.info("round 0: scoring %s on %s", weights, val)
-        state["baseline"] = {"weights": weights, "mIoU": evaluate(options, cfg, weights, out / "round_0")}
-        state["best"] = {"round": 0, **state["baseline"]}
-        save_state(out, state)
-    logger.info("round 0: val mIoU %.4f", state["baseline"]["mIoU"])
+@dataclass(frozen=True)
+class Loop:
+    """What every round uses: the options, the config, OUT, the unlabelled set (json, image root, images), its
+    categories and class names."""
 
-    while not state["stopped"] and len([r for r in state["rounds"] if "kept" in r]) < options.rounds:
-        done = [entry for entry in state["rounds"] if "kept" in entry]
-        number = len(done) + 1
+    options: LoopOptions
+    cfg: CfgNode
+    out: Path
+    unlabeled: tuple[Path, Path, list[dict]]
+    categories: list[dict]
+    class_names: list[str]
+
+    def run(self, weights: str, state: dict) -> dict:
+        """Score the starting model (round 0), then run the rounds until --rounds are kept or one is not; writes
+        OUT/rounds.md, prints the table and returns the state."""
+        if state["baseline"] is None:
+            logger.info("round 0: scoring %s on %s", weights, self.cfg.DATASETS.TEST[0])
+            miou = evaluate(self.options, self.cfg, weights, self.out / "round_0")
+            state["baseline"] = {"weights": weights, "mIoU": miou}
+            state["best"] = {"round": 0, **state["baseline"]}
+            save_state(self.out, state)
+        logger.info("round 0: val mIoU %.4f", state["baseline"]["mIoU"])
+        while not state["stopped"] and len([r for r in state["rounds"] if "kept" in r]) < self.options.rounds:
+            entry = self.current_round(state)
+            if "ignored_share" not in entry:
+                self.label(entry)
+                save_state(self.out, state)
+            self.train_and_judge(entry, state)
+            save_state(self.out, state)
+        table = rounds_table(state)
+        atomic_write_text(self.out / "rounds.md", table + "\n")
+        print(table)
+        best = state["best"]
+        print(f"best: round {best['round']}, val mIoU {best['mIoU']:.4f}, {best['weights']}")
+        return state
+
+    def current_round(self, state: dict) -> dict:
+        """The state's entry of the round to run: an interrupted one, or a new one from the best model so far."""
+        number = len([entry for entry in state["rounds"] if "kept" in entry]) + 1
         if state["rounds"] and "kept" not in state["rounds"][-1]:
-            entry = state["rounds"][-1]  # an interrupted round
+            entry = state["rounds"][-1]
         else:
             entry = {"round": number, "start_round": state["best"]["round"], "start_weights": state["best"]["weights"]}
             state["rounds"].append(entry)
-            save_state(out, state)
-        folder = out / f"round_{number}"
+            save_state(self.out, state)
         logger.info("round %d: from round %d (%s)", number, entry["start_round"], entry["start_weights"])
+        return entry
 
-        if "ignored_share" not in entry:
-            if number == 1 and options.init_probs:
-                probs_dir = _resolved(options.init_probs)
-            else:
-                probs_dir = predict(options, entry["start_weights"], json_path, image_root, folder / "predict")
-            stats = write_labels(
-                probs_dir, images, folder, options.threshold, image_root, options.overlays, class_names
-            )
-            pseudo_json = write_pseudo_dataset(folder, images, categories)
-            entry.update(stats, pseudo_json=str(pseudo_json))
-            save_state(out, state)
-            logger.info(
-                "round %d: %d pseudo-labelled images, %.1f%% of pixels ignored (confidence < %.2f)",
-                number,
-                stats["images"],
-                100 * stats["ignored_share"],
-                options.threshold,
-            )
+    def label(self, entry: dict) -> None:
+        """Predict the unlabelled images with the round's starting model (round 1: --init-probs when given) and
+        write their pseudo-labels and pseudo.json; their statistics go into `entry`."""
+        number, options = entry["round"], self.options
+        folder = self.out / f"round_{number}"
+        json_path, image_root, images = self.unlabeled
+        if number == 1 and options.init_probs:
+            probs_dir = _resolved(options.init_probs)
+        else:
+            probs_dir = predict(options, entry["start_weights"], json_path, image_root, folder / "predict")
+        stats = write_labels(
+            probs_dir, images, folder, options.threshold, image_root, options.overlays, self.class_names
+        )
+        pseudo_json = write_pseudo_dataset(folder, images, self.categories)
+        entry.update(stats, pseudo_json=str(pseudo_json))
+        logger.info(
+            "round %d: %d pseudo-labelled images, %.1f%% of pixels ignored (confidence < %.2f)",
+            number,
+            stats["images"],
+            100 * stats["ignored_share"],
+            options.threshold,
+        )
 
+    def train_and_judge(self, entry: dict, state: dict) -> None:
+        """Train the round (and its control with --control), then keep it when its val mIoU beats the best so far;
+        otherwise the loop stops."""
+        number, options, cfg = entry["round"], self.options, self.cfg
+        folder = self.out / f"round_{number}"
+        val = cfg.DATASETS.TEST[0]
         train_dir = folder / "train"
         if not trained(train_dir):
-            pseudo = (f"pseudo_round_{number}", Path(entry["pseudo_json"]), image_root)
+            pseudo = (f"pseudo_round_{number}", Path(entry["pseudo_json"]), self.unlabeled[1])
             train(options, cfg, entry["start_weights"], train_dir, pseudo)
         miou = val_miou(train_dir / "final_metrics.json", val)
         if options.control:
@@ -572,18 +601,12 @@ def _rounds(
         if kept:
             state["best"] = {"round": number, "weights": entry["weights"], "mIoU": miou}
             logger.info("round %d: val mIoU %.4f, kept", number, miou)
-        else:
-            state["stopped"] = True
-            logger.info(
-                "round %d: val mIoU %.4f, not above %.4f: not kept; the loop stops (another round would "
-                "start from the same model and labels)",
-                number,
-                miou,
-                state["best"]["mIoU"],
-            )
-        save_state(out, state)
-    table = rounds_table(state)
-    atomic_write_text(out / "rounds.md", table + "\n")
-    print(table)
-    print(f"best: round {state['best']['round']}, val mIoU {state['best']['mIoU']:.4f}, {state['best']['weights']}")
-    return state
+            return
+        state["stopped"] = True
+        logger.info(
+            "round %d: val mIoU %.4f, not above %.4f: not kept; the loop stops (another round would "
+            "start from the same model and labels)",
+            number,
+            miou,
+            state["best"]["mIoU"],
+        )

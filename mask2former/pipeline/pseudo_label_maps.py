@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.coco_semantic import IGNORE_LABEL
+from ..data.rasterize import IGNORE_LABEL
 from ..io.files import atomic_write_json, output_path, safe_relative_name
 from .voting import resize_probabilities
 

@@ -328,18 +328,7 @@ def dataset_page(ctx: Context) -> None:
     st.header("Dataset")
     key, index = select_dataset(ctx, "dataset", ("train_all.json", "train.json"))
     tables = cached_json_tables(key)
-    counts = index.object_counts()
-    columns = st.columns(4)
-    columns[0].metric("images", len(index.images))
-    columns[1].metric("objects", int(tables["classes"]["objects"].sum()))
-    columns[2].metric("objects per image", f"{np.mean(list(counts.values())) if counts else 0:.2f}")
-    columns[3].metric("classes", index.num_classes - 1)
-    if not index.has_gt:
-        st.info("This json has no annotations (test images): only image counts apply.")
-    skipped = sum(len(v) for v in index.bad_annotations.values())
-    if skipped:
-        with st.expander(f"{skipped} annotation(s) cannot be rendered and are left out"):
-            st.code("\n".join(m for v in index.bad_annotations.values() for m in v)[:20000])
+    dataset_summary(index, tables)
 
     st.subheader("Objects and images per class")
     classes = tables["classes"]
@@ -358,10 +347,36 @@ def dataset_page(ctx: Context) -> None:
     chart_and_table(chart, objects, "dataframe")
 
     st.subheader("Object size relative to the image")
-    sizes = tables["sizes"]
+    chart_and_table(object_size_chart(tables["sizes"], index), tables["sizes"], "dataframe")
+
+    st.subheader("Pixel share and mean colour per class (from the label maps)")
+    if not index.has_gt:
+        st.info("No label maps without annotations.")
+        return
+    pixel_statistics(ctx, key, index)
+
+
+def dataset_summary(index: DatasetIndex, tables: dict[str, pd.DataFrame]) -> None:
+    """The counts at the top of the Dataset page, and the annotations that cannot be rendered."""
+    counts = index.object_counts()
+    columns = st.columns(4)
+    columns[0].metric("images", len(index.images))
+    columns[1].metric("objects", int(tables["classes"]["objects"].sum()))
+    columns[2].metric("objects per image", f"{np.mean(list(counts.values())) if counts else 0:.2f}")
+    columns[3].metric("classes", index.num_classes - 1)
+    if not index.has_gt:
+        st.info("This json has no annotations (test images): only image counts apply.")
+    skipped = sum(len(v) for v in index.bad_annotations.values())
+    if skipped:
+        with st.expander(f"{skipped} annotation(s) cannot be rendered and are left out"):
+            st.code("\n".join(m for v in index.bad_annotations.values() for m in v)[:20000])
+
+
+def object_size_chart(sizes: pd.DataFrame, index: DatasetIndex) -> alt.Chart:
+    """Objects by their area's share of the image (SIZE_BINS), stacked by class."""
     names, colors = class_colors(index)
     long = sizes.melt(id_vars="class", value_vars=list(SIZE_BINS), var_name="area / image", value_name="objects")
-    chart = (
+    return (
         alt.Chart(long, title="objects by area share of their image")
         .mark_bar()
         .encode(
@@ -371,12 +386,10 @@ def dataset_page(ctx: Context) -> None:
             tooltip=["class", "area / image", "objects"],
         )
     )
-    chart_and_table(chart, sizes, "dataframe")
 
-    st.subheader("Pixel share and mean colour per class (from the label maps)")
-    if not index.has_gt:
-        st.info("No label maps without annotations.")
-        return
+
+def pixel_statistics(ctx: Context, key: JsonKey, index: DatasetIndex) -> None:
+    """Pixel share and mean colour per class from every label map (for a large json: after a click)."""
     flag = f"pixels:{key}"
     if len(index.images) > AUTO_PIXEL_STATS and not st.session_state.get(flag):
         st.caption(f"Reads all {len(index.images)} images and renders their label maps (about 10 ms each).")
@@ -406,8 +419,24 @@ def browse_page(ctx: Context) -> None:
     st.header("Browse")
     key, index = select_dataset(ctx, "browse", ("train_all.json", "train.json", "val.json"))
     counts = index.object_counts()
-    most = max(counts.values(), default=0)
-    suffix = widget_suffix(key)  # the filters' ranges and options depend on the json
+    contains, low, high, alpha, hidden = browse_filters(index, widget_suffix(key), max(counts.values(), default=0))
+    ids = filter_images(index, contains, low, high)
+    chosen = browse_grid(ctx, key, index, ids, counts, alpha, hidden)
+    if not ids:
+        st.info("No image matches the filters.")
+        return
+
+    st.subheader("One image")
+    default = ids.index(chosen[0]) if chosen else 0
+    image_id = st.selectbox(
+        "Image", ids, index=default, format_func=lambda i: index.image(i)["file_name"], key="browse_large"
+    )
+    show_one_image(ctx, key, index, image_id, alpha, hidden)
+
+
+def browse_filters(index: DatasetIndex, suffix: str, most: int) -> tuple[list[int], int, int, float, tuple[int, ...]]:
+    """The Browse page's filters and overlay settings: (labels every image must contain, the range of the
+    number of objects, overlay opacity, labels hidden in the overlay). `suffix` keys the widgets to the json."""
     with st.expander("Filters and overlay", expanded=True):
         left, middle, right = st.columns(3)
         contains_names = left.multiselect(
@@ -427,7 +456,19 @@ def browse_page(ctx: Context) -> None:
             )
         )
     contains = [index.class_names.index(name) for name in contains_names]
-    ids = filter_images(index, contains, low, high)
+    return contains, low, high, alpha, hidden
+
+
+def browse_grid(
+    ctx: Context,
+    key: JsonKey,
+    index: DatasetIndex,
+    ids: list,
+    counts: dict,
+    alpha: float,
+    hidden: tuple[int, ...],
+) -> list:
+    """One page of thumbnails of the matching images `ids`, with the page controls and the legend; its ids."""
     per_page = st.session_state.get("browse_per_page", 12)
     pages = max(1, -(-len(ids) // per_page))
     if st.session_state.get("browse_page_number", 1) > pages:  # fewer pages after a filter change
@@ -451,15 +492,13 @@ def browse_page(ctx: Context) -> None:
                     cell.error(f"{image['file_name']}: {error}")
     if index.has_gt:
         grid_and_legend[1].image(legend_picture(index, hidden), channels="BGR", caption="legend")
-    if not ids:
-        st.info("No image matches the filters.")
-        return
+    return chosen
 
-    st.subheader("One image")
-    default = ids.index(chosen[0]) if chosen else 0
-    image_id = st.selectbox(
-        "Image", ids, index=default, format_func=lambda i: index.image(i)["file_name"], key="browse_large"
-    )
+
+def show_one_image(
+    ctx: Context, key: JsonKey, index: DatasetIndex, image_id: Any, alpha: float, hidden: tuple[int, ...]
+) -> None:
+    """The image large, beside its ground-truth overlay, with its objects and the annotations left out."""
     image = index.image(image_id)
     try:
         picture = cached_image(*file_signature(index.image_path(ctx.roots, image)))
@@ -493,6 +532,40 @@ def predictions_page(ctx: Context) -> None:
         )
         return
     key, index = select_dataset(ctx, "predictions", ("val.json", "test.json"))
+    chosen = choose_prediction_sets(sets)
+    if not index.has_gt and len(chosen) < 2:
+        st.info("This json has no ground truth: choose a set B to compare the two prediction sets with each other.")
+        return
+    try:
+        signatures = tuple(s.signature() for s in chosen)
+        comparison = cached_comparison(key, ctx.roots_key, chosen, signatures)
+    except SHOWN_ERRORS as error:
+        st.error(f"Cannot score: {error}")
+        return
+    show_left_out(comparison)
+    if comparison.num_images == 0:
+        st.error("No image of this json is covered by every chosen prediction set.")
+        return
+    show_scores(index, comparison)
+
+    st.subheader("IoU per class")
+    table = class_iou_table(comparison, index.class_names)
+    chart_and_table(class_iou_chart(table, comparison.tags), table)
+
+    st.subheader("IoU per image (worst first)")
+    st.dataframe(styled(comparison.per_image, "{:.4f}"), hide_index=True)
+
+    st.subheader("Confusion matrix")
+    show_confusion(index, comparison)
+
+    st.subheader("Side by side")
+    files = list(comparison.per_image["file_name"])
+    file_name = st.selectbox("Image (worst first)", files, key="pred_image")
+    show_side_by_side(ctx, key, index, chosen, signatures, file_name)
+
+
+def choose_prediction_sets(sets: list[PredictionSet]) -> tuple[PredictionSet, ...]:
+    """Set A and, optionally, set B, chosen in two selectboxes."""
     names = [s.name for s in sets]
     left, right = st.columns(2)
     first = left.selectbox("Prediction set A", range(len(sets)), format_func=lambda i: names[i], key="pred_a")
@@ -503,16 +576,11 @@ def predictions_page(ctx: Context) -> None:
         format_func=lambda i: "(none)" if i is None else names[i],
         key="pred_b",
     )
-    chosen = tuple(sets[i] for i in (first, second) if i is not None)
-    if not index.has_gt and len(chosen) < 2:
-        st.info("This json has no ground truth: choose a set B to compare the two prediction sets with each other.")
-        return
-    try:
-        signatures = tuple(s.signature() for s in chosen)
-        comparison = cached_comparison(key, ctx.roots_key, chosen, signatures)
-    except SHOWN_ERRORS as error:
-        st.error(f"Cannot score: {error}")
-        return
+    return tuple(sets[i] for i in (first, second) if i is not None)
+
+
+def show_left_out(comparison: Comparison) -> None:
+    """What the scores leave out: images without a prediction, and prediction files that cannot be used."""
     for name, files in comparison.missing.items():
         st.warning(f"{name}: no prediction for {len(files)} image(s) of the json (left out), e.g. {files[0]}")
     for message in comparison.errors[:SHOWN_FILE_ERRORS]:
@@ -520,10 +588,10 @@ def predictions_page(ctx: Context) -> None:
     if len(comparison.errors) > SHOWN_FILE_ERRORS:
         more = len(comparison.errors) - SHOWN_FILE_ERRORS
         st.error(f"… and {more} more image(s) left out of the scores: their prediction files cannot be used")
-    if comparison.num_images == 0:
-        st.error("No image of this json is covered by every chosen prediction set.")
-        return
 
+
+def show_scores(index: DatasetIndex, comparison: Comparison) -> None:
+    """Which set is which, what they are scored against, and each one's mIoU and pixel accuracy."""
     tags = comparison.tags
     against = "ground truth" if index.has_gt else f"A ({comparison.reference})"
     st.markdown(
@@ -538,10 +606,11 @@ def predictions_page(ctx: Context) -> None:
         columns[2 * slot].metric(f"mIoU {tag}", f"{metrics['mIoU']:.4f}", delta)
         columns[2 * slot + 1].metric(f"pixel acc {tag}", f"{metrics['pACC']:.4f}")
 
-    st.subheader("IoU per class")
-    table = class_iou_table(comparison, index.class_names)
+
+def class_iou_chart(table: pd.DataFrame, tags: list[str]) -> alt.Chart:
+    """Grouped bars of each scored set's IoU per class."""
     long = table.melt(id_vars="class", value_vars=[f"IoU {t}" for t in tags], var_name="set", value_name="IoU")
-    chart = (
+    return (
         alt.Chart(long, title="IoU per class")
         .mark_bar()
         .encode(
@@ -552,12 +621,11 @@ def predictions_page(ctx: Context) -> None:
             tooltip=["class", "set", "IoU"],
         )
     )
-    chart_and_table(chart, table)
 
-    st.subheader("IoU per image (worst first)")
-    st.dataframe(styled(comparison.per_image, "{:.4f}"), hide_index=True)
 
-    st.subheader("Confusion matrix")
+def show_confusion(index: DatasetIndex, comparison: Comparison) -> None:
+    """The confusion matrix of one scored set (a choice when there are two), as a picture and a table."""
+    tags = comparison.tags
     which = 0
     if len(tags) > 1:
         which = st.radio("Set", range(len(tags)), format_func=lambda i: tags[i], horizontal=True, key="pred_cm")
@@ -566,11 +634,6 @@ def predictions_page(ctx: Context) -> None:
     left.image(cached_confusion_png(hist.tobytes(), hist.shape, tuple(index.class_names)))
     right.dataframe(confusion_table(hist, index.class_names))
     right.caption(f"rows: {'ground truth' if index.has_gt else 'A'}, columns: {tags[which]} (pixels)")
-
-    st.subheader("Side by side")
-    files = list(comparison.per_image["file_name"])
-    file_name = st.selectbox("Image (worst first)", files, key="pred_image")
-    show_side_by_side(ctx, key, index, chosen, signatures, file_name)
 
 
 def show_side_by_side(
@@ -615,6 +678,43 @@ def augmentations_page(ctx: Context) -> None:
     if not index.images:
         st.info("This json lists no image.")
         return
+    choice = augment_controls(ctx, index)
+    try:
+        pictures, input_yaml, original = mapper_draws(ctx, key, index, choice)
+    except SHOWN_ERRORS as error:
+        st.error(f"Cannot draw: {error}")
+        return
+    image = index.image(choice.image_id)
+    label = cached_label(key, choice.image_id) if index.has_gt else None
+    st.image(
+        overlay_picture(original, label, index.palette, choice.alpha),
+        channels="BGR",
+        caption=f"original {image['width']}x{image['height']}",
+        width=384,
+    )
+    for start in range(0, len(pictures), GRID_COLUMNS):
+        cells = st.columns(GRID_COLUMNS)
+        for cell, (data, caption) in zip(cells, pictures[start : start + GRID_COLUMNS], strict=False):
+            cell.image(data, caption=caption)
+    with st.expander("The config's INPUT keys"):
+        st.code(input_yaml, language="yaml")  # KEY: value lines read well as YAML
+
+
+@dataclass(frozen=True)
+class AugmentChoice:
+    """The Augmentations page's settings: the image, the config (its slot in the list and its path, None for the
+    project defaults), the seed, the number of draws and the overlay opacity."""
+
+    image_id: Any
+    config: int
+    config_path: str | None
+    seed: int
+    draws: int
+    alpha: float
+
+
+def augment_controls(ctx: Context, index: DatasetIndex) -> AugmentChoice:
+    """The Augmentations page's widgets: image, config, seed, draws and overlay opacity."""
     configs = [None, *ctx.config_files]
     left, middle, right = st.columns([2, 2, 1])
     image_id = left.selectbox(
@@ -633,40 +733,40 @@ def augmentations_page(ctx: Context) -> None:
     draws = st.slider("Draws", 1, 12, 4, key="augment_draws")
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="augment_alpha")
     config_path = str(configs[config]) if configs[config] else None
-    try:
-        config_sig = file_signature(ctx.roots.check(config_path)) if config_path else None
-        configured = copy_paste_enabled(load_config(config_path))
-        opts: tuple[str, ...] = ()
-        if configured is not None:  # the mapper has copy-paste: offer to switch it
-            pasting = st.checkbox(
-                "Copy-paste (INPUT.COPY_PASTE.ENABLED; objects from this json's images)",
-                configured,
-                key=f"augment_copy_paste_{config}",
-            )
-            opts = ("INPUT.COPY_PASTE.ENABLED", str(pasting)) if pasting != configured else ()
-        image = index.image(image_id)
-        image_sig = file_signature(index.image_path(ctx.roots, image))
-        pictures = cached_draws(
-            key, ctx.roots_key, image_id, image_sig, config_path, config_sig, opts, int(draws), int(seed), alpha
+    return AugmentChoice(image_id, config, config_path, int(seed), int(draws), alpha)
+
+
+def mapper_draws(
+    ctx: Context, key: JsonKey, index: DatasetIndex, choice: AugmentChoice
+) -> tuple[list[tuple[bytes, str]], str, np.ndarray]:
+    """(the mapper's draws as pictures with captions, the config's INPUT keys, the original image); with a config
+    whose mapper can copy-paste, a checkbox switches copy-paste."""
+    config_path = choice.config_path
+    config_sig = file_signature(ctx.roots.check(config_path)) if config_path else None
+    configured = copy_paste_enabled(load_config(config_path))
+    opts: tuple[str, ...] = ()
+    if configured is not None:  # the mapper has copy-paste: offer to switch it
+        pasting = st.checkbox(
+            "Copy-paste (INPUT.COPY_PASTE.ENABLED; objects from this json's images)",
+            configured,
+            key=f"augment_copy_paste_{choice.config}",
         )
-        _, input_yaml = cached_mapper(config_path, config_sig, opts, key, ctx.roots_key)
-        original = cached_image(*image_sig)
-    except SHOWN_ERRORS as error:
-        st.error(f"Cannot draw: {error}")
-        return
-    label = cached_label(key, image_id) if index.has_gt else None
-    st.image(
-        overlay_picture(original, label, index.palette, alpha),
-        channels="BGR",
-        caption=f"original {image['width']}x{image['height']}",
-        width=384,
+        opts = ("INPUT.COPY_PASTE.ENABLED", str(pasting)) if pasting != configured else ()
+    image_sig = file_signature(index.image_path(ctx.roots, index.image(choice.image_id)))
+    pictures = cached_draws(
+        key,
+        ctx.roots_key,
+        choice.image_id,
+        image_sig,
+        config_path,
+        config_sig,
+        opts,
+        choice.draws,
+        choice.seed,
+        choice.alpha,
     )
-    for start in range(0, len(pictures), GRID_COLUMNS):
-        cells = st.columns(GRID_COLUMNS)
-        for cell, (data, caption) in zip(cells, pictures[start : start + GRID_COLUMNS], strict=False):
-            cell.image(data, caption=caption)
-    with st.expander("The config's INPUT keys"):
-        st.code(input_yaml, language="yaml")  # KEY: value lines read well as YAML
+    _, input_yaml = cached_mapper(config_path, config_sig, opts, key, ctx.roots_key)
+    return pictures, input_yaml, cached_image(*image_sig)
 
 
 def show(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:

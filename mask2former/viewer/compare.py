@@ -149,7 +149,6 @@ def compare(
         if absent:
             continue
         reference = ground_truth(image["id"]) if ground_truth is not None else preds[0]
-        row: dict[str, Any] = {"file_name": file_name, "image_id": image["id"]}
         try:
             image_hists = [
                 confusion_matrix(match_size(reference, preds[i].shape), preds[i], num_classes) for i in scored
@@ -157,29 +156,42 @@ def compare(
         except ValueError as error:
             errors.append(f"{file_name}: {error}")
             continue
-        for slot, (i, hist) in enumerate(zip(scored, image_hists, strict=True)):
+        for slot, hist in enumerate(image_hists):
             hists[slot] += hist
-            metrics = metrics_from_confusion(hist)
-            row[f"mIoU {tags[i]}"] = metrics["mIoU"]
-            row[f"pixel acc {tags[i]}"] = metrics["pACC"]
-        if len(scored) == 2:
-            row["mIoU B - A"] = row[f"mIoU {tags[scored[1]]}"] - row[f"mIoU {tags[scored[0]]}"]
-        rows.append(row)
-    per_image = pd.DataFrame(rows)
-    if rows:
-        per_image = per_image.sort_values(f"mIoU {tags[scored[0]]}", kind="stable", na_position="last")
-        per_image = per_image.reset_index(drop=True)
+        rows.append(_image_row(image, [tags[i] for i in scored], image_hists))
     return Comparison(
         reference="ground truth" if ground_truth is not None else names[0],
         names=[names[i] for i in scored],
         tags=[tags[i] for i in scored],
-        per_image=per_image,
+        per_image=_worst_first(rows, f"mIoU {tags[scored[0]]}"),
         hists=hists,
         metrics=[metrics_from_confusion(hist) for hist in hists],
         num_images=len(rows),
         missing={name: files for name, files in missing.items() if files},
         errors=errors,
     )
+
+
+def _image_row(image: dict, tags: list[str], hists: list[np.ndarray]) -> dict[str, Any]:
+    """One image's row of the per-image table: its mIoU and pixel accuracy per scored set (`tags`), and with
+    two sets the difference of their mIoU."""
+    row: dict[str, Any] = {"file_name": image["file_name"], "image_id": image["id"]}
+    for tag, hist in zip(tags, hists, strict=True):
+        metrics = metrics_from_confusion(hist)
+        row[f"mIoU {tag}"] = metrics["mIoU"]
+        row[f"pixel acc {tag}"] = metrics["pACC"]
+    if len(tags) == 2:
+        row["mIoU B - A"] = row[f"mIoU {tags[1]}"] - row[f"mIoU {tags[0]}"]
+    return row
+
+
+def _worst_first(rows: list[dict[str, Any]], column: str) -> pd.DataFrame:
+    """The per-image table sorted by `column`, worst first (stable; images without a score last)."""
+    per_image = pd.DataFrame(rows)
+    if rows:
+        per_image = per_image.sort_values(column, kind="stable", na_position="last")
+        per_image = per_image.reset_index(drop=True)
+    return per_image
 
 
 def class_iou_table(comparison: Comparison, class_names: list[str]) -> pd.DataFrame:

@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 
 from ..data.classes import palette_for
-from ..data.coco_semantic import category_to_label, check_annotation, class_names_from_categories, render_label_map
+from ..data.coco_checks import check_annotation
+from ..data.coco_semantic import category_to_label, class_names_from_categories
+from ..data.rasterize import annotation_mask, render_label_map
 from ..io.coco_json import read_coco_json
 from ..io.images import read_image
 from ..utils.visualize import overlay, shrink_for_overlay
@@ -232,6 +234,4 @@ def annotation_area(ann: dict, image: dict) -> float:
     """The json's `area` when it is a number, else the area of the decoded mask."""
     if isinstance(ann.get("area"), (int, float)):
         return float(ann["area"])
-    from ..data.coco_semantic import annotation_mask
-
     return float(annotation_mask(ann, image["height"], image["width"]).sum())

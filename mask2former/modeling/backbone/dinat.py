@@ -37,6 +37,7 @@ from torch import nn
 from ...config import CONFIG_ADDERS
 from ...config import CfgNode as ConfigNode
 from ..ops.neighborhood_attention import IMPLEMENTATIONS, neighborhood_attention
+from ..tiny import register_tiny_sizes
 from .base import BACKBONE_REGISTRY, Backbone
 from .swin import DropPath, Mlp, init_transformer_weights, read_weights, unwrap_state_dict
 
@@ -82,6 +83,14 @@ def add_dinat_config(cfg: CfgNode) -> None:
     # maps shorter than kernel x dilation: "pad" (zero-pad the block input, as NATTEN 0.14, which trained the
     # official checkpoints) or "shrink_dilation" (fit the dilation to the map; no padded tokens)
     cfg.MODEL.DINAT.SMALL_MAP = "pad"
+
+
+register_tiny_sizes(
+    "dinat",
+    ["MODEL.DINAT.EMBED_DIM", "16", "MODEL.DINAT.DEPTHS", "[1, 1, 2, 1]", "MODEL.DINAT.NUM_HEADS", "[1, 1, 2, 2]",
+     "MODEL.DINAT.KERNEL_SIZE", "3", "MODEL.DINAT.DILATIONS", "[[2], [1], [1, 2], [1]]"],
+    [(BACKBONE_REGISTRY, "D2DiNAT")],
+)  # fmt: skip
 
 
 class ConvTokenizer(nn.Module):

@@ -34,6 +34,7 @@ from torch import nn
 from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
 from ...io.checkpoints import CheckpointMismatchError, read_checkpoint
+from ..tiny import register_tiny_sizes
 from ..weights import load_model_weights
 from .base import BACKBONE_REGISTRY, Backbone
 
@@ -421,6 +422,14 @@ def add_resnet_config(cfg: CfgNode) -> None:
     cfg.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1  # deformable conv groups: not supported (only 1)
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (one 7x7 conv) or "deeplab" (three 3x3 convs)
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # res5 block i dilation = RES5_DILATION x this[i] (DeepLab)
+
+
+register_tiny_sizes(
+    "resnet",
+    ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+     "MODEL.RESNETS.WIDTH_PER_GROUP", "4"],
+    [(BACKBONE_REGISTRY, "build_resnet_backbone")],
+)  # fmt: skip
 
 
 def resnet_options(cfg: CfgNode) -> dict[str, Any]:

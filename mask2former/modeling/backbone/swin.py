@@ -29,6 +29,7 @@ from torch import nn
 from ...config import CONFIG_ADDERS
 from ...config import CfgNode as ConfigNode
 from ...io.checkpoints import read_checkpoint
+from ..tiny import register_tiny_sizes
 from .base import BACKBONE_REGISTRY, Backbone
 
 logger = logging.getLogger(__name__)
@@ -450,6 +451,14 @@ def add_swin_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
     cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+
+
+register_tiny_sizes(
+    "swin",
+    ["MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1, 1, 2, 1]", "MODEL.SWIN.NUM_HEADS", "[1, 1, 2, 2]",
+     "MODEL.SWIN.WINDOW_SIZE", "4"],
+    [(BACKBONE_REGISTRY, "D2SwinTransformer")],
+)  # fmt: skip
 
 
 def swin_options(cfg: CfgNode) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from fvcore.common.config import CfgNode
 from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
 from ...io.checkpoints import read_checkpoint
+from ..tiny import register_tiny_sizes
 from .base import BACKBONE_REGISTRY, Backbone
 
 logger = logging.getLogger(__name__)
@@ -172,3 +173,29 @@ def add_timm_config(cfg: CfgNode) -> None:
     # the model's keyword arguments, timm's names (e.g. {drop_path_rate: 0.4}, or small depths/dims for a tiny one)
     cfg.MODEL.TIMM.ARGS = ConfigNode(new_allowed=True)
     cfg.MODEL.TIMM.OUTPUT_STRIDE = 32  # 16 or 8: dilated last stages (DeepLabV3+), where the model supports it
+
+
+# Tiny timm backbones are chosen by name: the smallest model of the configured model's timm class, narrowed further
+# where the class takes widths (name -> (tiny name, MODEL.TIMM.ARGS sizes)).
+TINY_TIMM_MODELS: dict[str, tuple[str, dict]] = {
+    "convnext_tiny": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
+    "convnext_xlarge": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
+    "convnext_atto": ("convnext_atto", {"dims": [16, 32, 64, 128]}),
+    "efficientnet_b6": ("test_efficientnet", {}),  # timm's test model of the EfficientNet class (82k parameters)
+    "efficientnet_b0": ("test_efficientnet", {}),
+    "hrnet_w48": ("hrnet_w18_small", {}),
+}
+
+
+def shrink_timm_to_tiny(cfg: CfgNode) -> None:
+    """With MODEL.BACKBONE.NAME TimmBackbone: MODEL.TIMM.NAME swapped for its TINY_TIMM_MODELS sibling and the sizes
+    set in MODEL.TIMM.ARGS (its other ARGS kept); a KeyError for a name the table lacks."""
+    if cfg.MODEL.BACKBONE.NAME != "TimmBackbone":
+        return
+    name, sizes = TINY_TIMM_MODELS[cfg.MODEL.TIMM.NAME]
+    cfg.MODEL.TIMM.NAME = name
+    for key, value in sizes.items():
+        cfg.MODEL.TIMM.ARGS[key] = value
+
+
+register_tiny_sizes("timm", [], [(BACKBONE_REGISTRY, "TimmBackbone")], shrink=shrink_timm_to_tiny)

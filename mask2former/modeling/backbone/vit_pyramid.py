@@ -39,6 +39,7 @@ from torch import nn
 from ...config import CONFIG_ADDERS, ConfigError
 from ...config import CfgNode as ConfigNode
 from ...io.checkpoints import read_checkpoint
+from ..tiny import register_tiny_sizes
 from .base import BACKBONE_REGISTRY, Backbone
 from .resnet import get_norm
 from .timm_backbone import fit_by_shape, timm_filtered
@@ -383,3 +384,11 @@ def add_vit_pyramid_config(cfg: CfgNode) -> None:
     cfg.MODEL.VIT_PYRAMID.USE_REL_POS_BIAS = None  # BEiT only: a relative position bias table per block
     cfg.MODEL.VIT_PYRAMID.OUT_INDICES = [7, 11, 15, 23]  # blocks whose outputs become res2..res5 (BEiT-L recipe)
     cfg.MODEL.VIT_PYRAMID.NECK_NORM = "BN"  # norm in the stride-4 branch: BN, SyncBN, GN (32 groups), "" (none)
+
+
+register_tiny_sizes(
+    "vit_pyramid",
+    ["MODEL.VIT_PYRAMID.EMBED_DIM", "32", "MODEL.VIT_PYRAMID.DEPTH", "4", "MODEL.VIT_PYRAMID.NUM_HEADS", "2",
+     "MODEL.VIT_PYRAMID.IMG_SIZE", "64", "MODEL.VIT_PYRAMID.OUT_INDICES", "[0, 1, 2, 3]"],
+    [(BACKBONE_REGISTRY, "ViTPyramid")],
+)  # fmt: skip

@@ -6,6 +6,7 @@ from fvcore.common.config import CfgNode
 
 from mask2former.config import CONFIG_ADDERS
 from mask2former.config import CfgNode as ConfigNode
+from mask2former.modeling.tiny import register_tiny_sizes
 
 
 @CONFIG_ADDERS.register()
@@ -34,3 +35,7 @@ def add_per_pixel_config(cfg: CfgNode) -> None:
     cfg.MODEL.PER_PIXEL.LOSS.FOCAL_WEIGHT = 0.0
     cfg.MODEL.PER_PIXEL.LOSS.FOCAL_GAMMA = 2.0
     cfg.MODEL.PER_PIXEL.LOSS.LOVASZ_WEIGHT = 0.0
+
+
+# the per-pixel decoders' module declares which entries these sizes make tiny
+register_tiny_sizes("per_pixel", ["MODEL.PER_PIXEL.DECODER_CHANNELS", "64", "MODEL.PER_PIXEL.AUX_CHANNELS", "16"])

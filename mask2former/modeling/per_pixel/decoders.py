@@ -23,6 +23,7 @@ from torch import nn
 from ...config import ConfigError
 from ...utils.registry import lookup
 from ..backbone.base import ShapeSpec
+from ..tiny import register_tiny_sizes
 
 PER_PIXEL_DECODERS = Registry("PER_PIXEL_DECODERS")
 PER_PIXEL_DECODERS.__doc__ = __doc__
@@ -144,8 +145,11 @@ def _register_smp(name: str) -> None:
     PER_PIXEL_DECODERS.register(type(name, (SmpDecoder,), {"from_config": classmethod(from_config), "__doc__": doc}))
 
 
-for _name in ("UPerNet", "FPN", "DeepLabV3Plus", "UnetPlusPlus", "Segformer"):
+SMP_DECODERS = ("UPerNet", "FPN", "DeepLabV3Plus", "UnetPlusPlus", "Segformer")
+for _name in SMP_DECODERS:
     _register_smp(_name)
+# tiny at MODEL.PER_PIXEL.DECODER_CHANNELS' tiny size (per_pixel/config.py)
+register_tiny_sizes("smp_decoders", [], [(PER_PIXEL_DECODERS, name) for name in SMP_DECODERS])
 
 
 class FCNAuxHead(nn.Module):

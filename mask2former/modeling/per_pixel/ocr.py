@@ -24,6 +24,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..backbone.base import ShapeSpec
+from ..tiny import register_tiny_sizes
 from .decoders import PER_PIXEL_DECODERS, PYRAMID, check_pyramid, classifier
 
 
@@ -109,3 +110,6 @@ class OCR(nn.Module):
         context = self.object_context(pixels, region_representations(pixels, region_logits))
         logits = self.classifier(self.fuse(torch.cat([pixels, context], dim=1)))
         return {"logits": logits, "aux_logits": [region_logits]}
+
+
+register_tiny_sizes("ocr", [], [(PER_PIXEL_DECODERS, "OCR")])  # tiny at MODEL.PER_PIXEL.DECODER_CHANNELS' size

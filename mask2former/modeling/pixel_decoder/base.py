@@ -15,9 +15,13 @@ from torch import nn
 
 from ...utils.registry import lookup
 from ..backbone.base import ShapeSpec
+from ..tiny import register_tiny_sizes
 
 PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
 PIXEL_DECODER_REGISTRY.__doc__ = __doc__
+
+# the widths every pixel decoder reads; each decoder's module declares its entry (and its own keys)
+register_tiny_sizes("pixel_decoder", ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32"])
 
 
 def build_pixel_decoder(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:

@@ -44,6 +44,7 @@ from torchvision.ops import deform_conv2d
 
 from ..backbone.base import ShapeSpec
 from ..layers import Conv2d, c2_xavier_fill, group_norm
+from ..tiny import register_tiny_sizes
 from .base import PIXEL_DECODER_REGISTRY
 
 
@@ -220,3 +221,6 @@ class PixelFANDecoder(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Same as `forward_features`."""
         return self.forward_features(features)
+
+
+register_tiny_sizes("fapn", [], [(PIXEL_DECODER_REGISTRY, "PixelFANDecoder")])  # the pixel decoders' widths only

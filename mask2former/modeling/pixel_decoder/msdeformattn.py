@@ -17,6 +17,7 @@ from ..backbone.base import ShapeSpec
 from ..layers import Conv2d, c2_xavier_fill, group_norm
 from ..ops.ms_deform_attn import MSDeformAttn
 from ..position_encoding import PositionEmbeddingSine
+from ..tiny import register_tiny_sizes
 from .base import PIXEL_DECODER_REGISTRY
 
 
@@ -250,3 +251,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def fpn_level(self, index: int, lateral: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
         """One FPN step: the lateral map plus the upsampled coarser one, through the output conv."""
         return getattr(self, f"layer_{index}")(lateral + upsampled)
+
+
+register_tiny_sizes(
+    "msdeformattn",
+    ["MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "4",
+     "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64"],
+    [(PIXEL_DECODER_REGISTRY, "MSDeformAttnPixelDecoder")],
+)  # fmt: skip

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Conv2d, c2_xavier_fill
+from ..tiny import register_tiny_sizes
 from .base import PIXEL_DECODER_REGISTRY
 from .fapn import ModulatedDeformConv
 from .msdeformattn import MSDeformAttnPixelDecoder
@@ -79,3 +80,7 @@ class MSDeformAttnPixelFANDecoder(MSDeformAttnPixelDecoder):
         """The summed map aligned to the lateral one (FaPN's deformable alignment), then the output conv."""
         aligned = getattr(self, f"align_{index}")(lateral, lateral + upsampled)
         return getattr(self, f"layer_{index}")(aligned)
+
+
+# the pixel decoders' widths and MSDeformAttnPixelDecoder's encoder sizes
+register_tiny_sizes("msdeformattn_fapn", [], [(PIXEL_DECODER_REGISTRY, "MSDeformAttnPixelFANDecoder")])

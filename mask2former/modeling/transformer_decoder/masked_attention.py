@@ -15,6 +15,7 @@ from torch import nn
 
 from ..layers import c2_xavier_fill
 from ..position_encoding import PositionEmbeddingSine
+from ..tiny import register_tiny_sizes
 from .base import TRANSFORMER_DECODER_REGISTRY
 
 
@@ -218,3 +219,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pred_masks": predictions[-1][1],
             "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
         }
+
+
+register_tiny_sizes(
+    "masked_attention",
+    ["MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.NHEADS", "4", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+     "MODEL.MASK_FORMER.DEC_LAYERS", "3", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64"],
+    [(TRANSFORMER_DECODER_REGISTRY, "MultiScaleMaskedTransformerDecoder")],
+)  # fmt: skip
