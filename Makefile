@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-REQ_HASH := $(shell cat requirements.txt requirements-dev.txt requirements-tracking.txt pyproject.toml | sha1sum | cut -c1-12)
+REQ_HASH := $(shell cat requirements.txt requirements-dev.txt requirements-tracking.txt requirements-deploy.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 SAMPLE ?= datasets/sample
 DEMO_OUT ?= output/demo
@@ -25,9 +25,9 @@ DEMO_KEY = $(shell { find mask2former semask tools configs train_net.py -type f 
 
 .PHONY: install test test-fast lint demo demo-data demo-outdir bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-tracking.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-tracking.txt requirements-deploy.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -r requirements-tracking.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -r requirements-tracking.txt -r requirements-deploy.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -10,7 +10,16 @@ import pytest
 import yaml
 from conftest import REPO
 
-from mask2former.config import ConfigError, flatten_keys, get_cfg, load_config
+from mask2former.config import (
+    NO_EFFECT,
+    ONLY_DEFAULT,
+    CfgNode,
+    ConfigError,
+    config_yaml,
+    flatten_keys,
+    get_cfg,
+    load_config,
+)
 from mask2former.engine.arguments import default_argument_parser
 from mask2former.engine.run_config import build_config
 
@@ -278,6 +287,28 @@ def test_only_default_keys_name_the_key_and_why() -> None:
         load_config(None, ["VERSION", "1"])
     with pytest.raises(ConfigError, match=r"MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True: only False"):
         load_config(None, ["MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True"])
+
+
+def test_a_runs_config_yaml_leaves_out_the_compatibility_keys_unless_set() -> None:
+    """config_yaml: the keys kept only for official files are left out at their one value (and
+    FILTER_EMPTY_ANNOTATIONS at its default); a set value shows; loading the file gives the same config."""
+    cfg = load_config(None, ["SOLVER.MAX_ITER", "7"])
+    written = yaml.safe_load(config_yaml(cfg))
+    shown = set(flatten_keys(CfgNode(written)))
+    assert not shown & (set(ONLY_DEFAULT) | set(NO_EFFECT)), shown & (set(ONLY_DEFAULT) | set(NO_EFFECT))
+    assert shown == set(flatten_keys(cfg)) - set(ONLY_DEFAULT) - set(NO_EFFECT)
+    assert len(shown) > 150
+    assert written["SOLVER"]["MAX_ITER"] == 7
+    unset = load_config(None, ["DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False"])
+    assert yaml.safe_load(config_yaml(unset))["DATALOADER"]["FILTER_EMPTY_ANNOTATIONS"] is False
+    assert yaml.safe_load(config_yaml(cfg)) == yaml.safe_load(config_yaml(load_config(None, ["SOLVER.MAX_ITER", "7"])))
+
+
+def test_every_compatibility_key_is_refused_at_another_value_naming_why() -> None:
+    for key, (allowed, reason) in ONLY_DEFAULT.items():
+        other = "'another'" if isinstance(allowed, str) else repr(not allowed if isinstance(allowed, bool) else 3)
+        with pytest.raises(ConfigError, match=re.escape(f"{key} is ") + r".*" + re.escape(f"({reason})")):
+            load_config(None, [key, other])
 
 
 def test_whole_numbers_and_inf_are_taken_for_float_keys(tmp_path) -> None:

@@ -102,7 +102,7 @@ CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
     "OUTPUT_DIR": Changes("{data}/other_output", "trainer"),
     # ---- INPUT
     "INPUT.FORMAT": Changes("'BGR'", "test_mapper"),
-    "INPUT.DATASET_MAPPER_NAME": Refused("'mask_former_panoptic'", "train_mapper"),
+    "INPUT.DATASET_MAPPER_NAME": Refused("'mask_former_panoptic'"),
     "INPUT.MIN_SIZE_TRAIN": Changes("(80,)", "train_mapper"),
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": Changes("'range'", "train_mapper", ("INPUT.MIN_SIZE_TRAIN", "(40, 120)")),
     "INPUT.MAX_SIZE_TRAIN": Changes("100", "train_mapper"),
@@ -112,7 +112,7 @@ CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
     "INPUT.RANDOM_FLIP": Changes("'none'", "train_mapper"),
     "INPUT.PAD_VALUE": Changes("7", "train_mapper", ("INPUT.SIZE_DIVISIBILITY", "96")),
     "INPUT.CROP.ENABLED": Changes("False", "train_mapper"),
-    "INPUT.CROP.TYPE": Refused("'relative'", "train_mapper"),
+    "INPUT.CROP.TYPE": Refused("'relative'"),
     "INPUT.CROP.SIZE": Changes("(40, 40)", "train_mapper"),
     "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": Changes("0.3", "train_mapper"),
     "INPUT.CROP.MAX_TRIES": Changes("1", "train_mapper", ("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "0.3")),
@@ -175,7 +175,7 @@ CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
     "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD": Changes("32", "model"),
     "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": Changes("8", "model"),
     "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": Refused("'StandardTransformerDecoder'", "model"),
-    "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": Refused("'transformer_encoder'", "model"),
+    "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": Refused("'transformer_encoder'"),
     "MODEL.MASK_FORMER.DEEP_SUPERVISION": Changes("False", "losses"),
     "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": Changes("0.5", "losses"),
     "MODEL.MASK_FORMER.CLASS_WEIGHT": Changes("1.0", "losses"),
@@ -211,7 +211,7 @@ CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
     "SOLVER.WEIGHT_DECAY_NORM": Changes("0.5", "optimizer"),
     "SOLVER.WEIGHT_DECAY_EMBED": Changes("0.5", "optimizer"),
     "SOLVER.BACKBONE_MULTIPLIER": Changes("0.5", "optimizer"),
-    "SOLVER.LR_SCHEDULER_NAME": Refused("'WarmupCosineLR'", "schedule"),
+    "SOLVER.LR_SCHEDULER_NAME": Refused("'WarmupCosineLR'"),
     "SOLVER.POLY_LR_POWER": Changes("2.0", "schedule"),
     "SOLVER.POLY_LR_CONSTANT_ENDING": Changes("0.5", "schedule"),
     "SOLVER.WARMUP_FACTOR": Changes("0.5", "schedule", WARMUP),
@@ -770,7 +770,7 @@ def package_reads() -> frozenset[str]:
 
 # Keys the package reads without spelling their path: key -> where and how.
 INDIRECT_READS: dict[str, str] = {
-    key: "config/checks.py check_config_values reads each ONLY_DEFAULT key by its dotted name, refusing other values"
+    key: "config/compatibility.py check_compatibility_keys reads each ONLY_DEFAULT key by its dotted name"
     for key in ONLY_DEFAULT
 }
 

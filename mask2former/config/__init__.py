@@ -16,8 +16,9 @@ block, or aliases that expand to more than MAX_YAML_NODES values, are refused na
 expanded). `load_config` then refuses values that cannot work (VALUE_RULES): every tool gets the same checks.
 
 Modules: `yaml_file` (the one YAML reader and ConfigError), `node` (CfgNode and its unknown-key messages),
-`defaults` (get_cfg and the adder registries), `checks` (ONLY_DEFAULT, the keys kept only so official files load,
-and VALUE_RULES); this module holds `load_config`, the one way every entry point builds its config.
+`defaults` (get_cfg and the adder registries), `compatibility` (ONLY_DEFAULT and NO_EFFECT, the keys kept only so
+official files load, and `config_yaml`, the config as a run writes it), `checks` (VALUE_RULES), `plugins` (the
+plug-ins of child processes); this module holds `load_config`, the one way every entry point builds its config.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from .checks import ONLY_DEFAULT, VALUE_RULES, check_config_values
+from .checks import VALUE_RULES, check_config_values
+from .compatibility import NO_EFFECT, ONLY_DEFAULT, config_yaml
 from .defaults import CONFIG_ADDERS, PLUGIN_CONFIG_ADDERS, get_cfg
 from .node import RENAMED_KEYS, CfgNode, flatten_keys
 from .yaml_file import MAX_YAML_NODES, ConfigError, read_config_yaml
@@ -34,6 +36,7 @@ from .yaml_file import MAX_YAML_NODES, ConfigError, read_config_yaml
 __all__ = [
     "CONFIG_ADDERS",
     "MAX_YAML_NODES",
+    "NO_EFFECT",
     "ONLY_DEFAULT",
     "PLUGIN_CONFIG_ADDERS",
     "RENAMED_KEYS",
@@ -41,6 +44,7 @@ __all__ = [
     "CfgNode",
     "ConfigError",
     "check_config_values",
+    "config_yaml",
     "flatten_keys",
     "get_cfg",
     "load_config",

@@ -1,5 +1,4 @@
-"""Values a config may not hold: keys kept only so official files load (one possible value), and values that
-cannot work (VALUE_RULES). `load_config` applies them, so every tool refuses them in one line."""
+"""Values that cannot work (VALUE_RULES). `load_config` applies them, so every tool refuses them in one line."""
 
 from __future__ import annotations
 
@@ -9,21 +8,9 @@ from typing import Any
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
+from .compatibility import check_compatibility_keys
 from .node import _lookup
 from .yaml_file import ConfigError
-
-# Keys with one possible value in this project (read by nothing else): load_config refuses any other value.
-ONLY_DEFAULT: dict[str, tuple[object, str]] = {
-    "VERSION": (2, "detectron2's version-1 configs, with older key names, are not supported"),
-    "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": (True, "semantic inference is the only inference this project has"),
-    "MODEL.MASK_FORMER.TEST.INSTANCE_ON": (False, "this project has no instance inference"),
-    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": (False, "this project has no panoptic inference"),
-    # Read by nothing in Mask2Former's semantic segmentation either: another value would change nothing.
-    "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": (1.0, "Mask2Former's MaskFormerHead stores it and never uses it"),
-    "MODEL.MASK_FORMER.ENC_LAYERS": (0, "only MaskFormer v1's decoder reads it, not Mask2Former's"),
-    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": (0.8, "only instance and panoptic inference read it"),
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": (0.8, "only panoptic inference reads it"),
-}
 
 
 def _is_number(value: Any) -> bool:
@@ -59,12 +46,9 @@ VALUE_RULES: tuple[tuple[str, Callable[[Any, _FvCfgNode], bool], str], ...] = (
 
 
 def check_config_values(cfg: _FvCfgNode) -> None:
-    """ConfigError for a key of ONLY_DEFAULT set to another value, or a key of VALUE_RULES set to a value that
-    cannot work (the message names the key, its value and what to give)."""
-    for key, (allowed, reason) in ONLY_DEFAULT.items():
-        value = _lookup(cfg, key)
-        if value != allowed or type(value) is not type(allowed):
-            raise ConfigError(f"{key} is {value!r}: only {allowed!r} is supported ({reason})")
+    """ConfigError for a key kept for official files (compatibility.ONLY_DEFAULT) set to another value, or a key of
+    VALUE_RULES set to a value that cannot work (the message names the key, its value and what to give)."""
+    check_compatibility_keys(cfg)
     for key, test, wanted in VALUE_RULES:
         value = _lookup(cfg, key)
         if not test(value, cfg):

@@ -183,15 +183,10 @@ class SemanticSegMapper:
 
 
 def _check_input_config(cfg: CfgNode) -> None:
-    """ConfigError for a crop type, flip or mapper name this mapper does not implement."""
-    if cfg.INPUT.CROP.TYPE != "absolute":
-        raise ConfigError(f"INPUT.CROP.TYPE {cfg.INPUT.CROP.TYPE!r} is not supported; use 'absolute'")
+    """ConfigError for a flip this mapper does not implement (the crop type and the mapper name have one value,
+    which load_config checks: mask2former/config/compatibility.py)."""
     if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
         raise ConfigError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}")
-    if cfg.INPUT.DATASET_MAPPER_NAME != "mask_former_semantic":
-        raise ConfigError(
-            f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r}: only 'mask_former_semantic' exists here"
-        )
 
 
 def _color_jitter(cfg: CfgNode) -> dict[str, Any] | None:

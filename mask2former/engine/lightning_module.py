@@ -17,7 +17,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError
+from ..config import ConfigError, config_yaml
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.coco_semantic import check_class_lists, set_class_metadata
 from ..data.dataset import MapDataset
@@ -251,7 +251,7 @@ class MaskFormerModule(L.LightningModule):
                 f"the weights became non-finite after iteration {self.global_step} ({bad}); not saved. "
                 f"{self._checkpoint_left()} {_ADVICE}"
             )
-        checkpoint["config_yaml"] = self.cfg.dump()
+        checkpoint["config_yaml"] = config_yaml(self.cfg)
         checkpoint["class_names"] = check_dataset_classes(self.cfg, list(self.cfg.DATASETS.TRAIN))
         row = self._pending_metrics_row()
         if row is not None:

@@ -147,9 +147,7 @@ def poly_lr_factor(
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    solver = cfg.SOLVER
-    if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
-        raise ConfigError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; use WarmupPolyLR")
+    solver = cfg.SOLVER  # SOLVER.LR_SCHEDULER_NAME has one value, WarmupPolyLR (mask2former/config/compatibility.py)
 
     def factor(iteration: int) -> float:
         return poly_lr_factor(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode
 
-from ..config import ConfigError, read_config_yaml
+from ..config import ConfigError, config_yaml, read_config_yaml
 from ..data.trash import register_datasets_from_config
 from ..io.files import atomic_write_text, remove_stale_temporaries
 from ..utils.logger import logging_to, setup_logging
@@ -118,7 +118,7 @@ def prepare_output_dir(
         if config_file.resolve() == Path(args.config_file).resolve():  # an input is never replaced
             logger.info("%s is this run's --config-file: left as it is (seed %d)", config_file, cfg.SEED)
         else:
-            atomic_write_text(config_file, cfg.dump())
+            atomic_write_text(config_file, config_yaml(cfg))
             logger.info("config written to %s (seed %d)", config_file, cfg.SEED)
     logger.info(cpu_numerics())
     register_datasets_from_config(cfg)

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from fvcore.common.config import CfgNode
 
-from ..config import ConfigError
+from ..config import ConfigError, config_yaml
 from ..io.checkpoints import save_atomic
 from ..io.files import atomic_write_json
 from .callbacks import plot_loss_curve
@@ -117,7 +117,7 @@ def write_final_results(cfg: CfgNode, trainer: L.Trainer, module: MaskFormerModu
         {
             "model": module.model.state_dict(),
             "iteration": trainer.global_step,
-            "config_yaml": cfg.dump(),
+            "config_yaml": config_yaml(cfg),
             "class_names": check_dataset_classes(cfg, list(cfg.DATASETS.TRAIN)),  # compared when predicting
         },
         final,

@@ -47,8 +47,6 @@ class MaskFormerHead(nn.Module):
                 f"(it returns {sorted(input_shape)})"
             )
         shapes = {name: input_shape[name] for name in head_cfg.IN_FEATURES}
-        if cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE != "multi_scale_pixel_decoder":
-            raise ValueError("only MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE 'multi_scale_pixel_decoder' is supported")
         return cls(
             pixel_decoder=build_pixel_decoder(cfg, shapes),
             predictor=build_transformer_decoder(cfg, head_cfg.CONVS_DIM),
