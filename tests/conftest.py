@@ -300,3 +300,56 @@ def doc_commands(heading: str) -> list[list[str]]:
     assert block is not None, f"no bash block under the heading {heading!r}"
     commands = [shlex.split(line, comments=True) for line in block.group(1).replace("\\\n", " ").splitlines()]
     return [argv for argv in commands if argv]
+
+
+# ---- a tiny model package (tools/export.py --package), shared by tests/test_package.py and tests/test_serve.py -----
+
+PACKAGE_CLASSES = ["Background", "General trash", "Paper", "Paper pack", "Metal", "Glass", "Plastic", "Styrofoam"]
+PACKAGE_CLASSES += ["Plastic bag", "Battery", "Clothing"]
+
+
+@dataclass(frozen=True)
+class TinyPackage:
+    """A package exported at 64 x 64 (INPUT.MIN_SIZE_TEST 64: a square photo's view) from a tiny untrained
+    quickstart model saved as a finished run's model_final.pth (`run`: its folder, with config.yaml and
+    final_metrics.json), whose backbone weights (`backbone`) carry an apache-2.0 licence."""
+
+    folder: Path
+    run: Path
+    backbone: Path
+    command: str
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> TinyPackage:
+    from safetensors.torch import save_file
+
+    from mask2former.export.package import write_package
+
+    root = tmp_path_factory.mktemp("package")
+    backbone = root / "weights" / "swin_tiny.safetensors"
+    backbone.parent.mkdir()
+    save_file({"unused": torch.zeros(1)}, str(backbone), metadata={"license": "apache-2.0"})
+    run = root / "run"
+    cfg = write_tiny_run(run, ["MODEL.BACKBONE.WEIGHTS", str(backbone)])
+    command = f"python tools/export.py --config-file {run}/config.yaml --weights {run}/model_final.pth --package PKG"
+    write_package(cfg, str(run / "model_final.pth"), root / "package", size=(64, 64), command=command)
+    return TinyPackage(root / "package", run, backbone, command)
+
+
+def write_tiny_run(run: Path, opts: list[str] = ()):  # noqa: ANN201  (a CfgNode)
+    """What a finished training run leaves in `run` (config.yaml, model_final.pth with PACKAGE_CLASSES, and
+    final_metrics.json: 4 iterations, val mIoU 0.1234), for a tiny untrained quickstart model whose test view of a
+    square photo is 64 x 64; returns its config."""
+    from mask2former.config import load_config
+    from mask2former.modeling.build import build_model
+
+    run.mkdir(parents=True)
+    cfg = load_config(str(REPO / "configs" / "quickstart.yaml"), [*TINY_MODEL, "INPUT.MIN_SIZE_TEST", "64", *opts])
+    (run / "config.yaml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    torch.save({"model": state, "iteration": 4, "class_names": PACKAGE_CLASSES}, run / "model_final.pth")
+    metrics = {"iteration": 4, "results": {"trash_val": {"mIoU": 0.1234}}}
+    (run / "final_metrics.json").write_text(json.dumps(metrics))
+    return cfg

@@ -139,3 +139,41 @@ def test_readme_own_data_recipe_runs_as_written(sample_root: Path, tmp_path: Pat
     mine = output / "mine"
     assert (mine / "inspect" / "stats.json").is_file() and (mine / "train" / "model_final.pth").is_file()
     assert (mine / "val" / "submission.csv").is_file()
+    put_the_model_to_work(localised, run, tmp_path, sample_root)
+
+
+def put_the_model_to_work(localised, run, tmp_path: Path, sample_root: Path) -> None:
+    """README "Put a model to work", after the own-data recipe trained output/mine/train: export a package (the
+    tiny widths and a 64 px view appended), predict a folder of photos with its model.onnx, serve it (on any free
+    port: --port 0 appended) and ask its /health."""
+    export, predict, serve = doc_commands("Put a model to work")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in sorted((sample_root / "batch_03").glob("*.jpg"))[:2]:
+        (photos / image.name).write_bytes(image.read_bytes())
+
+    def with_photos(argv: list[str]) -> list[str]:
+        return [str(photos) if arg == "PHOTOS" else arg for arg in argv]
+
+    run(localised(export) + TINY_MODEL + ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64"])
+    package = tmp_path / "output" / "mine" / "package"
+    assert {"model.onnx", "model.safetensors", "config.yaml", "classes.json", "README.md"} <= {
+        path.name for path in package.iterdir()
+    }
+    run(with_photos(localised(predict)))
+    labels = sorted(path.name for path in (tmp_path / "output" / "mine" / "photos" / "labels").iterdir())
+    assert labels == sorted(path.with_suffix(".png").name for path in photos.iterdir()), labels
+    server = subprocess.Popen(
+        [*localised(serve), "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline()
+        assert " on http://127.0.0.1:" in line, line + server.stderr.read()
+        url = line.split(" on ")[1].split(" ")[0]
+        import httpx
+
+        health = httpx.get(f"{url}/health", timeout=30).json()
+        assert health["status"] == "ok" and len(health["classes"]) == 11, health
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

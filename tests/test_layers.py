@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("mask2former.config",)),
     ("data", ("mask2former.data", "mask2former.evaluation")),
     ("modeling", ("mask2former.modeling", "semask")),
-    ("inference and training", ("mask2former.inference", "mask2former.engine")),
+    ("inference and training", ("mask2former.inference", "mask2former.engine", "mask2former.export")),
     ("pipeline", ("mask2former.pipeline",)),
     ("viewer", ("mask2former.viewer", "mask2former")),
 ]

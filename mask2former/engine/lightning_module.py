@@ -90,6 +90,7 @@ class MaskFormerModule(L.LightningModule):
         self.evaluators: list[SemSegEvaluator] = []
         self.last_results: dict[str, dict] = {}
         self.last_eval_step = -1
+        self.tta = False  # evaluate over the TEST.AUG views (--eval-only with TEST.AUG.ENABLED)
         self._last_losses: tuple[int, dict[str, torch.Tensor]] | None = None
         self._last_logged: tuple[int, dict[str, torch.Tensor]] | None = None
         # Diverged outputs are caught before the matcher sees them (its assignment solver refuses NaN costs with
@@ -153,6 +154,9 @@ class MaskFormerModule(L.LightningModule):
 
     # ---- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
+        set_iteration = getattr(self.model, "set_iteration", None)
+        if set_iteration is not None:  # a schedule inside the model (EoMT's mask annealing) follows the iteration
+            set_iteration(self.global_step)
         try:
             losses = self.model(batch)
         except ValueError as error:
@@ -207,7 +211,20 @@ class MaskFormerModule(L.LightningModule):
             evaluator.reset()
 
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluators[dataloader_idx].process(batch, self.model(batch))
+        outputs = self._tta_outputs(batch) if self.tta else self.model(batch)
+        self.evaluators[dataloader_idx].process(batch, outputs)
+
+    def _tta_outputs(self, batch: list[dict]) -> list[dict]:
+        """The batch's probabilities over the TEST.AUG views of each image file, made by inference/tta.py as
+        tools/predict.py --tta makes them (at the image's size, one view per forward pass)."""
+        from ..inference.tta import inference_max_size, inference_views, predict_batch
+        from ..io.images import read_image
+
+        images = [read_image(item["file_name"]) for item in batch]
+        views, max_size = inference_views(self.cfg), inference_max_size(self.cfg)
+        amp = torch.is_autocast_enabled(self.device.type)  # bf16-mixed precision: its autocast, as without TTA
+        probs = predict_batch(self.model, images, views, max_size, self.cfg.INPUT.FORMAT, amp=amp)
+        return [{"sem_seg": p} for p in probs]
 
     def on_validation_epoch_end(self) -> None:
         self.last_results = {}

@@ -133,11 +133,13 @@ def write_final_results(cfg: CfgNode, trainer: L.Trainer, module: MaskFormerModu
 
 
 def evaluate_only(cfg: CfgNode, args: argparse.Namespace, place: Place | None = None) -> dict:
-    """Evaluate MODEL.WEIGHTS on DATASETS.TEST (sharded over the processes of a multi-process run)."""
+    """Evaluate MODEL.WEIGHTS on DATASETS.TEST (sharded over the processes of a multi-process run); with
+    TEST.AUG.ENABLED over the TTA views of each image (inference/tta.py, as tools/predict.py --tta)."""
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
     trainer, batch_size = build_trainer(cfg, args, place=place)
     module = build_module(cfg, batch_size, eval_folder=EVAL_ONLY_FOLDER)
+    module.tta = bool(cfg.TEST.AUG.ENABLED)  # as Mask2Former's train_net.py: --eval-only with TTA when enabled
     log_start_notes(cfg, args, module.model, place, fresh=False)
     load_weights(module.model, cfg, training=False)
     trainer.validate(module, verbose=False)

@@ -54,6 +54,7 @@ class PredictionJob:
     allow_pickle: bool = False
     amp: bool = False
     num_threads: int = 0  # torch CPU threads (0: torch's default)
+    runtime: str = "onnxruntime"  # what runs .onnx weights (onnxruntime or openvino)
 
 
 Report = Callable[[str, object], None]  # (event, value): ("image", 1) per image done, ("bad", {...})
@@ -76,7 +77,7 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
     stats = {"predicted": 0, "bad_images": [], "seconds": 0.0, "device": str(device)}
     if not job.images:
         return stats
-    models = [load_prediction_model(job.cfg, path, device, job.allow_pickle) for path in job.weights]
+    models = [_load_model(job, path, device) for path in job.weights]
     step = max(1, job.batch_size)
     batches = [job.images[start : start + step] for start in range(0, len(job.images), step)]
     lock = threading.Lock()
@@ -113,6 +114,15 @@ def run_job(job: PredictionJob, report: Report | None = None) -> dict:
             future.result()
     stats["seconds"] = time.perf_counter() - begin
     return stats
+
+
+def _load_model(job: PredictionJob, path: str, device: torch.device) -> nn.Module:
+    """A checkpoint's model on `device`, or an exported .onnx file run by `job.runtime` on the CPU."""
+    if path.lower().endswith(".onnx"):
+        from .onnx_model import OnnxModel
+
+        return OnnxModel(path, job.runtime, job.num_threads).as_module()
+    return load_prediction_model(job.cfg, path, device, job.allow_pickle)
 
 
 def _use_device(job: PredictionJob) -> torch.device:

@@ -1,4 +1,4 @@
-"""The one reader of images and label maps (and the label-map PNG writer); every module reads these files through
+"""The one reader of images and label maps (and the label-map PNG writers); every module reads these files through
 here.
 
 Frame rule: an image is used as its pixels are stored in the file. The EXIF orientation tag is never applied
@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,9 @@ from ..errors import UserError, filesystem_message
 from .files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+
+# the files taken as images when a folder or a pattern is listed (any case)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 EXIF_ORIENTATION_TAG = 0x0112
 # What a photo viewer does to the stored pixels for each EXIF orientation value (1: nothing).
@@ -45,6 +49,8 @@ ORIENTATION_MEANING = {
 }
 _IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _EXIF_SCAN_BYTES = 1 << 16  # EXIF sits in a JPEG's first segment (at most 64 KiB)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE_COLOR_TYPE = 3  # the colour-type byte of a PNG's IHDR (offset 25): an indexed image
 _oriented_seen: Counter = Counter()
 
 
@@ -86,13 +92,19 @@ def require_file(path: str | Path, what: str) -> None:
 
 def read_image(path: str | Path) -> np.ndarray:
     """A BGR uint8 HxWx3 image, its pixels as stored (the EXIF orientation tag is not applied; see the module)."""
-    data = _read_bytes(path, "image")
+    return decode_image(_read_bytes(path, "image"), str(path))
+
+
+def decode_image(data: bytes | np.ndarray, name: str) -> np.ndarray:
+    """`read_image` of a file's bytes already in memory (an upload); `name` is how messages call it."""
+    if not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(data, _IMAGE_FLAGS) if data.size else None
     if image is None:
-        raise ReadError(f"cannot read image {path} (empty, truncated or not an image)")
+        raise ReadError(f"cannot read image {name} (empty, truncated or not an image)")
     orientation = _orientation_of_bytes(data)
     if orientation not in (0, 1):
-        _note_oriented(str(path), orientation)
+        _note_oriented(name, orientation)
     return image
 
 
@@ -145,10 +157,10 @@ def _note_oriented(path: str, orientation: int) -> None:
 
 
 def read_label(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """A uint8 HxW label map from a single-channel 8-bit PNG; `expected_hw` (its image's height, width) is
-    checked when given."""
+    """A uint8 HxW label map from a single-channel 8-bit PNG, or from an indexed (palette) PNG: its indices, as
+    `write_indexed_label_png` writes them; `expected_hw` (its image's height, width) is checked when given."""
     data = _read_bytes(path, "label map")
-    label = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
+    label = _decode_label(data) if data.size else None
     if label is None:
         raise ReadError(f"cannot read label map {path} (empty, truncated or not an image)")
     if label.ndim != 2 or label.dtype != np.uint8:
@@ -177,3 +189,33 @@ def write_label_png(path: str | Path, label: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not encode the label map {path}")
     atomic_write_bytes(path, encoded.tobytes())
+
+
+def write_indexed_label_png(path: str | Path, label: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """Write a uint8 label map as an indexed PNG (PIL mode "P", 8 bits) whose colour k is `palette[k]` (RGB), so
+    any image viewer shows it in colour; `read_label` reads back the class indices. Atomically."""
+    atomic_write_bytes(path, encode_indexed_label_png(label, palette))
+
+
+def encode_indexed_label_png(label: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
+    """The bytes of `write_indexed_label_png`'s file (the HTTP service sends them without a file)."""
+    label = np.ascontiguousarray(label, dtype=np.uint8)
+    image = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
+    colors = [int(channel) for color in palette for channel in color][: 256 * 3]
+    image.putpalette(colors + [0] * (256 * 3 - len(colors)))  # 256 entries: an 8-bit PNG whatever the class count
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return encoded.getvalue()
+
+
+def _decode_label(data: np.ndarray) -> np.ndarray | None:
+    """The label map of a PNG's bytes (None: not decodable). OpenCV would expand an indexed PNG to its colours, so
+    one is decoded by PIL, to its indices; anything else by OpenCV, unchanged (no EXIF rotation)."""
+    head = data[:26].tobytes()
+    if head.startswith(_PNG_SIGNATURE) and len(head) == 26 and head[25] == _PNG_PALETTE_COLOR_TYPE:
+        try:
+            with Image.open(io.BytesIO(data.tobytes())) as image:
+                return np.asarray(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return None
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)

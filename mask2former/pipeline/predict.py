@@ -12,11 +12,25 @@ all npz files at the end and written atomically), OUT/overlays/<file_name>.png a
 outside OUT: a file_name that is absolute or climbs out with '..' is refused (naming the json and the image), and
 so is an OUT where an output would replace an input (an image, the json, the config or a checkpoint).
 
+Photos without a json (--input PATH instead of --json; mask2former/pipeline/image_inputs.py, docs/deployment.md): an
+image, a folder (recursive, sorted, image extensions only; other files ignored and counted in the log), a quoted
+glob pattern, a .txt list of paths (relative to its folder) or a video (every --every N-th frame, stored as
+OUT/frames/<video stem>/frame_000123.png). Outputs are named by the path relative to the input; besides probs/,
+overlays/ and meta.json the run writes OUT/labels/<name>.png (the label map at the image's size, an indexed PNG
+with the class palette) and for a video OUT/overlay.mp4, but no submission.csv (the competition's CSV needs its test
+json). The class names are those the checkpoint records, else the config's training dataset's. The job is the
+input's path and a fingerprint of its listing; an --out inside the input folder is not read as input.
+
 Probabilities (mask2former/inference/tta.py): every view (the validation mapper's preprocessing,
 mask2former/data/transforms.py: view_for_test) goes through the model; its class scores are resized bilinearly to
 the stored size (--prob-size, 256 by default; 0: the image size), flipped back, divided by their sum over the
 classes, and averaged over the views (--tta: TEST.AUG.MIN_SIZES x flip) and then over the checkpoints (weights
 --weights-scale). A non-finite probability map is an error naming the image; no file is written for it.
+
+Exported models: --weights model.onnx (tools/export.py) runs the file on the CPU with --runtime onnxruntime (the
+default) or openvino, through the same views and outputs (mask2former/inference/onnx_model.py); the file carries
+its config and class names, so --config-file may be left out (it is required for PyTorch checkpoints). A
+fixed-size export takes only views of its size; TTA needs a dynamic-size export (docs/deployment.md).
 
 OUT is predict's own (docs/output_folders.md): a new or empty folder, or one predict made for the same job (the
 json by path and content, the image folder, the classes, the checkpoints by path and content, the views,
@@ -50,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -71,6 +86,7 @@ from ..data.classes import palette_for
 from ..data.coco_semantic import check_class_lists, class_names_from_categories
 from ..errors import UserError
 from ..inference.batch import PredictionJob, run_job, run_worker
+from ..inference.onnx_model import RUNTIMES, ExportedFile, onnx_config
 from ..inference.tta import inference_max_size, inference_views
 from ..io.checkpoints import recorded_class_names
 from ..io.coco_json import read_coco_json
@@ -83,6 +99,15 @@ from ..utils.output_folder import file_sha1
 from ..utils.processes import cores_per_process, usable_cpus
 from ..utils.progress import Progress
 from ..utils.visualize import overlay, shrink_for_overlay
+from .image_inputs import (
+    INPUT_OUTPUTS,
+    InputListing,
+    input_class_names,
+    list_inputs,
+    planned_input_outputs,
+    ready_listing,
+    write_input_outputs,
+)
 from .output_job import JobRecord, announce, output_job, rate
 from .voting import EnsembleError, normalize_weights
 
@@ -91,6 +116,7 @@ logger = logging.getLogger("predict")
 # the files OUT holds besides probs/ and overlays/
 FIXED_OUTPUTS = ("meta.json", "submission.csv", "log.txt")
 OVERLAYS_FOLDER = "overlays"
+LABEL_KEYS = ("label map", "label_maps", "labels")  # --input: what a run counts, meta.json's count, the result's key
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
@@ -102,20 +128,54 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, help="the model's config")
+    _add_model_arguments(parser)
+    _add_image_arguments(parser)
+    _add_run_arguments(parser)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (last)")
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What predicts: the config, the checkpoints or exported files, their weights, the runtime."""
+    parser.add_argument(
+        "--config-file", help="the model's config (required for PyTorch checkpoints; an .onnx file carries its own)"
+    )
     parser.add_argument(
         "--weights",
         required=True,
         nargs="+",
         metavar="CKPT",
-        help="checkpoint(s) (.pth, .ckpt, .safetensors); several: an ensemble of the config's architecture",
+        help="checkpoint(s) (.pth, .ckpt, .safetensors) or exported model(s) (.onnx, tools/export.py); several: an "
+        "ensemble of the config's architecture",
     )
     parser.add_argument(
         "--weights-scale", nargs="+", metavar="W", help="ensemble weight of each checkpoint (default: equal)"
     )
-    parser.add_argument("--json", required=True, help="COCO json listing the images (e.g. test.json)")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="onnxruntime",
+        help="what runs .onnx weights, on the CPU (default %(default)s)",
+    )
+
+
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is predicted and where the results go."""
+    listing = parser.add_mutually_exclusive_group(required=True)
+    listing.add_argument("--json", help="COCO json listing the images (e.g. test.json)")
+    listing.add_argument(
+        "--input",
+        metavar="PATH",
+        help="instead of --json: an image, a folder, a glob pattern (quoted), a .txt list of paths or a video; "
+        "writes label maps, no CSV (docs/deployment.md)",
+    )
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="--input video: every N-th frame")
     parser.add_argument("--image-root", help="folder that file_name is relative to (default: the json's folder)")
     parser.add_argument("--out", required=True, help="output folder (nothing is written outside it)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How: TTA, stored sizes, batches, devices, processes, threads, bad images, overlays."""
     parser.add_argument("--tta", action="store_true", help="enable TEST.AUG (flip and TEST.AUG.MIN_SIZES scales)")
     parser.add_argument(
         "--prob-size",
@@ -148,8 +208,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="predict every image again, replacing OUT's files")
     parser.add_argument("--overlays", type=int, default=16, help="overlay PNGs to write (0: none)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickled checkpoints (runs code)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (last)")
-    return parser
 
 
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
@@ -273,16 +331,23 @@ def planned_outputs(out: Path, images: list[dict], overlays: int) -> Iterable[tu
 
 
 def check_outputs_spare_inputs(
-    out: Path, images: list[dict], overlays: int, json_path: Path, others: dict[str, str]
+    out: Path,
+    images: list[dict],
+    overlays: int,
+    json_path: Path | None,
+    others: dict[str, str],
+    more_outputs: Iterable[tuple[Path, str]] = (),
 ) -> None:
-    """Refuse an OUT where an output file would replace an input: an image of the json, the json itself, or one
-    of `others` ({path: what}, e.g. the config and the checkpoints). Paths are compared resolved (symlinks)."""
+    """Refuse an OUT where an output file (`planned_outputs` and `more_outputs`) would replace an input: an image
+    of the json (or of --input: json_path None), the json itself, or one of `others` ({path: what}, e.g. the config
+    and the checkpoints). Paths are compared resolved (symlinks)."""
     inputs = {Path(path).resolve(): what for path, what in others.items()}
-    inputs[json_path.resolve()] = "the --json file"
+    if json_path is not None:
+        inputs[json_path.resolve()] = "the --json file"
     for image in images:
-        what = f"image id {image['id']} ({image['file_name']}) of {json_path}"
+        what = f"image id {image['id']} ({image['file_name']}) of {json_path or 'the --input listing'}"
         inputs.setdefault(Path(image["path"]).resolve(), what)
-    for path, what in planned_outputs(out, images, overlays):
+    for path, what in itertools.chain(planned_outputs(out, images, overlays), more_outputs):
         source = inputs.get(path.resolve())
         if source is not None:
             raise PredictError(
@@ -293,13 +358,16 @@ def check_outputs_spare_inputs(
 
 def job_of(plan: Plan) -> dict:
     """What identifies a prediction folder's job: the image list (the json, by path and content, and the image
-    folder) and every setting its numbers depend on. A folder made for another job is refused (or started over
-    with --overwrite)."""
+    folder; or --input's path and a fingerprint of its listing) and every setting its numbers depend on. A folder
+    made for another job is refused (or started over with --overwrite)."""
     views = inference_views(plan.cfg)
+    if plan.listing is not None:
+        source = plan.listing.identity()
+    else:
+        source = {"json": str(plan.json_path.resolve()), "json_sha1": file_sha1(plan.json_path)}
+        source["image_root"] = str(plan.image_root.resolve())
     return {
-        "json": str(plan.json_path.resolve()),
-        "json_sha1": file_sha1(plan.json_path),
-        "image_root": str(plan.image_root.resolve()),
+        **source,
         "class_names": plan.class_names,
         "weights": plan.weights,
         "weights_sha1": [file_sha1(path) for path in plan.weights],
@@ -307,7 +375,13 @@ def job_of(plan: Plan) -> dict:
         "views": [list(view) for view in views],
         "max_size": inference_max_size(plan.cfg),
         "prob_size": plan.args.prob_size,
+        **runtime_of(plan),
     }
+
+
+def runtime_of(plan: Plan) -> dict:
+    """{"runtime": --runtime} when exported files are predicted with (their numbers depend on it), else {}."""
+    return {"runtime": plan.args.runtime} if any(is_exported(path) for path in plan.weights) else {}
 
 
 def _fingerprint(image: dict) -> None:
@@ -474,18 +548,19 @@ class Plan:
     weights: list[str]  # resolved paths
     weights_scale: list[float]  # normalised to sum 1
     devices: list[str]
-    json_path: Path
-    image_root: Path
+    json_path: Path | None  # None: --input
+    image_root: Path | None
     images: list[dict]  # {"id", "file_name", "path"}
     class_names: list[str]
     out: Path
+    listing: InputListing | None = None  # --input's
 
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Check the command `args` describes, writing nothing: every problem with the inputs raises a UserError
     (config, checkpoints, --weights-scale, devices, the json and its images, an --out that would replace an
     input)."""
-    cfg = load_config(args.config_file, [*args.opts, *(["TEST.AUG.ENABLED", "True"] if args.tta else [])])
+    cfg = prediction_config(args)
     weights = [str(Path(path).expanduser().resolve()) for path in args.weights]
     for path in weights:
         if not Path(path).is_file():
@@ -506,11 +581,34 @@ def prepare(args: argparse.Namespace) -> Plan:
         if value < 0:
             raise PredictError(f"{option} {value}: give a number >= 0 of {meaning}")
     devices = resolve_devices(args, cfg.MODEL.DEVICE)
+    listing, json_path, image_root = None, None, None
+    if args.input is not None:
+        listing, class_names = input_images(args, cfg, weights)
+        images = listing.images
+    else:
+        json_path, image_root, images, class_names = json_images(args, cfg, weights)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file: give a folder (it is created if missing)")
+    config = {args.config_file: "the --config-file"} if args.config_file else {}
+    others = {**config, **{path: "a --weights checkpoint" for path in weights}}
+    more_outputs = planned_input_outputs(out, listing) if listing is not None else ()
+    if listing is not None and Path(args.input).expanduser().is_file():
+        others[args.input] = f"the --input {listing.kind}"
+    check_outputs_spare_inputs(out, images, args.overlays, json_path, others, more_outputs)
+    return Plan(args, cfg, weights, scale, devices, json_path, image_root, images, class_names, out, listing)
+
+
+def json_images(args: argparse.Namespace, cfg: CfgNode, weights: list[str]) -> tuple[Path, Path, list, list[str]]:
+    """(json, image folder, images, class names) of a --json run, the classes checked against those the weights
+    record."""
+    if args.every != 1:
+        raise PredictError(f"--every {args.every} takes frames of an --input video, not of --json images")
     json_path = Path(args.json)
     image_root = Path(args.image_root) if args.image_root else json_path.parent
     images, class_names = read_image_list(json_path, image_root, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     for path in weights:  # a model records the classes it was trained on: the json's must be those, by name
-        recorded = recorded_class_names(path, args.allow_pickle or cfg.MODEL.ALLOW_PICKLE)
+        recorded = recorded_classes(path, cfg, args)
         if recorded is not None:
             check_class_lists(
                 class_names,
@@ -519,37 +617,75 @@ def prepare(args: argparse.Namespace) -> Plan:
                 f"{path} (the classes it was trained on)",
                 "predict with a json of the model's class list, or with the model trained on this one",
             )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PredictError(f"--out {out} is a file: give a folder (it is created if missing)")
-    others = {args.config_file: "the --config-file", **{path: "a --weights checkpoint" for path in weights}}
-    check_outputs_spare_inputs(out, images, args.overlays, json_path, others)
-    return Plan(args, cfg, weights, scale, devices, json_path, image_root, images, class_names, out)
+    return json_path, image_root, images, class_names
+
+
+def recorded_classes(path: str, cfg: CfgNode, args: argparse.Namespace) -> list[str] | None:
+    """The class names a --weights file records (an exported file always; a checkpoint trained here), else None."""
+    if is_exported(path):
+        return exported_class_names(path, cfg)
+    return recorded_class_names(path, args.allow_pickle or cfg.MODEL.ALLOW_PICKLE)
+
+
+def input_images(args: argparse.Namespace, cfg: CfgNode, weights: list[str]) -> tuple[InputListing, list[str]]:
+    """--input's listing (pipeline/image_inputs.py) and the class names to label with (their source goes to the log)."""
+    if args.image_root:
+        raise PredictError("--image-root goes with --json; --input paths are taken as they are")
+    listing = list_inputs(args.input, Path(args.out), args.every)
+    class_names, listing.class_source = input_class_names(cfg, weights, lambda path: recorded_classes(path, cfg, args))
+    return listing, class_names
+
+
+def is_exported(path: str) -> bool:
+    """An exported model (.onnx, run by --runtime) rather than a PyTorch checkpoint."""
+    return path.lower().endswith(".onnx")
+
+
+def prediction_config(args: argparse.Namespace) -> CfgNode:
+    """The config to predict with (the overrides and --tta applied): --config-file's, or without it, when every
+    --weights is an exported .onnx file, the first file's recorded config (inference/onnx_model.py onnx_config)."""
+    opts = [*args.opts, *(["TEST.AUG.ENABLED", "True"] if args.tta else [])]
+    if args.config_file:
+        return load_config(args.config_file, opts)
+    if not all(is_exported(path) for path in args.weights):
+        raise PredictError(
+            "--config-file is required with PyTorch checkpoints (an exported .onnx file carries its own config)"
+        )
+    return onnx_config(ExportedFile(args.weights[0]), opts)
+
+
+def exported_class_names(path: str, cfg: CfgNode) -> list[str]:
+    """The classes an exported file records; refused when it takes another channel order than the config's."""
+    exported = ExportedFile(path)
+    if exported.input_format != cfg.INPUT.FORMAT:
+        raise PredictError(
+            f"{path} takes {exported.input_format} images, the config INPUT.FORMAT {cfg.INPUT.FORMAT}: "
+            "predict with the config the file was exported from (or without --config-file)"
+        )
+    return exported.class_names
 
 
 def predict(args: argparse.Namespace) -> Path:
     """The whole command (see the module docstring): `prepare`, then `run` with OUT/log.txt; returns
-    OUT/submission.csv."""
+    OUT/submission.csv (OUT/labels with --input)."""
     start = time.perf_counter()
     checked = prepare(args)
-    writes = [*FIXED_OUTPUTS, PROBS_FOLDER, OVERLAYS_FOLDER]
+    writes = [*FIXED_OUTPUTS, PROBS_FOLDER, OVERLAYS_FOLDER, *(INPUT_OUTPUTS if args.input else ())]
     # one run per OUT (a second one stops here); OUT is predict's own, for this job, or new
     with output_job(checked.out, "predict.py", job_of(checked), writes, overwrite=args.overwrite):
         return run(checked, start)
 
 
 def run(plan: Plan, start: float | None = None) -> Path:
-    """Predict what `plan` lists into its OUT (resuming what is there) and write the CSV and the overlays."""
+    """Predict what `plan` lists into its OUT (resuming what is there) and write the CSV (--input: the label maps)
+    and the overlays."""
     start = time.perf_counter() if start is None else start
+    if plan.listing is not None:  # --input: a video's frames are taken now, under OUT's lock
+        plan = replace(plan, images=ready_listing(plan.listing, plan.out))
     args, out, images = plan.args, plan.out, plan.images
     settings = prediction_settings(plan)
     record = JobRecord(out, meta_of(plan, settings))
-    remove_stale_temporaries(out / PROBS_FOLDER, "*.npz")
-    if args.overwrite:  # every image again: only their sha1 is needed
-        fingerprint_images(images)
-        pending, done, broken = list(images), 0, 0
-    else:
-        pending, done, broken = find_pending(images, out, plan.class_names, args.prob_size)
+    pending, done, broken = images_to_predict(plan)
     record.begin()
     devices = plan.devices[: max(1, len(batches_of(pending, args.batch_size)))]  # no idle workers
     logger.info(
@@ -568,7 +704,8 @@ def run(plan: Plan, start: float | None = None) -> Path:
     results = predict_pending(job, devices)
     seconds = time.perf_counter() - began
     predicted = sum(result["predicted"] for result in results)
-    csv, rows, missing = write_outputs(out, images, plan.class_names, args.overlays, args.skip_bad)
+    csv, rows, missing = write_results(plan, pending)
+    row, count_key, result_key = ("CSV row", "csv_rows", "submission") if plan.listing is None else LABEL_KEYS
     sources = [[image["file_name"], image.get("sha1", "")] for image in images]
     record.finish(
         predictions_id=hashlib.sha1(json.dumps([settings, sources], default=str).encode()).hexdigest(),
@@ -577,26 +714,50 @@ def run(plan: Plan, start: float | None = None) -> Path:
         skipped=done,
         redone=broken,
         bad_images=bad_images_in_json_order(results, images),
-        csv_rows=rows,
+        **{count_key: rows},
         devices=devices,
         threads=job.num_threads,
         batch_size=args.batch_size,
         seconds=round(seconds, 3),
         images_per_second=round(rate(predicted, seconds), 4),
     )
-    where = f"{len(devices)} x {devices[0]}" if len(set(devices)) == 1 and len(devices) > 1 else ", ".join(devices)
     summary = (
         f"predict.py: {len(images)} images: {predicted} predicted in {seconds:.1f} s "
-        f"({rate(predicted, seconds):.2f} images/s on {where}, batch {args.batch_size}, {len(settings['views'])} "
-        f"view(s) x {len(plan.weights)} checkpoint(s)), {done} already done, "
-        f"{len(record.content['bad_images'])} unreadable; {rows} CSV rows; {time.perf_counter() - start:.1f} s in all"
+        f"({rate(predicted, seconds):.2f} images/s on {where_run(devices)}, batch {args.batch_size}, "
+        f"{len(settings['views'])} view(s) x {len(plan.weights)} checkpoint(s)), {done} already done, "
+        f"{len(record.content['bad_images'])} unreadable; {rows} {row}s; {time.perf_counter() - start:.1f} s in all"
     )
     notes = (
-        [f"predict.py: no CSV row for {len(missing)} unreadable image(s): {', '.join(missing[:5])}"] if missing else []
+        [f"predict.py: no {row} for {len(missing)} unreadable image(s): {', '.join(missing[:5])}"] if missing else []
     )
-    result = {"submission": str(csv), "probabilities": str(out / "probs"), "images": rows}
+    result = {result_key: str(csv), "probabilities": str(out / "probs"), "images": rows}
     announce(logger, summary, result, notes if missing else [])
     return csv
+
+
+def images_to_predict(plan: Plan) -> tuple[list[dict], int, int]:
+    """(images to predict, how many are done, how many had a broken or stale npz); --overwrite: all of them (only
+    their sha1 is needed). Interrupted writes of an earlier run are removed first."""
+    remove_stale_temporaries(plan.out / PROBS_FOLDER, "*.npz")
+    if plan.args.overwrite:
+        fingerprint_images(plan.images)
+        return list(plan.images), 0, 0
+    return find_pending(plan.images, plan.out, plan.class_names, plan.args.prob_size)
+
+
+def where_run(devices: list[str]) -> str:
+    """'4 x cpu' for several workers on one device kind, else the devices listed."""
+    return f"{len(devices)} x {devices[0]}" if len(set(devices)) == 1 and len(devices) > 1 else ", ".join(devices)
+
+
+def write_results(plan: Plan, pending: list[dict]) -> tuple[Path, int, list[str]]:
+    """(file, count, file names without a prediction): a --json run's CSV and overlays (`write_outputs`); an
+    --input run's label maps (made again for the images predicted now) and overlays (`write_input_outputs`)."""
+    args = plan.args
+    if plan.listing is None:
+        return write_outputs(plan.out, plan.images, plan.class_names, args.overlays, args.skip_bad)
+    refreshed = {image["file_name"] for image in pending}
+    return write_input_outputs(plan.out, plan.listing, plan.class_names, refreshed, args.overlays, args.skip_bad)
 
 
 def prediction_settings(plan: Plan) -> dict:
@@ -618,12 +779,20 @@ def meta_of(plan: Plan, settings: dict) -> dict:
         **settings,
         "config_file": args.config_file,
         "opts": args.opts,
-        "json": str(plan.json_path),
-        "image_root": str(plan.image_root),
+        **input_of(plan),
         "tta": bool(plan.cfg.TEST.AUG.ENABLED),
         "amp": args.amp,
+        **runtime_of(plan),
         "file_names": [image["file_name"] for image in plan.images],
     }
+
+
+def input_of(plan: Plan) -> dict:
+    """meta.json's account of the images: the json and the image folder, or --input's path, kind and counts."""
+    if plan.listing is None:
+        return {"json": str(plan.json_path), "image_root": str(plan.image_root)}
+    listing = plan.listing
+    return {"input": listing.spec, "input_kind": listing.kind, "every": listing.every, "ignored_files": listing.ignored}
 
 
 def prediction_job(plan: Plan, pending: list[dict], devices: list[str]) -> PredictionJob:
@@ -642,6 +811,7 @@ def prediction_job(plan: Plan, pending: list[dict], devices: list[str]) -> Predi
         allow_pickle=args.allow_pickle or cfg.MODEL.ALLOW_PICKLE,
         amp=args.amp,
         num_threads=threads_per_process(args.threads, len(devices)),
+        runtime=args.runtime,
     )
 
 

@@ -54,7 +54,7 @@ from ..data.trash import register_datasets_from_config
 from ..errors import UserError
 from ..io.coco_json import read_coco_json
 from ..io.files import atomic_write_bytes, atomic_write_json, atomic_write_text, output_path
-from ..io.images import read_image, read_label, write_label_png
+from ..io.images import IMAGE_EXTENSIONS, read_image, read_label, write_label_png
 from ..io.probabilities import load_probabilities, probability_path, read_prediction_folder
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.output_folder import check_claim
@@ -75,7 +75,6 @@ logger = logging.getLogger("pseudo_label")
 # the children: train_net.py's and tools/predict.py's commands as `python -m` entry points of the package
 TRAIN_NET = [sys.executable, "-m", "mask2former.commands.train_net"]
 PREDICT = [sys.executable, "-m", "mask2former.commands.predict"]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOOL = "pseudo_label.py"
 # what a pseudo-label run puts in OUT besides its round_<r> folders
 OUTPUTS = ("state.json", "rounds.md", "unlabeled.json", "log.txt")
@@ -172,9 +171,9 @@ def training_categories(cfg: CfgNode) -> list[dict]:
 
 def image_folder_images(folder: Path) -> list[dict]:
     """{id, file_name, height, width} of every image under `folder` (sorted), for a folder given as --unlabeled."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not paths:
-        raise PseudoLabelError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise PseudoLabelError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     images = []
     for index, path in enumerate(paths):
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ def ms_deform_attn_reference(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Bilinear samples of each level's values at the given points, weighted and summed over levels and points.
 
@@ -32,12 +34,13 @@ def ms_deform_attn_reference(
     N x Q x heads x L x P. Returns N x Q x heads * dim in value's dtype.
 
     Sampling runs in value's dtype: bf16 values mean bf16 locations (about 1/256 of the map of precision).
+    `level_shapes`: the same (H, W) as Python ints, from the feature maps' shapes; given, the levels are cut by
+    them instead of by reading the tensors (no data-dependent shape, so the function can be exported).
     """
     check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     batch, total, heads, dim = value.shape
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    starts = [int(s) for s in level_start_index.tolist()]
+    shapes, starts = _level_slices(spatial_shapes, level_start_index, level_shapes)
     if sum(h * w for h, w in shapes) != total:
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {total}")
     # grid_sample's [-1, 1] with align_corners=False puts -1 / 1 on the outer pixel edges: the same convention.
@@ -54,6 +57,20 @@ def ms_deform_attn_reference(
     return out.view(batch, heads, dim, queries).permute(0, 3, 1, 2).reshape(batch, queries, heads * dim)
 
 
+def _level_slices(
+    spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, level_shapes: Sequence[tuple[int, int]] | None
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Each level's (H, W) and first position: from `level_shapes` when given, else read from the tensors."""
+    if level_shapes is None:
+        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        return shapes, [int(s) for s in level_start_index.tolist()]
+    shapes = [(h, w) for h, w in level_shapes]
+    starts = [0]
+    for height, width in shapes[:-1]:
+        starts.append(starts[-1] + height * width)
+    return shapes, starts
+
+
 IMPLEMENTATIONS = ("auto", "reference", "triton")
 
 
@@ -65,8 +82,9 @@ def ms_deform_attn(
     attention_weights: torch.Tensor,
     *,
     implementation: str = "auto",
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
-    """Multi-scale deformable attention; shapes and semantics as in `ms_deform_attn_reference`.
+    """Multi-scale deformable attention; shapes and semantics (`level_shapes` too) as in `ms_deform_attn_reference`.
 
     implementation: "reference"; "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1, Triton's slow
     interpreter); "auto" = "triton" for CUDA tensors when Triton is importable, else "reference".
@@ -75,13 +93,13 @@ def ms_deform_attn(
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if implementation == "reference" or (implementation == "auto" and not value.is_cuda):
-        return ms_deform_attn_reference(*args)
+        return ms_deform_attn_reference(*args, level_shapes=level_shapes)
     # imported here: the reference path never pays for importing Triton
     from . import ms_deform_attn_triton as triton_ops
 
     if not triton_ops.TRITON_AVAILABLE:
         if implementation == "auto":
-            return ms_deform_attn_reference(*args)
+            return ms_deform_attn_reference(*args, level_shapes=level_shapes)
         raise RuntimeError('implementation="triton" needs the triton package, which is not importable')
     if not value.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
@@ -134,9 +152,10 @@ class MSDeformAttn(nn.Module):
         input_spatial_shapes: torch.Tensor,
         input_level_start_index: torch.Tensor,
         input_padding_mask: torch.Tensor | None = None,
+        level_shapes: Sequence[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """query N x Q x C, reference_points N x Q x L x 2 normalised (x, y), input_flatten N x S x C,
-        input_padding_mask N x S (True = padding) -> N x Q x C."""
+        input_padding_mask N x S (True = padding) -> N x Q x C. `level_shapes`: see `ms_deform_attn_reference`."""
         batch, queries, _ = query.shape
         if reference_points.shape[-2:] != (self.n_levels, 2):
             raise ValueError(
@@ -152,5 +171,7 @@ class MSDeformAttn(nn.Module):
         # offsets are in pixels of each level; (W, H) turns them into the normalised (x, y) frame
         size_xy = input_spatial_shapes.flip(-1).to(offsets.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / size_xy[None, None, None, :, None, :]
-        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        out = ms_deform_attn(
+            value, input_spatial_shapes, input_level_start_index, locations, weights, level_shapes=level_shapes
+        )
         return self.output_proj(out)

@@ -69,7 +69,10 @@ def neighborhood_starts(length: int, window: int, dilation: int, device: torch.d
     remainder = positions % dilation
     index = positions // dilation  # position within its sub-grid
     grid_length = (length - remainder + dilation - 1) // dilation
-    if int(grid_length.min()) < window:
+    # the shortest sub-grid is the one of the largest remainder present: computed from ints, not read from the
+    # tensor (no data-dependent value, so the reference exports to ONNX)
+    largest_remainder = min(dilation, length) - 1
+    if (length - largest_remainder + dilation - 1) // dilation < window:
         raise ValueError(
             f"a length of {length} with dilation {dilation} leaves sub-grids shorter than the window {window}; "
             f"it needs at least window x dilation = {window * dilation} positions (fit_window chooses ones that fit)"

@@ -45,8 +45,11 @@ class DeformableEncoderLayer(nn.Module):
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
+        level_shapes: list[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        attended = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask, level_shapes
+        )
         src = self.norm1(src + self.dropout1(attended))
         hidden = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(hidden))
@@ -67,9 +70,10 @@ class DeformableEncoder(nn.Module):
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
+        level_shapes: list[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask, level_shapes)
         return src
 
 
@@ -119,7 +123,7 @@ class DeformableTransformerEncoderOnly(nn.Module):
         if len(sources) != self.level_embed.shape[0]:
             raise ValueError(f"expected {self.level_embed.shape[0]} levels, got {len(sources)}")
         batch = sources[0].shape[0]
-        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in sources]
+        shapes = [(s.shape[-2], s.shape[-1]) for s in sources]  # ints; symbolic sizes while exporting
         device = sources[0].device
         spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
@@ -130,7 +134,8 @@ class DeformableTransformerEncoderOnly(nn.Module):
         # no padding inside a batch here, so every level's valid ratio is 1 and the points are plain centres
         reference_points = encoder_reference_points(shapes, device, src.dtype)
         reference_points = reference_points[None, :, None, :].expand(batch, -1, len(sources), -1)
-        memory = self.encoder(src, pos, reference_points, spatial_shapes, level_start_index)
+        # the levels' sizes go along as Python ints too: the attention cuts the levels by them, not by the tensor
+        memory = self.encoder(src, pos, reference_points, spatial_shapes, level_start_index, level_shapes=shapes)
         parts = memory.split([h * w for h, w in shapes], dim=1)
         return [part.transpose(1, 2).reshape(batch, -1, h, w) for part, (h, w) in zip(parts, shapes, strict=True)]
 

@@ -107,7 +107,7 @@ def attention_mask_from(mask_logits: torch.Tensor, size: tuple[int, int], num_he
     """
     resized = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
     blocked = resized.sigmoid().flatten(2) < 0.5
-    blocked[blocked.all(-1)] = False
+    blocked = blocked & ~blocked.all(-1, keepdim=True)  # no in-place boolean indexing: the graph exports as is
     return blocked.repeat_interleave(num_heads, dim=0).detach()
 
 
