@@ -63,6 +63,7 @@ SEMASK_MODEL = (
     "BranchMaskFormerHead",
 )
 RESNET = ("MODEL.BACKBONE.NAME", "build_resnet_backbone")
+VIT_PYRAMID = ("MODEL.BACKBONE.NAME", "ViTPyramid")
 COLOR = ("INPUT.COLOR_AUG.PROB", "1.0")  # every jitter drawn, so each of its settings shows
 WARMUP = ("SOLVER.WARMUP_ITERS", "20", "SOLVER.WARMUP_FACTOR", "0.1")
 DATASETS = (
@@ -211,6 +212,8 @@ CONFIG_KEY_CHECKS: dict[str, ConfigKeyCheck] = {
     "SOLVER.WEIGHT_DECAY_NORM": Changes("0.5", "optimizer"),
     "SOLVER.WEIGHT_DECAY_EMBED": Changes("0.5", "optimizer"),
     "SOLVER.BACKBONE_MULTIPLIER": Changes("0.5", "optimizer"),
+    "SOLVER.LAYER_DECAY": Changes("0.9", "backbone_optimizer", VIT_PYRAMID),
+    "SOLVER.LAYER_DECAY_NUM_LAYERS": Changes("8", "backbone_optimizer", (*VIT_PYRAMID, "SOLVER.LAYER_DECAY", "0.9")),
     "SOLVER.LR_SCHEDULER_NAME": Refused("'WarmupCosineLR'"),
     "SOLVER.POLY_LR_POWER": Changes("2.0", "schedule"),
     "SOLVER.POLY_LR_CONSTANT_ENDING": Changes("0.5", "schedule"),
@@ -529,6 +532,17 @@ def observe_optimizer(cfg) -> Any:
         for group in optimizer.param_groups
     ]
     return type(optimizer).__name__, digest(groups)
+
+
+def observe_backbone_optimizer(cfg) -> Any:
+    """(lr, weight decay, parameter count) of each group for the configured backbone beside a one-layer head."""
+    from mask2former.engine.optimizer import build_optimizer
+
+    model = nn.Module()
+    model.backbone = _backbone(cfg)
+    model.head = nn.Linear(2, 2)
+    optimizer = build_optimizer(cfg, model)
+    return [(group["lr"], group["weight_decay"], len(group["params"])) for group in optimizer.param_groups]
 
 
 def observe_schedule(cfg) -> Any:

@@ -311,14 +311,6 @@ def test_models_that_are_not_plain_vits_and_bad_norms_are_refused() -> None:
         build_backbone(tiny_cfg("MODEL.VIT_PYRAMID.PATCH_SIZE", "12", "MODEL.VIT_PYRAMID.IMG_SIZE", "48"))
 
 
-def test_layer_index_orders_embeddings_blocks_neck() -> None:
-    model = tiny()
-    assert model.layer_index("vit.cls_token") == 0
-    assert model.layer_index("vit.patch_embed.proj.weight") == 0
-    assert model.layer_index("vit.blocks.2.attn.qkv.weight") == 3
-    assert model.layer_index("neck.levels.res2.0.weight") == 5
-
-
 # ---- what each of the family's config keys does (tests/test_config_keys.py collects and runs these) -----------------
 
 _KEYS_VIT = (

@@ -196,6 +196,10 @@ def add_solver_config(cfg: CfgNode) -> None:
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay of norm layers
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings, position-bias tables and position embeddings
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # backbone LR = BASE_LR x this
+    # layer-wise LR decay: a backbone layer's LR is also x this ** (number of layers + 1 - its id); 1.0 = off
+    # (ViTPyramid's blocks, a timm ConvNeXt's stages, EoMT's encoder blocks; mask2former/engine/optimizer.py)
+    cfg.SOLVER.LAYER_DECAY = 1.0
+    cfg.SOLVER.LAYER_DECAY_NUM_LAYERS = 0  # the layer count the decay uses; 0 = the backbone's own (blocks / stages)
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"  # the only schedule here
     cfg.SOLVER.POLY_LR_POWER = 0.9  # poly exponent
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # floor of the poly factor

@@ -1,9 +1,15 @@
 """Optimizer, gradient clipping and LR schedule builders (Mask2Former's recipe: AdamW, poly LR, no decay on
-norms/embeddings, the full model's gradient norm clipped)."""
+norms/embeddings, the full model's gradient norm clipped).
+
+Layer-wise LR decay (SOLVER.LAYER_DECAY, the BEiT / ConvNeXt segmentation recipes): each backbone parameter has a
+layer id (`layer_id`) and its LR is BASE_LR x BACKBONE_MULTIPLIER x LAYER_DECAY ** (num_layers + 1 - id), so the
+last layer keeps the backbone LR and the embeddings get the smallest; the head's parameters are not decayed.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 
 import torch
@@ -26,6 +32,79 @@ _NORM_TYPES = (
 _EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "rpb")
 
 
+# Layer ids (mmsegmentation's and BEiT's layer-decay constructors): "vit" counts the token and patch embeddings as
+# layer 0 and block i as i + 1; "convnext" is stage-wise, the stem and every downsampling layer 0 and stage s s + 1.
+# "eomt" (tue-mps/eomt's configure_optimizers) is "vit" with the embeddings beside block 0 (layer 1), counted over
+# all blocks but the last, which keeps the full LR. Anything else in the backbone (a neck, a final norm) is layer
+# num_layers + 1, undecayed.
+LAYER_KINDS = ("vit", "eomt", "convnext")
+_VIT_EMBED = re.compile(r"(?:^|\.)(?:patch_embed|cls_token|pos_embed|reg_token|mask_token|norm_pre)(?:\.|$)")
+_VIT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_CONVNEXT_STEM = re.compile(r"(?:^|\.)(?:stem[._]|stages[._]\d+\.downsample\.)")
+_CONVNEXT_STAGE = re.compile(r"(?:^|\.)stages[._](\d+)\.")
+
+
+def layer_id(name: str, num_layers: int, kind: str) -> int:
+    """Layer id of the backbone parameter `name` (its name inside the backbone) for layer-wise LR decay."""
+    if kind in ("vit", "eomt"):
+        block = _VIT_BLOCK.search(name)
+        if block:
+            return int(block.group(1)) + 1
+        if _VIT_EMBED.search(name):
+            return 0 if kind == "vit" else 1
+        return num_layers + 1
+    if kind == "convnext":
+        if _CONVNEXT_STEM.search(name):
+            return 0
+        stage = _CONVNEXT_STAGE.search(name)
+        return int(stage.group(1)) + 1 if stage else num_layers + 1
+    raise ValueError(f"layer_id: kind {kind!r} is not one of {LAYER_KINDS}")
+
+
+def backbone_layers(backbone: nn.Module | None) -> tuple[str, int]:
+    """(kind, number of layers) of a backbone that has a layer-decay rule: a ViTPyramid's blocks, a timm ConvNeXt's
+    stages, EoMT's plain timm ViT encoder (its blocks but the last); a ConfigError naming SOLVER.LAYER_DECAY for any
+    other."""
+    from timm.models import is_model_in_modules
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+    from ..modeling.backbone.timm_backbone import TimmBackbone
+    from ..modeling.backbone.vit_pyramid import ViTPyramid
+
+    if isinstance(backbone, ViTPyramid):
+        return "vit", len(backbone.vit.blocks)
+    if isinstance(backbone, TimmBackbone) and is_model_in_modules(backbone.timm_name, ["convnext"]):
+        stages = {match.group(1) for name, _ in backbone.named_parameters() if (match := _CONVNEXT_STAGE.search(name))}
+        return "convnext", len(stages)
+    if isinstance(backbone, (VisionTransformer, Eva)):
+        return "eomt", len(backbone.blocks) - 1
+    raise ConfigError(
+        f"SOLVER.LAYER_DECAY: the backbone {type(backbone).__name__} has no layer-wise rule; use it with "
+        "MODEL.BACKBONE.NAME ViTPyramid, a timm ConvNeXt (TimmBackbone) or EoMT, or set SOLVER.LAYER_DECAY 1.0"
+    )
+
+
+def layer_scales(model: nn.Module, layer_decay: float, num_layers: int = 0) -> Callable[[str], float]:
+    """LAYER_DECAY ** (num_layers + 1 - layer id) for a backbone parameter's name inside the backbone; `num_layers`
+    0 takes the backbone's own count (SOLVER.LAYER_DECAY_NUM_LAYERS)."""
+    if not layer_decay > 0:
+        raise ConfigError(f"SOLVER.LAYER_DECAY {layer_decay}: give a factor > 0 (1.0 turns the decay off)")
+    kind, own = backbone_layers(getattr(model, "backbone", None))
+    if num_layers == 0:
+        num_layers = own
+    elif num_layers < own:
+        raise ConfigError(
+            f"SOLVER.LAYER_DECAY_NUM_LAYERS {num_layers} is below the backbone's {own} layers: give 0 (its own "
+            f"count) or at least {own}"
+        )
+
+    def scale(name: str) -> float:
+        return layer_decay ** (num_layers + 1 - layer_id(name, num_layers, kind))
+
+    return scale
+
+
 def parameter_groups(
     model: nn.Module,
     base_lr: float,
@@ -33,8 +112,12 @@ def parameter_groups(
     weight_decay_norm: float = 0.0,
     weight_decay_embed: float = 0.0,
     backbone_multiplier: float = 0.1,
+    layer_decay: float = 1.0,
+    layer_decay_num_layers: int = 0,
 ) -> list[dict]:
-    """One group per parameter-kind: backbone LR scaled, norms and embeddings with their own decay."""
+    """One group per parameter-kind: backbone LR scaled (and decayed by layer, with `layer_decay` != 1), norms and
+    embeddings with their own decay."""
+    scale = None if layer_decay == 1.0 else layer_scales(model, layer_decay, layer_decay_num_layers)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -44,6 +127,8 @@ def parameter_groups(
             seen.add(id(param))
             full_name = f"{module_name}.{name}" if module_name else name
             lr = base_lr * backbone_multiplier if full_name.startswith("backbone.") else base_lr
+            if scale is not None and full_name.startswith("backbone."):
+                lr = lr * scale(full_name[len("backbone.") :])
             if isinstance(module, _NORM_TYPES):
                 decay = weight_decay_norm
             elif isinstance(module, nn.Embedding) or any(key in name for key in _EMBED_NAMES):
@@ -65,6 +150,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         solver.WEIGHT_DECAY_NORM,
         solver.WEIGHT_DECAY_EMBED,
         solver.BACKBONE_MULTIPLIER,
+        solver.LAYER_DECAY,
+        solver.LAYER_DECAY_NUM_LAYERS,
     )
     if solver.OPTIMIZER == "ADAMW":
         return torch.optim.AdamW(groups, lr=solver.BASE_LR, betas=tuple(solver.BETAS))

@@ -19,8 +19,7 @@ names, a shared `rel_pos_bias` table copied into every block that has its own) r
 reader, converted by timm's `checkpoint_filter_fn` for the model's module (relative tables, position embedding and
 patch embedding resized to the model) and loaded with a report; the neck starts fresh.
 
-Layer-wise LR decay is not applied here: `layer_index` says which depth a parameter is at for an optimizer that
-implements it.
+Layer-wise LR decay (SOLVER.LAYER_DECAY, the BEiT recipe) is the optimizer's: mask2former/engine/optimizer.py.
 """
 
 from __future__ import annotations
@@ -253,15 +252,6 @@ class ViTPyramid(Backbone):
             index = relative_position_index(grid, tuple(self.vit.patch_embed.grid_size)).to(device)
             self._index_cache[key] = index
         return index
-
-    def layer_index(self, parameter_name: str) -> int:
-        """Depth of a parameter for layer-wise LR decay: 0 embeddings, i + 1 block i, blocks + 1 the neck."""
-        match = re.match(r"vit\.blocks\.(\d+)\.", parameter_name)
-        if match:
-            return int(match.group(1)) + 1
-        if parameter_name.startswith("vit."):
-            return 0
-        return len(self.vit.blocks) + 1
 
     @staticmethod
     def load_pretrained(model: ViTPyramid, path: str | Path) -> dict[str, list[str]]:
