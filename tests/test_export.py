@@ -114,6 +114,27 @@ def test_openvino_reads_the_same_file(exported: dict, name: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_file_onnxruntime_cannot_run_is_one_line_and_kept_nowhere(tmp_path: Path, monkeypatch) -> None:
+    """onnxruntime refusing the written file at a check size (as a broadcast error does) is an ExportCheckError
+    naming the file and the sizes, not onnxruntime's traceback; nothing is left under the final name."""
+    from mask2former.export import onnx_file
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : node_Add_1555: broadcast 2 by 8\nmore")
+
+    monkeypatch.setattr(onnx_file, "largest_difference", refuse)
+    cfg, weights = tiny_checkpoint("quickstart.yaml", tmp_path)
+    target = tmp_path / "out" / "model.onnx"
+    with pytest.raises(
+        ExportCheckError,
+        match=r"model\.onnx: onnxruntime cannot run the exported file on the check "
+        r"images \(64x64, 64x64\): \[ONNXRuntimeError\] .*broadcast 2 by 8; the file was not kept",
+    ):
+        export_onnx(cfg, str(weights), target, size=SIZE)
+    assert not target.exists() and not list(target.parent.glob("*"))
+
+
+@pytest.mark.slow
 def test_a_failed_check_keeps_nothing(tmp_path: Path) -> None:
     cfg, weights = tiny_checkpoint("quickstart_fpn.yaml", tmp_path)
     target = tmp_path / "out" / "model.onnx"

@@ -2,10 +2,11 @@
 """Export a trained model to one ONNX file, checked against PyTorch with onnxruntime.
 
     python tools/export.py --config-file configs/quickstart.yaml --weights output/demo/train/model_final.pth \\
-        --out output/export [--size H W | --dynamic-size] [--opset 18] [--images JSON_OR_FOLDER] [KEY VALUE ...]
+        --out output/export [--size H W | --dynamic-size] [--opset 18] [--images JSON_OR_FOLDER] \\
+        [--int8 --calibration JSON_OR_FOLDER] [KEY VALUE ...]
 
-Writes OUT/model.onnx (and OUT/log.txt), nothing outside OUT. The logic, and the full description (printed by
---help), is in mask2former/pipeline/export.py.
+Writes OUT/model.onnx (with --int8 also OUT/model_int8.onnx) and OUT/log.txt, nothing outside OUT. The logic,
+and the full description (printed by --help), is in mask2former/pipeline/export.py.
 """
 
 from __future__ import annotations

@@ -93,7 +93,15 @@ def export_onnx(
     out_file = Path(out_file)
     with atomic_open(out_file, "wb") as handle:
         handle.write(data)
-        diff = largest_difference(model, data, views, cfg.INPUT.FORMAT)
+        try:
+            diff = largest_difference(model, data, views, cfg.INPUT.FORMAT)
+        except Exception as error:  # onnxruntime's own errors: the file does not run at a size it should take
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            sizes = ", ".join(f"{view.shape[0]}x{view.shape[1]}" for view in views)
+            raise ExportCheckError(
+                f"{out_file}: onnxruntime cannot run the exported file on the check images ({sizes}): {first}; "
+                f"the file was not kept: {'export at a fixed --size' if dynamic else 'report the config and this line'}"
+            ) from None
         if not diff <= tolerance:  # NaN fails too
             raise ExportCheckError(
                 f"{out_file}: onnxruntime's probabilities differ from PyTorch's by up to {diff:.3g} on "

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,6 @@ def quantize_onnx(
 ) -> QuantizeResult:
     """Write the INT8 static quantization of `fp32_file` (an export of tools/export.py) to `out_file`, calibrated
     on `images` (BGR uint8 photos, see the module doc); `ops`: the op types quantized."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     fp32_file, out_file = Path(fp32_file), Path(out_file)
     exported = ExportedFile(fp32_file)
     views = calibration_views(exported, images)
@@ -61,22 +60,7 @@ def quantize_onnx(
         raise QuantizeError(f"{fp32_file}: no calibration image: give --calibration a json or folder with photos")
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_file.parent) as folder:
         quantized = Path(folder) / "model_int8.onnx"
-        try:
-            quantize_static(
-                str(_prepared(fp32_file, Path(folder) / "prepared.onnx")),
-                str(quantized),
-                CalibrationViews(views),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(ops),
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
-        except Exception as error:  # noqa: BLE001 (onnxruntime raises many kinds; one line names the file)
-            summary = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-            raise QuantizeError(f"{fp32_file}: onnxruntime could not quantize it ({summary}): report it") from None
+        _quantize_static(fp32_file, quantized, views, ops)
         model = onnx.load(str(quantized))
     note = f"int8 static, {len(views)} calibration images"
     _set_metadata(model, {**exported.metadata, QUANTIZATION_KEY: note})
@@ -84,6 +68,44 @@ def quantize_onnx(
         handle.write(model.SerializeToString())
     count = sum(node.op_type == "QuantizeLinear" for node in model.graph.node)
     return QuantizeResult(out_file, len(views), count)
+
+
+def _quantize_static(fp32_file: Path, target: Path, views: list[np.ndarray], ops: Sequence[str]) -> None:
+    """onnxruntime's static quantization of `fp32_file` (pre-processed beside `target`) written to `target` (see
+    the module doc); its failure is one QuantizeError line."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    source = _prepared(fp32_file, target.with_name("prepared.onnx"))
+    options = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    try:
+        with _quiet_root_logger():
+            quantize_static(
+                str(source),
+                str(target),
+                CalibrationViews(views),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(ops),
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options=options,
+            )
+    except Exception as error:  # noqa: BLE001 (onnxruntime raises many kinds; one line names the file)
+        summary = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        raise QuantizeError(f"{fp32_file}: onnxruntime could not quantize it ({summary}): report it") from None
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantization notes (it logs through the root logger: "Created a copy of bias input ...") kept
+    off the terminal and the log: the root logger at WARNING while it runs."""
+    level = logging.root.level
+    logging.root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.root.setLevel(level)
 
 
 def _prepared(fp32_file: Path, prepared: Path) -> Path:
