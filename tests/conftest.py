@@ -353,3 +353,27 @@ def write_tiny_run(run: Path, opts: list[str] = ()):  # noqa: ANN201  (a CfgNode
     metrics = {"iteration": 4, "results": {"trash_val": {"mIoU": 0.1234}}}
     (run / "final_metrics.json").write_text(json.dumps(metrics))
     return cfg
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one torch thread is faster on a shared CPU, and fixes the float summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_export(argv: list[str], capsys) -> tuple[int, str, str]:
+    """tools/export.py's command in this process: (exit status, stdout, stderr)."""
+    from mask2former.pipeline.export import export, parse_args
+    from mask2former.utils.cli import run_tool
+
+    capsys.readouterr()
+    try:
+        run_tool("export.py", lambda: export(parse_args(argv)), argv)
+        code = 0
+    except SystemExit as stop:
+        code = int(stop.code)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, doc_commands, make_tiny, tree_hashes
+from conftest import REPO, TINY_MODEL, doc_commands, make_tiny, run_export, tree_hashes
 
 from mask2former.config import get_cfg
 from mask2former.export.onnx_file import TOLERANCE, ExportCheckError, export_onnx
@@ -141,20 +141,6 @@ def test_a_failed_check_keeps_nothing(tmp_path: Path) -> None:
     with pytest.raises(ExportCheckError, match=r"model\.onnx: onnxruntime's probabilities differ .* not kept"):
         export_onnx(cfg, str(weights), target, size=SIZE, tolerance=-1.0)
     assert not target.exists() and not list(target.parent.glob("*"))
-
-
-def run_export(argv: list[str], capsys) -> tuple[int, str, str]:
-    from mask2former.pipeline.export import export, parse_args
-    from mask2former.utils.cli import run_tool
-
-    capsys.readouterr()
-    try:
-        run_tool("export.py", lambda: export(parse_args(argv)), argv)
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_a_folder_of_the_users_and_a_bad_size_are_refused(tmp_path: Path, capsys) -> None:

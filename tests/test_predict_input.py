@@ -30,13 +30,7 @@ SECTION = "Photos, folders and videos without a json"
 PHOTOS = {"a.jpg": (48, 80), "sub/b.png": (40, 40), "sub/deeper/c.JPG": (64, 48)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_tiny(path: Path, class_names: list[str] | None) -> Path:

@@ -52,13 +52,7 @@ LABEL_TOLERANCE = 1e-3  # share of pixels
 MIOU_TOLERANCE = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster on a shared CPU, and fixes the float summation order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

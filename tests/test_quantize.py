@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PACKAGE_CLASSES, REPO, TINY_MODEL, doc_commands, tree_hashes
+from conftest import PACKAGE_CLASSES, REPO, TINY_MODEL, doc_commands, run_export, tree_hashes
 
 from mask2former.inference.onnx_model import read_metadata
 from mask2former.inference.predictor import Predictor
@@ -44,20 +44,6 @@ def tiny_weights(folder: Path) -> tuple[Path, Path]:
     weights = folder / "model.pth"
     torch.save({"model": build_model(cfg).state_dict(), "class_names": PACKAGE_CLASSES}, weights)
     return config, weights
-
-
-def run_export(argv: list[str], capsys) -> tuple[int, str, str]:
-    from mask2former.pipeline.export import export, parse_args
-    from mask2former.utils.cli import run_tool
-
-    capsys.readouterr()
-    try:
-        run_tool("export.py", lambda: export(parse_args(argv)), argv)
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.slow
