@@ -117,6 +117,7 @@ pytestmark = [
 @pytest.mark.parametrize("command", [_launcher, _streamlit_run], ids=["launcher", "streamlit-run"])
 def test_viewer_in_headless_chromium(command, sample_root: Path, tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip)")
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -153,9 +154,16 @@ def test_viewer_in_headless_chromium(command, sample_root: Path, tmp_path: Path)
         driver.get(f"http://127.0.0.1:{port}/?page=Browse")
         loaded = "return Array.from(document.querySelectorAll('[data-testid=stImage] img')).filter(i => i.complete && i.naturalWidth > 0).length"  # noqa: E501
         wait.until(lambda d: d.execute_script(loaded) >= 2)
-        captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stImageCaption]")]
         first = json.loads((sample_root / "train_all.json").read_text())["images"][0]["file_name"]
-        assert any(caption.startswith(first) for caption in captions), captions
+
+        def captions(d) -> list[str]:
+            return [c.text for c in d.find_elements(By.CSS_SELECTOR, "[data-testid=stImageCaption]")]
+
+        # Streamlit sends the grid cell by cell: on a loaded machine the first cell may come after later ones
+        try:
+            wait.until(lambda d: any(caption.startswith(first) for caption in captions(d)))
+        except TimeoutException:
+            pytest.fail(f"no thumbnail of {first} on the Browse page: {captions(driver)}")
         driver.save_screenshot(str(tmp_path / "browse.png"))
 
         data = json.loads((sample_root / "train_all.json").read_text())
