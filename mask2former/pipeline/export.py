@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..export.onnx_file import DEFAULT_OPSET, ExportResult, check_export_options, export_onnx
 from ..export.package import PackageResult, write_package
 from ..export.quantize import quantize_onnx
-from ..io.images import read_image
+from ..io.images import IMAGE_EXTENSIONS, read_image
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.output_folder import file_sha1
 from .output_job import announce, output_job
@@ -50,7 +50,6 @@ MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 CHECK_IMAGES = 4  # the most --images photos checked
 CALIBRATION_IMAGES = 32  # the most --calibration photos the INT8 quantization is calibrated on
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
@@ -187,7 +186,7 @@ def image_files(source: str, option: str) -> list[Path]:
     naming none is refused."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     elif path.is_file() and path.suffix.lower() == ".json":
         from ..io.coco_json import read_coco_json
 
