@@ -80,17 +80,19 @@ def normalised(scores: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_a_dynamic_size_export_takes_two_sizes(tmp_path: Path) -> None:
-    """Traced for multiples of the size divisibility, padded outside to any size: 64 x 64 and 70 x 100 (not
-    multiples of 32) equal PyTorch's one view."""
+def test_a_dynamic_size_export_takes_any_size(tmp_path: Path) -> None:
+    """Traced for multiples of the size divisibility, padded outside to any size: 64 x 64, 70 x 100 (not
+    multiples of 32) and 300 x 200 equal PyTorch's one view. With windows of 8, the tiny Swin's last stage is one
+    window up to 256 x 256 and two at 300 x 200: a file traced where it was one window computed wrong token counts
+    at two."""
     from mask2former.inference.predictor import load_prediction_model
 
-    cfg, weights = tiny_checkpoint("quickstart.yaml", tmp_path)
+    cfg, weights = tiny_checkpoint("quickstart.yaml", tmp_path, "MODEL.SWIN.WINDOW_SIZE", "8")
     result = export_onnx(cfg, str(weights), tmp_path / "dynamic.onnx", dynamic=True)
     assert json.loads(read_metadata(result.path)["input_size"]) is None and result.max_abs_diff <= TOLERANCE
     model = load_prediction_model(cfg, str(weights), "cpu")
     rng = np.random.default_rng(1)
-    for height, width in [(64, 64), (70, 100)]:
+    for height, width in [(64, 64), (70, 100), (300, 200)]:
         bgr = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         expected = predict_batch(model, [bgr], [(0, False)], 0, cfg.INPUT.FORMAT)[0].numpy()
         got = onnxruntime_probabilities(result.path, bgr[:, :, ::-1])

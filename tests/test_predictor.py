@@ -44,6 +44,9 @@ from mask2former.inference.predictor import Predictor, PredictorError
 from mask2former.io.images import read_label
 from mask2former.io.probabilities import load_label_map, load_probabilities, probability_path
 from mask2former.io.submission import read_submission
+from mask2former.pipeline.ensemble_crf import EnsembleOptions
+from mask2former.pipeline.ensemble_crf import run as run_ensemble
+from mask2former.pipeline.pseudo_label import check_prediction_folder
 
 VIEWS = ["TEST.AUG.MIN_SIZES", "(64, 96)"]  # with INPUT.MIN_SIZE_TEST 64 (tiny_training_opts)
 PROBABILITY_TOLERANCE = 5e-4
@@ -320,6 +323,14 @@ def test_predict_with_onnx_weights_writes_pytorchs_csv(
         assert len(list((out / "overlays").rglob("*.png"))) == 1
     assert "runtime" not in json.loads((torch_out / "meta.json").read_text())
     assert tree_hashes(sample_root, exported.parent) == inputs
+    # the ONNX prediction folders are the pipeline's input like PyTorch's: pseudo_label's --init-probs, ensemble_crf
+    test_images = json.loads((sample_root / "test.json").read_text())["images"]
+    class_names = json.loads((onnx_out / "meta.json").read_text())["class_names"]
+    check_prediction_folder(onnx_out, test_images, class_names)
+    ensemble = run_ensemble(EnsembleOptions(inputs=[str(torch_out), str(onnx_out)], out=str(tmp_path / "ensemble")))
+    got = read_submission(tmp_path / "ensemble" / "submission.csv")
+    changed = sum(int((got[key] != expected[key]).sum()) for key in expected)
+    assert ensemble and changed <= LABEL_TOLERANCE * sum(label.size for label in expected.values())
 
 
 @pytest.mark.slow

@@ -183,6 +183,10 @@ def export_metadata(
 # ---- tracing ------------------------------------------------------------------------------------------------------
 
 
+# 17 steps of 32 px: the last stage of a stride-32 backbone is 17 x 19 patches, two windows or more of up to 16
+TRACE_STEPS = 17
+
+
 def trace_to_onnx(graph: ScoresGraph, size: tuple[int, int], dynamic: bool, opset: int) -> onnx.ModelProto:
     """The ONNX model of `graph` for a 1 x 3 x H x W input ("image") and its "probabilities" (dynamic: traced for
     multiples of the size divisibility, then wrapped by any_size.py); an exporter failure is an
@@ -190,8 +194,8 @@ def trace_to_onnx(graph: ScoresGraph, size: tuple[int, int], dynamic: bool, opse
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     step = graph.size_divisibility
-    if dynamic:  # traced at 3 x 5 steps: sides that no static size inside the model happens to equal
-        size = (3 * step, 5 * step)
+    if dynamic:
+        size = dynamic_trace_size(size, step)
     example = (torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255,)
     dynamic_shapes = None
     if dynamic:
@@ -219,6 +223,16 @@ def trace_to_onnx(graph: ScoresGraph, size: tuple[int, int], dynamic: bool, opse
             raise UnexportableModelError(_unexportable_message(graph, error, [])) from None
     proto = program.model_proto
     return accept_any_size(proto, step, graph.model.pixel_mean.flatten().tolist()) if dynamic else proto
+
+
+def dynamic_trace_size(size: tuple[int, int], step: int) -> tuple[int, int]:
+    """The size a dynamic-size export is traced at: odd multiples of `step`, two apart, of TRACE_STEPS steps or more
+    and above the test size `size`. torch.export takes a size of 1 met inside the model for a constant, so the trace
+    must see every grid side and window count above 1 (a Swin whose last stage was one window at the trace size
+    computed wrong token counts where it has two); the trace runs on fake tensors, so a large size costs nothing.
+    Odd, unequal sides keep the traced sizes apart from the model's static ones."""
+    steps = max(TRACE_STEPS, -(-max(size) // step) + 1) | 1
+    return (steps * step, (steps + 2) * step)
 
 
 @contextmanager
