@@ -256,8 +256,8 @@ def tiny_run_argv(
 
 
 def doc_pages() -> list[Path]:
-    """Where the documented commands live: README.md and every page under docs/."""
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    """Where the documented commands live: README.md and every page under docs/ (docs/formats/ included)."""
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
 def doc_headings(text: str) -> list[tuple[int, int, str]]:

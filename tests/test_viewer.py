@@ -23,22 +23,37 @@ import pytest
 pytest.importorskip("streamlit")
 
 import streamlit as st  # noqa: E402
-from conftest import REPO  # noqa: E402
+from conftest import REPO, TinyPackage, doc_commands, tree_hashes  # noqa: E402
 from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from mask2former.data.coco_semantic import load_with_manifest  # noqa: E402
 from mask2former.data.stats import dataset_statistics  # noqa: E402
 from mask2former.evaluation.sem_seg import SemSegEvaluator, confusion_matrix, metrics_from_confusion  # noqa: E402
+from mask2former.inference.predictor import Predictor  # noqa: E402
 from mask2former.io.coco_json import read_coco_json
-from mask2former.io.images import read_label  # noqa: E402
+from mask2former.io.images import ImageTooLargeError, NotAnImageError, read_image, read_label  # noqa: E402
 from mask2former.io.probabilities import load_probabilities, probability_path, save_probabilities  # noqa: E402
 from mask2former.io.submission import downsample_label_map, read_submission, write_submission  # noqa: E402
 from mask2former.viewer import app as viewer_app  # noqa: E402
-from mask2former.viewer.arguments import bind_problem, is_loopback  # noqa: E402
+from mask2former.viewer.arguments import (  # noqa: E402
+    ViewerArgumentError,
+    bind_problem,
+    check_arguments,
+    is_loopback,
+    model_sources,
+)
 from mask2former.viewer.compare import FolderPredictions, compare, discover_prediction_sets  # noqa: E402
 from mask2former.viewer.data import filter_images, label_map, load_index  # noqa: E402
 from mask2former.viewer.launch import streamlit_command  # noqa: E402
+from mask2former.viewer.model import (  # noqa: E402
+    class_shares,
+    data_root_images,
+    image_scores,
+    load_predictor,
+    predict_photo,
+    read_upload,
+)
 from mask2former.viewer.paths import PathOutsideRoots, Roots, list_files  # noqa: E402
 from mask2former.viewer.stats import SIZE_BINS, size_bins  # noqa: E402
 
@@ -515,7 +530,9 @@ def run_launcher(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_launcher_refuses_a_bad_path_in_one_line(tmp_path: Path, sample_root: Path) -> None:
+def test_launcher_refuses_a_bad_path_in_one_line(tmp_path: Path, sample_root: Path, tmp_path_factory) -> None:
+    checkpoint = tmp_path_factory.mktemp("run") / "model_final.pth"
+    checkpoint.write_bytes(b"")
     cases = [
         (("--data-root", tmp_path / "missing"), f"--data-root {tmp_path / 'missing'}: not a folder"),
         (("--data-root", VIEWER), f"--data-root {VIEWER}: not a folder"),
@@ -523,6 +540,11 @@ def test_launcher_refuses_a_bad_path_in_one_line(tmp_path: Path, sample_root: Pa
         (
             ("--data-root", sample_root, "--config-file", tmp_path / "no.yaml"),
             f"--config-file {tmp_path / 'no.yaml'}: not found",
+        ),
+        (("--data-root", sample_root, "--model", tmp_path / "m.onnx"), f"--model {tmp_path / 'm.onnx'}: not found"),
+        (
+            ("--data-root", sample_root, "--model", checkpoint),
+            f"--model {checkpoint}: a checkpoint needs its config",
         ),
     ]
     for args, message in cases:
@@ -537,3 +559,226 @@ def test_launcher_refuses_a_bad_path_in_one_line(tmp_path: Path, sample_root: Pa
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ViewerArgumentError" in debug.stderr
     usage = run_launcher()  # argparse's own message for a missing --data-root
     assert usage.returncode == 2 and "--data-root" in usage.stderr and "Traceback" not in usage.stderr
+
+
+# ---- the Model page: a --model through the Predictor ---------------------------------------------------
+
+
+def viewer_args(data_root: Path, models: list = (), configs: list = ()):  # noqa: ANN201  (a Namespace)
+    import argparse
+
+    return argparse.Namespace(data_root=str(data_root), pred=[], config_file=list(configs), model=list(models))
+
+
+def _miou(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    """Mean IoU over the classes present in the ground truth or the prediction (ignored pixels left out)."""
+    valid = gt < num_classes
+    gt, pred = gt[valid], pred[valid]
+    present = [c for c in range(num_classes) if ((gt == c) | (pred == c)).any()]
+    return float(np.mean([((gt == c) & (pred == c)).sum() / ((gt == c) | (pred == c)).sum() for c in present]))
+
+
+def test_model_paths_are_checked_at_start(tmp_path: Path, sample_root: Path) -> None:
+    """The --model paths are told apart by what they hold (the files' contents are the Predictor's to check)."""
+    from mask2former.inference import predictor
+
+    run, package = tmp_path / "run", tmp_path / "package"
+    checkpoint, config, onnx = run / "model_final.pth", run / "config.yaml", package / "model.onnx"
+    for path in (checkpoint, config, onnx):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    sources = model_sources([package, run, onnx, checkpoint], [config, REPO / "configs" / "quickstart.yaml"])
+    assert [(s.source, s.weights) for s in sources] == [
+        (package, None),
+        (run, None),
+        (onnx, None),
+        (config, checkpoint),  # a checkpoint with each config
+        (REPO / "configs" / "quickstart.yaml", checkpoint),
+    ]
+    assert [s.files for s in sources[:3]] == [(onnx,), (config, checkpoint), (onnx,)]
+    assert [s.label.rsplit(" (", 1)[-1] for s in sources[:3]] == ["model package)", "run folder)", "ONNX)"]
+    # the folder layouts the viewer recognises are the Predictor's
+    assert (predictor.PACKAGE_MODEL, predictor.RUN_CONFIG, predictor.RUN_WEIGHTS) == (
+        "model.onnx",
+        "config.yaml",
+        "model_final.pth",
+    )
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refusals = {
+        (str(tmp_path / "none.onnx"),): f"--model {tmp_path / 'none.onnx'}: not found (check the path)",
+        (str(checkpoint),): f"--model {checkpoint}: a checkpoint needs its config: add --config-file CFG",
+        (str(empty),): f"--model {empty}: a folder with neither model.onnx (a model package) nor config.yaml",
+        (str(config),): f"--model {config}: a config file: give it with --config-file",
+    }
+    for models, message in refusals.items():
+        with pytest.raises(ViewerArgumentError) as caught:
+            check_arguments(viewer_args(sample_root, models))
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    check_arguments(viewer_args(sample_root, [checkpoint], [config]))  # with its config: accepted
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_viewers_prediction_is_the_predictors(sample_root: Path, tiny_package: TinyPackage, predictions) -> None:
+    record = predictions["dicts"][0]
+    photo = Path(record["file_name"])
+    image = read_image(photo)
+    roots = Roots.from_paths([sample_root, tiny_package.run, tiny_package.folder])
+    expected = {
+        "package": Predictor(tiny_package.folder)(photo),
+        "run": Predictor.from_run(tiny_package.run)(photo),
+    }
+    given = {
+        "package": model_sources([tiny_package.folder], [])[0],
+        "run": model_sources([tiny_package.run], [])[0],
+        "checkpoint": model_sources([tiny_package.run / "model_final.pth"], [tiny_package.run / "config.yaml"])[0],
+    }
+    for name, source in given.items():
+        got = predict_photo(load_predictor(source, roots, device="cpu"), image)
+        reference = expected["package" if name == "package" else "run"]
+        np.testing.assert_array_equal(got.probabilities, reference.probabilities)
+        np.testing.assert_array_equal(got.labels, reference.labels)
+        assert got.class_names == reference.class_names
+    # an uploaded photo's bytes decode to the pixels the file reader gives, so the prediction is the same
+    assert np.array_equal(read_upload(photo.read_bytes()), image)
+
+    labels, names = expected["package"].labels, expected["package"].class_names
+    shares = class_shares(expected["package"])
+    assert list(shares["class"]) == names and shares["pixels"].sum() == labels.size
+    assert shares["share"].sum() == pytest.approx(1.0) and shares["mean probability"].sum() == pytest.approx(1.0)
+    assert dict(zip(shares["class"], shares["pixels"], strict=True)) == {
+        name: int((labels == k).sum()) for k, name in enumerate(names)
+    }
+    probabilities = expected["package"].probabilities
+    assert list(shares["mean probability"]) == pytest.approx([float(p.mean()) for p in probabilities], abs=1e-7)
+    gt = read_label(record["sem_seg_file_name"])
+    scores = image_scores(gt, labels, len(names))
+    assert scores["mIoU"] == pytest.approx(_miou(gt, labels, len(names)))
+    assert scores["pACC"] == pytest.approx(float((gt == labels).mean()))
+
+    # the model's files are read only under the roots the viewer was given
+    with pytest.raises(PathOutsideRoots):
+        load_predictor(given["package"], Roots.from_paths([sample_root]))
+
+
+def test_uploads_keep_the_services_limits(tmp_path: Path, sample_root: Path) -> None:
+    with pytest.raises(NotAnImageError, match="not an image"):
+        read_upload(b"not an image at all\n" * 50)
+    with pytest.raises(ImageTooLargeError, match="over the limit of 20.0 MiB"):
+        read_upload(b"\0" * (20 * 2**20 + 1))
+    images = data_root_images(Roots.from_paths([sample_root]), sample_root)
+    assert images and all(path.suffix == ".jpg" and path.is_relative_to(sample_root) for path in images)
+
+
+def photo_bytes(seed: int, size: int = 64) -> bytes:
+    picture = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", picture)
+    assert ok
+    return encoded.tobytes()
+
+
+def shown_shares(app: AppTest) -> dict[str, tuple[int, float]]:
+    """class -> (pixels, mean probability) as the Model page's table shows them."""
+    table = table_with(app, "share")
+    rows = zip(table["class"], table["pixels"], table["mean probability"], strict=True)
+    return {name: (int(pixels), float(mean)) for name, pixels, mean in rows}
+
+
+def shares_of(prediction) -> dict:  # noqa: ANN001  (a Prediction)
+    """class -> (pixels, mean probability) of a Predictor's prediction, counted here."""
+    return {
+        name: (int((prediction.labels == k).sum()), pytest.approx(float(prediction.probabilities[k].mean()), abs=1e-7))
+        for k, name in enumerate(prediction.class_names)
+    }
+
+
+@pytest.mark.slow
+def test_model_page_shows_a_packages_prediction(monkeypatch, sample_root: Path, tiny_package: TinyPackage) -> None:
+    package = tiny_package.folder
+    before = tree_hashes(package, sample_root)
+    app = run_viewer(monkeypatch, "--data-root", sample_root, "--model", package, page="Model")
+    assert app.selectbox(key="model_json").value == "val.json" and not app.error
+    first = read_coco_json(sample_root / "val.json")["images"][0]
+    expected = Predictor(package)(sample_root / first["file_name"])
+    captions = [image.captions[0] for image in app.image if image.captions]
+    assert {"prediction overlay", "ground truth overlay", "legend"} <= set(captions)
+    assert shown_shares(app) == shares_of(expected)
+    gt = label_map(load_index(sample_root / "val.json", sample_root), first["id"])
+    assert shown_metric(app, "mIoU of this image") == f"{_miou(gt, expected.labels, 11):.4f}"
+
+    # TTA: the package is a fixed 64 x 64 export, the TTA views are not: one line, no traceback
+    app.checkbox(key="model_tta").check().run()
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "fixed-size export" in errors[0] and "\n" not in errors[0], errors
+    app.checkbox(key="model_tta").uncheck().run()
+
+    # an uploaded photo: decoded in memory, predicted, no ground truth to score
+    app.radio(key="model_photo_source").set_value("Upload a photo").run()
+    assert any("Upload a photo" in info.value for info in app.info)
+    app.file_uploader(key="model_upload").upload("photo.png", photo_bytes(5), "image/png")
+    app.run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    expected = Predictor(package)(cv2.imdecode(np.frombuffer(photo_bytes(5), np.uint8), cv2.IMREAD_COLOR))
+    assert shown_shares(app) == shares_of(expected)
+    assert not [m for m in app.metric if m.label == "mIoU of this image"]
+    assert any(image.captions == ["prediction overlay"] for image in app.image)
+
+    app.file_uploader(key="model_upload").clear().upload("notes.png", b"not an image\n" * 20, "image/png")
+    app.run()
+    errors = [e.value for e in app.error]
+    assert errors == ["notes.png: the upload is not an image (PNG, JPEG, BMP, TIFF, WebP): send an image file"]
+    assert not [image for image in app.image if image.captions == ["prediction overlay"]]
+
+    # an image file under the data root
+    app.radio(key="model_photo_source").set_value("An image under the data root").run()
+    name = app.selectbox(key="model_root_image").value
+    expected = Predictor(package)(sample_root / name)
+    assert shown_shares(app) == shares_of(expected) and not app.error
+    assert tree_hashes(package, sample_root) == before
+
+
+def test_model_page_without_a_model_says_how(monkeypatch, sample_root: Path) -> None:
+    app = run_viewer(monkeypatch, "--data-root", sample_root, page="Model")
+    assert any("--model" in info.value for info in app.info) and not app.image
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_documented_viewer_model_commands_run(monkeypatch, tmp_path, sample_root, tiny_package) -> None:
+    """docs/tools.md's commands in a folder holding the sample data, a package and a run where the docs name them:
+    each model predicts the first val image; TTA gives the Predictor's TTA prediction."""
+    commands = doc_commands("A model in the viewer")
+    assert commands and all(argv[:2] == ["python", "tools/viewer.py"] for argv in commands)
+    for target, name in (
+        (sample_root, "datasets/sample"),
+        (tiny_package.folder, "output/package"),
+        (tiny_package.run, "output/demo/quickstart"),
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).symlink_to(target)
+    monkeypatch.chdir(tmp_path)
+    first = read_coco_json(sample_root / "val.json")["images"][0]
+    photo = sample_root / first["file_name"]
+    run_prediction = Predictor.from_run(tiny_package.run)
+    models = 0
+    for argv in commands:
+        app = run_viewer(monkeypatch, *argv[2:], page="Model")
+        options = app.selectbox(key="model_choice").options
+        for position, label in enumerate(options):
+            app.selectbox(key="model_choice").select_index(position).run()
+            assert not app.exception and not app.error, (label, [e.value for e in app.error])
+            expected = Predictor(tiny_package.folder) if "package" in label else run_prediction
+            prediction = expected(photo)
+            assert shown_shares(app) == shares_of(prediction), label
+            if "run folder" in label:  # test-time augmentation: the Predictor's
+                app.checkbox(key="model_tta").check().run()
+                assert not app.error, [e.value for e in app.error]
+                with_tta = expected(photo, tta=True)
+                assert shown_shares(app) == shares_of(with_tta)
+                means = [result.probabilities.mean(axis=(1, 2)) for result in (prediction, with_tta)]
+                assert not np.allclose(*means, atol=1e-5)  # so the page's numbers tell the two apart
+                app.checkbox(key="model_tta").uncheck().run()
+            models += 1
+    assert models == 3  # the package, the run folder, the checkpoint with its config

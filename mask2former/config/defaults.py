@@ -87,7 +87,7 @@ def add_datasets_config(_C: CfgNode) -> None:
     _C.DATASETS.ROOT = ""  # competition data root; empty = $TRASH_DATA
     _C.DATASETS.TRAIN = ("trash_train",)  # registered dataset names used for training
     _C.DATASETS.TEST = ("trash_val",)  # registered dataset names used for evaluation
-    _C.DATASETS.REGISTER = []  # extra datasets: a list of [name, json_file, image_root] triples
+    _C.DATASETS.REGISTER = []  # extra: [name, json_file, image_root] or [name, "png-masks", image_dir, mask_dir]
     _C.DATASETS.LABEL_CACHE_DIR = ""  # rendered label maps; empty = $TRASH_CACHE or ~/.cache/trashseg
     _C.DATASETS.SKIP_BAD_ANNOTATIONS = False  # skip bad annotations/images (with a summary) instead of failing
     _C.DATASETS.CROWD_AS_IGNORE = False  # paint iscrowd=1 annotations with the ignore value

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..io.coco_json import DataError, read_coco_json
+from ..io.coco_json import DataError, object_annotations, read_coco_json
 from ..io.files import atomic_write_json
 from ..utils.output_folder import check_claim, owned_output_folder
 
@@ -112,8 +112,9 @@ def fold_assignment(data: dict[str, Any], folds: int, seed: int = 0, method: str
 def _group_folds(data: dict[str, Any], image_ids: list[int], folds: int, seed: int) -> dict[int, int]:
     from sklearn.model_selection import StratifiedGroupKFold
 
-    labels = [ann["category_id"] for ann in data["annotations"]]
-    groups = [ann["image_id"] for ann in data["annotations"]]
+    objects = object_annotations(data["annotations"])
+    labels = [ann["category_id"] for ann in objects]
+    groups = [ann["image_id"] for ann in objects]
     annotated = set(groups)
     for image_id in image_ids:
         if image_id not in annotated:
@@ -163,7 +164,7 @@ def _multilabel_folds(data: dict[str, Any], image_ids: list[int], folds: int, se
     column = {cid: i + 1 for i, cid in enumerate(category_ids)}  # column 0: "has no object"
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     targets = np.zeros((len(image_ids), len(category_ids) + 1), dtype=np.int64)
-    for ann in data["annotations"]:
+    for ann in object_annotations(data["annotations"]):
         targets[row[ann["image_id"]], column[ann["category_id"]]] = 1
     targets[targets.sum(axis=1) == 0, 0] = 1
     splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -202,6 +203,6 @@ def fold_class_counts(data: dict[str, Any], assignment: dict[int, int], folds: i
     table = np.zeros((folds, len(category_ids) + 1), dtype=np.int64)
     for fold in assignment.values():
         table[fold, 0] += 1
-    for ann in data["annotations"]:
+    for ann in object_annotations(data["annotations"]):
         table[assignment[ann["image_id"]], column[ann["category_id"]]] += 1
     return table

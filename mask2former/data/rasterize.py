@@ -2,13 +2,17 @@
 label map of an image painted from its checked annotations, largest area first, so smaller objects win overlaps
 (the competition baseline's rule).
 
-Label values: 0 is background, 1..K are the json's categories in id order, IGNORE_LABEL (255) is ignore.
+Label values: 0 is background, 1..K are the json's categories in id order, IGNORE_LABEL (255) is ignore: an
+annotation with `"ignore": 1` (as the dataset converter writes ignore pixels), and with `crowd_as_ignore` any
+`"iscrowd": 1` one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from ..io.coco_json import is_ignore_region
 
 IGNORE_LABEL = 255
 
@@ -40,6 +44,7 @@ def render_label_map(
     label_map = np.zeros((height, width), dtype=np.uint8)
     for index in sorted(range(len(anns)), key=lambda i: -areas[i]):  # stable: ties keep json order
         ann = anns[index]
-        value = IGNORE_LABEL if crowd_as_ignore and ann.get("iscrowd", 0) else labels[ann["category_id"]]
+        ignored = is_ignore_region(ann) or (crowd_as_ignore and ann.get("iscrowd", 0))
+        value = IGNORE_LABEL if ignored else labels[ann["category_id"]]
         label_map[masks[index] == 1] = value
     return label_map

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.coco_json import object_annotations
 from ..io.images import read_label
 from .coco_semantic import category_to_label
 
@@ -17,7 +18,7 @@ def dataset_statistics(data: dict[str, Any], dicts: list[dict], class_names: lis
     instances = np.zeros(len(class_names), dtype=np.int64)
     images_with = [set() for _ in class_names]
     objects_per_image: dict[int, int] = dict.fromkeys(kept_ids, 0)
-    for ann in data["annotations"]:
+    for ann in object_annotations(data["annotations"]):
         if ann["image_id"] in kept_ids and ann.get("category_id") in labels:
             label = labels[ann["category_id"]]
             instances[label] += 1

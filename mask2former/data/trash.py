@@ -10,6 +10,7 @@ from fvcore.common.config import CfgNode
 from ..errors import UserError
 from .catalog import DatasetCatalog, DatasetNameError
 from .coco_semantic import register_coco_semantic
+from .formats.registration import DIRECT_FORMATS, register_mask_folders
 
 # Registered name -> json file under the data root. trash_test has no ground truth.
 TRASH_SPLITS: dict[str, str] = {
@@ -21,7 +22,8 @@ TRASH_SPLITS: dict[str, str] = {
 
 
 class DatasetEntryError(UserError, ValueError):
-    """A DATASETS.REGISTER entry that is not [name, json_file, image_root]."""
+    """A DATASETS.REGISTER entry that is neither [name, json_file, image_root] nor [name, "png-masks", image_dir,
+    mask_dir]."""
 
 
 def data_root_from(cfg_root: str = "") -> Path | None:
@@ -64,10 +66,17 @@ def register_datasets_from_config(cfg: CfgNode) -> list[str]:
     if root is not None:
         names += register_trash_datasets(root, **options)
     for entry in data.REGISTER:
-        if len(entry) != 3:
-            raise DatasetEntryError(f"DATASETS.REGISTER entries are [name, json_file, image_root]; got {entry!r}")
-        name, json_file, image_root = entry
-        register_coco_semantic(name, json_file, image_root, **options)
+        if len(entry) == 4 and entry[1] in DIRECT_FORMATS:
+            name, _, image_dir, mask_dir = entry
+            register_mask_folders(name, image_dir, mask_dir, options["cache_dir"], options["skip_bad"])
+        elif len(entry) == 3:
+            name, json_file, image_root = entry
+            register_coco_semantic(name, json_file, image_root, **options)
+        else:
+            raise DatasetEntryError(
+                "DATASETS.REGISTER entries are [name, json_file, image_root] or [name, 'png-masks', image_dir, "
+                f"mask_dir]; got {entry!r}"
+            )
         names.append(name)
     for name in list(data.TRAIN) + list(data.TEST):
         if name not in DatasetCatalog:

@@ -17,6 +17,17 @@ from .images import require_file
 logger = logging.getLogger(__name__)
 
 
+def is_ignore_region(ann: dict) -> bool:
+    """An annotation that marks pixels as not labelled (`"ignore": 1`, as tools/convert_dataset.py writes the
+    ignore pixels of a mask dataset): painted as the ignore label, not counted as an object of its category."""
+    return bool(ann.get("ignore", 0))
+
+
+def object_annotations(annotations: list[dict]) -> list[dict]:
+    """The annotations that are objects (not ignore regions): what counts, stratifies and samples objects."""
+    return [ann for ann in annotations if not is_ignore_region(ann)]
+
+
 class DataError(UserError, ValueError):
     """A bad annotation, image or json; the message names the json, the image and the annotation."""
 

@@ -10,7 +10,8 @@ it is logged once per process (later ones are counted, `oriented_images_seen()`)
 per json (`mask2former.data.coco_semantic`), so a user knows the labels follow the stored pixels.
 
 Readers raise `ReadError` (missing, unreadable, not an image, a symlink loop, a name too long) or `LabelMapError`
-(a PNG that is not a label map, or not of the expected size), both naming the file.
+(a PNG that is not a label map, or not of the expected size), both naming the file. Image bytes held in memory (an
+upload) are decoded by `decode_image_limited`, within a byte and a pixel limit, raising an `ImageBytesError`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError, filesystem_message
 from .files import atomic_write_bytes
@@ -106,6 +107,71 @@ def decode_image(data: bytes | np.ndarray, name: str) -> np.ndarray:
     if orientation not in (0, 1):
         _note_oriented(name, orientation)
     return image
+
+
+# What an image held in memory (an upload to the HTTP service or the viewer) may be: any camera photo fits.
+MAX_IMAGE_BYTES = 20 * 2**20
+MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels; a decompression bomb is far above
+
+
+class ImageBytesError(UserError, ValueError):
+    """Image bytes in memory that are refused; the one-line message says what to send instead. The subclass says
+    why: too large, not an image, or broken."""
+
+
+class ImageTooLargeError(ImageBytesError):
+    """Over the byte or pixel limit (the pixels read from the header), or a decompression bomb."""
+
+
+class NotAnImageError(ImageBytesError):
+    """Not an image, or an image of a kind the reader does not decode."""
+
+
+class BrokenImageError(ImageBytesError):
+    """Empty, broken or truncated image bytes."""
+
+
+def too_many_bytes(size: int, limit: int) -> ImageTooLargeError:
+    """The refusal of `size` bytes of image over a `limit` of bytes."""
+    return ImageTooLargeError(
+        f"the upload is {size / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB: send a smaller image"
+    )
+
+
+def decode_image_limited(
+    data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int | None = MAX_IMAGE_BYTES
+) -> np.ndarray:
+    """Image bytes in memory as a BGR uint8 H x W x 3 array, as `read_image` reads a file. Refuses, before
+    decoding, bytes over `max_bytes` (None: no byte limit) and an image whose header declares over `max_pixels`
+    pixels (`ImageTooLargeError`); a non-image (`NotAnImageError`); an empty, broken or truncated one (the whole
+    file is decoded once: `BrokenImageError`)."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise too_many_bytes(len(data), max_bytes)
+    if not data:
+        raise BrokenImageError("the upload is empty: send an image file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            (width, height), kind = image.size, image.format or "unknown"
+            if width * height <= max_pixels:
+                image.load()  # decodes it all: a truncated or corrupt file fails here
+    except Image.DecompressionBombError:  # PIL's own check, at twice Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(
+            f"the image declares over {2 * Image.MAX_IMAGE_PIXELS} pixels, over the limit of {max_pixels} pixels (a "
+            "decompression bomb?): send a smaller image"
+        ) from None
+    except UnidentifiedImageError:
+        raise NotAnImageError("the upload is not an image (PNG, JPEG, BMP, TIFF, WebP): send an image file") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BrokenImageError(f"the image is broken or truncated ({reason}): send the whole file") from None
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} pixels, over the limit of {max_pixels} pixels: send a smaller image"
+        )
+    try:
+        return decode_image(data, "upload")
+    except ReadError:
+        raise NotAnImageError(f"the upload is an image of a kind that is not read here ({kind})") from None
 
 
 def exif_orientation(path: str | Path) -> int:

@@ -22,11 +22,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..data.classes import palette_for
-from ..io.images import encode_indexed_label_png
+from ..io.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, encode_indexed_label_png
 from .uploads import UploadError, decode_upload, read_body, uploaded_file
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: any camera photo; a decompression bomb is far above
+DEFAULT_MAX_UPLOAD_BYTES = MAX_IMAGE_BYTES  # 20 MiB
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS  # 40 megapixels: any camera photo; a decompression bomb is far above
 FORMATS = ("png", "json")
 
 

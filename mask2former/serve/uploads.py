@@ -7,16 +7,21 @@ Every refusal is an `UploadError` carrying the HTTP status and a one-line messag
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from ..io.images import ReadError, decode_image
+from ..io.images import (
+    BrokenImageError,
+    ImageBytesError,
+    ImageTooLargeError,
+    NotAnImageError,
+    decode_image_limited,
+    too_many_bytes,
+)
 
 # What a request may carry beyond the limit and still be read to its end (and discarded), so that the client
 # gets the 413 instead of a connection reset while it is still sending.
@@ -50,9 +55,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_big(size: int, limit: int) -> UploadError:
-    return UploadError(
-        413, f"the upload is {size / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB: send a smaller image"
-    )
+    return UploadError(413, str(too_many_bytes(size, limit)))
 
 
 class _InMemoryParser(MultiPartParser):
@@ -84,36 +87,16 @@ async def uploaded_file(request: Request, body: bytes) -> bytes:
     return await files[0].read()
 
 
+# The HTTP status of each refusal of the image reader: too large, not an image, broken.
+_STATUS = ((ImageTooLargeError, 413), (NotAnImageError, 415), (BrokenImageError, 400))
+
+
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """The uploaded image as a BGR uint8 H x W x 3 array, as `read_image` reads a file; refuses a non-image (415),
-    an image over `max_pixels` pixels by its header, before decoding (413), and a broken or truncated one (400)."""
-    if not data:
-        raise UploadError(400, "the upload is empty: send an image file")
+    """The uploaded image as a BGR uint8 H x W x 3 array, as `read_image` reads a file
+    (`mask2former.io.images.decode_image_limited`); refuses a non-image (415), an image over `max_pixels` pixels by
+    its header, before decoding (413), and a broken or truncated one (400)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise _too_many_pixels(width, height, max_pixels)
-            image.load()  # decodes it all: a truncated or corrupt file fails here
-    except Image.DecompressionBombError:  # PIL's own check, at twice Image.MAX_IMAGE_PIXELS
-        raise UploadError(
-            413,
-            f"the image declares over {2 * Image.MAX_IMAGE_PIXELS} pixels, over the limit of {max_pixels} pixels (a "
-            "decompression bomb?): send a smaller image",
-        ) from None
-    except UnidentifiedImageError:
-        raise UploadError(415, "the upload is not an image (PNG, JPEG, BMP, TIFF, WebP): send an image file") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UploadError(400, f"the image is broken or truncated ({reason}): send the whole file") from None
-    try:
-        return decode_image(data, "upload")
-    except ReadError:
-        kind = image.format or "unknown"
-        raise UploadError(415, f"the upload is an image of a kind this service does not read ({kind})") from None
-
-
-def _too_many_pixels(width: int, height: int, max_pixels: int) -> UploadError:
-    return UploadError(
-        413, f"the image is {width}x{height} pixels, over the limit of {max_pixels} pixels: send a smaller image"
-    )
+        return decode_image_limited(data, max_pixels, max_bytes=None)  # read_body has bounded the bytes
+    except ImageBytesError as error:
+        status = next(code for kind, code in _STATUS if isinstance(error, kind))
+        raise UploadError(status, str(error)) from None

@@ -1,17 +1,18 @@
 """The viewer's Streamlit page: the only module of the package that imports streamlit.
 
 `tools/viewer.py` is the script `streamlit run` executes; inside Streamlit it calls `show(parser, argv)`, which
-draws one run of the page: the sidebar, then the chosen page (Dataset, Browse, Predictions, Augmentations).
-Everything the page computes comes from the plain modules beside this one (paths, data, stats, compare, augment),
-cached here per file signature (path, mtime, size). Files are read only through them, under the roots the viewer
-was started with; the only files written are label maps and plots in `scratch_folder()`, through
-mask2former.io.files.
+draws one run of the page: the sidebar, then the chosen page (Dataset, Browse, Predictions, Augmentations, Model).
+Everything the page computes comes from the plain modules beside this one (paths, data, stats, compare, augment,
+model), cached here per file signature (path, mtime, size); a model's Predictor is cached per model. Files are read
+only through them, under the roots the viewer was started with; the only files written are label maps and plots in
+`scratch_folder()`, through mask2former.io.files; an uploaded photo stays in memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import hashlib
 import shutil
 import sys
@@ -27,11 +28,13 @@ import streamlit as st
 from streamlit import runtime
 
 from ..config import load_config
+from ..data.classes import palette_for
 from ..errors import UserError
-from ..io.images import read_image
+from ..inference.predictor import Prediction, Predictor
+from ..io.images import MAX_IMAGE_BYTES, ImageBytesError, read_image
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.visualize import legend
-from .arguments import ViewerArgumentError, bind_problem, check_arguments
+from .arguments import ModelSource, ViewerArgumentError, bind_problem, check_arguments, model_sources
 from .augment import (
     build_mapper,
     copy_paste_enabled,
@@ -63,6 +66,18 @@ from .data import (
     resize_to_width,
     thumbnail,
 )
+from .model import (
+    UPLOAD_TYPES,
+    class_mismatch,
+    class_shares,
+    data_root_images,
+    image_scores,
+    load_predictor,
+    predict_photo,
+    prediction_pictures,
+    read_upload,
+    renamed_classes,
+)
 from .paths import Roots, file_signature, list_files
 from .stats import (
     SIZE_BINS,
@@ -73,7 +88,7 @@ from .stats import (
     pixel_colour_table,
 )
 
-PAGES = ("Dataset", "Browse", "Predictions", "Augmentations")
+PAGES = ("Dataset", "Browse", "Predictions", "Augmentations", "Model")
 # Datasets up to this many images get the label-map statistics computed on opening; larger ones on a click.
 AUTO_PIXEL_STATS = 400
 GRID_COLUMNS = 4
@@ -82,6 +97,8 @@ SHOWN_FILE_ERRORS = 10  # unreadable prediction files listed one by one on the P
 # Errors the page shows as a message instead of a traceback: a user's file (UserError: a refused path, a bad json,
 # submission or prediction file, a config), an unreadable file, and what numpy/OpenCV raise for a malformed one.
 SHOWN_ERRORS = (UserError, OSError, ValueError, KeyError)
+# A model that cannot be loaded or run (a checkpoint of another architecture, a runtime's refusal) says so too.
+MODEL_ERRORS = (*SHOWN_ERRORS, RuntimeError)
 
 JsonKey = tuple[str, int, int, str]  # (json path, mtime_ns, size, image root): the cache key of a dataset
 
@@ -92,6 +109,7 @@ class Context:
     roots: Roots
     pred_paths: tuple[Path, ...]
     config_files: tuple[Path, ...]
+    models: tuple[ModelSource, ...] = ()
 
     @property
     def roots_key(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -229,6 +247,20 @@ def cached_draws(
     return pictures
 
 
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def cached_predictor(source: ModelSource, signatures: tuple, roots_key: tuple) -> Predictor:
+    """The model's Predictor, one per model (new files, by their signatures, give a new one)."""
+    return load_predictor(source, Roots.from_key(roots_key))
+
+
+@st.cache_data(max_entries=32, show_spinner="Predicting…")
+def cached_photo_prediction(
+    source: ModelSource, signatures: tuple, roots_key: tuple, photo_key: tuple, tta: bool, _image: np.ndarray
+) -> Prediction:
+    """The model's prediction of the photo that `photo_key` names (a file's signature or an upload's digest)."""
+    return predict_photo(cached_predictor(source, signatures, roots_key), _image, tta)
+
+
 # ---- shared widgets -----------------------------------------------------------------------------------
 
 
@@ -249,10 +281,19 @@ def make_context(args: argparse.Namespace) -> Context:
         data_root = Path(args.data_root).expanduser().resolve(strict=True)
         preds = tuple(Path(p).expanduser().resolve(strict=True) for p in args.pred)
         configs = tuple(Path(p).expanduser().resolve(strict=True) for p in args.config_file)
+        models = tuple(
+            dataclasses.replace(
+                model,
+                source=model.source.expanduser().resolve(strict=True),
+                weights=None if model.weights is None else model.weights.expanduser().resolve(strict=True),
+            )
+            for model in model_sources(args.model, args.config_file)
+        )
     except (ViewerArgumentError, OSError) as error:
         st.error(f"Cannot start: {error}")
         st.stop()
-    return Context(data_root, Roots.from_paths([data_root, *preds, *configs]), preds, configs)
+    model_paths = [path for model in models for path in (model.source, model.weights) if path is not None]
+    return Context(data_root, Roots.from_paths([data_root, *preds, *configs, *model_paths]), preds, configs, models)
 
 
 def json_key(ctx: Context, path: Path) -> JsonKey:
@@ -769,6 +810,162 @@ def mapper_draws(
     return pictures, input_yaml, cached_image(*image_sig)
 
 
+@dataclass(frozen=True)
+class Photo:
+    """The Model page's photo: its name, BGR pixels, cache key, and for an image of a json with ground truth, its
+    label map and the json's classes (else None)."""
+
+    name: str
+    image: np.ndarray
+    key: tuple
+    ground_truth: np.ndarray | None = None
+    json_classes: tuple[str, ...] | None = None
+    json_palette: tuple[tuple[int, int, int], ...] | None = None
+
+
+PHOTO_SOURCES = ("An image of a json", "An image under the data root", "Upload a photo")
+
+
+def model_page(ctx: Context) -> None:
+    st.header("Model")
+    if not ctx.models:
+        st.info(
+            "No model. Start the viewer with `--model` and a run folder, an exported .onnx file, a model package, "
+            "or a checkpoint with its `--config-file`."
+        )
+        return
+    left, right = st.columns([4, 1])
+    choice = left.selectbox(
+        "Model", range(len(ctx.models)), format_func=lambda i: ctx.models[i].label, key="model_choice"
+    )
+    tta = right.checkbox("Test-time augmentation", False, key="model_tta", help="the config's TEST.AUG views")
+    source = ctx.models[choice]
+    photo = choose_photo(ctx)
+    if photo is None:
+        return
+    try:
+        signatures = tuple(file_signature(path) for path in source.files)
+        prediction = cached_photo_prediction(source, signatures, ctx.roots_key, photo.key, tta, photo.image)
+    except MODEL_ERRORS as error:
+        st.error(f"Cannot predict {photo.name} with {source.label}: {error}")
+        return
+    show_photo_prediction(photo, prediction)
+
+
+def choose_photo(ctx: Context) -> Photo | None:
+    """The photo to predict: an image of a json (with its ground truth), an image file under the data root, or an
+    uploaded one (decoded in memory); None, with a message, when there is none or it cannot be read."""
+    kind = st.radio("Photo", PHOTO_SOURCES, horizontal=True, key="model_photo_source")
+    try:
+        if kind == PHOTO_SOURCES[0]:
+            return json_photo(ctx)
+        if kind == PHOTO_SOURCES[1]:
+            return data_root_photo(ctx)
+        return uploaded_photo()
+    except SHOWN_ERRORS as error:
+        st.error(str(error))
+        return None
+
+
+def json_photo(ctx: Context) -> Photo | None:
+    key, index = select_dataset(ctx, "model", ("val.json", "test.json", "train_all.json"))
+    if not index.images:
+        st.info("This json lists no image.")
+        return None
+    image_id = st.selectbox(
+        "Image",
+        [image["id"] for image in index.images],
+        format_func=lambda i: index.image(i)["file_name"],
+        key=f"model_image_{widget_suffix(key)}",
+    )
+    image = index.image(image_id)
+    signature = file_signature(index.image_path(ctx.roots, image))
+    pixels = cached_image(*signature)
+    if not index.has_gt:
+        return Photo(image["file_name"], pixels, signature)
+    classes, palette = tuple(index.class_names), tuple(index.palette)
+    return Photo(image["file_name"], pixels, signature, cached_label(key, image_id), classes, palette)
+
+
+def data_root_photo(ctx: Context) -> Photo | None:
+    paths = data_root_images(ctx.roots, ctx.data_root)
+    if not paths:
+        st.info(f"No image file under {ctx.data_root}.")
+        return None
+    names = [path.relative_to(ctx.data_root).as_posix() for path in paths]
+    name = st.selectbox("Image", names, key="model_root_image")
+    signature = file_signature(ctx.roots.check(ctx.data_root / name))
+    return Photo(name, cached_image(*signature), signature)
+
+
+def uploaded_photo() -> Photo | None:
+    limit = MAX_IMAGE_BYTES // 2**20
+    uploaded = st.file_uploader("Photo", type=list(UPLOAD_TYPES), key="model_upload", max_upload_size=limit)
+    if uploaded is None:
+        st.info(f"Upload a photo (up to {limit} MiB): it is decoded in memory and never written.")
+        return None
+    data = uploaded.getvalue()
+    try:
+        pixels = read_upload(data)
+    except ImageBytesError as error:
+        st.error(f"{uploaded.name}: {error}")
+        return None
+    return Photo(uploaded.name, pixels, ("upload", hashlib.sha1(data).hexdigest()))
+
+
+def show_photo_prediction(photo: Photo, prediction: Prediction) -> None:
+    """The photo, its label overlay with the legend (and the ground truth's), the share of each class's pixels and,
+    for an image with ground truth, its mIoU."""
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="model_alpha")
+    overlay_image, legend_image = prediction_pictures(photo.image, prediction, alpha)
+    height, width = photo.image.shape[:2]
+    columns = st.columns([2, 2, 2, 1] if photo.ground_truth is not None else [2, 2, 1])
+    columns[0].image(photo.image, channels="BGR", caption=f"{photo.name} ({width}x{height})")
+    columns[1].image(overlay_image, channels="BGR", caption="prediction overlay")
+    if photo.ground_truth is not None:
+        truth = overlay_picture(photo.image, photo.ground_truth, list(photo.json_palette), alpha)
+        columns[2].image(truth, channels="BGR", caption="ground truth overlay")
+    columns[-1].image(legend_image, channels="BGR", caption="legend")
+    if photo.ground_truth is not None:
+        show_image_scores(photo, prediction)
+
+    st.subheader("Pixels per class (prediction)")
+    shares = class_shares(prediction)
+    colours = palette_hex(palette_for(prediction.class_names))
+    chart = (
+        alt.Chart(shares, title="share of the photo's pixels")
+        .mark_bar()
+        .encode(
+            x=alt.X("class:N", sort=None, title=None),
+            y=alt.Y("share:Q", axis=alt.Axis(format="%")),
+            color=alt.Color("class:N", scale=alt.Scale(domain=prediction.class_names, range=colours), legend=None),
+            tooltip=["class", "pixels", alt.Tooltip("share:Q", format=".2%"), "mean probability"],
+        )
+    )
+    left, right = st.columns([3, 2])
+    left.altair_chart(chart, width="stretch")
+    right.table(styled(shares, "{:.4f}"), hide_index=True)
+
+
+def show_image_scores(photo: Photo, prediction: Prediction) -> None:
+    """The image's mIoU and pixel accuracy against its ground truth, when the classes can be matched."""
+    problem = class_mismatch(prediction.class_names, photo.json_classes)
+    if problem is not None:
+        st.info(f"No mIoU: {problem}.")
+        return
+    scores = image_scores(photo.ground_truth, prediction.labels, len(prediction.class_names))
+    left, right = st.columns(2)
+    left.metric("mIoU of this image", f"{scores['mIoU']:.4f}")
+    right.metric("pixel accuracy", f"{scores['pACC']:.4f}")
+    renamed = renamed_classes(prediction.class_names, photo.json_classes)
+    if renamed:
+        index, mine, theirs = renamed[0]
+        st.caption(
+            f"Scored by class index: {len(renamed)} class(es) are named differently, e.g. {index} is "
+            f"{mine!r} for the model and {theirs!r} in the json."
+        )
+
+
 def show(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     """One run of the page, with the viewer's command-line arguments (`argv`, default: sys.argv[1:])."""
     st.set_page_config(page_title="Trash data viewer", layout="wide")
@@ -783,9 +980,12 @@ def show(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None
     st.sidebar.caption(f"data root: {ctx.data_root}")
     for path in ctx.pred_paths:
         st.sidebar.caption(f"predictions: {path}")
+    for model in ctx.models:
+        st.sidebar.caption(f"model: {model.label}")
     {
         "Dataset": dataset_page,
         "Browse": browse_page,
         "Predictions": predictions_page,
         "Augmentations": augmentations_page,
+        "Model": model_page,
     }[page](ctx)

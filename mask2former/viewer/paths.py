@@ -102,8 +102,11 @@ def tree_signature(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-def list_files(roots: Roots, folder: Path, suffix: str, max_depth: int = 2, limit: int = 500) -> list[Path]:
-    """Files ending in `suffix` under `folder` (up to `max_depth` levels), sorted; ones leading out are left out."""
+def list_files(
+    roots: Roots, folder: Path, suffix: str | tuple[str, ...], max_depth: int = 2, limit: int = 500
+) -> list[Path]:
+    """Files ending in `suffix` (or one of the suffixes; any case) under `folder` (up to `max_depth` levels),
+    sorted; ones leading out are left out."""
     found: list[Path] = []
     folder = roots.check(folder)
 
