@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 from conftest import REPO, TINY_MODEL, doc_commands, doc_headings, doc_pages, tiny_training_opts
 
@@ -144,13 +145,15 @@ def test_readme_own_data_recipe_runs_as_written(sample_root: Path, tmp_path: Pat
 
 def put_the_model_to_work(localised, run, tmp_path: Path, sample_root: Path) -> None:
     """README "Put a model to work", after the own-data recipe trained output/mine/train: export a package (the
-    tiny widths and a 64 px view appended), predict a folder of photos with its model.onnx, serve it (on any free
-    port: --port 0 appended) and ask its /health."""
+    tiny widths and a 64 px view appended), predict a folder of photos (one not square) with its model.onnx, serve
+    it (on any free port: --port 0 appended) and ask its /health."""
     export, predict, serve = doc_commands("Put a model to work")
     photos = tmp_path / "photos"
     photos.mkdir()
     for image in sorted((sample_root / "batch_03").glob("*.jpg"))[:2]:
         (photos / image.name).write_bytes(image.read_bytes())
+    wide = cv2.imread(str(image))[:300]  # a photo of another shape: the package is a dynamic-size export
+    assert cv2.imwrite(str(photos / "wide.png"), wide)
 
     def with_photos(argv: list[str]) -> list[str]:
         return [str(photos) if arg == "PHOTOS" else arg for arg in argv]

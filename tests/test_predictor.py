@@ -226,11 +226,15 @@ def test_exported_file_refusals(tmp_path: Path) -> None:
     photo = np.zeros((64, 96, 3), np.uint8)
     assert predictor(photo).labels.shape == (64, 96)  # its one view is 32 x 48: the file's size
     with pytest.raises(OnnxFileError) as error:
-        predictor(photo, tta=True)  # a 48 x 72 view
+        predictor(photo, tta=True)  # a 48 x 72 view, refused before any view is predicted
     assert str(error.value) == (
-        f"{fixed}: a fixed-size export (32x48) was given a 48x72 view: export one file per view size, or a "
-        "dynamic-size file (tools/export.py --dynamic-size)"
+        f"the image (96x64 pixels, width x height) makes a 72x48 view, and {fixed} is a fixed-size export that "
+        "takes only 48x32 views: predict with a dynamic-size export (tools/export.py --dynamic-size), or give "
+        "images of that shape"
     )
+    with pytest.raises(OnnxFileError) as error:
+        OnnxModel(fixed).run(np.zeros((3, 48, 72), np.float32))  # the file itself never runs another size
+    assert "a fixed-size export (32x48) was given a 48x72 view" in str(error.value)
 
 
 def test_predictor_refuses_sources_and_images(tmp_path: Path) -> None:
@@ -353,9 +357,13 @@ SECTION = "Runtimes and the Python Predictor"
 
 
 def localised(text: str, exported: Path, sample_root: Path, output: Path) -> str:
-    """The docs' paths made this test's: output/export/model.onnx, DATA, photo.jpg and output/."""
+    """The docs' paths made this test's: the dynamic-size output/export_any_size/model.onnx (`exported`), DATA,
+    photo.jpg and output/. The docs' fixed-size output/export/model.onnx is kept for commands without TTA only."""
     photo = val_images(sample_root, 1)[0]
-    text = text.replace("output/export/model.onnx", str(exported)).replace("photo.jpg", str(photo))
+    if "output/export/model.onnx" in text:  # a Python block, or one argument of a command (checked by the test)
+        assert "tta=True" not in text, "TTA needs the dynamic-size file (export_any_size)"
+    text = text.replace("output/export_any_size/model.onnx", str(exported)).replace("photo.jpg", str(photo))
+    text = text.replace("output/export/model.onnx", str(exported))
     return re.sub(r"(?<![\w/])DATA/", f"{sample_root}/", text).replace("output/", f"{output}/")
 
 
@@ -377,6 +385,7 @@ def test_docs_commands_run(exported: Path, sample_root: Path, tmp_path: Path) ->
     commands = doc_commands(SECTION)
     assert commands and all(argv[:2] == ["python", "tools/predict.py"] for argv in commands)
     for argv in commands:
+        assert "--tta" not in argv or "output/export/model.onnx" not in argv, "TTA needs the dynamic-size file"
         args = [localised(arg, exported, sample_root, tmp_path) for arg in argv[2:]]
         csv = predict_main([*args, "--threads", "1"])
         assert Path(csv).is_file()
