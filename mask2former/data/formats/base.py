@@ -23,9 +23,21 @@ from ..rasterize import IGNORE_LABEL
 
 DATASET_FORMATS = Registry("DATASET_FORMATS")
 
+# the names formats give their splits (folders, CVAT subsets; any case) -> the competition layout's split
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
 __all__ = [
     "DATASET_FORMATS",
     "IGNORE_LABEL",
+    "SPLIT_NAMES",
     "FormatError",
     "FormatOptions",
     "Region",

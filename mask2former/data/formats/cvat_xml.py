@@ -24,22 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import FormatError, FormatOptions, SourceDataset, SourceImage, register_format
+from .base import SPLIT_NAMES, FormatError, FormatOptions, SourceDataset, SourceImage, register_format
 from .labelling_tools import Shape, class_list, find_image, image_labels, stored_size
 
 FORMAT = "cvat-xml"
 ANNOTATIONS_FILE = "annotations.xml"
-SUBSETS = {
-    "": "train",
-    "default": "train",
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
+SUBSETS = {"": "train", "default": "train", **SPLIT_NAMES}
 LEFT_OUT = ("box", "polyline", "points", "ellipse", "cuboid", "skeleton", "tag")
 
 

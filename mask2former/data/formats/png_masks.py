@@ -34,6 +34,7 @@ from PIL import Image
 from ...io.images import IMAGE_EXTENSIONS
 from .base import (
     IGNORE_LABEL,
+    SPLIT_NAMES,
     FormatError,
     FormatOptions,
     SourceDataset,
@@ -68,15 +69,6 @@ VOC_CLASSES = (
 )
 IMAGE_FOLDERS = ("JPEGImages", "images", "img", "imgs", "image")
 MASK_FOLDERS = ("SegmentationClass", "masks", "labels", "annotations", "mask", "label", "gt")
-SPLIT_FOLDERS = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
 
 
 @dataclass(frozen=True)
@@ -139,19 +131,19 @@ def find_pairs(source: Path) -> tuple[Pairs, str]:
     image_dir = _first_dir(source, IMAGE_FOLDERS)
     mask_dir = _first_dir(source, MASK_FOLDERS)
     if image_dir is not None and mask_dir is not None:
-        splits = [d.name for d in sorted(image_dir.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_FOLDERS]
+        splits = [d.name for d in sorted(image_dir.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_NAMES]
         if splits:
             pairs = {}
             for folder in splits:
-                pairs[SPLIT_FOLDERS[folder.lower()]] = folder_pairs(image_dir / folder, mask_dir / folder)
+                pairs[SPLIT_NAMES[folder.lower()]] = folder_pairs(image_dir / folder, mask_dir / folder)
             return pairs, f"{image_dir.name}/<split>/ and {mask_dir.name}/<split>/"
         return {"train": folder_pairs(image_dir, mask_dir)}, f"{image_dir.name}/ and {mask_dir.name}/"
-    split_first = [d for d in sorted(source.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_FOLDERS]
+    split_first = [d for d in sorted(source.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_NAMES]
     pairs = {}
     for folder in split_first:
         images, masks = _first_dir(folder, IMAGE_FOLDERS), _first_dir(folder, MASK_FOLDERS)
         if images is not None:
-            pairs[SPLIT_FOLDERS[folder.name.lower()]] = folder_pairs(images, masks)
+            pairs[SPLIT_NAMES[folder.name.lower()]] = folder_pairs(images, masks)
     if pairs:
         return pairs, "<split>/images/ and <split>/masks/"
     raise FormatError(
@@ -185,8 +177,8 @@ def _voc_pairs(source: Path, voc_sets: Path) -> Pairs:
         raise FormatError(f"{voc_sets}: no split lists (train.txt, val.txt, ...)")
     chosen: dict[str, Path] = {}
     for stem, path in lists.items():
-        if stem.lower() in SPLIT_FOLDERS:
-            chosen[SPLIT_FOLDERS[stem.lower()]] = path
+        if stem.lower() in SPLIT_NAMES:
+            chosen[SPLIT_NAMES[stem.lower()]] = path
     if not chosen and "default" in lists:
         chosen["train"] = lists["default"]  # CVAT's export
     if "trainval" in lists and not {"train", "val"} & set(chosen):

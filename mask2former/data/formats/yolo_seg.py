@@ -22,9 +22,17 @@ from typing import Any
 import yaml
 
 from ...io.images import IMAGE_EXTENSIONS, describe_orientation
-from .base import FormatError, FormatOptions, Region, SourceDataset, SourceImage, image_header, register_format
+from .base import (
+    SPLIT_NAMES,
+    FormatError,
+    FormatOptions,
+    Region,
+    SourceDataset,
+    SourceImage,
+    image_header,
+    register_format,
+)
 
-SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 BACKGROUND = "Background"
 
 
