@@ -161,6 +161,16 @@ def test_a_folder_of_the_users_and_a_bad_size_are_refused(tmp_path: Path, capsys
     code, _, err = run_export([*base, "--out", str(tmp_path / "new"), "--size", "64", "64", "--dynamic-size"], capsys)
     assert code == 2 and "--size and --dynamic-size exclude each other" in err
     assert tree_hashes(tmp_path) == before and not (tmp_path / "new").exists()
+    # a package into an --out export's folder (what serve.py is given by mistake): one line, no diff of settings
+    export_out = tmp_path / "export"
+    export_out.mkdir()
+    (export_out / "model.onnx").write_bytes(b"an --out export")
+    code, _, err = run_export([*base, "--package", str(export_out)], capsys)
+    assert (code, err) == (
+        2,
+        f"export.py: --package {export_out} holds the model.onnx of an export made with --out, not a package: give "
+        "a new --package folder (or --overwrite to replace that export)\n",
+    )
 
 
 def test_a_module_the_exporter_cannot_handle_is_named_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -207,3 +217,19 @@ def test_the_documented_export_commands_run(tmp_path: Path) -> None:
         metadata = read_metadata(tmp_path / out / "model.onnx")
         assert set(metadata) == set(METADATA_KEYS)
         assert json.loads(metadata["input_size"]) == (None if "--dynamic-size" in command else [64, 64])
+
+
+def test_a_long_export_step_logs_its_start_a_heartbeat_and_its_end(caplog) -> None:
+    """Tracing, converting and checking print nothing themselves: each step logs a line as it starts, one every
+    `every` seconds while it lasts, and its time at the end."""
+    import logging
+    import time
+
+    from mask2former.export.onnx_file import export_step
+
+    quick = export_step("tracing the model", every=0.05)
+    with caplog.at_level(logging.INFO, logger="mask2former.export.onnx_file"), quick:
+        time.sleep(0.3)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0] == "tracing the model ..." and lines[-1] == "tracing the model: done in 00:00"
+    assert 2 <= sum(line == "tracing the model: still working (00:00)" for line in lines) <= 7, lines

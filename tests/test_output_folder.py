@@ -26,6 +26,7 @@ from mask2former.utils.output_folder import (
     OWNER_FILE,
     OutputFolderError,
     claim_output_folder,
+    file_sha1,
     owned_output_folder,
     read_owner,
 )
@@ -366,3 +367,50 @@ def test_a_summary_and_an_error_reach_the_terminal_once_and_the_log_file_too(sam
     # a refusal after the run's logging was set up: `tool.py: message` on the terminal, and in no other form
     line = one_line_refusal(capsys, lambda: tool_main("predict")(predict_argv(sample_root / "val.json", out, weights)))
     assert line.startswith(f"predict.py: --out {out} holds predict.py's outputs made with other settings"), line
+
+
+def test_a_claim_that_holds_no_output_yet_is_taken_for_another_job(tmp_path: Path) -> None:
+    """A run that failed before its first output left only its log, empty folders and an unfinished job record:
+    a run with other settings takes the folder without --overwrite (the log kept); one output there refuses it."""
+    out = tmp_path / "out"
+    failed = claim_output_folder(out, "tool.py", {"weights": "bad.pth"})
+    failed.record("log.txt", "meta.json", "probs", "submission.csv")
+    (out / "log.txt").write_text("the failed run's log\n")
+    (out / "meta.json").write_text(json.dumps({"complete": False}))
+    (out / "probs" / "deeper").mkdir(parents=True)
+    (out / "notes.txt").write_text("the user's")
+    again = claim_output_folder(out, "tool.py", {"weights": "good.pth"})
+    assert not again.resumed and read_owner(out)["job"] == {"weights": "good.pth"}
+    assert sorted(p.name for p in out.iterdir()) == [OWNER_FILE, "log.txt", "notes.txt"]
+    assert (out / "log.txt").read_text() == "the failed run's log\n"
+
+    for output in ("probs/deeper/a.npz", "meta.json", "submission.csv"):  # any one output, or a finished record
+        again.record("log.txt", "meta.json", "probs", "submission.csv")
+        (out / "probs" / "deeper").mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").write_text(json.dumps({"complete": False}))
+        (out / output).write_text(json.dumps({"complete": True}))
+        with pytest.raises(OutputFolderError, match="made with other settings"):
+            claim_output_folder(out, "tool.py", {"weights": "other.pth"})
+        (out / output).unlink()
+        assert claim_output_folder(out, "tool.py", {"weights": "good.pth"}).resumed
+
+
+def test_predict_failing_on_its_weights_leaves_out_free_for_the_corrected_run(
+    sample_root, weights, tmp_path, capsys
+) -> None:
+    """The weights fail inside the run (after OUT was claimed): `predict.py: ...`, status 2, and the same command
+    with the right weights then runs in that OUT."""
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(bytes(range(100)))
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        tool_main("predict")(predict_argv(sample_root / "test.json", out, bad))
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and "Traceback" not in err and err.count(f"{bad} is binary") == 1, err
+    assert line.startswith(f"predict.py: {bad} is binary data of another kind"), line
+    assert line.removeprefix("predict.py: ") in (out / "log.txt").read_text()
+    tool_main("predict")(predict_argv(sample_root / "test.json", out, weights))
+    assert json.loads((out / "meta.json").read_text())["complete"] is True
+    assert read_owner(out)["job"]["weights_sha1"] != [file_sha1(bad)]

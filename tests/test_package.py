@@ -61,10 +61,17 @@ def test_the_package_holds_the_model_its_weights_config_classes_and_card(tiny_pa
         "- iterations: 4",
         "- val mIoU measured by this project: 0.1234 on `trash_val` (the run's final_metrics.json)",
         "- input size: 64 x 64 (H x W, fixed)",
-        f"MODEL.BACKBONE.WEIGHTS `{tiny_package.backbone}`: apache-2.0",
+        "# Mask2Former with a Swin Transformer backbone (`run/config.yaml`): semantic segmentation into 11 classes",
+        "- output `scores`: float32 [1, 11, H, W], the class scores, not normalised: divide them by their sum",
+        "- run: the folder `run`",
+        "MODEL.BACKBONE.WEIGHTS `weights/swin_tiny.safetensors`: apache-2.0",
         tiny_package.command,
     ]:
         assert fact in card, fact
+    # the output's name is the file's; no path of the exporting machine (config.yaml clears them too)
+    assert "probabilities`" not in card and "D2SwinTransformer" not in card
+    facts = card.replace(tiny_package.command, "")  # the command line is shown as it was typed
+    assert str(tiny_package.run) not in facts and str(tiny_package.backbone) not in facts
     assert " images/s at 64 x 64 on the CPU (onnxruntime " in card
 
 
@@ -164,9 +171,21 @@ def test_a_folder_that_is_not_the_tools_is_refused_before_anything_is_written(
 
 
 def test_a_folder_that_is_not_a_package_is_named(tmp_path: Path) -> None:
-    (tmp_path / "model.onnx").write_bytes(b"")
-    with pytest.raises(PackageError, match=rf"^{tmp_path} is not a model package \(no classes.json\): write one with "):
+    """An empty folder and an --out export's folder: the message says to write a package into a new folder."""
+    with pytest.raises(PackageError) as refused:
         read_package_classes(tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path} is not a model package (no model.onnx): write one with tools/export.py --config-file CONFIG "
+        "--weights CHECKPOINT --package NEW_FOLDER (a new folder)"
+    )
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(PackageError) as refused:
+        read_package_classes(tmp_path)
+    assert str(refused.value).startswith(
+        f"{tmp_path} is not a model package (no classes.json): its model.onnx is an export made with --out; write "
+        "one with tools/export.py --config-file CONFIG --weights CHECKPOINT --package NEW_FOLDER (a new folder) "
+        f"(tools/predict.py --weights {tmp_path / 'model.onnx'} runs"
+    )
     with pytest.raises(PackageError, match=r"model package .*nope does not exist: give the folder written by"):
         read_package_classes(tmp_path / "nope")
 

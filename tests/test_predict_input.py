@@ -85,15 +85,16 @@ def predict(weights: Path, source: str | Path, out: Path, *flags: str) -> None:
 
 
 def refused(capsys, weights: Path, source: str | Path, out: Path, *flags: str, during_run: bool = False) -> str:
-    """The line predict.py exits with (status 2): its only output when refused before the run, else the last line
-    of the run's log (on stderr and in log.txt)."""
+    """The line predict.py exits with (status 2, `predict.py: ...`): its only output when refused before the run,
+    else the last line on stderr, also in the run's log.txt."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         predict(weights, source, out, *flags)
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     if during_run:
-        assert " ERROR] " in lines[-1] and lines[-1] in (out / "log.txt").read_text(), lines
+        assert lines[-1].startswith("predict.py: "), lines
+        assert lines[-1].removeprefix("predict.py: ") in (out / "log.txt").read_text(), lines
     else:
         assert len(lines) == 1 and lines[0].startswith("predict.py: "), lines
     return lines[-1]
@@ -161,7 +162,7 @@ def test_folder_with_sub_folders_a_non_image_and_a_broken_jpeg(weights: Path, tm
 
     cv2.imwrite(str(photos / "d.png"), np.zeros((8, 8, 3), dtype=np.uint8))  # another listing: another job
     line = refused(capsys, weights, photos, out, "--skip-bad")
-    assert "made with other settings" in line and "listing_sha1" in line
+    assert "made with other settings (the images of --input changed: 1 added (d.png), none removed)" in line
 
 
 def test_glob_list_and_single_image(weights: Path, tmp_path: Path) -> None:
@@ -271,3 +272,73 @@ def test_documented_commands_run_as_written(weights: Path, tmp_path: Path, monke
         out = tmp_path / argv[argv.index("--out") + 1]
         assert (out / "labels").is_dir() and meta(out)["complete"] and not (out / "submission.csv").exists()
     assert any((tmp_path / "output").glob("*/overlay.mp4"))
+
+
+def exit_line(capsys, argv: list[str]) -> str:
+    """The one line predict.py exits with (status 2, `predict.py: ...`) when `argv` is refused before the run."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("predict.py: "), lines
+    return lines[0]
+
+
+def test_a_package_folder_as_weights_and_shapes_a_fixed_size_file_refuses_up_front(
+    tiny_package, tmp_path: Path, capsys
+) -> None:
+    """--weights takes a model package folder (its model.onnx, config from its metadata). The package is a fixed
+    64 x 64 export: a folder holding photos of other shapes is refused before --out is claimed, the offending
+    photos counted and the first named, and so is a video of another shape; a square photo is predicted."""
+    photos = make_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    package = str(tiny_package.folder)
+    line = exit_line(capsys, ["--weights", package, "--input", str(photos), "--out", str(out)])
+    assert "2 image(s) cannot be predicted, the first a.jpg (80x48 pixels, width x height) makes a 107x64 view" in line
+    assert "fixed-size export that takes only 64x64 views" in line and "--dynamic-size" in line, line
+    wide = cv2.VideoWriter(str(tmp_path / "wide.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (96, 64))
+    for _ in range(2):
+        wide.write(np.zeros((64, 96, 3), dtype=np.uint8))
+    wide.release()
+    line = exit_line(capsys, ["--weights", package, "--input", str(tmp_path / "wide.mp4"), "--out", str(out)])
+    assert f"the frames of {tmp_path / 'wide.mp4'} (96x64 pixels" in line, line
+    assert not out.exists()
+    main(["--weights", package, "--input", str(photos / "sub" / "b.png"), "--out", str(out)])
+    assert meta(out)["predicted"] == 1 and meta(out)["weights"] == [str(tiny_package.folder / "model.onnx")]
+
+
+def test_weights_that_are_no_model_say_what_weights_takes(tiny_package, tmp_path: Path, capsys) -> None:
+    """A text file, a run folder and a folder without model.onnx as --weights: one line each, saying what to give."""
+    photo = make_photos(tmp_path / "photos") / "a.jpg"
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (str(REPO / "README.md"), "README.md is not a checkpoint or an exported model: --weights takes"),
+        (str(tiny_package.run), f"is a training run's folder: give --config-file {tiny_package.run / 'config.yaml'}"),
+        (str(tmp_path / "empty"), "is a folder without model.onnx: --weights takes"),
+    ]
+    for weights, message in cases:
+        line = exit_line(capsys, ["--weights", weights, "--input", str(photo), "--out", str(tmp_path / "out")])
+        assert message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folders_inside_the_input_are_not_photos_and_a_changed_listing_is_named(
+    weights: Path, tmp_path: Path, capsys
+) -> None:
+    """Predictions written inside --input (their folder holds the owner record) are skipped by any later run on
+    that folder or a glob over it, and counted; a resume over a listing that changed names the files."""
+    photos = make_photos(tmp_path / "photos")
+    predict(weights, photos, photos / "pred")  # labels/ and overlays/ PNGs now lie under photos/pred
+    elsewhere = tmp_path / "elsewhere"
+    predict(weights, photos, elsewhere)
+    err = capsys.readouterr().err
+    assert meta(elsewhere)["file_names"] == meta(photos / "pred")["file_names"] == sorted(PHOTOS)
+    assert "1 output folder(s) of this project's tools skipped (pred)" in err, err
+    predict(weights, f"{photos}/**/*.png", tmp_path / "globbed")
+    assert meta(tmp_path / "globbed")["file_names"] == sorted(name for name in PHOTOS if name.endswith(".png"))
+
+    (photos / "sub" / "added.jpg").write_bytes((photos / "a.jpg").read_bytes())
+    (photos / "a.jpg").unlink()
+    line = refused(capsys, weights, photos, elsewhere)
+    assert "(the images of --input changed: 1 added (sub/added.jpg), 1 removed (a.jpg)): use another --out" in line

@@ -348,7 +348,8 @@ def test_predict_refuses_a_checkpoint_without_config(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "predict.py: --config-file is required with PyTorch checkpoints (an exported .onnx file carries its own config)"
+        "predict.py: --config-file is required with PyTorch checkpoints (an exported .onnx file or a model package "
+        "folder carries its own config): give the config the checkpoint was trained with (its run's config.yaml)"
     )
     assert not (tmp_path / "out").exists()
 

@@ -157,3 +157,31 @@ def test_deploy_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
     assert rows[0][4].strip() == "1.00x"
     assert re.search(r"^- quickstart: [0-9.]+M parameters; exported in [0-9]+ s, .*; quantized in", done.stdout, re.M)
     assert (tmp_path / "quickstart" / "model_int8.onnx").is_file()
+
+
+def test_calibration_skips_unreadable_photos_and_refuses_only_too_few(tmp_path: Path, caplog) -> None:
+    """An unreadable photo among the calibration photos is skipped (the next one read in its place), one warning
+    counting them and naming the first; fewer readable photos than needed is one line."""
+    import cv2
+
+    from mask2former.export.quantize import QuantizeError, calibration_photos
+
+    rng = np.random.default_rng(0)
+    files = []
+    for index in range(6):
+        path = tmp_path / f"{index}.jpg"
+        cv2.imwrite(str(path), rng.integers(0, 255, (20 + index, 30, 3), dtype=np.uint8))
+        files.append(path)
+    for index in (0, 2):  # truncated JPEGs, as a copy cut short leaves them
+        files[index].write_bytes(files[index].read_bytes()[:40])
+    with caplog.at_level("WARNING"):
+        photos = calibration_photos(files, 3)
+    assert [photo.shape[0] for photo in photos] == [24, 21, 23]  # 4 (of the spread 0, 2, 4), then 1 and 3
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "skipped 2 unreadable photo(s), the first: " in warnings[0], warnings
+    assert str(files[0]) in warnings[0]
+    assert len(calibration_photos(files, 6, needed=4)) == 4
+    with pytest.raises(
+        QuantizeError, match=rf"^--calibration: 4 readable photo\(s\) of 6, 5 needed \(the first: .*{files[0]}"
+    ):
+        calibration_photos(files, 6, needed=5)

@@ -264,8 +264,10 @@ def test_a_folder_that_is_not_a_package_and_a_port_in_use_are_one_line(
         for argv, message in [
             (
                 [str(tmp_path)],
-                f"{tmp_path} is not a model package (no classes.json): write one with tools/export.py "
-                f"--package {tmp_path}",
+                f"{tmp_path} is not a model package (no classes.json): its model.onnx is an export made with "
+                "--out; write one with tools/export.py --config-file CONFIG --weights CHECKPOINT --package "
+                f"NEW_FOLDER (a new folder) (tools/predict.py --weights {tmp_path / 'model.onnx'} runs the file "
+                "as it is)",
             ),
             (
                 [str(tmp_path / "nope")],
@@ -310,6 +312,18 @@ def stop(server: subprocess.Popen) -> int:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
+def test_a_photo_of_another_shape_on_a_fixed_size_package_is_a_422(tiny_package: TinyPackage) -> None:
+    """The tiny package takes only 64 x 64 views: a wide photo (a 85 x 64 view) is a 422 with one line naming the
+    package's view size and --dynamic-size, never a 500; a square photo is still predicted."""
+    app = create_app(Predictor(tiny_package.folder))
+    with serving(app) as base:
+        wide = httpx.post(f"{base}/predict?format=json", files={"file": ("wide.png", encoded(photo(48, 64)))})
+        refused(wide, 422, "makes a 85x64 view")
+        assert "takes only 64x64 views" in wide.json()["detail"] and "--dynamic-size" in wide.json()["detail"]
+        square = httpx.post(f"{base}/predict?format=json", files={"file": ("square.png", encoded(photo(64, 64)))})
+        assert square.status_code == 200 and square.json()["height"] == 64, square.text
+
+
 def test_the_documented_service_answers_like_the_predictor(tiny_package: TinyPackage, tmp_path: Path) -> None:
     """docs/deployment.md's commands as written (the server on a free port instead of 8000, which a test cannot
     count on), in a folder holding the package and a square photo where the docs name them: /predict gives

@@ -499,3 +499,77 @@ def test_train_net_with_a_read_only_label_cache(sample_root: Path, tmp_path: Pat
     assert stop.value.code == 2
     assert_matches(r"cannot write the label cache .*\(read-only file system\): set DATASETS.LABEL_CACHE_DIR", lines[-1])
     assert "Traceback" not in "\n".join(lines)
+
+
+# ---- every tool: Ctrl-C and SIGTERM end through run_tool as one line, status 2, the lock released ----------------
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
+def test_run_tool_ends_a_stopped_tool_with_one_line_and_its_lock_released(tmp_path: Path, signum: int) -> None:
+    """A tool (in a child process: the signal must not reach the test runner) stopped by SIGTERM or Ctrl-C inside
+    its output folder: one line, exit status 2, the line in its log.txt, the lock released; with --debug the
+    stop's traceback instead."""
+    out = tmp_path / "out"
+    script = f"""
+import os, signal, sys, time
+from mask2former.utils.cli import run_tool
+from mask2former.utils.logger import logging_to
+from mask2former.utils.output_folder import owned_output_folder
+
+def work():
+    with owned_output_folder({str(out)!r}, "tool.py", {{}}), logging_to({str(out)!r}):
+        os.kill(os.getpid(), {int(signum)})
+        time.sleep(30)  # the signal ends the wait
+
+handler = signal.getsignal(signal.SIGTERM)
+try:
+    run_tool("tool.py", work, argv=sys.argv[1:])
+finally:
+    assert signal.getsignal(signal.SIGTERM) is handler
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    expected = f"tool.py: {how}: the run was stopped; run the same command again to finish it"
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [expected], done.stderr
+    assert expected.removeprefix("tool.py: ") in (out / "log.txt").read_text()
+    assert not (out / ".lock").exists()
+    debug = subprocess.run(
+        [sys.executable, "-c", script.replace(repr(str(out)), repr(str(tmp_path / "debug"))), "--debug"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_predict_stopped_by_a_signal_says_so_and_resumes(
+    sample_root: Path, tiny_checkpoint: Path, tmp_path: Path, signum: int
+) -> None:
+    """predict.py in one process, stopped mid-run: status 2, one last line and no traceback, the lock released;
+    the same command then finishes the job."""
+    json_path = many_images(sample_root, tmp_path / "data", 40)
+    out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", CONFIG, "--weights"]
+    argv += [str(tiny_checkpoint), "--json", str(json_path), "--out", str(out), "--overlays", "0", "--threads", "1"]
+    argv += [*TINY_MODEL, *SIZES]
+    run = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert wait_for(lambda: len(list((out / "probs").rglob("*.npz"))) >= 2, 240, run), "nothing was predicted"
+        os.kill(run.pid, signum)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    how = "stopped by SIGTERM" if signum == signal.SIGTERM else r"interrupted \(Ctrl-C\)"
+    assert run.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert_matches(rf"^predict\.py: {how}: the run was stopped; run the same command again to finish it$", last)
+    assert not (out / ".lock").exists() and not list(out.rglob("*.tmp"))
+    again = subprocess.run(argv, env=ENV, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(list((out / "probs").rglob("*.npz"))) == 40

@@ -20,6 +20,7 @@ from pathlib import Path
 from fvcore.common.config import CfgNode
 
 from ..errors import UserError
+from ..inference.onnx_model import OUTPUT_NAME
 
 UNKNOWN = "unknown"
 _LICENCE_KEYS = ("license", "licence")
@@ -64,6 +65,7 @@ class CardFacts:
     command: str
     run: RunFacts | None
     licences: dict[str, str]  # how a starting weights file was named (MODEL.WEIGHTS ...) -> its licence
+    config_name: str = ""  # the config file's name (e.g. quickstart.yaml), "" when not known
 
 
 # ---- facts --------------------------------------------------------------------------------------------------------
@@ -215,15 +217,35 @@ def _front_matter(licences: dict[str, str]) -> str:
     )
 
 
+# the registered meta-architectures and backbones in words (others: their registered name)
+ARCHITECTURE_WORDS = {"MaskFormer": "Mask2Former", "EoMT": "EoMT", "PerPixelSegmentor": "A per-pixel model"}
+BACKBONE_WORDS = {
+    "D2SwinTransformer": "a Swin Transformer",
+    "D2DiNAT": "a DiNAT",
+    "ViTPyramid": "a ViT with a feature pyramid",
+    "TimmBackbone": "a timm",
+    "build_resnet_backbone": "a ResNet",
+}
+
+
+def model_in_words(cfg: CfgNode) -> str:
+    """'Mask2Former with a Swin Transformer backbone' from the config's meta-architecture and backbone names."""
+    architecture = cfg.MODEL.META_ARCHITECTURE
+    words = ARCHITECTURE_WORDS.get(architecture, architecture)
+    if architecture == "EoMT":
+        return f"{words} on {cfg.MODEL.EOMT.ENCODER_NAME}"
+    backbone = cfg.MODEL.BACKBONE.NAME
+    return f"{words} with {BACKBONE_WORDS.get(backbone, backbone)} backbone"
+
+
 def _title(facts: CardFacts) -> str:
-    architecture = facts.cfg.MODEL.META_ARCHITECTURE
-    backbone = facts.cfg.MODEL.BACKBONE.NAME
+    config = f" (`{facts.config_name}`)" if facts.config_name else ""
     return (
-        f"# {architecture} on {backbone}: semantic segmentation into {len(facts.class_names)} classes\n\n"
+        f"# {model_in_words(facts.cfg)}{config}: semantic segmentation into {len(facts.class_names)} classes\n\n"
         f"A model package written by `tools/export.py --package` on {time.strftime('%Y-%m-%d %H:%M %z')}. The "
         "folder is all a machine needs to predict, without the network:\n\n"
         "| file | what it holds |\n| --- | --- |\n"
-        "| `model.onnx` | the whole inference path, from 0..255 pixels to class probabilities; its metadata hold "
+        "| `model.onnx` | the whole inference path, from 0..255 pixels to class scores; its metadata hold "
         "the classes, colours, input size and config |\n"
         f"| `model.safetensors` | the PyTorch weights ({facts.tensors} tensors, the model's key names) |\n"
         "| `config.yaml` | the config the model is built from (weight paths cleared: the weights are here) |\n"
@@ -244,8 +266,8 @@ def _training(facts: CardFacts) -> str:
     if run is None:
         return (
             "## Training\n\n"
-            f"- weights: `{facts.weights}`, not a training run's `model_final.pth`: the training data and iterations "
-            "are not known here\n- val mIoU measured by this project: not measured"
+            f"- weights: `{facts.weights.name}`, not a training run's `model_final.pth`: the training data and "
+            "iterations are not known here\n- val mIoU measured by this project: not measured"
         )
     data = ", ".join(f"`{name}`" for name in run.train) or "not recorded"
     iterations = run.iterations if run.iterations is not None else "not recorded (the run has no final_metrics.json)"
@@ -255,7 +277,8 @@ def _training(facts: CardFacts) -> str:
     else:
         miou = "not measured"
     return (
-        f"## Training\n\n- run: `{run.folder}`\n- training data: {data} (DATASETS.ROOT `{run.data_root}`)\n"
+        f"## Training\n\n- run: the folder `{run.folder.name}`\n- training data: {data} (DATASETS.ROOT "
+        f"`{_shown_path(run.data_root)}`)\n"
         f"- iterations: {iterations}\n- val mIoU measured by this project: {miou}"
     )
 
@@ -273,8 +296,9 @@ def _input(facts: CardFacts) -> str:
     return (
         f"## Input and output\n\n- input `image`: float32 [1, 3, H, W], 0..255, channels in "
         f"{metadata.get('input_format', 'RGB')} order (the normalisation is inside the model)\n"
-        f"- input size: {size}\n- output `probabilities`: float32 [1, {len(facts.class_names)}, H, W], "
-        "normalised over the classes\n"
+        f"- input size: {size}\n- output `{OUTPUT_NAME}`: float32 [1, {len(facts.class_names)}, H, W], the class "
+        "scores, not normalised: divide them by their sum over the classes for probabilities (as `Predictor` "
+        "does; the argmax is the same)\n"
         f"- checked at export: onnxruntime against PyTorch, largest difference {_diff(facts.export)}"
     )
 
@@ -301,7 +325,7 @@ def _licence(facts: CardFacts) -> str:
     if not facts.licences:
         return "## Licence\n\nThe model was trained from random weights: no licence was inherited from weights."
     paths = starting_weights(facts.weights, facts.run)
-    rows = [f"- {key} `{paths[key]}`: {licence}" for key, licence in facts.licences.items()]
+    rows = [f"- {key} `{_shown_path(paths[key])}`: {licence}" for key, licence in facts.licences.items()]
     return "## Licence\n\nThe licence field of the weights it started from:\n\n" + "\n".join(rows)
 
 
@@ -315,4 +339,11 @@ def _use(facts: CardFacts) -> str:
 
 
 def _made_by(facts: CardFacts) -> str:
-    return f"## Made by\n\n```bash\n{facts.command}\n```\n\nfrom the weights `{facts.weights}`."
+    return f"## Made by\n\n```bash\n{facts.command}\n```\n\nfrom the weights `{facts.weights.name}`."
+
+
+def _shown_path(path: str) -> str:
+    """A path as the card shows it: relative paths as given, an absolute one (a place on the exporting machine,
+    which config.yaml clears too) by its last two parts."""
+    given = Path(path)
+    return str(Path(*given.parts[-2:])) if given.is_absolute() and len(given.parts) > 2 else path

@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from ..inference.predictor import load_prediction_model
 from ..inference.tta import predict_batch
 from ..io.checkpoints import recorded_class_names
 from ..io.files import atomic_open
+from ..utils.progress import format_seconds
 from .any_size import accept_any_size
 from .graph import ScoresGraph, UnexportableModelError
 
@@ -50,6 +53,7 @@ MIN_OPSET = 17  # grid_sample (the deformable attention) needs 16; LayerNormaliz
 TOLERANCE = 1e-4  # largest absolute difference of fp32 probabilities between onnxruntime and PyTorch
 CHECK_IMAGES = 2  # random images checked when none are given
 MIN_SIDE = 32  # the smallest side of a fixed-size export
+HEARTBEAT_SECONDS = 30.0  # a log line this often while tracing, converting or checking
 
 
 class ExportCheckError(UserError):
@@ -94,7 +98,8 @@ def export_onnx(
     with atomic_open(out_file, "wb") as handle:
         handle.write(data)
         try:
-            diff = largest_difference(model, data, views, cfg.INPUT.FORMAT)
+            with export_step(f"checking the file: onnxruntime against PyTorch on {len(views)} image(s)"):
+                diff = largest_difference(model, data, views, cfg.INPUT.FORMAT)
         except Exception as error:  # onnxruntime's own errors: the file does not run at a size it should take
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             sizes = ", ".join(f"{view.shape[0]}x{view.shape[1]}" for view in views)
@@ -109,6 +114,28 @@ def export_onnx(
                 "config and this line"
             )
     return ExportResult(out_file, diff, len(views), tolerance)
+
+
+@contextmanager
+def export_step(what: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Log `what` as a long export step starts, a line every `every` seconds while it lasts (the exporter itself
+    prints nothing), and its time when it ends."""
+    start = time.perf_counter()
+    logger.info("%s ...", what)
+    finished = threading.Event()
+
+    def beat() -> None:
+        while not finished.wait(every):
+            logger.info("%s: still working (%s)", what, format_seconds(time.perf_counter() - start))
+
+    thread = threading.Thread(target=beat, name="export-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        thread.join()
+    logger.info("%s: done in %s", what, format_seconds(time.perf_counter() - start))
 
 
 def check_export_options(cfg: CfgNode, size: tuple[int, int] | None, dynamic: bool, opset: int) -> tuple[int, int]:
@@ -188,7 +215,7 @@ TRACE_STEPS = 17
 
 
 def trace_to_onnx(graph: ScoresGraph, size: tuple[int, int], dynamic: bool, opset: int) -> onnx.ModelProto:
-    """The ONNX model of `graph` for a 1 x 3 x H x W input ("image") and its "probabilities" (dynamic: traced for
+    """The ONNX model of `graph` for a 1 x 3 x H x W input ("image") and its "scores" (dynamic: traced for
     multiples of the size divisibility, then wrapped by any_size.py); an exporter failure is an
     UnexportableModelError naming the module it happened in."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -202,23 +229,25 @@ def trace_to_onnx(graph: ScoresGraph, size: tuple[int, int], dynamic: bool, opse
         height = step * torch.export.Dim("height_steps", min=2)
         width = step * torch.export.Dim("width_steps", min=2)
         dynamic_shapes = {"image": {2: height, 3: width}}
+    kind = "any size" if dynamic else f"{size[0]}x{size[1]}"
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), _quiet_exporter():
-        with _module_tracker(graph) as stack:
+        with _module_tracker(graph) as stack, export_step(f"tracing the model ({kind}) with torch.export"):
             try:
                 exported = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes, strict=False)
             except Exception as error:
                 raise UnexportableModelError(_unexportable_message(graph, error, list(stack))) from None
         try:
-            program = torch.onnx.export(
-                exported,
-                example,
-                input_names=["image"],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                optimize=True,
-            )
+            with export_step(f"converting the traced model to ONNX (opset {opset})"):
+                program = torch.onnx.export(
+                    exported,
+                    example,
+                    input_names=["image"],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamo=True,
+                    external_data=False,
+                    optimize=True,
+                )
         except Exception as error:
             raise UnexportableModelError(_unexportable_message(graph, error, [])) from None
     proto = program.model_proto

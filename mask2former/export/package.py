@@ -69,12 +69,14 @@ def write_package(
     command: str | None = None,
     overwrite: bool | None = None,
     inputs: Sequence[str | Path] = (),
+    config_name: str = "",
 ) -> PackageResult:
     """Export `cfg` with `weights` into the package folder `out_dir` (layout above); `command` is the command line
     the card names (default: this process's), `overwrite` export.py's --overwrite (None: no such flag), `inputs`
-    other files the command reads (the config file), never replaced. `size`, `dynamic`, `opset` and `images` are
-    export_onnx's: a fixed-size file predicts the views of that size only (the photos that the test resize brings
-    to it); `dynamic` takes any size."""
+    other files the command reads (the config file), never replaced; `config_name` the config file's name the
+    card's title gives (default: the run's config when `weights` are a run's model_final.pth). `size`, `dynamic`,
+    `opset` and `images` are export_onnx's: a fixed-size file predicts the views of that size only (the photos that
+    the test resize brings to it); `dynamic` takes any size."""
     from .onnx_file import export_onnx
 
     refuse_inputs_inside(Path(out_dir), [Path(weights), *map(Path, inputs)])
@@ -107,6 +109,7 @@ def write_package(
             command or this_command(),
             run,
             licences,
+            config_name or (f"{run.folder.name}/config.yaml" if run is not None else ""),
         )
         atomic_write_text(folder.path / CARD_FILE, model_card(facts))
         folder.record(CARD_FILE)
@@ -231,9 +234,29 @@ def check_package(folder: str | Path) -> Path:
     if not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
         raise PackageError(f"model package {folder} {what}: give the folder written by tools/export.py --package")
+    if (folder / ONNX_FILE).is_file() and not (folder / CLASSES_FILE).is_file():
+        raise PackageError(
+            f"{folder} is not a model package (no {CLASSES_FILE}): its {ONNX_FILE} is an export made with --out; "
+            f"{MAKE_PACKAGE} (tools/predict.py --weights {folder / ONNX_FILE} runs the file as it is)"
+        )
     for name in (ONNX_FILE, CLASSES_FILE):
         if not (folder / name).is_file():
-            raise PackageError(
-                f"{folder} is not a model package (no {name}): write one with tools/export.py --package {folder}"
-            )
+            raise PackageError(f"{folder} is not a model package (no {name}): {MAKE_PACKAGE}")
     return folder
+
+
+# how a package is made, for messages: into a folder of its own, never into an --out folder
+MAKE_PACKAGE = (
+    "write one with tools/export.py --config-file CONFIG --weights CHECKPOINT --package NEW_FOLDER (a new folder)"
+)
+
+
+def export_folder_in_the_way(folder: Path) -> str | None:
+    """Why `folder` cannot become a package without --overwrite: it holds the model.onnx of an export made with
+    --out (a folder of another kind), else None."""
+    if (folder / ONNX_FILE).is_file() and not (folder / CLASSES_FILE).is_file():
+        return (
+            f"--package {folder} holds the {ONNX_FILE} of an export made with --out, not a package: give a new "
+            "--package folder (or --overwrite to replace that export)"
+        )
+    return None

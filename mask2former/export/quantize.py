@@ -6,7 +6,8 @@ INPUT.MIN_SIZE_TEST capped at MAX_SIZE_TEST; then INPUT.FORMAT channel order, fl
 onnxruntime static quantization of it: QDQ format, int8 weights per output channel and int8 activations from the
 calibration's min/max, for the matrix products only (Conv, MatMul, Gemm: where the time goes). Every other op
 (normalisation, Softmax, the deformable attention's GridSample, Resize, the semantic inference) stays fp32.
-The file keeps the fp32 file's metadata plus "quantization" ("int8 static, N calibration images"), so
+`calibration_photos` reads the photos, skipping (and counting, in one warning naming the first) those that cannot be
+read. The file keeps the fp32 file's metadata plus "quantization" ("int8 static, N calibration images"), so
 `Predictor(out_file)` and tools/predict.py read it as they read the fp32 one. Written atomically: nothing under
 the final name until the quantized model is complete.
 """
@@ -28,6 +29,7 @@ from ..data import transforms as T
 from ..errors import UserError
 from ..inference.onnx_model import INPUT_NAME, METADATA_PREFIX, ExportedFile
 from ..io.files import atomic_open
+from ..io.images import ReadError, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,36 @@ def _prepared(fp32_file: Path, prepared: Path) -> Path:
         logger.info("%s: quantizing without onnxruntime's pre-processing (%s)", fp32_file, str(error)[:200])
         return fp32_file
     return prepared
+
+
+def calibration_photos(
+    files: Sequence[Path], count: int, option: str = "--calibration", needed: int = 1
+) -> list[np.ndarray]:
+    """Up to `count` BGR photos of `files`, evenly spread over them; an unreadable file is skipped (the next unused
+    file, in order, is read in its place) and the skipped ones are one warning naming the first. Fewer than
+    `needed` readable photos: QuantizeError."""
+    step = max(1, len(files) // max(1, count))
+    spread = list(files[::step][:count])
+    taken = set(spread)
+    order = spread + [file for file in files if file not in taken]
+    photos: list[np.ndarray] = []
+    skipped: list[str] = []
+    for file in order:
+        if len(photos) >= count:
+            break
+        try:
+            photos.append(read_image(file))
+        except ReadError as error:
+            skipped.append(str(error))
+    if skipped:
+        logger.warning("%s: skipped %d unreadable photo(s), the first: %s", option, len(skipped), skipped[0])
+    if len(photos) < needed:
+        first = f" (the first: {skipped[0]})" if skipped else ""
+        raise QuantizeError(
+            f"{option}: {len(photos)} readable photo(s) of {len(files)}, {needed} needed{first}: give a json or "
+            "folder with more readable photos"
+        )
+    return photos
 
 
 def calibration_views(exported: ExportedFile, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -160,6 +160,11 @@ def _probabilities(job: PredictionJob, models: list[nn.Module], good: list[tuple
     """float16 K x h x w probabilities of each image (h x w: job.prob_size, or the image's size), checked finite."""
     sizes = [(job.prob_size, job.prob_size) if job.prob_size > 0 else bgr.shape[:2] for _, bgr in good]
     views, max_size = inference_views(job.cfg), inference_max_size(job.cfg)
+    for model in models:  # a fixed-size export: images of another shape refused by name before the batch runs
+        exported = getattr(model, "onnx_model", None)
+        if exported is not None:
+            named = [(f"image id {image['id']} ({image['file_name']})", bgr.shape[:2]) for image, bgr in good]
+            exported.check_view_sizes(named, views, max_size)
     probs = predict_batch(
         models,
         [bgr for _, bgr in good],

@@ -14,6 +14,7 @@ The metadata (ONNX metadata_props, all strings, keys below) make the file alone 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ..data import transforms as T
 from ..errors import UserError
+from .tta import View
 
 METADATA_PREFIX = "trashseg."
 FORMAT_VERSION = "1"
@@ -90,10 +93,16 @@ def read_export_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
+class ViewSizeError(OnnxFileError):
+    """Images whose test-time views a fixed-size export cannot take; the message counts them, names the first and
+    says what to do."""
+
+
 class ExportedFile:
     """What an exported file's metadata say, read without loading its graph: `.path`, `.metadata` (the trashseg
     metadata, strings), `.class_names`, `.palette` (None if absent), `.input_size` ((H, W) of a fixed-size export,
-    None for a dynamic one), `.input_format`, `.config_yaml`."""
+    None for a dynamic one), `.input_format`, `.config_yaml`. `check_view_sizes` refuses images whose views the
+    file cannot take."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -105,6 +114,34 @@ class ExportedFile:
         self.input_size: tuple[int, int] | None = (int(size[0]), int(size[1])) if size else None
         self.input_format: str = self.metadata["input_format"]
         self.config_yaml: str = self.metadata.get("config", "")
+
+    def takes_any_size(self) -> bool:
+        """Whether the file takes views of any size (a dynamic-size export)."""
+        return self.input_size is None
+
+    def check_view_sizes(
+        self, images: Iterable[tuple[str, tuple[int, int]]], views: Sequence[View], max_size: int
+    ) -> None:
+        """Refuse, before anything is predicted, images (name, (height, width)) one of whose test-time views
+        (`views`, long side capped at `max_size`, as inference/tta.py makes them) is not the size a fixed-size
+        export takes: one ViewSizeError counting them and naming the first. A dynamic-size file takes every image."""
+        if self.input_size is None:
+            return
+        offending = []
+        for name, (height, width) in images:
+            shapes = dict.fromkeys(T.shape_for_test(height, width, short, max_size) for short, _ in views)
+            wrong = [shape for shape in shapes if shape != self.input_size]
+            if wrong:
+                offending.append((name, height, width, wrong[0]))
+        if offending:
+            name, height, width, (view_h, view_w) = offending[0]
+            size_h, size_w = self.input_size
+            count = f"{len(offending)} image(s) cannot be predicted, the first " if len(offending) > 1 else ""
+            raise ViewSizeError(
+                f"{count}{name} ({width}x{height} pixels, width x height) makes a {view_w}x{view_h} view, and "
+                f"{self.path} is a fixed-size export that takes only {size_w}x{size_h} views: predict with a "
+                "dynamic-size export (tools/export.py --dynamic-size), or give images of that shape"
+            )
 
 
 class OnnxModel(ExportedFile):

@@ -105,11 +105,13 @@ class Predictor:
             from .onnx_model import OnnxModel, onnx_config
 
             exported = OnnxModel(onnx_file, runtime)
+            self.exported: OnnxModel | None = exported
             self.cfg = onnx_config(exported, opts)
             self.model: nn.Module = exported.as_module()
             self.class_names = list(exported.class_names)
             self.weights = str(onnx_file)
         else:
+            self.exported = None
             config_file, checkpoint = _config_and_weights(source, weights)
             self.cfg, self.model, self.class_names = _torch_model(config_file, checkpoint, device, opts)
             self.weights = str(checkpoint)
@@ -126,7 +128,10 @@ class Predictor:
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.TEST.AUG.ENABLED = bool(tta)
-        probs = predict_batch(self.model, [bgr], inference_views(cfg), inference_max_size(cfg), cfg.INPUT.FORMAT)[0]
+        views, max_size = inference_views(cfg), inference_max_size(cfg)
+        if self.exported is not None:  # a fixed-size file: refused in one line before predicting
+            self.exported.check_view_sizes([(name, bgr.shape[:2])], views, max_size)
+        probs = predict_batch(self.model, [bgr], views, max_size, cfg.INPUT.FORMAT)[0]
         check_finite(probs, {"id": "-", "file_name": name}, [self.weights])
         probabilities = probs.float().cpu().numpy()
         return Prediction(probabilities, probabilities.argmax(axis=0).astype(np.uint8), list(self.class_names))
@@ -198,7 +203,7 @@ def _as_bgr(image: str | Path | np.ndarray | object) -> tuple[np.ndarray, str]:
                 f"an array of {image.dtype} {tuple(image.shape)}: give H x W x 3 uint8 pixels in BGR order "
                 "(as cv2.imread returns them)"
             )
-        return image, "the array"
+        return image, "the image"
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]), "the PIL image"
     raise PredictorError(f"an image of type {type(image).__name__}: give a path, a PIL image or a BGR uint8 array")

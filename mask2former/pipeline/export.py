@@ -36,8 +36,8 @@ from fvcore.common.config import CfgNode
 from ..config import load_config
 from ..errors import UserError
 from ..export.onnx_file import DEFAULT_OPSET, ExportResult, check_export_options, export_onnx
-from ..export.package import PackageResult, write_package
-from ..export.quantize import quantize_onnx
+from ..export.package import PackageResult, export_folder_in_the_way, write_package
+from ..export.quantize import calibration_photos, quantize_onnx
 from ..io.images import IMAGE_EXTENSIONS, read_image
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.output_folder import file_sha1
@@ -135,9 +135,12 @@ def export_package(
 ) -> PackageResult:
     """--package DIR: write the model package (mask2former/export/package.py) and print what it holds."""
     size = tuple(args.size) if args.size else None
+    in_the_way = export_folder_in_the_way(Path(args.package).expanduser())
+    if in_the_way and not args.overwrite:
+        raise ExportError(in_the_way)
     inputs = [config_file, *([Path(args.images)] if args.images else [])]
     options = {"size": size, "dynamic": args.dynamic_size, "opset": args.opset, "images": images}
-    options.update(overwrite=args.overwrite, inputs=inputs)
+    options.update(overwrite=args.overwrite, inputs=inputs, config_name=config_file.name)
     result = write_package(cfg, str(weights), Path(args.package).expanduser(), **options)
     check = result.export
     print(
@@ -172,13 +175,11 @@ def check_images(source: str | None) -> list[np.ndarray] | None:
 
 
 def calibration_images(source: str | None) -> list[np.ndarray] | None:
-    """Up to CALIBRATION_IMAGES BGR photos of `source` (as check_images), evenly spread over its images; None
-    without one."""
+    """Up to CALIBRATION_IMAGES BGR photos of `source` (as check_images), evenly spread over its images, the
+    unreadable ones skipped (`calibration_photos`); None without one."""
     if not source:
         return None
-    files = image_files(source, "--calibration")
-    step = max(1, len(files) // CALIBRATION_IMAGES)
-    return [read_image(file) for file in files[::step][:CALIBRATION_IMAGES]]
+    return calibration_photos(image_files(source, "--calibration"), CALIBRATION_IMAGES)
 
 
 def image_files(source: str, option: str) -> list[Path]:

@@ -5,14 +5,20 @@ overlay video).
 --input is one of (outputs are named by `file_name`, the path relative to the input):
   an image          its file name
   a folder          every image under it, sub-folders included (IMAGE_EXTENSIONS, any case), sorted by relative
-                    path; other files are ignored and counted in the log; an --out inside it is not read
+                    path; other files are ignored and counted in the log; an --out inside it, and any sub-folder
+                    that is an output folder of this project's tools (it holds their owner record), are not read
+                    (counted in the log)
   a glob pattern    (quoted: 'photos/**/*.jpg') the images it matches, relative to the pattern's folder (the part
-                    before the first wildcard); other matches are ignored and counted; an --out inside is not read
+                    before the first wildcard); other matches are ignored and counted; an --out inside, and matches
+                    inside an output folder of this project's tools, are not read
   a .txt list       one path per line, relative to the list's folder (or absolute, inside it); blank lines and lines
                     starting with '#' are skipped; a path outside that folder or without an image extension is
                     refused, naming the line
   a video           (VIDEO_EXTENSIONS) frames 0, N, 2N, ... (--every N), stored losslessly as
                     OUT/frames/<video stem>/frame_000123.png (123: the frame's index in the video) and named so
+
+A resume over a listing that changed is refused naming the first images added and removed (the job holds the
+listing's sha1, the folder's meta.json its `file_names`).
 
 Class names: those the checkpoints record (a model_final.pth trained here), else those of the config's training
 dataset (DATASETS.TRAIN[0], registered from the config: its json's categories); the log says which.
@@ -42,7 +48,7 @@ from ..io.files import atomic_write_bytes, output_path, safe_relative_name
 from ..io.images import IMAGE_EXTENSIONS, read_image, read_label, write_indexed_label_png
 from ..io.probabilities import load_probabilities, probability_path
 from ..io.video import VIDEO_EXTENSIONS, open_video, read_frames, write_video
-from ..utils.output_folder import file_sha1
+from ..utils.output_folder import OWNER_FILE, describe_changes_of, file_sha1
 from ..utils.processes import usable_cpus
 from ..utils.visualize import overlay, shrink_for_overlay
 
@@ -70,6 +76,7 @@ class InputListing:
     images: list[dict] = field(default_factory=list)
     ignored: int = 0  # files that are not images (folder, glob)
     excluded_out: bool = False  # --out lies inside the folder or under the pattern: not read
+    output_folders: list[str] = field(default_factory=list)  # tools' output folders inside it, not read
     every: int = 1
     fps: float = 0.0  # a video's frame rate
     video_sha1: str = ""
@@ -80,6 +87,8 @@ class InputListing:
         the video's bytes and --every)."""
         content = [self.video_sha1, self.every] if self.kind == "video" else [im["file_name"] for im in self.images]
         digest = hashlib.sha1(json.dumps([self.kind, content]).encode()).hexdigest()
+        if self.kind != "video":
+            _LISTED[digest] = [image["file_name"] for image in self.images]
         path = Path(self.spec).expanduser()
         where = os.path.abspath(path) if self.kind == "glob" else str(path.resolve())  # a pattern: not resolved
         return {"input": where, "input_kind": self.kind, "listing_sha1": digest}
@@ -130,6 +139,9 @@ def _list_folder(folder: Path, out: Path) -> InputListing:
         if inside in [_resolved(here / name) for name in folders]:
             folders.remove(next(name for name in folders if _resolved(here / name) == inside))
             listing.excluded_out = True
+        for name in [name for name in folders if (here / name / OWNER_FILE).is_file()]:
+            folders.remove(name)
+            listing.output_folders.append((here / name).relative_to(folder).as_posix())
         for name in files:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(((here / name).relative_to(folder).as_posix(), here / name))
@@ -150,18 +162,36 @@ def _list_glob(pattern: str, out: Path) -> InputListing:
     base = Path(*parts[:fixed]) if fixed else Path(".")
     inside = _resolved(out)
     found = []
+    owned: dict[Path, bool] = {}  # folder -> whether it, or one of its folders up to `base`, is a tool's output
     for match in glob.glob(str(Path(pattern).expanduser()), recursive=True):
         path = Path(match)
         if not path.is_file():
             continue
         if _resolved(path).is_relative_to(inside):
             listing.excluded_out = True
+        elif (tool_folder := _output_folder_above(path, base, owned)) is not None:
+            name = tool_folder.relative_to(base).as_posix()
+            if name not in listing.output_folders:
+                listing.output_folders.append(name)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             found.append((path.relative_to(base).as_posix(), path))
         else:
             listing.ignored += 1
     listing.images = [{"file_name": name, "path": str(path)} for name, path in sorted(found)]
     return listing
+
+
+def _output_folder_above(path: Path, base: Path, owned: dict[Path, bool]) -> Path | None:
+    """The outermost folder between `base` (excluded) and `path` that holds a tool's owner record, or None."""
+    found = None
+    for folder in reversed(path.parents):
+        if folder == base or not folder.is_relative_to(base):
+            continue
+        if folder not in owned:
+            owned[folder] = (folder / OWNER_FILE).is_file()
+        if owned[folder]:
+            found = found or folder
+    return found
 
 
 def _list_text_file(list_file: Path) -> InputListing:
@@ -241,7 +271,49 @@ def ready_listing(listing: InputListing, out: Path) -> list[dict]:
         logger.info("--input %s: %d file(s) that are not images ignored", listing.spec, listing.ignored)
     if listing.excluded_out:
         logger.info("--out %s lies inside --input %s: its files are not read as inputs", out, listing.spec)
+    if listing.output_folders:
+        shown = ", ".join(listing.output_folders[:3]) + (", ..." if len(listing.output_folders) > 3 else "")
+        logger.info(
+            "--input %s: %d output folder(s) of this project's tools skipped (%s): their files are not photos",
+            listing.spec,
+            len(listing.output_folders),
+            shown,
+        )
     return listing.images
+
+
+# the image names of the listings this process fingerprinted, by listing sha1: what a refused resume names
+_LISTED: dict[str, list[str]] = {}
+_SHOWN = 3
+
+
+def _listing_change(folder: Path, old: object, new: object) -> str | None:
+    """'the images of --input changed: N added (a.jpg, ...), M removed (...)', from OUT/meta.json's `file_names`
+    (the earlier run's) and this run's listing; None when either is not known."""
+    before, now = _earlier_file_names(folder), _LISTED.get(str(new))
+    if before is None or now is None:
+        return None
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    return f"the images of --input changed: {_some('added', added)}, {_some('removed', removed)}"
+
+
+def _earlier_file_names(folder: Path) -> list[str] | None:
+    try:
+        names = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("file_names")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return names if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
+
+
+def _some(what: str, names: list[str]) -> str:
+    if not names:
+        return f"none {what}"
+    more = ", ..." if len(names) > _SHOWN else ""
+    return f"{len(names)} {what} ({', '.join(names[:_SHOWN])}{more})"
+
+
+describe_changes_of("listing_sha1", _listing_change)
 
 
 def input_class_names(

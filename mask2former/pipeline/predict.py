@@ -27,10 +27,12 @@ the stored size (--prob-size, 256 by default; 0: the image size), flipped back, 
 classes, and averaged over the views (--tta: TEST.AUG.MIN_SIZES x flip) and then over the checkpoints (weights
 --weights-scale). A non-finite probability map is an error naming the image; no file is written for it.
 
-Exported models: --weights model.onnx (tools/export.py) runs the file on the CPU with --runtime onnxruntime (the
-default) or openvino, through the same views and outputs (mask2former/inference/onnx_model.py); the file carries
-its config and class names, so --config-file may be left out (it is required for PyTorch checkpoints). A
-fixed-size export takes only views of its size; TTA needs a dynamic-size export (docs/deployment.md).
+Exported models: --weights model.onnx (tools/export.py), or a model package folder (its model.onnx), runs the file
+on the CPU with --runtime onnxruntime (the default) or openvino, through the same views and outputs
+(mask2former/inference/onnx_model.py); the file carries its config and class names, so --config-file may be left
+out (it is required for PyTorch checkpoints). A fixed-size export takes only views of its size: images of another
+shape are refused before OUT is claimed (counted, the first named); TTA needs a dynamic-size export
+(docs/deployment.md).
 
 OUT is predict's own (docs/output_folders.md): a new or empty folder, or one predict made for the same job (the
 json by path and content, the image folder, the classes, the checkpoints by path and content, the views,
@@ -87,6 +89,7 @@ from ..data.coco_semantic import check_class_lists, class_names_from_categories
 from ..errors import UserError
 from ..inference.batch import PredictionJob, run_job, run_worker
 from ..inference.onnx_model import RUNTIMES, ExportedFile, onnx_config
+from ..inference.predictor import PACKAGE_MODEL, RUN_CONFIG, RUN_WEIGHTS
 from ..inference.tta import inference_max_size, inference_views
 from ..io.checkpoints import recorded_class_names
 from ..io.coco_json import read_coco_json
@@ -94,6 +97,7 @@ from ..io.files import atomic_write_bytes, output_path, remove_stale_temporaries
 from ..io.images import read_image
 from ..io.probabilities import PROBS_FOLDER, check_probabilities, load_label_map, probability_path
 from ..io.submission import SUBMISSION_SIZE, downsample_label_map, write_submission
+from ..io.video import read_frames
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
 from ..utils.output_folder import file_sha1
 from ..utils.processes import cores_per_process, usable_cpus
@@ -145,8 +149,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         nargs="+",
         metavar="CKPT",
-        help="checkpoint(s) (.pth, .ckpt, .safetensors) or exported model(s) (.onnx, tools/export.py); several: an "
-        "ensemble of the config's architecture",
+        help="checkpoint(s) (.pth, .ckpt, .safetensors) or exported model(s) (.onnx, tools/export.py, or a model "
+        "package folder); several: an ensemble of the config's architecture",
     )
     parser.add_argument(
         "--weights-scale", nargs="+", metavar="W", help="ensemble weight of each checkpoint (default: equal)"
@@ -560,6 +564,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Check the command `args` describes, writing nothing: every problem with the inputs raises a UserError
     (config, checkpoints, --weights-scale, devices, the json and its images, an --out that would replace an
     input)."""
+    args.weights = [model_file(path) for path in args.weights]
     cfg = prediction_config(args)
     weights = [str(Path(path).expanduser().resolve()) for path in args.weights]
     for path in weights:
@@ -596,6 +601,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if listing is not None and Path(args.input).expanduser().is_file():
         others[args.input] = f"the --input {listing.kind}"
     check_outputs_spare_inputs(out, images, args.overlays, json_path, others, more_outputs)
+    check_view_sizes(cfg, weights, images, listing)
     return Plan(args, cfg, weights, scale, devices, json_path, image_root, images, class_names, out, listing)
 
 
@@ -636,6 +642,71 @@ def input_images(args: argparse.Namespace, cfg: CfgNode, weights: list[str]) -> 
     return listing, class_names
 
 
+WEIGHTS_TAKEN = (
+    "--weights takes PyTorch checkpoints (.pth, .ckpt, .safetensors, .pkl; with --config-file), exported models "
+    "(.onnx, tools/export.py) or a model package folder (tools/export.py --package)"
+)
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".pkl", ".bin")
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, a pickle
+
+
+def model_file(path: str) -> str:
+    """A --weights entry as the file predict reads: a model package folder's model.onnx (as `Predictor` takes the
+    folder), else the path itself. Refused in one line, saying what --weights takes: a run folder or another folder,
+    and a file that is neither an .onnx file nor a checkpoint (by its suffix, or a torch.save zip / pickle)."""
+    given = Path(path).expanduser()
+    if given.is_dir():
+        if (given / PACKAGE_MODEL).is_file():
+            return str(given / PACKAGE_MODEL)
+        if (given / RUN_CONFIG).is_file() and (given / RUN_WEIGHTS).is_file():
+            raise PredictError(
+                f"--weights {path} is a training run's folder: give --config-file {given / RUN_CONFIG} "
+                f"--weights {given / RUN_WEIGHTS}"
+            )
+        raise PredictError(f"--weights {path} is a folder without {PACKAGE_MODEL}: {WEIGHTS_TAKEN}")
+    if not given.is_file() or is_exported(path) or given.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return path  # a missing file is named by `prepare`, a damaged checkpoint by its reader
+    try:
+        with given.open("rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return path  # unreadable: its reader names the problem
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        raise PredictError(f"--weights {path} is not a checkpoint or an exported model: {WEIGHTS_TAKEN}")
+    return path
+
+
+def check_view_sizes(cfg: CfgNode, weights: list[str], images: list[dict], listing: InputListing | None) -> None:
+    """Refuse, before OUT is claimed, images whose test-time views a fixed-size exported --weights file cannot
+    take (`ExportedFile.check_view_sizes`: every such image counted, the first named): each image's size is read
+    from its header, a video's from its first frame. An unreadable image is left to the run (or --skip-bad)."""
+    fixed = [file for file in (ExportedFile(path) for path in weights if is_exported(path)) if file.input_size]
+    if not fixed:
+        return
+    if listing is not None and listing.kind == "video":
+        with contextlib.closing(read_frames(Path(listing.spec).expanduser(), 1)) as frames:
+            first = next(frames, None)
+        sizes = [] if first is None else [(f"the frames of {listing.spec}", first[1].shape[:2])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus() + 2)) as pool:
+            stored = list(pool.map(stored_size, [image["path"] for image in images]))
+        sizes = [(image["file_name"], size) for image, size in zip(images, stored, strict=True) if size]
+    for exported in fixed:
+        exported.check_view_sizes(sizes, inference_views(cfg), inference_max_size(cfg))
+
+
+def stored_size(path: str) -> tuple[int, int] | None:
+    """(height, width) of an image file's stored pixels, from its header; None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 (PIL raises several kinds for a file it cannot read: left to the run)
+        return None
+    return int(height), int(width)
+
+
 def is_exported(path: str) -> bool:
     """An exported model (.onnx, run by --runtime) rather than a PyTorch checkpoint."""
     return path.lower().endswith(".onnx")
@@ -649,7 +720,8 @@ def prediction_config(args: argparse.Namespace) -> CfgNode:
         return load_config(args.config_file, opts)
     if not all(is_exported(path) for path in args.weights):
         raise PredictError(
-            "--config-file is required with PyTorch checkpoints (an exported .onnx file carries its own config)"
+            "--config-file is required with PyTorch checkpoints (an exported .onnx file or a model package folder "
+            "carries its own config): give the config the checkpoint was trained with (its run's config.yaml)"
         )
     return onnx_config(ExportedFile(args.weights[0]), opts)
 

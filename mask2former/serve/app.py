@@ -6,7 +6,8 @@
     GET  /health                -> {"status": "ok", "classes": [...]}
 
 Uploads are held in memory only (see uploads.py); a refused one is a 4xx with {"detail": "<one line>"}: 413 over
-the byte or pixel limit (or a decompression bomb), 415 not an image, 400 a broken image or a bad request.
+the byte or pixel limit (or a decompression bomb), 415 not an image, 400 a broken image or a bad request, 422 an
+image the model refuses (a fixed-size package given a photo of another shape: its one-line reason).
 Predictions run one at a time in a worker thread, so /health answers while a photo is being predicted.
 """
 
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..data.classes import palette_for
+from ..errors import UserError
 from ..io.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, encode_indexed_label_png
 from .uploads import UploadError, decode_upload, read_body, uploaded_file
 
@@ -55,7 +57,10 @@ def create_app(
 
     def labels_of(image: np.ndarray) -> np.ndarray:
         with one_at_a_time:
-            return np.asarray(predictor(image).labels, dtype=np.uint8)
+            try:
+                return np.asarray(predictor(image).labels, dtype=np.uint8)
+            except UserError as error:  # an image the model cannot take (a fixed-size export's other shapes)
+                raise UploadError(422, str(error)) from None
 
     app = FastAPI(title="trash-seg", docs_url=None, redoc_url=None, openapi_url=None)
 

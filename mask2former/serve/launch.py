@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.cli import run_tool, strip_debug
+from ..utils.processes import Terminated
 from .app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
 
 TOOL = "serve.py"
@@ -74,7 +75,8 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully, then raises the Ctrl-C again
+    # uvicorn shuts down gracefully, then raises the Ctrl-C (or SIGTERM: run_tool's Terminated) again
+    with contextlib.suppress(KeyboardInterrupt, Terminated):
         server.run(sockets=[sock])
     print("stopped")
 

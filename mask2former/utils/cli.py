@@ -3,7 +3,10 @@
     def main(argv=None):
         return run_tool("predict.py", lambda: predict(parse_args(argv)))
 
-`--debug` anywhere on the command line (or TRASHSEG_DEBUG=1) shows the traceback of a user error too.
+A stop asked for (Ctrl-C, or SIGTERM: a scheduler cancelling the job, `kill`) ends the tool through its `finally`
+blocks (its output folder's lock released, no half-written file) with one line and status 2 as well, e.g.
+`predict.py: interrupted (Ctrl-C): the run was stopped; run the same command again to finish it`. `--debug`
+anywhere on the command line (or TRASHSEG_DEBUG=1) shows the traceback of a user error or a stop too.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TypeVar
 
 from ..errors import UserError, user_message
 from .logger import FILE_ONLY
+from .processes import sigterm_raises, stopped_message
 
 T = TypeVar("T")
 
@@ -35,17 +39,27 @@ def strip_debug(argv: list[str] | None) -> list[str]:
 
 def run_tool(name: str, call: Callable[[], T], argv: list[str] | None = None) -> T:
     """Run `call()`; a UserError (or a missing/forbidden path, a full or read-only disk: `user_message`) exits with
-    `name: message` and status 2."""
+    `name: message` and status 2, and so does a stop (Ctrl-C, SIGTERM: `stopped_message`)."""
     try:
-        return call()
+        with sigterm_raises():
+            return call()
     except (UserError, OSError, RuntimeError) as error:
         message = user_message(error)  # None: a bug (a traceback)
+        if message is None:
+            message = stopped_message(error)  # a stop met inside a library, which re-raised it as its own error
         if message is None or debug_requested(argv):
             raise
-        if getattr(error, "logged", False):  # logged already, to stderr and the run's log.txt
-            pass
-        else:  # the terminal gets `name: message`; a run's log file gets the line too, with its time
-            if any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
-                logging.getLogger(name).error("%s", message, extra=FILE_ONLY)
-            print(f"{name}: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        _exit_with(name, message, logged=getattr(error, "logged", False))
+    except BaseException as stop:  # KeyboardInterrupt, Terminated, or a library's SystemExit while handling one
+        message = stopped_message(stop)
+        if message is None or debug_requested(argv):
+            raise
+        _exit_with(name, message, logged=getattr(stop, "logged", False))
+
+
+def _exit_with(name: str, message: str, logged: bool) -> None:
+    """`name: message` on stderr (and into the run's log file, unless it is there already), status 2."""
+    if not logged and any(getattr(handler, "_trashseg", False) for handler in logging.getLogger().handlers):
+        logging.getLogger(name).error("%s", message, extra=FILE_ONLY)
+    print(f"{name}: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR) from None

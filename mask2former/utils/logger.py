@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError, user_message
+from .processes import stopped_message
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -65,10 +66,11 @@ def logging_to(output_dir: str | Path, file_name: str = "log.txt") -> Iterator[l
     log_file = str((Path(output_dir) / file_name).resolve())
     try:
         yield root
-    except (UserError, OSError, RuntimeError) as error:  # into log.txt too, while open; run_tool prints nothing more
-        message = user_message(error)
+    except BaseException as error:  # a user error or a stop: into log.txt while open; run_tool prints it
+        message = user_message(error) if isinstance(error, (UserError, OSError, RuntimeError)) else None
+        message = message if message is not None else stopped_message(error)
         if message is not None:
-            logging.getLogger(Path(sys.argv[0]).name or "trashseg").error("%s", message)
+            logging.getLogger(Path(sys.argv[0]).name or "trashseg").error("%s", message, extra=FILE_ONLY)
             error.logged = True  # type: ignore[attr-defined]
         raise
     finally:

@@ -7,6 +7,8 @@ entries (files and folders) the tool created in it:
 - a folder the same tool made for the same job is resumed (or written again, for tools that do not resume);
 - a folder the same tool made for another job is refused, naming what changed; with the tool's --overwrite the
   entries the tool recorded are deleted first and the folder starts over (nothing it did not record is touched);
+  a claim that holds no output yet (a run that failed before writing one: only its log, empty folders and an
+  unfinished job record) starts over for the new job without --overwrite;
 - anything else (another tool's folder, a folder of the user's) is refused, naming a file that would be replaced.
 
 `claim_output_folder` checks and claims; `owned_output_folder` does it under the folder's run lock (one run per
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +35,10 @@ from .run_lock import OutputDirLock
 OWNER_FILE = ".trashseg-owner.json"
 # entries that do not make a folder someone's: the run lock (removed when a run ends, left by a killed one)
 _IGNORED = {OWNER_FILE, ".lock"}
+# a tool's recorded entries that are no output of it: its log
+_LOG_FILES = {"log.txt"}
+
+logger = logging.getLogger(__name__)
 
 
 class OutputFolderError(UserError):
@@ -108,14 +115,28 @@ def read_owner(folder: str | Path) -> dict | None:
     return record
 
 
-def job_changes(old: dict, new: dict) -> str:
-    """'key: old before, new now; ...' for each key whose value differs ('' if none)."""
+# how a change of a job key is told, where its value alone (a fingerprint) would not say what changed:
+# key -> describe(folder, old value, new value), a phrase or None; registered by the module that makes the key
+ChangeDescriber = Callable[[Path, Any, Any], str | None]
+_DESCRIBERS: dict[str, ChangeDescriber] = {}
+
+
+def describe_changes_of(key: str, describe: ChangeDescriber) -> None:
+    """Have `describe(folder, old, new)` tell a change of job key `key` in refusals: a phrase naming what changed
+    (it replaces 'key: old before, new now'), or None to show the values."""
+    _DESCRIBERS[key] = describe
+
+
+def job_changes(old: dict, new: dict, folder: Path | None = None) -> str:
+    """'key: old before, new now; ...' for each key whose value differs ('' if none); a key with a describer
+    (`describe_changes_of`) is told by it when `folder` is given."""
     keys = dict.fromkeys([*old, *new])
-    return "; ".join(
-        f"{key}: {_short(old.get(key))} before, {_short(new.get(key))} now"
-        for key in keys
-        if old.get(key) != new.get(key)
-    )
+    return "; ".join(_change(key, old.get(key), new.get(key), folder) for key in keys if old.get(key) != new.get(key))
+
+
+def _change(key: str, old: object, new: object, folder: Path | None) -> str:
+    described = _DESCRIBERS[key](folder, old, new) if folder is not None and key in _DESCRIBERS else None
+    return described or f"{key}: {_short(old)} before, {_short(new)} now"
 
 
 def _short(value: object, limit: int = 120) -> str:
@@ -168,8 +189,8 @@ def check_claim(
             f"{what} {folder} holds the outputs of {record['tool']} (made {record.get('created', '?')}), which "
             f"{tool} would replace: give {tool} another folder"
         )
-    changes = job_changes(record["job"], job)
-    if changes and not overwrite:
+    changes = job_changes(record["job"], job, folder)
+    if changes and not overwrite and holds_outputs(folder, record["entries"]):
         hint = "" if overwrite is None else ", or --overwrite to replace them"
         raise OutputFolderError(
             f"{what} {folder} holds {tool}'s outputs made with other settings ({changes}): use another {what}{hint}"
@@ -177,11 +198,38 @@ def check_claim(
     return record, entries
 
 
+def holds_outputs(folder: str | Path, entries: Iterable[str]) -> bool:
+    """Whether any of `entries` (a tool's recorded names) in `folder` is an output: not the log, not an empty
+    folder, not a job record still saying `"complete": false` (pipeline/output_job.py: JobRecord)."""
+    folder = Path(folder)
+    for name in entries:
+        path = folder / name
+        if name in _LOG_FILES or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            if any(True for child in path.rglob("*") if not child.is_dir()):
+                return True
+        elif not _unfinished_record(path):
+            return True
+    return False
+
+
+def _unfinished_record(path: Path) -> bool:
+    if path.suffix != ".json" or path.stat().st_size > 1 << 20:
+        return False
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(content, dict) and content.get("complete") is False
+
+
 def claim_output_folder(folder: str | Path, tool: str, job: dict, **options: Any) -> OwnedFolder:
     """Take `folder` for `tool` doing `job` under the contract above; `options` are `check_claim`'s (what, writes,
     overwrite, adopt). A folder the tool made for another job, with `overwrite`, starts over: the recorded entries
-    are deleted (log.txt kept) and the new job recorded."""
+    are deleted (log.txt kept) and the new job recorded; so does one that holds no output yet (`holds_outputs`)."""
     folder = Path(folder)
+    what = options.get("what", "--out")
     record, entries = check_claim(folder, tool, job, **options)
     now = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if record is None:  # new, empty, or adopted
@@ -190,7 +238,12 @@ def claim_output_folder(folder: str | Path, tool: str, job: dict, **options: Any
         owned._write()
         return owned
     owned = OwnedFolder(folder, tool, record["job"], True, list(record["entries"]), record.get("created", now))
-    if job_changes(owned.job, job):  # --overwrite: start over, deleting only what the tool recorded
+    changes = job_changes(owned.job, job)
+    if changes:  # --overwrite, or no output yet: start over, deleting only what the tool recorded
+        if not options.get("overwrite"):
+            logger.info(
+                "%s %s: an earlier %s run with other settings wrote no output there; starting over", what, folder, tool
+            )
         owned.remove_recorded(keep=("log.txt",))
         owned.resumed = False
         owned.set_job(job)

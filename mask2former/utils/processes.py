@@ -134,6 +134,12 @@ def stop_cause(error: BaseException) -> str | None:
     return None
 
 
+def stopped_message(error: BaseException) -> str | None:
+    """The line a tool stopped by Ctrl-C or SIGTERM ends with; None when `error` is no stop."""
+    cause = stop_cause(error)
+    return None if cause is None else f"{cause}: the run was stopped; run the same command again to finish it"
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
