@@ -13,9 +13,10 @@ Checks, in this order:
    the tensor, relative = that / max |reference| (the reference runs in fp32 on the same, rounded, inputs); a case
    passes when every tensor's relative error is within the tolerance (fp32 1e-4, bf16 2e-2). The bf16
    neighborhood cases keep the position bias in fp32, as a model's parameter under autocast.
-2. train: 20 training steps (forward, losses, backward, AdamW) of m2f_swin_l, m2f_dinat_l and semask_swin_l at
-   batch 8 on random 512x512 images (benchmarks/train_step.py's batch and timing, random weights, nothing read
-   from disk), bf16 autocast and fp32: images/s (median step), peak GPU memory, every loss of every step finite.
+2. train: 20 training steps (forward, losses, backward, AdamW) of m2f_swin_l, m2f_dinat_l, semask_swin_l and
+   eomt_dinov2_l_512 (EoMT: no custom kernel) at batch 8 on random 512x512 images (benchmarks/train_step.py's batch
+   and timing, random weights, nothing read from disk), bf16 autocast and fp32: images/s (median step), peak GPU
+   memory, every loss of every step finite.
 3. predict: TTA prediction (TEST.AUG as in each config: its MIN_SIZES x FLIP, turned on) of generated sample
    images through the prediction tool's inference (benchmarks/predict.py's timing), bf16: images/s.
 4. ddp: train_net.py (the real entry point, a subprocess) with --num-gpus 2 on generated sample data, a few
@@ -33,7 +34,7 @@ The table (device, torch and Triton versions, date) replaces the section between
 check so an interrupted run keeps what it measured. The first run compiles the Triton and flex kernels (torch's
 and Triton's on-disk caches make a second run on the same machine faster).
 
---smoke runs the same code on the CPU: the same three configs narrowed to tiny widths (SMOKE_OPTS), 64 px images,
+--smoke runs the same code on the CPU: the same configs narrowed to tiny widths (SMOKE_OPTS), 64 px images,
 batch 2, 2 timed steps in fp32, kernel checks at batch 1 in fp32 and bf16 with the Triton kernels in Triton's
 interpreter (TRITON_INTERPRET=1, as the tests run them) and the flex path eager, and train_net.py as one CPU
 process instead of the 2-GPU run. It needs --results.
@@ -62,7 +63,9 @@ from unittest import mock
 
 import torch
 
-# benchmarks/ modules, beside this file (the script's folder is on sys.path)
+# benchmarks/ modules, beside this file (the script's folder is on sys.path); triton_interpret first: --smoke's
+# TRITON_INTERPRET must be set before the imports below import Triton
+import triton_interpret  # noqa: F401
 from ms_deform_attn import TOLERANCE
 from ms_deform_attn import make_inputs as deform_inputs
 from ms_deform_attn import reference_errors as deform_reference_errors
@@ -83,10 +86,20 @@ BEGIN, END = "<!-- gpu_check:begin -->", "<!-- gpu_check:end -->"
 EXIT_FAILED, EXIT_OVER_BUDGET = 1, 3  # 2: a usage error (run_tool)
 DEFAULT_RESULTS = REPO / "benchmarks" / "RESULTS.md"
 CHECKS = ("kernels", "train", "predict", "ddp")
-TRAIN_CONFIGS = ("configs/m2f_swin_l.yaml", "configs/m2f_dinat_l.yaml", "configs/semask_swin_l.yaml")
+TRAIN_CONFIGS = (
+    "configs/m2f_swin_l.yaml",
+    "configs/m2f_dinat_l.yaml",
+    "configs/semask_swin_l.yaml",
+    "configs/eomt_dinov2_l_512.yaml",
+)
 KERNEL_CONFIGS = ("configs/m2f_swin_l.yaml", "configs/m2f_dinat_l.yaml")
 # DiNAT-L last: its test-time scales compile new flex kernels, it gets the time the others leave
-PREDICT_CONFIGS = ("configs/m2f_swin_l.yaml", "configs/semask_swin_l.yaml", "configs/m2f_dinat_l.yaml")
+PREDICT_CONFIGS = (
+    "configs/m2f_swin_l.yaml",
+    "configs/semask_swin_l.yaml",
+    "configs/eomt_dinov2_l_512.yaml",
+    "configs/m2f_dinat_l.yaml",
+)
 DDP_CONFIG = "configs/quickstart.yaml"
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # relative shares of the budget (flex_attention compiles one kernel per map size and dilation: the DiNAT-L
@@ -107,6 +120,8 @@ SMOKE_OPTS = [
     *("MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.NHEADS", "2", "MODEL.MASK_FORMER.DEC_LAYERS", "3"),
     *("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64"),
     *("MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256"),
+    *("MODEL.EOMT.EMBED_DIM", "32", "MODEL.EOMT.DEPTH", "3", "MODEL.EOMT.NUM_HEADS", "2"),
+    *("MODEL.EOMT.NUM_QUERIES", "6", "MODEL.EOMT.NUM_BLOCKS", "2"),
 ]
 
 
@@ -717,7 +732,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.smoke:
         if args.results is None:
             raise GpuCheckError("--smoke writes its table only to --results PATH (not RESULTS.md): give one")
-        # Triton reads it when the kernels are decorated, i.e. on their first import, which comes later
+        # as triton_interpret.py does for the command line, for a call of main(): the kernels, imported later, are
+        # decorated under it (Triton's own helpers only when nothing imported Triton before)
         os.environ["TRITON_INTERPRET"] = "1"
         settings = SMOKE
     else:

@@ -38,9 +38,11 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
     """One smoke run (a subprocess: it sets TRITON_INTERPRET itself) into a RESULTS-like file."""
     results = tmp_path_factory.mktemp("gpu_check") / "RESULTS.md"
     results.write_text(RESULTS_LIKE)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}  # as from a shell
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--results", str(results)],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=400,
@@ -88,13 +90,13 @@ def test_smoke_run_writes_every_check_with_finite_figures(smoke) -> None:
             assert math.isfinite(float(error)) and 0 <= float(relative) <= tolerance, row
 
     train = {row["case"]: row for row in by_check["train"]}
-    assert set(train) == {"m2f_swin_l fp32", "m2f_dinat_l fp32", "semask_swin_l fp32"}
+    assert set(train) == {"m2f_swin_l fp32", "m2f_dinat_l fp32", "semask_swin_l fp32", "eomt_dinov2_l_512 fp32"}
     for row in train.values():
         assert 0 < rate(row["figures"]) < math.inf and "losses finite" in row["figures"]
         assert float(re.search(rf"({NUMBER}) GiB", row["figures"]).group(1)) > 0
 
     predict = {row["case"]: row for row in by_check["predict"]}
-    assert set(predict) == {"m2f_swin_l", "semask_swin_l", "m2f_dinat_l"}
+    assert set(predict) == {"m2f_swin_l", "semask_swin_l", "eomt_dinov2_l_512", "m2f_dinat_l"}
     for row in predict.values():  # TEST.AUG: 2 sizes x flip
         assert 0 < rate(row["figures"]) < math.inf and "(4 views per image)" in row["figures"]
 
@@ -188,6 +190,7 @@ def test_a_crashing_run_is_a_fail_row_and_the_others_still_run(gpu_check, capsys
         ("m2f_swin_l fp32", "pass"),
         ("m2f_dinat_l fp32", "FAIL"),
         ("semask_swin_l fp32", "pass"),
+        ("eomt_dinov2_l_512 fp32", "pass"),
     ]
     assert report.rows[1].figures == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert "Traceback" in capsys.readouterr().err
@@ -227,3 +230,13 @@ def test_deform_check_returns_the_numbers_it_prints(gpu_check) -> None:
         assert f"{name} {diff:.2e} (max {scale:.2e})" in report
     ok, _, errors = bench.check(ms_deform_attn_reference, inputs, torch.float32)
     assert ok and all(diff == 0 and scale > 0 for diff, scale in errors.values())
+
+
+def test_smoke_opts_narrow_every_model_the_check_builds(gpu_check) -> None:
+    """SMOKE_OPTS reach every trained and predicted config (EoMT's encoder included): each builds tiny on the CPU."""
+    from mask2former.modeling.build import build_model
+
+    for config in dict.fromkeys(gpu_check.TRAIN_CONFIGS + gpu_check.PREDICT_CONFIGS):
+        cfg = gpu_check.load_config(str(REPO / config), gpu_check.SMOKE_OPTS)
+        parameters = sum(p.numel() for p in build_model(cfg).parameters())
+        assert parameters < 2_000_000, (config, parameters)

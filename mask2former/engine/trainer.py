@@ -146,7 +146,13 @@ def build_module(cfg: CfgNode, batch_size: int, eval_folder: str = "eval") -> Ma
 
 
 def load_backbone_weights(model: torch.nn.Module, path: str) -> None:
-    """ImageNet / timm backbone weights through the backbone's key conversion."""
+    """ImageNet / timm backbone weights through the backbone's key conversion (the model's own
+    `load_backbone_pretrained` first: EoMT's encoder is a timm model without one)."""
+    own = getattr(model, "load_backbone_pretrained", None)
+    if own is not None:
+        report = own(path)
+        logger.info("backbone weights from %s: %s", path, report)
+        return
     loader = getattr(type(model.backbone), "load_pretrained", None)
     if loader is None:
         raise ConfigError(f"backbone {type(model.backbone).__name__} cannot load MODEL.BACKBONE.WEIGHTS")

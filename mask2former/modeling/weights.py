@@ -253,6 +253,13 @@ def check_fits(report: LoadReport, source: str = "checkpoint") -> None:
     )
 
 
+def model_layout(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """The checkpoint's tensors under the model's key names when the model converts other layouts of its own
+    checkpoints (`convert_checkpoint_layout`: EoMT's official and transformers layouts); unchanged otherwise."""
+    convert = getattr(model, "convert_checkpoint_layout", None)
+    return dict(state_dict) if convert is None else convert(dict(state_dict), source)
+
+
 def load_model_weights(
     model: nn.Module,
     state_dict: dict[str, torch.Tensor],
@@ -265,7 +272,9 @@ def load_model_weights(
 
     Keys are matched as `align_checkpoint_keys` says (by name suffix when the file says `matching_heuristics`).
     A checkpoint holding only backbone weights is refused when strict unless `fresh_head_ok` (training from it:
-    the head keeps its initialisation, keys the file lacks or has in excess are listed, not fatal)."""
+    the head keeps its initialisation, keys the file lacks or has in excess are listed, not fatal). A model's own
+    other layouts are converted first (`model_layout`)."""
+    state_dict = model_layout(model, state_dict, source)
     plan = plan_weights(
         model.state_dict(), state_dict, matching_heuristics, fresh_head_ok, source, model_class_head_keys(model)
     )

@@ -6,8 +6,9 @@ prefix, numpy arrays as tensors, each contiguous and of its own memory, NaN / In
 
 With a config the file is matched against the model the config builds, by the rules MODEL.WEIGHTS uses
 (`modeling/weights.py`: exact names, detectron2's name-suffix matching when the file says so, a backbone saved
-alone), or, when that gives fewer tensors, as a backbone checkpoint through the backbone's own key conversion
-(`convert_pretrained`: official or timm Swin, DiNAT, ...). OUT then holds, under the model's key names:
+alone, the model's own other layouts: EoMT's official and transformers checkpoints), or, when that gives fewer
+tensors, as a backbone checkpoint through the backbone's own key conversion (`convert_pretrained`: official or timm
+Swin, DiNAT, ...; EoMT's `convert_backbone_checkpoint`: its timm encoder). OUT then holds, under the model's keys:
 - for a whole model: every tensor that fits the model (the class head kept as it is when only the class count
   differs: each load re-initialises it and says so), so `MODEL.WEIGHTS OUT` loads with nothing missing when IN
   does;
@@ -18,6 +19,7 @@ A file that does not fit is refused as MODEL.WEIGHTS refuses it (MODEL.LOAD_STRI
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,15 @@ from ..errors import UserError
 from ..io.checkpoints import Checkpoint, CheckpointMismatchError, read_checkpoint_with_metadata
 from ..io.files import atomic_write_bytes
 from ..modeling import register_all  # noqa: F401  (every model family's config keys and classes)
-from ..modeling.weights import BACKBONE_PREFIX, LoadReport, WeightsPlan, check_fits, model_class_head_keys, plan_weights
+from ..modeling.weights import (
+    BACKBONE_PREFIX,
+    LoadReport,
+    WeightsPlan,
+    check_fits,
+    model_class_head_keys,
+    model_layout,
+    plan_weights,
+)
 from ..utils.output_folder import refuse_foreign_file
 
 SUFFIX = ".safetensors"
@@ -146,17 +156,16 @@ def _convert_for_model(cfg, checkpoint: Checkpoint, source: str) -> tuple[dict[s
 
     model = build_model(cfg)
     own = model.state_dict()
-    converter = getattr(type(getattr(model, "backbone", None)), "convert_pretrained", None)
+    converter = _backbone_converter(model, source)
+    tensors = model_layout(model, checkpoint.tensors, source)
     try:
-        plan = plan_weights(
-            own, checkpoint.tensors, checkpoint.matching_heuristics, True, source, model_class_head_keys(model)
-        )
+        plan = plan_weights(own, tensors, checkpoint.matching_heuristics, True, source, model_class_head_keys(model))
     except CheckpointMismatchError:  # names ambiguous by suffix: the backbone's own conversion may know them
         if converter is None:
             raise
         plan = None
     if converter is not None and (plan is None or plan.report.loaded == 0 or plan.report.backbone_only):
-        converted = converter(dict(checkpoint.tensors), model.backbone)
+        converted = converter(dict(checkpoint.tensors))
         prefixed = {BACKBONE_PREFIX + key: value for key, value in converted.items()}
         backbone = plan_weights(
             own, prefixed, fresh_head_ok=True, source=source, class_keys=model_class_head_keys(model)
@@ -167,6 +176,16 @@ def _convert_for_model(cfg, checkpoint: Checkpoint, source: str) -> tuple[dict[s
         check_fits(plan.report, source)
     kind = "backbone" if plan.report.backbone_only else "model"
     return _fitting_tensors(plan), kind, plan.report
+
+
+def _backbone_converter(model: torch.nn.Module, source: str) -> Callable[[dict], dict] | None:
+    """tensors -> backbone tensors under the backbone's keys: the model's own `convert_backbone_checkpoint` (EoMT's
+    timm encoder), else the backbone class's `convert_pretrained`; None when neither exists."""
+    own = getattr(model, "convert_backbone_checkpoint", None)
+    if own is not None:
+        return lambda tensors: own(tensors, source)
+    hook = getattr(type(getattr(model, "backbone", None)), "convert_pretrained", None)
+    return None if hook is None else (lambda tensors: hook(tensors, model.backbone))
 
 
 def _fitting_tensors(plan: WeightsPlan) -> dict[str, torch.Tensor]:

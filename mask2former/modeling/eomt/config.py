@@ -35,6 +35,9 @@ def add_eomt_config(cfg: CfgNode) -> None:
     # [(i + 1) T / (NUM_BLOCKS + 1), (i + 2) T / (NUM_BLOCKS + 1)] of T = SOLVER.MAX_ITER, as (1 - progress)^POLY_POWER
     cfg.MODEL.EOMT.ATTN_MASK_ANNEALING_ENABLED = True
     cfg.MODEL.EOMT.POLY_POWER = 0.9
+    # MODEL.WEIGHTS (official or transformers layout) stores the encoder as its difference to MODEL.BACKBONE.WEIGHTS
+    # (official `delta_weights`: the official DINOv3 releases); the two are added when it is loaded or converted
+    cfg.MODEL.EOMT.DELTA_WEIGHTS = False
 
 
 register_tiny_sizes(

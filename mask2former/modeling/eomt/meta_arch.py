@@ -9,7 +9,8 @@ to the patch grid, restricts what the query attends to in the block, kept with t
 after the last block and no mask.
 
 Module names follow the official code (`q`, `class_head`, `mask_head`, `upscale`, `attn_mask_probs`); the ViT is
-`backbone`, so SOLVER.BACKBONE_MULTIPLIER scales its learning rate.
+`backbone`, so SOLVER.BACKBONE_MULTIPLIER scales its learning rate. The encoder (timm VisionTransformer or Eva with
+RoPE) is run through encoder.py; official and transformers checkpoints and encoder files are read by weights.py.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from ...config import ConfigError
+from ...io.checkpoints import read_checkpoint
 from ..criterion import SetCriterion, build_criterion
 from ..meta_arch import META_ARCH_REGISTRY, MaskFormer, normalized_batch
 from ..point_sampling import SAMPLE_SEED, point_generator
 from ..tiny import register_tiny_sizes
+from .encoder import build_vit, embed, query_rope, run_block
+from .weights import checkpoint_layout, convert_eomt_checkpoint, encoder_state, load_encoder_weights
 
 QUERY_DRAWS = 2  # point_generator's purpose for the draws that drop query masks (0, 1: the criterion's points)
 
@@ -59,33 +63,6 @@ class ScaleBlock(nn.Module):
         return self.norm(self.conv2(self.act(self.conv1(x))))
 
 
-def build_vit(cfg: CfgNode) -> nn.Module:
-    """MODEL.EOMT.ENCODER_NAME from timm, without weights, at PATCH_SIZE and IMG_SIZE, any input size accepted (the
-    position embedding is interpolated to the input's grid); EMBED_DIM / DEPTH / NUM_HEADS other than 0 replace
-    the model's own."""
-    import timm
-
-    node = cfg.MODEL.EOMT
-    sizes = {"embed_dim": node.EMBED_DIM, "depth": node.DEPTH, "num_heads": node.NUM_HEADS}
-    kwargs = {key: int(value) for key, value in sizes.items() if value}
-    try:
-        return timm.create_model(
-            node.ENCODER_NAME,
-            pretrained=False,
-            img_size=int(node.IMG_SIZE),
-            patch_size=int(node.PATCH_SIZE),
-            num_classes=0,
-            dynamic_img_size=True,
-            **kwargs,
-        )
-    except (RuntimeError, TypeError, ValueError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(
-            f"MODEL.EOMT.ENCODER_NAME {node.ENCODER_NAME!r} with {kwargs}: timm refused it ({first}); "
-            "name a timm ViT (timm.list_models('vit_*'))"
-        ) from None
-
-
 @META_ARCH_REGISTRY.register()
 class EoMT(nn.Module):
     """Encoder-only mask transformer for semantic segmentation: ViT with queries -> criterion / semantic inference."""
@@ -108,6 +85,8 @@ class EoMT(nn.Module):
         max_iter: int = 1,
         poly_power: float = 0.9,
         postprocess_before_inference: bool = False,
+        backbone_weights: str = "",
+        delta_weights: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < num_blocks <= len(backbone.blocks):
@@ -129,6 +108,8 @@ class EoMT(nn.Module):
         self.max_iter = max_iter
         self.poly_power = poly_power
         self.postprocess_before_inference = postprocess_before_inference
+        self.backbone_weights = backbone_weights
+        self.delta_weights = delta_weights
         dim = backbone.embed_dim
         self.q = nn.Embedding(num_queries, dim)
         self.class_head = nn.Linear(dim, num_classes + 1)
@@ -164,6 +145,8 @@ class EoMT(nn.Module):
             max_iter=int(cfg.SOLVER.MAX_ITER),
             poly_power=float(node.POLY_POWER),
             postprocess_before_inference=cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
+            backbone_weights=cfg.MODEL.BACKBONE.WEIGHTS,
+            delta_weights=bool(node.DELTA_WEIGHTS),
         )
 
     # the same targets and the same semantic inference as Mask2Former
@@ -176,7 +159,34 @@ class EoMT(nn.Module):
 
     def class_head_keys(self) -> set[str]:
         """The state keys that depend on the class count."""
-        return {"class_head.weight", "class_head.bias"}
+        return {"class_head.weight", "class_head.bias", "criterion.empty_weight"}
+
+    # ---- weights (modeling/eomt/weights.py) ----
+
+    def load_backbone_pretrained(self, path: str) -> str:
+        """MODEL.BACKBONE.WEIGHTS: the encoder's timm (or Meta / transformers DINOv3ViT) checkpoint, fitted to
+        IMG_SIZE / PATCH_SIZE, loaded strictly."""
+        return load_encoder_weights(self.backbone, path)
+
+    def convert_backbone_checkpoint(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+        """An encoder checkpoint's tensors under the encoder's keys (no `backbone.`), strictly."""
+        return encoder_state(tensors, self.backbone, source)
+
+    def convert_checkpoint_layout(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+        """A whole checkpoint in the official or transformers layout under this model's keys (others unchanged);
+        with `delta_weights` its encoder is added to MODEL.BACKBONE.WEIGHTS."""
+        base = None
+        if self.delta_weights and checkpoint_layout(tensors) != "project":
+            if not self.backbone_weights:
+                raise ConfigError(
+                    f"MODEL.EOMT.DELTA_WEIGHTS is set: {source}'s encoder is a difference to MODEL.BACKBONE.WEIGHTS, "
+                    "which is empty; set it to the encoder weights the checkpoint was trained from"
+                )
+
+            def base() -> dict[str, torch.Tensor]:
+                return encoder_state(read_checkpoint(self.backbone_weights), self.backbone, self.backbone_weights)
+
+        return convert_eomt_checkpoint(tensors, self, source, base)
 
     def set_iteration(self, iteration: int) -> None:
         """Anneal the attention-mask probabilities for the training iteration `iteration` (0-based)."""
@@ -198,17 +208,18 @@ class EoMT(nn.Module):
         SAMPLE_SEED seeds which of its queries drop their mask (else torch's global RNG)."""
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         vit = self.backbone
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        x, rope = embed(vit, images)
         first = len(vit.blocks) - self.num_blocks
         predictions = []
         for index, block in enumerate(vit.blocks):
             if index == first:
                 x = torch.cat((self.q.weight[None].expand(x.shape[0], -1, -1), x), dim=1)
+                rope = query_rope(rope, self.num_q)
             mask = None
             if index >= first and self.training and self.masked_attn_enabled:
                 predictions.append(self._predict(vit.norm(x), grid))
                 mask = self._attention_mask(predictions[-1]["pred_masks"], grid, x, index - first, sample_seeds)
-            x = block(x) if mask is None else block(x, attn_mask=mask)
+            x = run_block(block, x, rope, mask)
         outputs = self._predict(vit.norm(x), grid)
         if predictions:
             outputs["aux_outputs"] = predictions
