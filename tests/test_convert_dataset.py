@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY_MODEL, doc_commands, tree_hashes
 from format_trees import (
+    H,
+    W,
     write_ade20k,
     write_cityscapes,
     write_cvat_masks,
     write_grey_masks,
+    write_photo,
     write_rgb,
     write_voc,
     write_yolo,
@@ -67,7 +70,7 @@ def rgb_as_indexed(root: Path) -> str:
     rgb[5:9, 2:6] = (128, 0, 0)
     write_rgb(root / "masks" / "train" / "img_1.png", rgb)
     mask = root / "masks" / "train" / "img_1.png"
-    return f"{mask}: an RGB mask where class indices are expected (pixel (2, 5) is (128, 0, 0))"
+    return f"{mask}: an RGB mask where class indices are expected (pixel x=2, y=5 is (128, 0, 0))"
 
 
 def value_beyond_classes(root: Path) -> str:
@@ -76,7 +79,13 @@ def value_beyond_classes(root: Path) -> str:
     return "value 2 at pixel"
 
 
+def a_coco_json(root: Path) -> str:
+    write_grey_masks(root)
+    return "--from coco: a COCO json needs no conversion: train on it as it is"
+
+
 BAD_INPUTS = {
+    "coco-needs-no-conversion": ("coco", a_coco_json),
     "yolo-class-beyond-names": ("yolo-seg", break_yolo_class),
     "missing-mask": ("png-masks", drop_a_mask),
     "class-lists-differ-between-splits": ("png-masks", split_class_lists),
@@ -114,7 +123,7 @@ def test_strict_makes_warnings_errors(capsys, tmp_path: Path) -> None:
 def test_out_inside_the_source_and_a_foreign_folder_are_refused(capsys, tmp_path: Path) -> None:
     write_grey_masks(tmp_path / "src")
     code, _, err = convert_cli(capsys, tmp_path / "src", tmp_path / "src" / "out", "png-masks")
-    assert code == 2 and "give a folder outside the dataset" in err
+    assert code == 2 and "lies inside the input SRC" in err and "give a folder outside it" in err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "report.json").write_text("{}")
     code, _, err = convert_cli(capsys, tmp_path / "src", tmp_path / "mine", "png-masks")
@@ -209,3 +218,55 @@ def test_a_tiny_model_trains_on_a_converted_yolo_export(capsys, tmp_path: Path) 
     results = main(["--config-file", str(REPO / "configs" / "quickstart.yaml"), "--num-gpus", "0", *opts])
     assert 0.0 <= results["y_val"]["mIoU"] <= 1.0
     assert (tmp_path / "run" / "model_final.pth").is_file()
+
+
+# ---- inputs and the user's files in OUT ---------------------------------------------------------------------------
+
+
+def test_files_the_tool_did_not_place_stay_through_a_rerun_and_overwrite(capsys, tmp_path: Path) -> None:
+    write_grey_masks(tmp_path / "src")
+    assert convert_cli(capsys, tmp_path / "src", tmp_path / "out", "png-masks")[0] == 0
+    mine = tmp_path / "out" / "train" / "my_extra.jpg"
+    mine.write_bytes(b"mine")
+    (tmp_path / "src" / "images" / "val" / "img_1.png").unlink()  # an image leaves the source
+    (tmp_path / "src" / "masks" / "val" / "img_1.png").unlink()
+    code, out, err = convert_cli(capsys, tmp_path / "src", tmp_path / "out", "png-masks")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["images"]["removed_stale"] == 1 and not (tmp_path / "out" / "val" / "img_1.png").exists()
+    assert report["images"]["not_placed_here"] == ["train/my_extra.jpg"] and mine.read_bytes() == b"mine"
+    assert "1 file(s) in the image folders this tool did not place" in (tmp_path / "out" / "report.txt").read_text()
+    code, _, err = convert_cli(capsys, tmp_path / "src", tmp_path / "out", "png-masks", copy=True, overwrite=True)
+    assert code == 0, err
+    assert mine.read_bytes() == b"mine" and (tmp_path / "out" / "train" / "img_0.png").is_file()
+
+
+def label_studio_tree(root: Path) -> Path:
+    """root/export.json with one polygon task on root/photos/a.jpg."""
+    write_photo(root / "photos" / "a.jpg", 0)
+    result = {
+        "type": "polygonlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"points": [[10, 10], [60, 10], [60, 60]], "polygonlabels": ["can"]},
+    }
+    task = {"id": 1, "data": {"image": "/data/upload/1/a.jpg"}, "annotations": [{"id": 1, "result": [result]}]}
+    (root / "export.json").write_text(json.dumps([task]))
+    return root / "export.json"
+
+
+def test_images_inside_out_or_out_inside_images_are_refused_and_nothing_is_deleted(capsys, tmp_path: Path) -> None:
+    export = label_studio_tree(tmp_path)
+    flags = {"images": str(tmp_path / "photos"), "copy": True}
+    assert convert_cli(capsys, export, tmp_path / "conv", "label-studio", **flags)[0] == 0
+    kept = tmp_path / "conv" / "train" / "a.jpg"
+    (tmp_path / "photos" / "a.jpg").unlink()  # the user keeps only the converted copies, then converts again
+    before = tree_hashes(tmp_path / "conv")
+    again = {"images": str(tmp_path / "conv" / "train"), "overwrite": True}
+    code, _, err = convert_cli(capsys, export, tmp_path / "conv", "label-studio", **again)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--images {tmp_path / 'conv' / 'train'} is {kept.parent}, which convert_dataset.py writes" in err
+    assert tree_hashes(tmp_path / "conv") == before and kept.is_file()
+    code, _, err = convert_cli(capsys, export, tmp_path / "conv" / "train" / "sub", "label-studio", **again)
+    assert code == 2 and "lies inside the input --images" in err, err
+    assert tree_hashes(tmp_path / "conv") == before

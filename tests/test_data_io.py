@@ -134,7 +134,8 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ReadError, match=r"cannot read label map .*text\.png"):
         read_label(tmp_path / "text.png")
     cv2.imwrite(str(tmp_path / "rgb.png"), np.zeros((4, 5, 3), np.uint8))
-    with pytest.raises(LabelMapError, match=r"rgb\.png must be a single-channel 8-bit PNG, got 3 channel\(s\)"):
+    expected = r"rgb\.png must be a single-channel or indexed 8-bit PNG of class indices, got 3 channel\(s\)"
+    with pytest.raises(LabelMapError, match=expected):
         read_label(tmp_path / "rgb.png")
     cv2.imwrite(str(tmp_path / "deep.png"), np.zeros((4, 5), np.uint16))
     with pytest.raises(LabelMapError, match=r"deep\.png must be a single-channel .*got 1 channel\(s\) of uint16"):

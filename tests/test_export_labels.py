@@ -22,6 +22,8 @@ from mask2former.data.rasterize import render_label_map
 from mask2former.io.files import atomic_write_json
 from mask2former.io.images import read_label, write_label_png
 from mask2former.io.probabilities import ProbabilityFileError, save_probabilities
+from mask2former.pipeline.convert_dataset import ConvertOptions
+from mask2former.pipeline.convert_dataset import run as convert_run
 from mask2former.pipeline.export_labels import ExportError, ExportOptions, run
 from mask2former.pipeline.pseudo_label_maps import pseudo_label_map
 from mask2former.utils.output_folder import OutputFolderError
@@ -192,8 +194,10 @@ def test_output_folder_contract(tmp_path: Path) -> None:
     with pytest.raises(OutputFolderError, match="not a folder export_labels.py made"):
         run(ExportOptions(str(tmp_path / "pred"), str(foreign)))
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
-    with pytest.raises(ExportError, match="outside the source"):
+    with pytest.raises(OutputFolderError, match="lies inside the input SRC .*: give a folder outside it"):
         run(ExportOptions(str(tmp_path / "pred"), str(tmp_path / "pred" / "export")))
+    with pytest.raises(ExportError, match="no such file or folder"):
+        run(ExportOptions(str(tmp_path / "typo"), str(tmp_path / "typo_export")))
 
 
 def test_bad_sources_are_one_line(tmp_path: Path) -> None:
@@ -241,3 +245,34 @@ def test_the_documented_commands_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "neither a prediction folder" in done.stderr and not (tmp_path / "elsewhere").exists()
+
+
+def test_corrections_come_back_with_the_models_class_ids(tmp_path: Path) -> None:
+    """docs/formats/export.md's "Bring the corrections back": a Label Studio export whose corrected tasks use only
+    'can' converts with --classes-file to the model's ids (bottle 1, can 2); without it 'can' would become 1."""
+    (command,) = doc_commands("Bring the corrections back")
+    argv = command[2:]
+    maps = make_predictions(tmp_path / "output/predict", stored=16)
+    run(ExportOptions(str(tmp_path / "output/predict"), str(tmp_path / "output/to_label")))
+    tasks = json.loads((tmp_path / "output/to_label/label_studio.json").read_text())
+    for task in tasks:  # the labeller keeps the cans and deletes the bottles
+        regions = [r for r in task.pop("predictions")[0]["result"] if r["value"]["brushlabels"] == ["can"]]
+        task["annotations"] = [{"id": 1, "result": regions}]
+    export = tmp_path / "ls_export" / "export.json"
+    export.parent.mkdir()
+    export.write_text(json.dumps(tasks))
+    for name, (height, width) in SIZES.items():
+        (tmp_path / "ls_export/images" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "ls_export/images" / name), np.zeros((height, width, 3), np.uint8))
+    assert argv[:2] == ["--from", "label-studio"]
+    flags = {arg.removeprefix("--").replace("-", "_"): value for arg, value in zip(argv[3::2], argv[4::2], strict=True)}
+    assert sorted(flags) == ["classes_file", "images", "out"]
+    paths = {key: str(tmp_path / value) for key, value in flags.items()}
+    convert_run(ConvertOptions(format=argv[1], source=str(tmp_path / argv[2]), **paths))
+    coco = json.loads((tmp_path / flags["out"] / "train.json").read_text())
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "bottle"), (2, "can")]
+    for image in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        rendered = render_label_map(image, anns, category_to_label(coco["categories"]))
+        expected = np.where(maps[image["file_name"].removeprefix("train/")] == 2, 2, 0)
+        assert np.array_equal(rendered, expected), image["file_name"]

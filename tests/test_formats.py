@@ -23,6 +23,7 @@ from format_trees import (
     write_grey,
     write_grey_masks,
     write_photo,
+    write_rgb,
     write_voc,
     write_yolo,
 )
@@ -35,6 +36,7 @@ from mask2former.data.formats.checks import check_dataset, difference_hash
 from mask2former.data.formats.png_masks import build_mapping
 from mask2former.data.formats.registration import register_mask_folders
 from mask2former.data.formats.write_layout import write_layout
+from mask2former.errors import UserError
 from mask2former.io.coco_json import DataError
 from mask2former.io.images import read_image, read_label
 from mask2former.utils.output_folder import OutputFolderError
@@ -119,6 +121,8 @@ def test_voc_indexed_masks_round_trip_with_ignore_border(tmp_path: Path) -> None
     drawn = write_voc(tmp_path / "voc")
     report = convert(tmp_path / "voc", tmp_path / "out", "png-masks")
     assert report["classes"][:4] == ["background", "aeroplane", "bicycle", "bird"] and len(report["classes"]) == 21
+    warnings = [p["message"] for p in report["checks"]["problems"] if p["severity"] == "warning"]
+    assert any("read with the 21 Pascal VOC class names; give --classes" in line for line in warnings), warnings
     for split in ("train", "val"):
         for name, label in converted_label_maps(tmp_path / "out", split, tmp_path / "cache").items():
             assert np.array_equal(label, drawn[Path(name).stem]), name  # 255 border included
@@ -158,6 +162,8 @@ def test_mask_values_background_ignore_and_reduce_zero_label() -> None:
     assert reduced.table[5] == 256  # a value beyond the list is no class
     with pytest.raises(FormatError, match=r"--ignore 1 is also the class 'sky'"):
         build_mapping(names, FormatOptions(ignore=(1,)))
+    with pytest.raises(FormatError, match=r"the class list starts with 'background'.*leave 'background' out"):
+        build_mapping(["background", "bag"], FormatOptions(reduce_zero_label=True))
 
 
 def test_colour_not_in_the_labelmap_names_the_file_and_pixel(tmp_path: Path) -> None:
@@ -169,7 +175,7 @@ def test_colour_not_in_the_labelmap_names_the_file_and_pixel(tmp_path: Path) -> 
     rgb[3, 5] = (1, 2, 3)
     Image.fromarray(rgb).save(mask)
     dataset = read_dataset("png-masks", tmp_path / "cvat")
-    with pytest.raises(FormatError, match=rf"^{mask}: colour \(1, 2, 3\) at pixel \(5, 3\) is not in the label map"):
+    with pytest.raises(FormatError, match=rf"^{mask}: colour \(1, 2, 3\) at pixel x=5, y=3 is not in the label map"):
         dataset.splits["train"][1].label_map()
 
 
@@ -345,3 +351,10 @@ def test_registering_a_mask_folder_from_the_config(tmp_path: Path) -> None:
     (masks / "img_1.png").unlink()
     with pytest.raises(DataError, match=r"img_1.png has no mask .*img_1.png: add it or drop the image"):
         register_mask_folders("masks_again", images, masks, tmp_path / "cache")
+    write_rgb(masks / "img_1.png", np.zeros((H, W, 3), np.uint8))  # a colour mask, named by the registration
+    register_mask_folders("masks_rgb", images, masks, tmp_path / "cache")
+    with pytest.raises(UserError) as raised:
+        DatasetCatalog.get("masks_rgb")
+    message = str(raised.value)
+    assert message.startswith("DATASETS.REGISTER masks_rgb: ") and "registered" not in message.split(":")[0], message
+    assert "colour masks: convert them with tools/convert_dataset.py --from png-masks" in message

@@ -280,7 +280,7 @@ def test_label_studio_unknown_label_exits_2_through_the_tool(tmp_path: Path) -> 
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "label 'bottle' is not in the class list ['can']" in lines[0], done.stderr
+    assert len(lines) == 1 and "label 'bottle' is not in the class list ['bg', 'can']" in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
 
 

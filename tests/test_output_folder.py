@@ -29,6 +29,7 @@ from mask2former.utils.output_folder import (
     file_sha1,
     owned_output_folder,
     read_owner,
+    refuse_input_overlap,
 )
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
@@ -414,3 +415,21 @@ def test_predict_failing_on_its_weights_leaves_out_free_for_the_corrected_run(
     tool_main("predict")(predict_argv(sample_root / "test.json", out, weights))
     assert json.loads((out / "meta.json").read_text())["complete"] is True
     assert read_owner(out)["job"]["weights_sha1"] != [file_sha1(bad)]
+
+
+def test_an_output_folder_never_holds_nor_lies_in_an_input(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "sub").mkdir(parents=True)
+    (out / "probs").mkdir(parents=True)
+    (out / "mine.yaml").write_text("x")
+    names = ["probs", "meta.json"]
+    refuse_input_overlap(
+        out, "t.py", {"--json": data / "a.json", "--config": out / "mine.yaml", "--x": None}, names=names
+    )
+    with pytest.raises(OutputFolderError, match=r"^--out .*/data is the input --data .*: give t.py another --out$"):
+        refuse_input_overlap(data, "t.py", {"--data": data}, names=names)
+    with pytest.raises(OutputFolderError, match=r"lies inside the input --data .*: give a folder outside it$"):
+        refuse_input_overlap(data / "sub" / "out", "t.py", {"--data": data}, names=names)
+    for given, where in ((out / "probs", "is"), (out / "probs" / "a.npz", "lies in")):
+        with pytest.raises(OutputFolderError, match=rf"^--in {given} {where} {out / 'probs'}, which t.py writes in"):
+            refuse_input_overlap(out, "t.py", {"--in": given}, names=names)

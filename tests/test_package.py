@@ -242,10 +242,10 @@ def test_export_takes_one_of_out_and_package_and_never_packages_over_its_inputs(
     inside = package / "model.safetensors"
     inside.write_bytes(path.read_bytes())
     before = tree_hashes(tmp_path)
-    with pytest.raises(PackageError) as refused:
+    with pytest.raises(OutputFolderError) as refused:
         write_package(cfg, str(inside), package, overwrite=True)
     assert str(refused.value) == (
-        f"--package {package}: {inside} is an input and would be replaced by the package's model.safetensors: give "
-        "another --package folder"
+        f"--weights {inside} is {inside}, which export.py writes in --package (and --overwrite deletes): move "
+        "it out of --package, or give export.py another --package"
     )
     assert tree_hashes(tmp_path) == before

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-import semask  # noqa: F401  (the SeMask plug-in, as every tool imports it)
 from mask2former.data.formats import DATASET_FORMATS
 from mask2former.pipeline.convert_dataset import ConvertOptions, run
 from mask2former.utils.cli import run_tool, strip_debug
@@ -29,6 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("source", help="the dataset's folder (or its data.yaml, its export file)")
     parser.add_argument("--out", required=True, help="the output folder (new, empty, or made by this tool)")
     parser.add_argument("--classes", nargs="+", default=[], help="class names, background first (mask formats)")
+    parser.add_argument(
+        "--classes-file", help="the class names of a labelmap.txt or classes.txt (one name a line), background first"
+    )
     parser.add_argument("--ignore", type=int, nargs="+", help="mask values meaning 'not labelled' (default: 255)")
     parser.add_argument("--background", type=int, help="the mask value meaning background (default: 0)")
     parser.add_argument(

@@ -28,6 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..io.coco_json import DataError, read_coco_json
 from ..io.files import UnsafePathError, output_path
 from ..io.images import describe_orientation, require_file
@@ -283,10 +284,12 @@ def register_coco_semantic(
     skip_bad: bool = False,
     crowd_as_ignore: bool = False,
     has_gt: bool | None = None,
+    described_as: str | None = None,
 ) -> None:
     """Register a COCO json as a semantic-segmentation dataset (loaded lazily on first use).
 
-    Registering the same name again with the same files is a no-op; with other files, an error.
+    Registering the same name again with the same files is a no-op; with other files, an error. `described_as`
+    names the dataset in the loader's error lines instead of the json (for a json the project wrote itself).
     """
     json_file, image_root = (
         str(Path(json_file).expanduser().resolve()),
@@ -302,7 +305,12 @@ def register_coco_semantic(
         )
 
     def load() -> list[dict]:
-        dicts, manifest = load_with_manifest(json_file, image_root, cache_dir, skip_bad, crowd_as_ignore, has_gt)
+        try:
+            dicts, manifest = load_with_manifest(json_file, image_root, cache_dir, skip_bad, crowd_as_ignore, has_gt)
+        except UserError as error:
+            if described_as is None or json_file not in str(error):
+                raise
+            raise type(error)(str(error).replace(json_file, described_as)) from None
         _set_classes(name, manifest["class_names"])
         return dicts
 

@@ -18,7 +18,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,20 +68,20 @@ def write_package(
     images: Sequence[np.ndarray] | None = None,
     command: str | None = None,
     overwrite: bool | None = None,
-    inputs: Sequence[str | Path] = (),
+    inputs: Mapping[str, str | Path | None] | None = None,
     config_name: str = "",
 ) -> PackageResult:
     """Export `cfg` with `weights` into the package folder `out_dir` (layout above); `command` is the command line
     the card names (default: this process's), `overwrite` export.py's --overwrite (None: no such flag), `inputs`
-    other files the command reads (the config file), never replaced; `config_name` the config file's name the
-    card's title gives (default: the run's config when `weights` are a run's model_final.pth). `size`, `dynamic`,
-    `opset` and `images` are export_onnx's: a fixed-size file predicts the views of that size only (the photos that
-    the test resize brings to it); `dynamic` takes any size."""
+    ({option: path}) what else the command reads (the config file), never replaced; `config_name` the config
+    file's name the card's title gives (default: the run's config when `weights` are a run's model_final.pth).
+    `size`, `dynamic`, `opset` and `images` are export_onnx's: a fixed-size file predicts the views of that size
+    only (the photos that the test resize brings to it); `dynamic` takes any size."""
     from .onnx_file import export_onnx
 
-    refuse_inputs_inside(Path(out_dir), [Path(weights), *map(Path, inputs)])
     job = package_job(cfg, weights, size, dynamic, opset)
-    options = {"what": "--package", "writes": PACKAGE_FILES, "overwrite": overwrite}
+    inputs = {"--weights": weights, **(inputs or {})}
+    options = {"what": "--package", "writes": PACKAGE_FILES, "overwrite": overwrite, "inputs": inputs}
     with owned_output_folder(out_dir, TOOL, job, **options) as folder:
         run = run_facts(Path(weights))
         licences = starting_licences(Path(weights), run)
@@ -114,18 +114,6 @@ def write_package(
         atomic_write_text(folder.path / CARD_FILE, model_card(facts))
         folder.record(CARD_FILE)
     return PackageResult(Path(out_dir), export, speed)
-
-
-def refuse_inputs_inside(folder: Path, inputs: Sequence[Path]) -> None:
-    """An input that is one of the package's files (re-packaging a package's own model.safetensors into it) would
-    be replaced: refused before anything is written."""
-    targets = {(folder / name).resolve(): name for name in PACKAGE_FILES}
-    for path in inputs:
-        if path.resolve() in targets:
-            raise PackageError(
-                f"--package {folder}: {path} is an input and would be replaced by the package's "
-                f"{targets[path.resolve()]}: give another --package folder"
-            )
 
 
 def package_job(cfg: CfgNode, weights: str, size: tuple[int, int] | None, dynamic: bool, opset: int) -> dict:

@@ -232,7 +232,9 @@ def read_label(path: str | Path, expected_hw: tuple[int, int] | None = None) -> 
     if label.ndim != 2 or label.dtype != np.uint8:
         channels = 1 if label.ndim == 2 else label.shape[2]
         raise LabelMapError(
-            f"label map {path} must be a single-channel 8-bit PNG, got {channels} channel(s) of {label.dtype}"
+            f"label map {path} must be a single-channel or indexed 8-bit PNG of class indices, got {channels} "
+            f"channel(s) of {label.dtype}"
+            + ("; colour masks: convert them with tools/convert_dataset.py --from png-masks" if channels > 1 else "")
         )
     if expected_hw is not None and label.shape != tuple(expected_hw):
         raise LabelMapError(

@@ -13,6 +13,7 @@ from typing import Any
 from ..data import formats  # noqa: F401  (registers every reader in DATASET_FORMATS)
 from ..data.formats.base import FormatOptions, read_dataset
 from ..data.formats.checks import check_dataset
+from ..data.formats.png_masks import read_class_file
 from ..data.formats.write_layout import REPORT_FILES, TOOL, write_layout
 from ..errors import UserError
 from ..utils.output_folder import check_claim
@@ -36,6 +37,18 @@ class ConvertOptions:
     overwrite: bool = False
     duplicates: bool = True
     images: str | None = None
+    classes_file: str | None = None
+
+    def class_names(self) -> tuple[str, ...]:
+        """--classes, or the names of --classes-file (a labelmap.txt or a classes.txt: `read_class_file`)."""
+        if self.classes_file is None:
+            return tuple(self.classes)
+        if self.classes:
+            raise UserError("--classes and --classes-file: give one of them")
+        path = Path(self.classes_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"--classes-file {self.classes_file}: no such file: give a labelmap.txt or a classes.txt")
+        return read_class_file(path).names
 
     def format_options(self) -> FormatOptions:
         defaults = FormatOptions()
@@ -43,19 +56,23 @@ class ConvertOptions:
             if not 0 <= value <= 255:
                 raise UserError(f"--ignore/--background {value}: mask values are 0..255")
         return FormatOptions(
-            classes=tuple(self.classes),
+            classes=self.class_names(),
             ignore=defaults.ignore if self.ignore is None else tuple(self.ignore),
             background=defaults.background if self.background is None else self.background,
             reduce_zero_label=self.reduce_zero_label,
             images=Path(self.images).expanduser().resolve() if self.images else None,
         )
 
+    def inputs(self) -> dict[str, str | None]:
+        """What the conversion reads ({option: path}): OUT may neither hold nor lie inside any of it."""
+        return {"SRC": self.source, "--images": self.images}
+
     def job(self) -> dict[str, Any]:
         """What OUT is claimed for: a folder made with other settings is refused (or, --overwrite, redone)."""
         return {
             "format": self.format,
             "source": str(Path(self.source).expanduser().resolve()),
-            "classes": list(self.classes),
+            "classes": list(self.class_names()),
             "ignore": self.ignore,
             "background": self.background,
             "reduce_zero_label": self.reduce_zero_label,
@@ -66,17 +83,24 @@ class ConvertOptions:
 
 def run(options: ConvertOptions) -> dict[str, Any]:
     """Read, check, write; returns the report. A problem with the input is one UserError line naming the file."""
+    if options.format.lower() == "coco":
+        raise UserError(
+            "--from coco: a COCO json needs no conversion: train on it as it is (DATASETS.ROOT, or DATASETS.REGISTER "
+            "[name, json, image_root]); tools/inspect_dataset.py --json checks it"
+        )
     source = Path(options.source).expanduser().resolve()
     out = Path(options.out).expanduser().resolve()
-    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
-        raise UserError(f"--out {out}: give a folder outside the dataset {source} (and not holding it)")
     job = options.job()
-    check_claim(out, TOOL, job, writes=REPORT_FILES, overwrite=options.overwrite)  # refused before any reading
+    inputs = options.inputs()
+    # refused before any reading; the image folders' names are known only after it, and checked again then
+    check_claim(out, TOOL, job, writes=REPORT_FILES, overwrite=options.overwrite, inputs=inputs)
     dataset = read_dataset(options.format, source, options.format_options())
     checks = check_dataset(dataset, duplicates=options.duplicates)
-    checks.log()
+    checks.log(options.strict)
     checks.raise_if_failed(options.strict)
-    report = write_layout(dataset, out, link=not options.copy, checks=checks, job=job, overwrite=options.overwrite)
+    report = write_layout(
+        dataset, out, link=not options.copy, checks=checks, job=job, overwrite=options.overwrite, inputs=inputs
+    )
     for split, info in report["splits"].items():
         print(f"{split}: {info['images']} images, {info['annotations']} annotations -> {out / info['json']}")
     print(

@@ -102,8 +102,8 @@ def export(args: argparse.Namespace) -> ExportResult | PackageResult:
         return export_package(args, cfg, config_file, weights, images)
     calibration = calibration_images(args.calibration)
     out = Path(args.out).expanduser()
-    sources = [Path(source) for source in (args.images, args.calibration) if source]
-    _refuse_inputs_inside(out, [config_file, weights, *sources])
+    inputs = {"--config-file": config_file, "--weights": weights, "--images": args.images}
+    inputs["--calibration"] = args.calibration
     job = {
         "config": str(config_file.resolve()),
         "config_sha1": file_sha1(config_file),
@@ -117,7 +117,7 @@ def export(args: argparse.Namespace) -> ExportResult | PackageResult:
     if calibration is not None:
         job.update(int8=True, calibration=str(Path(args.calibration).resolve()), calibration_images=len(calibration))
     writes = [MODEL_FILE, *([INT8_FILE] if calibration is not None else []), "log.txt"]
-    with output_job(out, TOOL, job, writes=writes, overwrite=args.overwrite):
+    with output_job(out, TOOL, job, writes=writes, overwrite=args.overwrite, inputs=inputs):
         result = export_onnx(cfg, str(weights), out / MODEL_FILE, size, args.dynamic_size, args.opset, images)
         announce(
             logger,
@@ -138,7 +138,7 @@ def export_package(
     in_the_way = export_folder_in_the_way(Path(args.package).expanduser())
     if in_the_way and not args.overwrite:
         raise ExportError(in_the_way)
-    inputs = [config_file, *([Path(args.images)] if args.images else [])]
+    inputs = {"--config-file": config_file, "--images": args.images}
     options = {"size": size, "dynamic": args.dynamic_size, "opset": args.opset, "images": images}
     options.update(overwrite=args.overwrite, inputs=inputs, config_name=config_file.name)
     result = write_package(cfg, str(weights), Path(args.package).expanduser(), **options)
@@ -156,14 +156,6 @@ def _existing(path: str, option: str) -> Path:
     if not found.is_file():
         raise ExportError(f"{option} {path}: no such file: give the path of an existing file")
     return found
-
-
-def _refuse_inputs_inside(out: Path, inputs: list[Path]) -> None:
-    """An input at OUT/model.onnx (or OUT/log.txt) would be replaced: refused before anything is written."""
-    for name in (MODEL_FILE, INT8_FILE, "log.txt"):
-        target = (out / name).resolve()
-        if any(path.resolve() == target for path in inputs):
-            raise ExportError(f"--out {out}: {target} is one of the inputs and would be replaced: give another --out")
 
 
 def check_images(source: str | None) -> list[np.ndarray] | None:

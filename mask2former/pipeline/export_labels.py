@@ -53,6 +53,7 @@ from ..io.probabilities import (
     read_prediction_folder,
     read_probability_field,
 )
+from ..utils.output_folder import refuse_input_overlap
 from ..utils.progress import progress
 from .output_job import JobRecord, announce, output_job, rate
 from .pseudo_label_maps import pseudo_label_map
@@ -106,9 +107,10 @@ def run(options: ExportOptions) -> dict[str, Any]:
         raise ExportError(f"--threshold {options.threshold}: give a probability in [0, 1]")
     source_path = Path(options.source).expanduser().resolve()
     out = Path(options.out).expanduser().resolve()
-    folder = source_path if source_path.is_dir() else source_path.parent
-    if out == folder or out.is_relative_to(folder) or folder.is_relative_to(out):
-        raise ExportError(f"--out {out}: give a folder outside the source {folder} (and not holding it)")
+    if not source_path.exists():
+        raise ExportError(f"{options.source}: no such file or folder: give a prediction folder or a label-map json")
+    inputs = {"SRC": source_path if source_path.is_dir() else source_path.parent}
+    refuse_input_overlap(out, TOOL, inputs, names=OUTPUTS)  # before any reading; output_job checks it again
     source = open_source(source_path, options.threshold)
     check_classes(source)
     names = mask_names(source)
@@ -119,7 +121,7 @@ def run(options: ExportOptions) -> dict[str, Any]:
         "image_url": options.image_url,
     }
     started = time.monotonic()
-    with output_job(out, TOOL, job, OUTPUTS, options.overwrite):
+    with output_job(out, TOOL, job, OUTPUTS, options.overwrite, inputs=inputs):
         record = JobRecord(out, {"tool": TOOL, **job, "kind": source.kind, "class_names": source.classes})
         record.begin()
         counts = write_exports(source, names, out, options.image_url)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,14 @@ def output_job(
     overwrite: bool,
     start_over: bool = False,
     also_records: Iterable[str] = (),
+    inputs: Mapping[str, str | Path | None] | None = None,
 ) -> Iterator[OwnedFolder]:
     """OUT claimed for `tool` and `job` under its run lock, `writes` (and `also_records`) recorded as the tool's,
     the log going to OUT/log.txt. `start_over` (pseudo_label's --overwrite) first deletes what the tool recorded
-    there; the other tools redo their items in place."""
+    there; the other tools redo their items in place. `inputs` ({option: path}) are what the tool reads: OUT may
+    neither lie inside one nor hold one where it writes (`refuse_input_overlap`)."""
     writes = list(writes)
-    with owned_output_folder(out, tool, job, writes=writes, overwrite=overwrite) as folder:
+    with owned_output_folder(out, tool, job, writes=writes, overwrite=overwrite, inputs=inputs) as folder:
         if start_over:
             folder.remove_recorded()
         folder.record(*writes, *also_records)

@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,18 +167,23 @@ def check_claim(
     writes: Iterable[str] = (),
     overwrite: bool | None = None,
     adopt: Callable[[Path], bool] | None = None,
+    inputs: Mapping[str, str | Path | None] | None = None,
 ) -> tuple[dict | None, list[str]]:
     """Raise what claiming `folder` for `tool` doing `job` would refuse, writing nothing; returns its owner record
     (None when it has none) and its entries. `what` is how the command names the folder (--out, OUTPUT_DIR),
     `writes` the names the tool writes there (to name one that would be replaced), `overwrite` the tool's
     --overwrite (start over in a folder it made for another job; None: the tool has no such flag), `adopt` a test
-    recognising the tool's own folders made before owner records existed."""
+    recognising the tool's own folders made before owner records existed, `inputs` the files and folders the
+    tool reads ({option: path}; `refuse_input_overlap`)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{what} {folder} is a file: give a folder (it is created if missing)")
+    record = read_owner(folder) if folder.is_dir() else None
+    if inputs:
+        recorded = record["entries"] if record is not None else []
+        refuse_input_overlap(folder, tool, inputs, what=what, names=[*writes, *recorded])
     if not folder.is_dir():
         return None, []
-    record = read_owner(folder)
     entries = folder_entries(folder)
     if record is None:
         if entries and not (adopt is not None and adopt(folder)):
@@ -196,6 +201,39 @@ def check_claim(
             f"{what} {folder} holds {tool}'s outputs made with other settings ({changes}): use another {what}{hint}"
         )
     return record, entries
+
+
+def refuse_input_overlap(
+    folder: str | Path,
+    tool: str,
+    inputs: Mapping[str, str | Path | None],
+    *,
+    what: str = "--out",
+    names: Iterable[str] = (),
+) -> None:
+    """Refuse an output folder that would touch an input (`inputs`: {option: path}, None for one not given): the
+    folder being an input, lying inside an input folder (its outputs would be mixed with the data), or holding an
+    input at or under one of the `names` the tool writes or recorded there (it would be replaced or deleted)."""
+    out = Path(folder).expanduser().resolve()
+    taken = [out / name for name in names]
+    for option, value in inputs.items():
+        if value is None:
+            continue
+        path = Path(value).expanduser().resolve()
+        if path == out:
+            raise OutputFolderError(f"{what} {folder} is the input {option} {value}: give {tool} another {what}")
+        if path.is_dir() and out.is_relative_to(path):
+            raise OutputFolderError(
+                f"{what} {folder} lies inside the input {option} {value} (the outputs would be mixed with it): give "
+                f"a folder outside it"
+            )
+        for target in taken:
+            if path == target or path.is_relative_to(target):
+                where = "is" if path == target else "lies in"
+                raise OutputFolderError(
+                    f"{option} {value} {where} {target}, which {tool} writes in {what} (and --overwrite deletes): "
+                    f"move it out of {what}, or give {tool} another {what}"
+                )
 
 
 def holds_outputs(folder: str | Path, entries: Iterable[str]) -> bool:

@@ -24,5 +24,5 @@ def lookup(registry: Registry, name: str, key: str) -> Any:
         return registry.get(name)
     known = sorted(entry for entry, _ in registry)
     close = difflib.get_close_matches(str(name), known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else "."
     raise UnknownNameError(f"{key} {name!r} is not registered{hint} Registered: {', '.join(known) or 'none'}")

@@ -70,23 +70,33 @@ class DatasetCheck:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
 
-    def log(self) -> None:
-        """Each problem as one log line (at most SHOWN_PER_KIND of each kind, then a count)."""
+    def failing(self, strict: bool = False) -> list[Problem]:
+        """The problems that stop the conversion: the errors, or under `strict` the warnings when there is none."""
+        return self.errors or (self.warnings if strict else [])
+
+    def log(self, strict: bool = False) -> None:
+        """Each problem as one log line at its level (at most SHOWN_PER_KIND of each kind, then a count), but the
+        one `raise_if_failed(strict)` ends the run with, so that no line is given twice."""
+        failing = self.failing(strict)
+        last = failing[0] if failing else None
         shown: dict[str, int] = {}
         for problem in self.problems:
+            if problem is last:
+                continue
             shown[problem.kind] = shown.get(problem.kind, 0) + 1
             if shown[problem.kind] <= SHOWN_PER_KIND:
-                logger.warning("%s", problem.line())
+                logger.log(logging.ERROR if problem.severity == "error" else logging.WARNING, "%s", problem.line())
+        where = "fix these to see them" if failing else "the report lists them all"
         for kind, count in shown.items():
             if count > SHOWN_PER_KIND:
-                logger.warning("... %d more of '%s' (the report lists them all)", count - SHOWN_PER_KIND, kind)
+                logger.warning("... %d more of '%s' (%s)", count - SHOWN_PER_KIND, kind, where)
 
     def raise_if_failed(self, strict: bool = False) -> None:
         """DatasetCheckError giving the first error (or, `strict`, the first warning) and how many there are."""
-        failing = self.errors or (self.warnings if strict else [])
+        failing = self.failing(strict)
         if failing:
             what = "error(s)" if self.errors else "warning(s), and --strict makes warnings errors"
-            more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+            more = f" (and {len(failing) - 1} more above)" if len(failing) > 1 else ""
             raise DatasetCheckError(f"{failing[0].message}{more}: {len(failing)} {what}; fix the data and run again")
 
     def class_table(self) -> dict[str, list[dict[str, Any]]]:

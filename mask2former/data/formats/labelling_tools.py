@@ -53,8 +53,8 @@ def label_of(name: str, classes: Sequence[str], where: str) -> int:
     if name.lower() == BACKGROUND_NAME or name.lower() == classes[0].lower():
         return 0
     raise FormatError(
-        f"{where}: label {name!r} is not in the class list {list(classes[1:])}: add it to --classes (or leave "
-        "--classes out to take every label the export names)"
+        f"{where}: label {name!r} is not in the class list {list(classes)}: give a list holding it (--classes or "
+        "--classes-file), or add it to the project's labels in the labelling tool and export again"
     )
 
 

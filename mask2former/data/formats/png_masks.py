@@ -44,6 +44,7 @@ from .base import (
 )
 from .checks import same_class_lists
 
+BACKGROUND_NAMES = {"background", "_background_", "bg", "void", "unlabeled", "unlabelled"}
 VOC_CLASSES = (
     "background",
     "aeroplane",
@@ -92,6 +93,11 @@ def read_png_masks(source: Path, options: FormatOptions) -> SourceDataset:
         format="png-masks", source=source, classes=mapping.classes, splits={}, conventions=mapping.conventions()
     )
     dataset.conventions.insert(0, f"layout: {layout}; classes from {class_list.source}")
+    if class_list.names == VOC_CLASSES and class_list.source.startswith("the Pascal VOC"):
+        dataset.warnings.append(
+            f"{source}: no labelmap.txt or classes.txt: the masks are read with the 21 Pascal VOC class names; give "
+            "--classes (background first, in mask-value order) if they are not VOC's"
+        )
     for split, items in pairs.items():
         labelled = any(mask is not None and mask.is_file() for _, _, mask in items)
         images = []
@@ -297,7 +303,7 @@ class MaskMapping:
         if bad.any():
             y, x = np.argwhere(bad)[0]
             raise FormatError(
-                f"{path}: value {int(values[y, x])} at pixel ({x}, {y}) is no class of the {len(self.classes)} "
+                f"{path}: value {int(values[y, x])} at pixel x={x}, y={y} is no class of the {len(self.classes)} "
                 f"(values {self._valid_values()}): fix the mask, or give --classes / --ignore"
             )
         return labels.astype(np.uint8)
@@ -313,7 +319,7 @@ class MaskMapping:
             y, x = np.argwhere((rgb[..., 0] != rgb[..., 1]) | (rgb[..., 0] != rgb[..., 2]))[0]
             colour = tuple(rgb[y, x].tolist())
             raise FormatError(
-                f"{path}: an RGB mask where class indices are expected (pixel ({x}, {y}) is {colour}): save it as an "
+                f"{path}: an RGB mask where class indices are expected (pixel x={x}, y={y} is {colour}): save it as an "
                 "indexed (palette) or single-channel PNG, or give a labelmap.txt with the colours"
             )
         packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
@@ -324,7 +330,7 @@ class MaskMapping:
         if not found.all():
             y, x = np.argwhere(~found)[0]
             raise FormatError(
-                f"{path}: colour {tuple(rgb[y, x].tolist())} at pixel ({x}, {y}) is not in the label map: add it to "
+                f"{path}: colour {tuple(rgb[y, x].tolist())} at pixel x={x}, y={y} is not in the label map: add it to "
                 "labelmap.txt or fix the mask"
             )
         labels_of_keys = np.array(list(self.colors.values()), dtype=np.uint8)
@@ -334,7 +340,7 @@ class MaskMapping:
         labels = self.table[values]
         if (labels == 256).any():
             y, x = np.argwhere(labels == 256)[0]
-            raise FormatError(f"{path}: grey value {int(values[y, x])} at pixel ({x}, {y}) is no class")
+            raise FormatError(f"{path}: grey value {int(values[y, x])} at pixel x={x}, y={y} is no class")
         return labels.astype(np.uint8)
 
 
@@ -347,6 +353,12 @@ def build_mapping(
     if options.reduce_zero_label:
         if len(names) > 254:
             raise FormatError(f"{len(names)} classes with --reduce-zero-label: 254 at most")
+        if names[0].strip().lower() in BACKGROUND_NAMES:
+            raise FormatError(
+                f"--reduce-zero-label: the class list starts with {names[0]!r}, but mask value 0 is then ignore and "
+                f"value 1 is the first class ({names[0]!r} would name value 1's pixels): leave {names[0]!r} out of "
+                "the list, or leave --reduce-zero-label out"
+            )
         table[1 : len(names) + 1] = np.arange(len(names))
         table[0] = IGNORE_LABEL
         for value in ignore:

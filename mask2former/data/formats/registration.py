@@ -54,7 +54,9 @@ def register_mask_folders(
     json_file = Path(cache_dir or default_cache_dir()) / "registered" / f"{name}-{key}.json"
     if not json_file.is_file() or json_file.read_bytes() != data:
         atomic_write_bytes(json_file, data)
-    register_coco_semantic(name, json_file, image_dir, cache_dir=cache_dir, skip_bad=skip_bad, has_gt=True)
+    described_as = f"DATASETS.REGISTER {name}"
+    options = {"cache_dir": cache_dir, "skip_bad": skip_bad, "has_gt": True, "described_as": described_as}
+    register_coco_semantic(name, json_file, image_dir, **options)
     return json_file
 
 

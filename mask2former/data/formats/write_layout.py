@@ -9,13 +9,16 @@ class present in the image. Ignore pixels (IGNORE_LABEL) are one annotation per 
 
 OUT follows the output-folder contract (docs/output_folders.md): a foreign non-empty folder is refused; a folder
 this tool made for the same job is brought up to date (images already in place kept, others linked or copied
-again, files of the tool no longer part of the dataset removed, jsons and report rewritten atomically); the
-report is deleted first and written last, so a folder with report.json is complete.
+again, jsons and report rewritten atomically); the report is deleted first and written last, so a folder with
+report.json is complete. PLACED_FILE lists every image the tool placed, written before it places one: only those
+are ever removed (an image no longer in the source, or all of them under --overwrite); a file put in an image
+folder by someone else is left where it is and named in the report.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import shutil
@@ -25,13 +28,20 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ...io.files import UnsafePathError, atomic_write_json, atomic_write_text, output_path, safe_relative_name
+from ...io.files import (
+    UnsafePathError,
+    atomic_write_json,
+    atomic_write_text,
+    output_path,
+    safe_relative_name,
+)
 from ...utils.output_folder import OWNER_FILE, owned_output_folder
 from .base import IGNORE_LABEL, FormatError, Region, SourceDataset, SourceImage
 from .checks import DatasetCheck, check_dataset
 
 TOOL = "convert_dataset.py"
 REPORT_FILES = ("report.json", "report.txt")
+PLACED_FILE = ".placed_images.json"  # the images this tool placed under OUT: the only images it removes
 SPLIT_ORDER = ("train", "val", "test")
 
 
@@ -43,12 +53,15 @@ def write_layout(
     checks: DatasetCheck | None = None,
     job: dict | None = None,
     overwrite: bool = False,
+    inputs: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Write `dataset` in the competition layout under `out`; returns the report (also OUT/report.json).
 
     `checks`: the dataset's `check_dataset` result (run here, and its errors raised, when None). `job`: what the
     output folder is claimed for (default: the format, source, class list and `link`); a folder this tool made
-    for another job is refused unless `overwrite`, which first deletes what the tool wrote there."""
+    for another job is refused unless `overwrite`, which first deletes what the tool wrote there. `inputs`:
+    {option: path} of what the conversion reads (default: the dataset's source), which OUT may neither hold at a
+    name it writes nor lie inside."""
     out = Path(out)
     splits = _ordered_splits(dataset)
     names = _checked_names(dataset, splits)
@@ -58,18 +71,25 @@ def write_layout(
     cocos, skipped = build_cocos(dataset, splits)
     json_names = [f"{split}.json" for split in cocos]
     folders = sorted({PurePosixPath(name).parts[0] for name in names})
-    writes = [*json_names, *REPORT_FILES, *folders]
+    files = [*json_names, *REPORT_FILES, PLACED_FILE]
     job = job or {"format": dataset.format, "source": str(dataset.source), "classes": dataset.classes, "link": link}
-    with owned_output_folder(out, TOOL, job, writes=writes, overwrite=overwrite) as folder:
-        folder.remove_recorded(keep=writes)  # what an earlier run wrote that this dataset no longer has
-        folder.record(*writes)
+    inputs = inputs if inputs is not None else {"the source": str(dataset.source)}
+    sources = {f"{image.path} (image)": image.path for images in dataset.splits.values() for image in images}
+    claim = {"writes": [*files, *folders], "overwrite": overwrite, "inputs": {**inputs, **sources}}
+    earlier = placed_images(out)  # read before an --overwrite forgets them
+    with owned_output_folder(out, TOOL, job, **claim) as folder:
+        folder.remove_recorded(keep=[*files, *folders])  # what an earlier run wrote that this dataset no longer has
+        folder.record(*files)
         for name in REPORT_FILES:
             (out / name).unlink(missing_ok=True)  # written last: present means complete
+        atomic_write_json(out / PLACED_FILE, sorted(earlier | set(names)))  # before any is placed
         placed = place_images(dataset, out, link)
-        removed = _remove_stale(out, folders, set(names))
+        removed, foreign = _remove_stale(out, earlier - set(names), folders, set(names))
+        atomic_write_json(out / PLACED_FILE, sorted(names))
         for json_name, coco in zip(json_names, cocos.values(), strict=True):
             atomic_write_json(out / json_name, coco)
         report = _report(dataset, out, cocos, checks, placed, removed, skipped, link)
+        report["images"]["not_placed_here"] = foreign
         atomic_write_text(out / "report.txt", format_report(report))
         atomic_write_json(out / "report.json", report, indent=2)
     return report
@@ -225,20 +245,40 @@ def _replace_with(target: Path, make) -> None:  # noqa: ANN001  (make: a functio
         tmp.unlink(missing_ok=True)
 
 
-def _remove_stale(out: Path, folders: list[str], names: set[str]) -> int:
-    """Delete the files under the layout's image folders that are not images of this dataset (left by an earlier
-    run of the tool on an older version of the source); returns how many."""
+def placed_images(out: Path) -> set[str]:
+    """The names of the images this tool placed under `out` (PLACED_FILE), empty where it placed none."""
+    path = out / PLACED_FILE
+    if not path.is_file() or path.is_symlink():
+        return set()
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise FormatError(f"{path}: not a list of image names: delete it (the images it lists are then kept)")
+    return set(names)
+
+
+def _remove_stale(out: Path, stale: set[str], folders: list[str], names: set[str]) -> tuple[int, list[str]]:
+    """Delete the images the tool placed that are no longer in the dataset (`stale`) and the folders left empty
+    by that; returns how many, and the files under the image `folders` that the tool did not place (kept)."""
     removed = 0
-    for folder in folders:
-        for path in sorted((out / folder).rglob("*"), reverse=True):
-            relative = path.relative_to(out).as_posix()
-            if path.is_dir() and not path.is_symlink():
-                if not any(path.iterdir()):
-                    path.rmdir()
-            elif relative not in names:
-                path.unlink()
-                removed += 1
-    return removed
+    for name in sorted(stale):
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed += 1
+        for parent in path.parents:
+            if parent == out or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    foreign = sorted(
+        path.relative_to(out).as_posix()
+        for folder in folders
+        for path in (out / folder).rglob("*")
+        if not path.is_dir() and path.relative_to(out).as_posix() not in names
+    )
+    return removed, foreign
 
 
 def _report(
@@ -275,6 +315,13 @@ def _report(
     }
 
 
+def _not_placed_lines(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return [f"{len(names)} file(s) in the image folders this tool did not place, left as they are: {shown}"]
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as text: splits, conventions, per-class pixels and images, problems."""
     lines = [f"{report['format']} dataset {report['source']} -> {report['out']}", "", "splits:"]
@@ -289,6 +336,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"images: {images['linked']} linked, {images['copied']} copied, {images['kept']} already in place, "
         f"{images['removed_stale']} stale removed"
         + (f" (links refused: {images['link_refused']})" if images["link_refused"] else ""),
+        *_not_placed_lines(images.get("not_placed_here", [])),
         "",
         "conventions:",
         f"  {report['categories']}",
