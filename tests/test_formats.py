@@ -88,6 +88,13 @@ def test_yolo_seg_roboflow_export_round_trip(tmp_path: Path, names_as_dict: bool
     assert [(c["id"], c["name"]) for c in categories] == [(1, "bag"), (2, "bottle")]
 
 
+def test_yolo_seg_test_split_named_but_not_exported_is_said(tmp_path: Path) -> None:
+    write_yolo(tmp_path / "yolo", counts={"train": 2, "valid": 1})  # data.yaml still names ../test/images
+    dataset = read_dataset("yolo-seg", tmp_path / "yolo")
+    assert list(dataset.splits) == ["train", "val"]
+    assert "data.yaml test: ../test/images is not there: no test split written" in dataset.conventions
+
+
 def test_yolo_seg_ultralytics_layout_with_path_and_split_folders(tmp_path: Path) -> None:
     root = tmp_path / "coco8"
     for split, seed in (("train", 1), ("val", 2)):

@@ -202,7 +202,8 @@ def _check_polygons(polygons: list[list[float]], image: SourceImage, where: str,
             severity,
             "polygon out of the image",
             f"{where}: polygon {index} reaches ({xs.min():.1f}..{xs.max():.1f}, {ys.min():.1f}..{ys.max():.1f}), "
-            f"outside the {image.width}x{image.height} image",
+            f"outside the {image.width}x{image.height} image"
+            + (": fix its points in the labelling tool" if severity == "error" else ": clipped to the image"),
         )
 
 
@@ -238,7 +239,7 @@ def _check_duplicates(hashes: dict[str, list[tuple[str, bytes, int]]], check: Da
                         "warning",
                         "duplicate across splits",
                         f"{path} ({second}) has the same pixels as {exact[digest]} ({first}): the same photo in two "
-                        "splits inflates the validation score",
+                        "splits inflates the validation score; keep it in one split",
                     )
             _near_duplicates(hashes[first], [h for h in hashes[second] if h[0] not in same], first, second, check)
 
@@ -261,7 +262,8 @@ def _near_duplicates(
                 "warning",
                 "near-duplicate across splits",
                 f"{path} ({second_split}) looks like {first[closest][0]} ({first_split}) (difference hashes "
-                f"{int(distance[closest])} of 64 bits apart): a near-duplicate across splits",
+                f"{int(distance[closest])} of 64 bits apart): a near-duplicate across splits; look at both, and keep "
+                "one split's copy if they are the same scene",
             )
 
 

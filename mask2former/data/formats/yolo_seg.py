@@ -59,7 +59,7 @@ def read_yolo_seg(source: Path, options: FormatOptions) -> SourceDataset:
         ],
     )
     without_txt = 0
-    for split, folders in split_image_folders(config, yaml_path).items():
+    for split, folders in split_image_folders(config, yaml_path, dataset.conventions).items():
         images = []
         for folder, path in _listed_images(folders, yaml_path):
             image = _read_image(path, folder, split, names, dataset.warnings)
@@ -121,8 +121,11 @@ def class_names(config: dict[str, Any], yaml_path: Path) -> list[str]:
     return names
 
 
-def split_image_folders(config: dict[str, Any], yaml_path: Path) -> dict[str, list[Path]]:
-    """{split: its image folders or .txt lists}, from data.yaml's keys, else the folders beside it."""
+def split_image_folders(
+    config: dict[str, Any], yaml_path: Path, notes: list[str] | None = None
+) -> dict[str, list[Path]]:
+    """{split: its image folders or .txt lists}, from data.yaml's keys, else the folders beside it; a test entry
+    that leads nowhere is left out, with a line in `notes`."""
     root = yaml_path.parent
     base = root / str(config["path"]) if config.get("path") else root
     splits: dict[str, list[Path]] = {}
@@ -133,8 +136,10 @@ def split_image_folders(config: dict[str, Any], yaml_path: Path) -> dict[str, li
         for entry in value if isinstance(value, list) else [value]:
             found = _resolve(str(entry), base, root)
             if found is None:
-                if key == "test":
-                    continue  # Roboflow names a test folder it did not export
+                if key == "test":  # Roboflow names a test folder it did not export
+                    if notes is not None:
+                        notes.append(f"{yaml_path.name} test: {entry} is not there: no test split written")
+                    continue
                 raise FormatError(f"{yaml_path}: {key}: {entry} is neither under {base} nor beside the yaml")
             splits.setdefault(SPLIT_NAMES[key], []).append(found)
     if not splits:
