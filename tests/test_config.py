@@ -325,3 +325,10 @@ def test_whole_numbers_and_inf_are_taken_for_float_keys(tmp_path) -> None:
     assert math.isinf(cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE)
     with pytest.raises(ConfigError, match="SOLVER.BASE_LR"):
         load_config(None, ["SOLVER.BASE_LR", "fast"])
+
+
+def test_load_config_takes_values_between_the_file_and_the_opts() -> None:
+    cfg = load_config(None, ["INPUT.MIN_SIZE_TEST", "96"], values={"INPUT": {"MIN_SIZE_TEST": 64, "FORMAT": "RGB"}})
+    assert cfg.INPUT.MIN_SIZE_TEST == 96 and cfg.INPUT.FORMAT == "RGB"
+    with pytest.raises(ConfigError, match="INPUT.NOPE"):
+        load_config(None, values={"INPUT": {"NOPE": 1}})

@@ -270,3 +270,50 @@ def test_images_inside_out_or_out_inside_images_are_refused_and_nothing_is_delet
     code, _, err = convert_cli(capsys, export, tmp_path / "conv" / "train" / "sub", "label-studio", **again)
     assert code == 2 and "lies inside the input --images" in err, err
     assert tree_hashes(tmp_path / "conv") == before
+
+
+def test_a_file_of_the_users_where_an_image_goes_is_refused_not_replaced(capsys, tmp_path: Path) -> None:
+    write_grey_masks(tmp_path / "src")
+    assert convert_cli(capsys, tmp_path / "src", tmp_path / "out", "png-masks")[0] == 0
+    write_photo(tmp_path / "src" / "images" / "train" / "img_9.png", 9)  # the source gains an image...
+    write_grey_masks(tmp_path / "other", splits=("train",))
+    (tmp_path / "src" / "masks" / "train" / "img_9.png").write_bytes(
+        (tmp_path / "other" / "masks" / "train" / "img_0.png").read_bytes()
+    )
+    mine = tmp_path / "out" / "train" / "img_9.png"
+    mine.write_bytes(b"mine")  # ...where the user keeps a file of theirs
+    before = tree_hashes(tmp_path / "out")
+    code, _, err = convert_cli(capsys, tmp_path / "src", tmp_path / "out", "png-masks")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{mine} was not placed there by convert_dataset.py" in err and "move it away" in err
+    assert tree_hashes(tmp_path / "out") == before and mine.read_bytes() == b"mine"
+
+
+def test_images_in_an_earlier_runs_image_folder_are_refused_before_reading(capsys, tmp_path: Path) -> None:
+    export = label_studio_tree(tmp_path)
+    assert convert_cli(capsys, export, tmp_path / "conv", "label-studio", images=str(tmp_path / "photos"))[0] == 0
+    export.write_text("not json")  # reading it would fail: the refusal comes first
+    again = {"images": str(tmp_path / "conv" / "train"), "overwrite": True}
+    code, _, err = convert_cli(capsys, export, tmp_path / "conv", "label-studio", **again)
+    assert code == 2 and err.strip().splitlines() == [
+        f"convert_dataset.py: --images {tmp_path / 'conv' / 'train'} is {tmp_path / 'conv' / 'train'}, which "
+        "convert_dataset.py writes in --out (and --overwrite deletes): move it out of --out, or give "
+        "convert_dataset.py another --out"
+    ], err
+
+
+def test_an_image_found_without_the_folders_its_task_names_is_a_warning(capsys, tmp_path: Path) -> None:
+    export = label_studio_tree(tmp_path)
+    tasks = json.loads(export.read_text())
+    tasks[0]["data"]["image"] = "/data/local-files/?d=batch_01/a.jpg"  # the photo is in photos/, not batch_01/
+    export.write_text(json.dumps(tasks))
+    code, _, err = convert_cli(capsys, export, tmp_path / "out", "label-studio", images=str(tmp_path / "photos"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (line,) = [p["message"] for p in report["checks"]["problems"]]
+    assert f"found as {tmp_path / 'photos' / 'a.jpg'} by leaving out the folder batch_01 it names" in line
+    assert "give --images the folder that holds batch_01" in line
+    code, _, err = convert_cli(
+        capsys, export, tmp_path / "strict", "label-studio", images=str(tmp_path / "photos"), strict=True
+    )
+    assert code == 2 and "leaving out the folder batch_01" in err

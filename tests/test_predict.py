@@ -358,8 +358,11 @@ def test_num_gpus_means_processes_on_gpus_or_the_cpu(monkeypatch) -> None:
 def test_clear_errors(sample_root, checkpoints, tmp_path) -> None:
     """Each bad input is a UserError (one line from the tool) naming the file and the item; no input changes."""
     before = tree_hashes(sample_root), tree_hashes(checkpoints["a"].parent)
-    with pytest.raises(UserError, match=r"wide\.pth does not fit this model"):
+    with pytest.raises(UserError, match=r"wide\.pth does not fit this model") as refused:
         run(sample_root, tmp_path / "e1", [checkpoints["wide"]])
+    assert str(refused.value).endswith(
+        "give the config the checkpoint was trained with (its run's config.yaml, or the run folder)."
+    ) and "LOAD_STRICT" not in str(refused.value)
     with pytest.raises(UserError, match=r"classes\.pth was trained for 5 classes, the config has 11"):
         run(sample_root, tmp_path / "e2", [checkpoints["a"], checkpoints["classes"]])
     with pytest.raises(UserError, match=r"checkpoint not found: .*missing\.pth"):

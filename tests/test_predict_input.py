@@ -258,14 +258,15 @@ def test_refusals_name_the_problem(weights: Path, tmp_path: Path, capsys) -> Non
 
 def test_documented_commands_run_as_written(weights: Path, tmp_path: Path, monkeypatch) -> None:
     """The bash block of docs/deployment.md's section, run from a folder holding photos/, clip.mp4 and
-    output/quickstart/model_final.pth (tiny), with the tiny-model overrides appended."""
+    output/demo/quickstart/model_final.pth (tiny: `make demo` trains the full one there), with the tiny-model
+    overrides appended."""
     commands = doc_commands(SECTION)
     assert all(argv[:2] == ["python", "tools/predict.py"] for argv in commands)
     make_photos(tmp_path / "photos")
     (tmp_path / "photos" / "list.txt").write_text("a.jpg\nsub/b.png\n")
     make_video(tmp_path / "clip.mp4")
-    (tmp_path / "output" / "quickstart").mkdir(parents=True)
-    (tmp_path / "output" / "quickstart" / "model_final.pth").write_bytes(weights.read_bytes())
+    (tmp_path / "output" / "demo" / "quickstart").mkdir(parents=True)
+    (tmp_path / "output" / "demo" / "quickstart" / "model_final.pth").write_bytes(weights.read_bytes())
     monkeypatch.chdir(tmp_path)
     for argv in commands:
         main([str(REPO / arg) if arg.startswith("configs/") else arg for arg in argv[2:]] + TINY)

@@ -229,8 +229,8 @@ def test_exported_file_refusals(tmp_path: Path) -> None:
         predictor(photo, tta=True)  # a 48 x 72 view, refused before any view is predicted
     assert str(error.value) == (
         f"the image (96x64 pixels, width x height) makes a 72x48 view, and {fixed} is a fixed-size export that "
-        "takes only 48x32 views: predict with a dynamic-size export (tools/export.py --dynamic-size), or give "
-        "images of that shape"
+        "takes only 48x32 views: test-time augmentation makes views of several sizes: predict without it, or with "
+        "a dynamic-size export (tools/export.py --dynamic-size)"
     )
     with pytest.raises(OnnxFileError) as error:
         OnnxModel(fixed).run(np.zeros((3, 48, 72), np.float32))  # the file itself never runs another size

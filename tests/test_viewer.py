@@ -739,6 +739,19 @@ def test_model_page_shows_a_packages_prediction(monkeypatch, sample_root: Path, 
     assert tree_hashes(package, sample_root) == before
 
 
+@pytest.mark.slow
+def test_model_page_on_a_folder_of_photos_starts_on_the_image_files(
+    monkeypatch, tmp_path: Path, tiny_package: TinyPackage
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(photo_bytes(3))
+    app = run_viewer(monkeypatch, "--data-root", photos, "--model", tiny_package.folder, page="Model")
+    assert app.radio(key="model_photo_source").value == "An image under the data root"
+    assert not app.error and app.selectbox(key="model_root_image").value == "a.png"
+    assert shown_shares(app) == shares_of(Predictor(tiny_package.folder)(photos / "a.png"))
+
+
 def test_model_page_without_a_model_says_how(monkeypatch, sample_root: Path) -> None:
     app = run_viewer(monkeypatch, "--data-root", sample_root, page="Model")
     assert any("--model" in info.value for info in app.info) and not app.image

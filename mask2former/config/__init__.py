@@ -52,9 +52,15 @@ __all__ = [
 ]
 
 
-def load_config(config_file: str | None, opts: list[str] | tuple[str, ...] = (), freeze: bool = True) -> CfgNode:
+def load_config(
+    config_file: str | None,
+    opts: list[str] | tuple[str, ...] = (),
+    freeze: bool = True,
+    values: dict | None = None,
+) -> CfgNode:
     """The one way every entry point builds its config: defaults, then `config_file` (with its `_BASE_` chain),
-    then the KEY VALUE `opts`; frozen unless `freeze=False`. Problems raise ConfigError naming the file or key."""
+    then `values` (a nested dict, as a config file's yaml holds), then the KEY VALUE `opts`; frozen unless
+    `freeze=False`. Problems raise ConfigError naming the file or key."""
     cfg = get_cfg()
     if config_file:
         if not Path(config_file).is_file():
@@ -67,6 +73,13 @@ def load_config(config_file: str | None, opts: list[str] | tuple[str, ...] = (),
             raise ConfigError(str(error.args[0]) if error.args else str(error)) from None
         except (yaml.YAMLError, ValueError, TypeError, AssertionError) as error:
             raise ConfigError(f"{config_file}: {error}") from None
+    if values:
+        try:
+            cfg.merge_from_other_cfg(type(cfg)(values))
+        except KeyError as error:
+            raise ConfigError(str(error.args[0]) if error.args else str(error)) from None
+        except (ValueError, TypeError, AssertionError) as error:
+            raise ConfigError(f"config values: {error}") from None
     try:
         cfg.merge_from_list(list(opts))
     except KeyError as error:

@@ -137,10 +137,17 @@ class ExportedFile:
             name, height, width, (view_h, view_w) = offending[0]
             size_h, size_w = self.input_size
             count = f"{len(offending)} image(s) cannot be predicted, the first " if len(offending) > 1 else ""
+            if len({short for short, _ in views}) > 1:
+                advice = (
+                    "test-time augmentation makes views of several sizes: predict without it, or with a dynamic-size "
+                    "export (tools/export.py --dynamic-size)"
+                )
+            else:
+                advice = "predict with a dynamic-size export (tools/export.py --dynamic-size), or give images of "
+                advice += "that shape"
             raise ViewSizeError(
                 f"{count}{name} ({width}x{height} pixels, width x height) makes a {view_w}x{view_h} view, and "
-                f"{self.path} is a fixed-size export that takes only {size_w}x{size_h} views: predict with a "
-                "dynamic-size export (tools/export.py --dynamic-size), or give images of that shape"
+                f"{self.path} is a fixed-size export that takes only {size_w}x{size_h} views: {advice}"
             )
 
 
@@ -233,8 +240,6 @@ def onnx_config(model: ExportedFile, opts: list[str] | tuple[str, ...] = ()) -> 
     """The config a file predicts with: its recorded config's INPUT and TEST sections (views, sizes, channel order)
     over the defaults, MODEL.SEM_SEG_HEAD.NUM_CLASSES from its classes, then the KEY VALUE `opts`. Only those
     sections: the model itself is in the file, so no model family or plug-in needs to be importable."""
-    import tempfile
-
     import yaml
 
     from ..config import ConfigError, load_config
@@ -242,15 +247,10 @@ def onnx_config(model: ExportedFile, opts: list[str] | tuple[str, ...] = ()) -> 
     recorded = yaml.safe_load(model.config_yaml) if model.config_yaml else None
     kept = {key: recorded[key] for key in ("INPUT", "TEST") if isinstance(recorded, dict) and key in recorded}
     kept["MODEL"] = {"SEM_SEG_HEAD": {"NUM_CLASSES": len(model.class_names)}}
-    with tempfile.TemporaryDirectory(prefix="onnx-config-") as folder:
-        path = Path(folder) / "config.yaml"
-        path.write_text(yaml.safe_dump(kept), encoding="utf-8")
-        try:
-            cfg = load_config(str(path), list(opts))
-        except ConfigError as error:
-            raise OnnxFileError(
-                f"{model.path}: its recorded config: {str(error).replace(str(path), 'config')}"
-            ) from None
+    try:
+        cfg = load_config(None, list(opts), values=kept)
+    except ConfigError as error:
+        raise OnnxFileError(f"{model.path}: its recorded config: {error}") from None
     if model.input_format != cfg.INPUT.FORMAT:
         raise OnnxFileError(
             f"{model.path}: INPUT.FORMAT {cfg.INPUT.FORMAT} given, the file takes {model.input_format} images"

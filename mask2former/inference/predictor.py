@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..io.checkpoints import read_checkpoint_with_metadata
-from ..modeling.weights import check_same_classes, load_model_weights
+from ..modeling.weights import PREDICTION_ADVICE, check_same_classes, load_model_weights
 from .tta import inference_max_size, inference_views, predict_batch
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,8 @@ def load_prediction_model(cfg: CfgNode, path: str, device: str | torch.device, a
     checkpoint = read_checkpoint_with_metadata(path, allow_pickle)
     state = checkpoint.tensors
     model = build_model(cfg)
-    report = load_model_weights(
-        model, state, strict=True, source=str(path), matching_heuristics=checkpoint.matching_heuristics
-    )
+    options = {"matching_heuristics": checkpoint.matching_heuristics, "mismatch_advice": PREDICTION_ADVICE}
+    report = load_model_weights(model, state, strict=True, source=str(path), **options)
     check_same_classes(report, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, str(path))
     return model.to(device).eval()
 

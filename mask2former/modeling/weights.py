@@ -73,7 +73,8 @@ class LoadReport:
         theirs, mine = self.class_rows
         return num_classes + theirs - mine
 
-    def summary(self) -> str:
+    def summary(self, shown: int = 12) -> str:
+        """What the load did, naming up to `shown` keys of each kind."""
         parts = [f"loaded {self.loaded} tensors"]
         if self.renamed:
             how = "by name suffix (detectron2's matching heuristics)" if self.heuristics else "under backbone."
@@ -90,7 +91,7 @@ class LoadReport:
             ("shape-mismatched", self.shape_mismatch),
         ):
             if keys:
-                parts.append(f"{len(keys)} {title}: {_short_list(keys)}")
+                parts.append(f"{len(keys)} {title}: {_short_list(keys, shown)}")
         return "; ".join(parts)
 
     def fits(self) -> bool:
@@ -227,8 +228,16 @@ def check_same_classes(report: LoadReport, num_classes: int, source: str = "chec
     )
 
 
-def check_fits(report: LoadReport, source: str = "checkpoint") -> None:
-    """CheckpointMismatchError (listing the keys) unless a strict load accepts `report`."""
+LOOSE_LOAD_ADVICE = "Load with strict=False (MODEL.LOAD_STRICT False) to take what fits."
+PREDICTION_ADVICE = (
+    "A prediction needs every tensor: give the config the checkpoint was trained with (its run's config.yaml, or "
+    "the run folder)."
+)
+
+
+def check_fits(report: LoadReport, source: str = "checkpoint", advice: str = LOOSE_LOAD_ADVICE) -> None:
+    """CheckpointMismatchError (listing the keys) unless a strict load accepts `report`; `advice` ends the message
+    of a checkpoint of another architecture (what the caller can do about it)."""
     if report.fits():
         return
     if report.backbone_only and not report.backbone_init:
@@ -245,11 +254,9 @@ def check_fits(report: LoadReport, source: str = "checkpoint") -> None:
             "Give it as MODEL.BACKBONE.WEIGHTS (its layout is converted there), or convert it once with "
             "tools/convert_checkpoint.py IN OUT.safetensors --config-file <this config>"
         )
-    else:
-        advice = "Load with strict=False (MODEL.LOAD_STRICT False) to take what fits."
     raise CheckpointMismatchError(
         f"{source} does not fit this model (a checkpoint of another architecture or size?). "
-        f"{report.summary()}. {advice}"
+        f"{report.summary(shown=4)}. {advice}"
     )
 
 
@@ -267,8 +274,10 @@ def load_model_weights(
     source: str = "checkpoint",
     matching_heuristics: bool = False,
     fresh_head_ok: bool = False,
+    mismatch_advice: str = LOOSE_LOAD_ADVICE,
 ) -> LoadReport:
-    """Load what fits; re-initialise the class head on a class-count change; fail on other mismatches if strict.
+    """Load what fits; re-initialise the class head on a class-count change; fail on other mismatches if strict
+    (`mismatch_advice`: what the refusal tells the user to do).
 
     Keys are matched as `align_checkpoint_keys` says (by name suffix when the file says `matching_heuristics`).
     A checkpoint holding only backbone weights is refused when strict unless `fresh_head_ok` (training from it:
@@ -279,7 +288,7 @@ def load_model_weights(
         model.state_dict(), state_dict, matching_heuristics, fresh_head_ok, source, model_class_head_keys(model)
     )
     if strict:
-        check_fits(plan.report, source)
+        check_fits(plan.report, source, mismatch_advice)
     model.load_state_dict(plan.to_load, strict=False)
     logger.info("%s: %s", source, plan.report.summary())
     return plan.report

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..data import formats  # noqa: F401  (registers every reader in DATASET_FORMATS)
 from ..data.formats.base import FormatOptions, read_dataset
 from ..data.formats.checks import check_dataset
 from ..data.formats.png_masks import read_class_file
-from ..data.formats.write_layout import REPORT_FILES, TOOL, write_layout
+from ..data.formats.write_layout import REPORT_FILES, TOOL, placed_images, write_layout
 from ..errors import UserError
 from ..utils.output_folder import check_claim
 
@@ -92,8 +92,10 @@ def run(options: ConvertOptions) -> dict[str, Any]:
     out = Path(options.out).expanduser().resolve()
     job = options.job()
     inputs = options.inputs()
-    # refused before any reading; the image folders' names are known only after it, and checked again then
-    check_claim(out, TOOL, job, writes=REPORT_FILES, overwrite=options.overwrite, inputs=inputs)
+    # refused before any reading: the image folders an earlier run placed images in are known from its list; this
+    # dataset's are known only after reading, and checked again then
+    earlier = sorted({PurePosixPath(name).parts[0] for name in placed_images(out)})
+    check_claim(out, TOOL, job, writes=[*REPORT_FILES, *earlier], overwrite=options.overwrite, inputs=inputs)
     dataset = read_dataset(options.format, source, options.format_options())
     checks = check_dataset(dataset, duplicates=options.duplicates)
     checks.log(options.strict)

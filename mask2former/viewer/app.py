@@ -855,7 +855,8 @@ def model_page(ctx: Context) -> None:
 def choose_photo(ctx: Context) -> Photo | None:
     """The photo to predict: an image of a json (with its ground truth), an image file under the data root, or an
     uploaded one (decoded in memory); None, with a message, when there is none or it cannot be read."""
-    kind = st.radio("Photo", PHOTO_SOURCES, horizontal=True, key="model_photo_source")
+    has_json = bool(list_files(ctx.roots, ctx.data_root, ".json"))  # photos only: start on the image files
+    kind = st.radio("Photo", PHOTO_SOURCES, index=0 if has_json else 1, horizontal=True, key="model_photo_source")
     try:
         if kind == PHOTO_SOURCES[0]:
             return json_photo(ctx)

@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from .base import SPLIT_NAMES, FormatError, FormatOptions, SourceDataset, SourceImage, register_format
-from .labelling_tools import Shape, class_list, find_image, image_labels, stored_size
+from .labelling_tools import (
+    Shape,
+    class_list,
+    find_image,
+    found_elsewhere_warnings,
+    image_labels,
+    stored_size,
+)
 
 FORMAT = "cvat-xml"
 ANNOTATIONS_FILE = "annotations.xml"
@@ -47,9 +54,10 @@ def read_cvat_xml(source: Path, options: FormatOptions) -> SourceDataset:
     counts: Counter = Counter()
     splits: dict[str, list[SourceImage]] = {}
     seen: dict[str, str] = {}
+    warnings: list[str] = []
     for element in elements:
         split = _split(xml_path, element)
-        image = _source_image(xml_path, element, folder, classes, counts, split)
+        image = _source_image(xml_path, element, folder, classes, counts, split, warnings)
         if image.name in seen:
             raise FormatError(
                 f"{xml_path}: image {image.name} is given twice (ids {seen[image.name]} and "
@@ -57,7 +65,8 @@ def read_cvat_xml(source: Path, options: FormatOptions) -> SourceDataset:
             )
         seen[image.name] = str(element.get("id"))
         splits.setdefault(split, []).append(image)
-    return SourceDataset(FORMAT, xml_path, classes, splits, _conventions(options, classes, counts))
+    conventions = _conventions(options, classes, counts)
+    return SourceDataset(FORMAT, xml_path, classes, splits, conventions, warnings=found_elsewhere_warnings(warnings))
 
 
 def _default_images(xml_path: Path) -> Path:
@@ -96,14 +105,20 @@ def _split(xml_path: Path, element: ElementTree.Element) -> str:
 
 
 def _source_image(
-    xml_path: Path, element: ElementTree.Element, folder: Path, classes: list[str], counts: Counter, split: str
+    xml_path: Path,
+    element: ElementTree.Element,
+    folder: Path,
+    classes: list[str],
+    counts: Counter,
+    split: str,
+    notes: list[str],
 ) -> SourceImage:
     name = element.get("name")
     where = f"{xml_path} image {name!r}"
     if not name:
         raise FormatError(f"{xml_path}: image {element.get('id')} has no name")
     recorded = (_integer(element, "height", where), _integer(element, "width", where))
-    path = find_image(folder, [name, name.replace("\\", "/").rsplit("/", 1)[-1]], where)
+    path = find_image(folder, [name, name.replace("\\", "/").rsplit("/", 1)[-1]], where, notes)
     height, width = stored_size(path, where, recorded)
     drawn = []
     for order, shape in enumerate(element):

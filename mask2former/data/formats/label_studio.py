@@ -30,7 +30,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from .base import FormatError, FormatOptions, SourceDataset, SourceImage, register_format
 from .brush_rle import BrushRleError, brush_mask
-from .labelling_tools import Shape, class_list, find_image, image_labels, stored_size
+from .labelling_tools import (
+    Shape,
+    class_list,
+    find_image,
+    found_elsewhere_warnings,
+    image_labels,
+    stored_size,
+)
 
 FORMAT = "label-studio"
 SPLIT = "train"
@@ -54,14 +61,19 @@ def read_label_studio(source: Path, options: FormatOptions) -> SourceDataset:
             chosen.append((where, task, annotation))
     labels = sorted({name for _, _, annotation in chosen for name in _region_labels(annotation)})
     classes = class_list(options.classes, labels, str(json_path))
-    images, seen = [], {}
+    images, seen, warnings = [], {}, []
     for where, task, annotation in chosen:
-        image = _source_image(where, task, annotation, images_folder, classes, counts)
+        image = _source_image(where, task, annotation, images_folder, classes, counts, warnings)
         if image.name in seen:
-            raise FormatError(f"{where}: names the image {image.name} that {seen[image.name]} names too: keep one task")
+            raise FormatError(
+                f"{where}: names the image {image.name} that {seen[image.name]} names too: keep one task (or, if "
+                "they name different folders, give --images the folder that holds those folders)"
+            )
         seen[image.name] = where
         images.append(image)
-    return SourceDataset(FORMAT, json_path, classes, {SPLIT: images}, _conventions(options, classes, counts))
+    conventions = _conventions(options, classes, counts)
+    warnings = found_elsewhere_warnings(warnings)
+    return SourceDataset(FORMAT, json_path, classes, {SPLIT: images}, conventions, warnings=warnings)
 
 
 def _export_file(source: Path) -> Path:
@@ -128,10 +140,10 @@ def _region_labels(annotation: dict) -> list[str]:
 
 
 def _source_image(
-    where: str, task: dict, annotation: dict, folder: Path, classes: list[str], counts: Counter
+    where: str, task: dict, annotation: dict, folder: Path, classes: list[str], counts: Counter, notes: list[str]
 ) -> SourceImage:
     reference = _image_reference(task, where)
-    path = find_image(folder, _candidates(reference, task), f"{where} (image {reference})")
+    path = find_image(folder, _candidates(reference, task), f"{where} (image {reference})", notes)
     results = [r for r in annotation.get("result", []) if isinstance(r, dict)]
     recorded = {(r.get("original_height"), r.get("original_width")) for r in results if r.get("type") in REGION_TYPES}
     recorded.discard((None, None))

@@ -58,20 +58,44 @@ def label_of(name: str, classes: Sequence[str], where: str) -> int:
     )
 
 
-def find_image(folder: Path, candidates: Iterable[str], where: str) -> Path:
-    """The first of `candidates` (relative '/'-separated paths, tried in order) that is a file under `folder`;
-    FormatError naming `where` and the folder when none is."""
+def find_image(folder: Path, candidates: Iterable[str], where: str, notes: list[str] | None = None) -> Path:
+    """The first of `candidates` (relative '/'-separated paths, most specific first) that is a file under `folder`;
+    FormatError naming `where` and the folder when none is. A match that drops folders of the first candidate other
+    than `folder` itself (the task names a/b/x.jpg, `folder` is not a/b or b, and x.jpg is found) may be another
+    photo of that name: a line in `notes`."""
     tried = []
+    candidates = list(candidates)
     for name in candidates:
         parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".")]
         if not parts or ".." in parts:
             continue
         path = folder.joinpath(*parts)
         if path.is_file():
+            if notes is not None:
+                _note_dropped_folders(candidates[0], parts, folder, path, where, notes)
             return path
         tried.append("/".join(parts))
     shown = ", ".join(dict.fromkeys(tried)) or "no usable file name"
     raise FormatError(f"{where}: image not found in {folder} (tried {shown}): give the image folder with --images")
+
+
+def found_elsewhere_warnings(notes: list[str]) -> list[str]:
+    """`find_image`'s notes as one warning: the count and the first."""
+    if not notes:
+        return []
+    more = f" (and {len(notes) - 1} more image(s) found so)" if len(notes) > 1 else ""
+    return [f"{notes[0]}{more}"]
+
+
+def _note_dropped_folders(named: str, found: list[str], folder: Path, path: Path, where: str, notes: list[str]) -> None:
+    parts = [part for part in named.replace("\\", "/").split("/") if part not in ("", ".")]
+    dropped = parts[: len(parts) - len(found)]
+    if parts[len(dropped) :] != found or not dropped or dropped[-1] == folder.name:
+        return
+    notes.append(
+        f"{where}: found as {path} by leaving out the folder {'/'.join(dropped)} it names: check it is the photo "
+        f"the labels were drawn on, or give --images the folder that holds {'/'.join(dropped)}"
+    )
 
 
 def stored_size(path: Path, where: str, recorded: tuple[int, int] | None = None) -> tuple[int, int]:

@@ -285,7 +285,10 @@ class MaskMapping:
 
     @classmethod
     def build(cls, class_list: ClassList, options: FormatOptions) -> MaskMapping:
-        return build_mapping(list(class_list.names), options, class_list.colors)
+        try:
+            return build_mapping(list(class_list.names), options, class_list.colors)
+        except FormatError as error:
+            raise FormatError(f"{error} (class list from {class_list.source})") from None
 
     def conventions(self) -> list[str]:
         return list(self.description)

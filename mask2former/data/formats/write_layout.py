@@ -35,7 +35,7 @@ from ...io.files import (
     output_path,
     safe_relative_name,
 )
-from ...utils.output_folder import OWNER_FILE, owned_output_folder
+from ...utils.output_folder import OWNER_FILE, OutputFolderError, check_claim, owned_output_folder, read_owner
 from .base import IGNORE_LABEL, FormatError, Region, SourceDataset, SourceImage
 from .checks import DatasetCheck, check_dataset
 
@@ -77,6 +77,8 @@ def write_layout(
     sources = {f"{image.path} (image)": image.path for images in dataset.splits.values() for image in images}
     claim = {"writes": [*files, *folders], "overwrite": overwrite, "inputs": {**inputs, **sources}}
     earlier = placed_images(out)  # read before an --overwrite forgets them
+    check_claim(out, TOOL, job, **claim)  # a foreign folder is refused as such before its files are looked at
+    _refuse_files_in_the_way(out, names, earlier)
     with owned_output_folder(out, TOOL, job, **claim) as folder:
         folder.remove_recorded(keep=[*files, *folders])  # what an earlier run wrote that this dataset no longer has
         folder.record(*files)
@@ -246,10 +248,15 @@ def _replace_with(target: Path, make) -> None:  # noqa: ANN001  (make: a functio
 
 
 def placed_images(out: Path) -> set[str]:
-    """The names of the images this tool placed under `out` (PLACED_FILE), empty where it placed none."""
+    """The names of the images this tool placed under `out`: PLACED_FILE's; for a folder the tool made before it
+    kept that list, every file under the folders its owner record lists; empty where it placed none."""
     path = out / PLACED_FILE
     if not path.is_file() or path.is_symlink():
-        return set()
+        record = read_owner(out) if out.is_dir() else None
+        if record is None or record.get("tool") != TOOL:
+            return set()
+        folders = [out / name for name in record["entries"] if (out / name).is_dir()]
+        return {p.relative_to(out).as_posix() for folder in folders for p in folder.rglob("*") if not p.is_dir()}
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -257,6 +264,17 @@ def placed_images(out: Path) -> set[str]:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise FormatError(f"{path}: not a list of image names: delete it (the images it lists are then kept)")
     return set(names)
+
+
+def _refuse_files_in_the_way(out: Path, names: list[str], placed: set[str]) -> None:
+    """A file at an image's output name that this tool did not place is the user's: refused, never replaced."""
+    in_the_way = [name for name in names if name not in placed and ((out / name).exists() or (out / name).is_symlink())]
+    if in_the_way:
+        more = f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else ""
+        raise OutputFolderError(
+            f"--out {out}: {out / in_the_way[0]}{more} was not placed there by {TOOL}, and the dataset's image "
+            f"{in_the_way[0]} goes there: move it away, or give another --out"
+        )
 
 
 def _remove_stale(out: Path, stale: set[str], folders: list[str], names: set[str]) -> tuple[int, list[str]]:
