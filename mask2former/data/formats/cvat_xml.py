@@ -25,14 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import SPLIT_NAMES, FormatError, FormatOptions, SourceDataset, SourceImage, register_format
-from .labelling_tools import (
-    Shape,
-    class_list,
-    find_image,
-    found_elsewhere_warnings,
-    image_labels,
-    stored_size,
-)
+from .labelling_tools import Shape, class_list, find_image, found_elsewhere_warnings, image_labels, stored_size
 
 FORMAT = "cvat-xml"
 ANNOTATIONS_FILE = "annotations.xml"

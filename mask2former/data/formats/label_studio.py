@@ -30,14 +30,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from .base import FormatError, FormatOptions, SourceDataset, SourceImage, register_format
 from .brush_rle import BrushRleError, brush_mask
-from .labelling_tools import (
-    Shape,
-    class_list,
-    find_image,
-    found_elsewhere_warnings,
-    image_labels,
-    stored_size,
-)
+from .labelling_tools import Shape, class_list, find_image, found_elsewhere_warnings, image_labels, stored_size
 
 FORMAT = "label-studio"
 SPLIT = "train"
