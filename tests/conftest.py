@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 
 import torch
 
@@ -11,6 +12,11 @@ import torch
 # before any test module imports Triton kernels).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The Ctrl-C tests interrupt child processes, which inherit an ignored SIGINT: a shell starts a background job
+# (`make test &`) with SIGINT ignored. A handler here is reset to the default in every child that is started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import copy
 import json
