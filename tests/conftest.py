@@ -19,7 +19,11 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import copy
+import importlib
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -383,3 +387,13 @@ def run_export(argv: list[str], capsys) -> tuple[int, str, str]:
         code = int(stop.code)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@contextmanager
+def benchmark_module(name: str) -> Iterator:
+    """The script benchmarks/<name>.py imported as a module, benchmarks/ on sys.path only while it is used."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))

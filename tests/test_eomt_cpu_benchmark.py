@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, benchmark_module
 
 
 @pytest.fixture(scope="module")
 def eomt_cpu():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield importlib.import_module("eomt_cpu")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_module("eomt_cpu") as module:
+        yield module
 
 
 def test_table_gives_the_fastest_round_and_ratios_to_the_first(eomt_cpu) -> None:

@@ -4,7 +4,6 @@ the rest alone; without CUDA the full check refuses in one line; the budget's cu
 from __future__ import annotations
 
 import datetime
-import importlib
 import math
 import os
 import re
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, benchmark_module
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 BEGIN, END = "<!-- gpu_check:begin -->", "<!-- gpu_check:end -->"
@@ -26,11 +25,8 @@ NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield importlib.import_module("gpu_check")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_module("gpu_check") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
